@@ -1,0 +1,71 @@
+"""`valqd` / `python -m valqd`: parse the configuration, run the server until stopped."""
+
+import asyncio
+import logging
+import os
+import sys
+import time
+
+from . import __version__
+from .config import Config, parse_command_line
+from .server import Server
+
+_LEVELS = {"debug": logging.DEBUG, "verbose": logging.INFO, "notice": logging.INFO,
+           "warning": logging.WARNING, "nothing": logging.CRITICAL + 1}
+_MARKS = {logging.DEBUG: ".", logging.INFO: "*", logging.WARNING: "#", logging.ERROR: "#",
+          logging.CRITICAL: "#"}
+
+
+class _ValkeyStyle(logging.Formatter):
+    """`pid:M 23 Nov 2026 07:40:00.123 * message`, the shape of Valkey's log lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%d %b %Y %H:%M:%S", time.localtime(record.created))
+        text = (f"{record.process}:M {stamp}.{int(record.msecs):03d} "
+                f"{_MARKS.get(record.levelno, '*')} {record.getMessage()}")
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup_logging(config: Config) -> None:
+    logfile = str(config["logfile"])
+    handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ValkeyStyle())
+    logger = logging.getLogger("valqd")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(_LEVELS[str(config["loglevel"])])
+    config.on_change["loglevel"] = lambda level: logger.setLevel(_LEVELS[str(level)])
+
+
+async def run(config: Config) -> None:
+    server = Server(config)
+    await server.start()
+    logging.getLogger("valqd").info(
+        "valqd %s ready to accept connections on %s port %d, pid %d", __version__,
+        config["bind"], server.port, os.getpid())
+    await server.serve_until_stopped()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    config = Config(parse_command_line(args))
+    directory = str(config["dir"])
+    try:
+        os.makedirs(directory, exist_ok=True)
+        os.chdir(directory)
+    except OSError as exc:
+        print(f"valqd: can't use dir {directory!r}: {exc.strerror}", file=sys.stderr)
+        return 1
+    setup_logging(config)
+    try:
+        asyncio.run(run(config))
+    except OSError as exc:  # the port is taken, the address is wrong, ...
+        logging.getLogger("valqd").error("Could not start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

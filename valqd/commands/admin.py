@@ -1,0 +1,491 @@
+"""Connection, introspection and keyspace commands, answered as Valkey answers them.
+
+Queues are the keys of valqd's single database: DEL, EXISTS, TYPE, KEYS, SCAN, DBSIZE and
+FLUSHALL work on them as they did when queues were keys inside Valkey.
+"""
+
+import os
+import resource
+import sys
+import time
+
+from .. import __version__
+from ..errors import CommandError
+from ..resp import encode
+from .args import Args, parse_int
+from .context import ServerState, Session
+from .glob import glob_match
+
+VALKEY_COMPAT_VERSION = "7.2.4"  # the Valkey whose replies valqd follows, for client checks
+QUEUE_TYPE = b"valq-type"
+_NAME_FORBIDDEN = set(range(0, 33)) | {127}
+
+
+# -- connection --------------------------------------------------------------------------
+
+def ping(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """PING [message] -> +PONG, or the message as a bulk string."""
+    if len(argv) > 2:
+        raise CommandError("wrong number of arguments for 'ping' command")
+    return encode.PONG if len(argv) == 1 else encode.bulk(argv[1])
+
+
+def echo(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """ECHO message -> the message."""
+    return encode.bulk(argv[1])
+
+
+def _check_credentials(state: ServerState, username: bytes, password: bytes) -> None:
+    """valqd has one user, `default`, with no password."""
+    if username != b"default":
+        raise CommandError("invalid username-password pair or user is disabled.", "WRONGPASS")
+
+
+def auth(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """AUTH [username] password -> +OK. With no password configured, the one-argument form
+    gets Valkey's error; WRONGPASS for a user other than `default`."""
+    if len(argv) > 3:
+        raise CommandError("syntax error")
+    if len(argv) == 2:
+        raise CommandError("AUTH <password> called without any password configured for the "
+                           "default user. Are you sure your configuration is correct?")
+    _check_credentials(state, argv[1], argv[2])
+    session.authenticated = True
+    return encode.OK
+
+
+def _check_client_name(name: bytes) -> bytes:
+    if any(b in _NAME_FORBIDDEN for b in name):
+        raise CommandError("Client names cannot contain spaces, newlines or special characters.")
+    return name
+
+
+def hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """HELLO [protover [AUTH username password] [SETNAME name]] -> map of server facts.
+    NOPROTO for a version other than 2 or 3."""
+    args = Args(argv, 1)
+    proto = session.proto
+    if args.remaining():
+        proto = args.next_int(message="Protocol version is not an integer or out of range")
+        if proto not in (2, 3):
+            raise CommandError("unsupported protocol version", "NOPROTO")
+    name = None
+    while args.remaining():
+        option = args.next_keyword()
+        if option == "AUTH" and args.remaining() >= 2:
+            _check_credentials(state, args.next_bytes(), args.next_bytes())
+            session.authenticated = True
+        elif option == "SETNAME" and args.remaining() >= 1:
+            name = _check_client_name(args.next_bytes())
+        else:
+            raise CommandError(f"Syntax error in HELLO option '{option.lower()}'")
+    session.proto = proto
+    if name is not None:
+        session.name = name
+    return encode.map_([
+        encode.bulk(b"server"), encode.bulk(b"valqd"),
+        encode.bulk(b"version"), encode.bulk_str(__version__),
+        encode.bulk(b"proto"), encode.integer(proto),
+        encode.bulk(b"id"), encode.integer(session.id),
+        encode.bulk(b"mode"), encode.bulk(b"standalone"),
+        encode.bulk(b"role"), encode.bulk(b"master"),
+        encode.bulk(b"modules"), encode.EMPTY_ARRAY,
+    ], proto)
+
+
+def select(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SELECT index -> +OK for 0; valqd has one database."""
+    if parse_int(argv[1]) != 0:
+        raise CommandError("DB index is out of range")
+    return encode.OK
+
+
+def quit_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """QUIT -> +OK, then the server closes the connection."""
+    session.close_after_reply = True
+    return encode.OK
+
+
+def reset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """RESET -> +RESET: back to RESP2, no name."""
+    session.proto = 2
+    session.name = b""
+    return encode.simple(b"RESET")
+
+
+# -- CLIENT ------------------------------------------------------------------------------
+
+def client_id(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CLIENT ID -> this connection's id."""
+    return encode.integer(session.id)
+
+
+def client_setname(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CLIENT SETNAME name -> +OK; an empty name clears it."""
+    session.name = _check_client_name(argv[2])
+    return encode.OK
+
+
+def client_getname(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CLIENT GETNAME -> the name, or null."""
+    return encode.bulk(session.name) if session.name else encode.null(session.proto)
+
+
+def client_setinfo(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CLIENT SETINFO LIB-NAME|LIB-VER value -> +OK."""
+    attribute = argv[2].upper()
+    if attribute == b"LIB-NAME":
+        session.lib_name = _check_client_name(argv[3])
+    elif attribute == b"LIB-VER":
+        session.lib_ver = _check_client_name(argv[3])
+    else:
+        raise CommandError(f"Unrecognized option '{argv[2].decode('utf-8', 'replace')}'")
+    return encode.OK
+
+
+def client_list(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CLIENT LIST [TYPE normal] [ID id ...] -> one line per client."""
+    args = Args(argv, 2)
+    wanted: set[int] | None = None
+    while args.remaining():
+        option = args.next_keyword()
+        if option == "TYPE":
+            kind = args.next_keyword()
+            if kind not in ("NORMAL", "MASTER", "REPLICA", "SLAVE", "PUBSUB"):
+                raise CommandError(f"Unknown client type '{kind.lower()}'")
+            if kind != "NORMAL":
+                wanted = set()
+        elif option == "ID" and args.remaining():
+            wanted = set(wanted or ())
+            while args.remaining():
+                wanted.add(args.next_int(1, message="Invalid client ID"))
+        else:
+            raise CommandError("syntax error")
+    now = time.monotonic()
+    lines = [c.info_line(now) + "\n" for c in state.clients.values()
+             if wanted is None or c.id in wanted]
+    return encode.verbatim("".join(lines).encode(), session.proto)
+
+
+def client_info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CLIENT INFO -> this connection's CLIENT LIST line."""
+    return encode.verbatim((session.info_line(time.monotonic()) + "\n").encode(), session.proto)
+
+
+def client_kill(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CLIENT KILL addr  -> +OK, or CLIENT KILL [ID id] [ADDR a] [LADDR a] [USER u]
+    [SKIPME yes|no] -> number killed."""
+    if len(argv) == 3:
+        victims = [c for c in state.clients.values() if c.addr == argv[2].decode("latin-1")]
+        if not victims:
+            raise CommandError("No such client")
+        _kill(victims)
+        return encode.OK
+    args = Args(argv, 2)
+    filters = []
+    skip_me = True
+    while args.remaining():
+        option = args.next_keyword()
+        if not args.remaining():
+            raise CommandError("syntax error")
+        value = args.next_bytes().decode("latin-1")
+        if option == "ID":
+            client = parse_int(value.encode(), 1, message="client-id should be greater than 0")
+            filters.append(lambda c, client=client: c.id == client)
+        elif option == "ADDR":
+            filters.append(lambda c, value=value: c.addr == value)
+        elif option == "LADDR":
+            filters.append(lambda c, value=value: c.laddr == value)
+        elif option == "USER":
+            filters.append(lambda c, value=value: value == "default")
+        elif option == "SKIPME" and value.lower() in ("yes", "no"):
+            skip_me = value.lower() == "yes"
+        else:
+            raise CommandError("syntax error")
+    victims = [c for c in state.clients.values()
+               if all(f(c) for f in filters) and not (skip_me and c is session)]
+    _kill(victims)
+    return encode.integer(len(victims))
+
+
+def _kill(sessions: list[Session]) -> None:
+    for victim in sessions:
+        if victim.closer is not None:
+            victim.closer()
+
+
+# -- COMMAND ---------------------------------------------------------------------------
+
+def _all_specs(state: ServerState) -> list:
+    return list(state.commands.values())
+
+
+def _lookup(state: ServerState, name: bytes):
+    spec = state.commands.get(name.decode("latin-1").lower())
+    if spec is None and b"|" in name:
+        container, _, sub = name.decode("latin-1").lower().partition("|")
+        parent = state.commands.get(container)
+        spec = parent.subcommands.get(f"{container}|{sub}") if parent else None
+    return spec
+
+
+def command_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """COMMAND -> COMMAND INFO of every command."""
+    return encode.array([spec.info_reply(session.proto) for spec in _all_specs(state)])
+
+
+def command_count(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """COMMAND COUNT -> number of top-level commands."""
+    return encode.integer(len(state.commands))
+
+
+def command_list(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """COMMAND LIST [FILTERBY PATTERN p] -> command names, subcommands as `valq|push`."""
+    args = Args(argv, 2)
+    pattern = None
+    if args.remaining():
+        if args.next_keyword() != "FILTERBY" or args.next_keyword() != "PATTERN":
+            raise CommandError("syntax error")
+        pattern = args.next_bytes()
+        args.finish()
+    names = []
+    for spec in _all_specs(state):
+        names.append(spec.name)
+        names.extend(spec.subcommands)
+    return encode.bulk_array([n.encode() for n in names
+                              if pattern is None or glob_match(pattern, n.encode(), True)])
+
+
+def command_info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """COMMAND INFO [name ...] -> per name its description array, or null if unknown."""
+    if len(argv) == 2:
+        return command_(state, session, argv)
+    replies = []
+    for name in argv[2:]:
+        spec = _lookup(state, name)
+        replies.append(spec.info_reply(session.proto) if spec else
+                       encode.null_array(session.proto))
+    return encode.array(replies)
+
+
+def command_docs(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """COMMAND DOCS [name ...] -> map of name to its documentation (unknown names skipped)."""
+    specs = _all_specs(state) if len(argv) == 2 else [
+        s for s in (_lookup(state, name) for name in argv[2:]) if s is not None]
+    pairs = []
+    for spec in specs:
+        pairs += (encode.bulk_str(spec.name), spec.docs_reply(session.proto))
+    return encode.map_(pairs, session.proto)
+
+
+# -- INFO ------------------------------------------------------------------------------
+
+def _human(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n}{unit}" if unit == "B" else f"{n:.2f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _escape_name(name: bytes) -> str:
+    return "".join(chr(b) if 33 <= b < 127 and b not in b",=" else f"\\x{b:02x}" for b in name)
+
+
+def _info_sections(state: ServerState) -> dict[str, list[str]]:
+    uptime = int(time.time() - state.started_at)
+    rss = _rss_bytes()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    engine = state.engine
+    names = engine.queue_names()
+    sections = {
+        "server": [
+            f"redis_version:{VALKEY_COMPAT_VERSION}", f"valqd_version:{__version__}",
+            "redis_mode:standalone", f"os:{os.uname().sysname} {os.uname().release} "
+            f"{os.uname().machine}", "arch_bits:64",
+            f"python_version:{sys.version.split()[0]}", f"process_id:{state.pid}",
+            f"tcp_port:{state.bound_port}", f"uptime_in_seconds:{uptime}",
+            f"uptime_in_days:{uptime // 86400}",
+        ],
+        "clients": [f"connected_clients:{len(state.clients)}", "blocked_clients:0"],
+        "memory": [f"used_memory:{rss}", f"used_memory_human:{_human(rss)}",
+                   f"used_memory_rss:{rss}", f"used_memory_rss_human:{_human(rss)}",
+                   "maxmemory:0", "maxmemory_human:0B", "mem_allocator:pymalloc"],
+        "persistence": ["loading:0", "aof_enabled:0"],
+        "stats": [f"total_connections_received:{state.total_connections}",
+                  f"total_commands_processed:{state.total_commands}",
+                  f"rejected_connections:{state.rejected_connections}"],
+        "replication": ["role:master", "connected_slaves:0"],
+        "cpu": [f"used_cpu_sys:{usage.ru_stime:.6f}", f"used_cpu_user:{usage.ru_utime:.6f}"],
+        "commandstats": [
+            f"cmdstat_{name}:calls={calls},usec={usec},usec_per_call={usec / calls:.2f},"
+            f"rejected_calls=0,failed_calls={failed}"
+            for name, (calls, usec, failed) in sorted(state.command_stats.items()) if calls],
+        "keyspace": [f"db0:keys={len(names)},expires=0,avg_ttl=0"] if names else [],
+        "queues": [f"queue{i}:name={_escape_name(name)},msgs={q.main_count()},"
+                   f"ready={len(q.ready)},inflight={len(q.leases)},delayed={len(q.delayed)},"
+                   f"dlq={len(q.dead)}"
+                   for i, (name, q) in enumerate((n, engine.queues[n]) for n in names)],
+    }
+    return sections
+
+
+_DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
+                     "cpu", "keyspace", "queues")
+
+
+def info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """INFO [section ...] -> text, `# Section` headers and `field:value` lines. Sections:
+    server, clients, memory, persistence, stats, replication, cpu, commandstats, keyspace,
+    queues; `default`, `all`, `everything`."""
+    sections = _info_sections(state)
+    wanted = [a.decode("latin-1").lower() for a in argv[1:]] or ["default"]
+    chosen: list[str] = []
+    for word in wanted:
+        if word == "default":
+            chosen += _DEFAULT_SECTIONS
+        elif word in ("all", "everything"):
+            chosen += sections
+        elif word in sections:
+            chosen.append(word)
+    blocks = []
+    for name in dict.fromkeys(chosen):
+        blocks.append("\r\n".join([f"# {name.capitalize()}", *sections[name]]))
+    return encode.verbatim(("\r\n\r\n".join(blocks) + "\r\n").encode(), session.proto)
+
+
+# -- CONFIG ----------------------------------------------------------------------------
+
+def config_get(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CONFIG GET pattern [pattern ...] -> map of matching settings to their values."""
+    found: dict[str, str] = {}
+    for pattern in argv[2:]:
+        for name in state.config.values:
+            if glob_match(pattern.lower(), name.encode(), True):
+                found[name] = state.config.render(name)
+    pairs = []
+    for name, value in found.items():
+        pairs += (encode.bulk_str(name), encode.bulk_str(value))
+    return encode.map_(pairs, session.proto)
+
+
+def config_set(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CONFIG SET name value [name value ...] -> +OK; nothing changes if any pair is bad."""
+    if len(argv) % 2:
+        raise CommandError("wrong number of arguments for 'config|set' command")
+    pairs = [(argv[i].decode("latin-1"), argv[i + 1].decode("utf-8", "replace"))
+             for i in range(2, len(argv), 2)]
+    saved = dict(state.config.values)
+    try:
+        for name, value in pairs:
+            state.config.set(name, value)
+    except CommandError:
+        state.config.values = saved
+        raise
+    return encode.OK
+
+
+def config_resetstat(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CONFIG RESETSTAT -> +OK; command statistics and counters start again from zero."""
+    state.command_stats.clear()
+    state.total_commands = 0
+    state.total_connections = 0
+    state.rejected_connections = 0
+    return encode.OK
+
+
+# -- keyspace --------------------------------------------------------------------------
+
+def dbsize(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """DBSIZE -> number of queues."""
+    return encode.integer(len(state.engine.queues))
+
+
+def keys(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """KEYS pattern -> queue names matching the glob pattern."""
+    return encode.bulk_array([n for n in state.engine.queue_names() if glob_match(argv[1], n)])
+
+
+def scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type] -> [next cursor, [names]].
+    The cursor is the creation serial of the last queue returned: a queue that exists for the
+    whole scan is returned exactly once."""
+    cursor = parse_int(argv[1], 0, 2**64 - 1, "invalid cursor")
+    args = Args(argv, 2)
+    pattern, count, kind = None, 10, None
+    while args.remaining():
+        option = args.next_keyword()
+        if option == "MATCH":
+            pattern = args.next_bytes()
+        elif option == "COUNT":
+            count = args.next_int()
+            if count < 1:
+                raise CommandError("syntax error")
+        elif option == "TYPE":
+            kind = args.next_bytes()
+        else:
+            raise CommandError("syntax error")
+    queues = sorted((q for q in state.engine.queues.values() if q.serial > cursor),
+                    key=lambda q: q.serial)
+    batch = queues[:count]
+    next_cursor = batch[-1].serial if len(queues) > count else 0
+    names = [q.name for q in batch
+             if (pattern is None or glob_match(pattern, q.name))
+             and (kind is None or kind.lower() == QUEUE_TYPE)]
+    return encode.array([encode.bulk_int(next_cursor), encode.bulk_array(names)])
+
+
+def type_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """TYPE key -> valq-type for a queue, none otherwise."""
+    return encode.simple(QUEUE_TYPE if argv[1] in state.engine.queues else b"none")
+
+
+def exists(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """EXISTS key [key ...] -> how many of the names are queues (repeats count again)."""
+    return encode.integer(sum(1 for name in argv[1:] if name in state.engine.queues))
+
+
+def del_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """DEL key [key ...] -> how many queues were deleted, with all their messages."""
+    deleted = 0
+    for name in argv[1:]:
+        if name in state.engine.queues:
+            state.engine.delete_queue(name)
+            deleted += 1
+    return encode.integer(deleted)
+
+
+def flushall(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """FLUSHALL [ASYNC|SYNC] -> +OK; every queue is dropped."""
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise CommandError("syntax error")
+    state.engine.flush()
+    return encode.OK
+
+
+def time_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """TIME -> [unix seconds, microseconds]."""
+    now_us = time.time_ns() // 1000
+    return encode.array([encode.bulk_int(now_us // 1_000_000),
+                         encode.bulk_int(now_us % 1_000_000)])
+
+
+def shutdown(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE] -> no reply: the server exits cleanly."""
+    for option in argv[1:]:
+        word = option.upper()
+        if word == b"ABORT":
+            raise CommandError("No shutdown in progress.")
+        if word not in (b"NOSAVE", b"SAVE", b"NOW", b"FORCE"):
+            raise CommandError("syntax error")
+    state.request_shutdown()
+    session.close_after_reply = True
+    return b""

@@ -1,0 +1,62 @@
+"""The state command handlers see: one `Session` per connection and one shared `ServerState`.
+
+Both are plain data plus hooks. The server module fills in the hooks that need sockets
+(closing another client, stopping the server); the command layer never touches I/O.
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..engine import Engine
+
+
+@dataclass(eq=False)
+class Session:
+    id: int
+    addr: str = ""
+    laddr: str = ""
+    proto: int = 2
+    name: bytes = b""
+    lib_name: bytes = b""
+    lib_ver: bytes = b""
+    authenticated: bool = True
+    created_at: float = field(default_factory=time.monotonic)
+    last_command_at: float = field(default_factory=time.monotonic)
+    last_command: str = "NULL"
+    close_after_reply: bool = False  # QUIT: send the reply, then close
+    closer: Callable[[], None] | None = None  # set by the server: close this connection
+
+    def info_line(self, now: float) -> str:
+        """One line of CLIENT LIST, in Valkey's field order."""
+        return (f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 "
+                f"name={self.name.decode('utf-8', 'replace')} "
+                f"age={int(now - self.created_at)} idle={int(now - self.last_command_at)} "
+                f"flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 "
+                f"argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 "
+                f"events=r cmd={self.last_command} user=default redir=-1 resp={self.proto} "
+                f"lib-name={self.lib_name.decode('utf-8', 'replace')} "
+                f"lib-ver={self.lib_ver.decode('utf-8', 'replace')}")
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(eq=False)
+class ServerState:
+    engine: Engine
+    config: Any  # valqd.config.Config
+    commands: dict  # name -> CommandSpec, see table.py
+    clock: Callable[[], int] = wall_clock_ms
+    now: int = 0  # Unix ms, read once per command by the dispatcher
+    started_at: float = field(default_factory=time.time)
+    pid: int = field(default_factory=os.getpid)
+    clients: dict[int, Session] = field(default_factory=dict)
+    total_connections: int = 0
+    total_commands: int = 0
+    rejected_connections: int = 0
+    command_stats: dict[str, list[int]] = field(default_factory=dict)  # [calls, usec, failed]
+    request_shutdown: Callable[[], None] = lambda: None
+    bound_port: int = 0

@@ -1,0 +1,90 @@
+"""The dispatcher: argv in, reply bytes out, for every command in the table.
+
+It finds the command (and subcommand), checks arity, reads the clock once, lets the engine
+apply whatever fell due by then, runs the handler and turns errors into `-CODE message`
+replies. Nothing raised by a handler escapes: an unexpected exception is logged as a bug and
+answered with `-ERR internal error`, and the server keeps serving.
+"""
+
+import logging
+import time
+
+from ..errors import CommandError
+from ..resp import encode
+from .context import ServerState, Session
+from .table import CommandSpec
+
+log = logging.getLogger("valqd")
+
+
+def _unknown_command(argv: list[bytes]) -> bytes:
+    args = ""
+    for arg in argv[1:]:
+        if len(args) >= 128:
+            break
+        args += "'%s' " % arg.decode("utf-8", "replace")[:128 - len(args)]
+    name = argv[0].decode("utf-8", "replace")[:128]
+    return encode.error("ERR", f"unknown command '{name}', with args beginning with: {args}")
+
+
+def arity_error(name: str) -> bytes:
+    return encode.error("ERR", f"wrong number of arguments for '{name}' command")
+
+
+class Dispatcher:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self._commands: dict[bytes, CommandSpec] = {}
+        self._subcommands: dict[bytes, dict[bytes, CommandSpec]] = {}
+        for spec in state.commands.values():
+            self._commands[spec.name.encode()] = spec
+            self._subcommands[spec.name.encode()] = {
+                sub.name.split("|")[1].encode(): sub for sub in spec.subcommands.values()}
+
+    def find(self, argv: list[bytes]) -> CommandSpec | bytes:
+        """The spec that serves argv, or the error reply when there is none."""
+        name = argv[0].lower()
+        spec = self._commands.get(name)
+        if spec is None:
+            return _unknown_command(argv)
+        if spec.subcommands and len(argv) > 1:
+            sub = self._subcommands[name].get(argv[1].lower())
+            if sub is None:
+                return encode.error("ERR", "unknown subcommand '%s'. Try %s HELP." % (
+                    argv[1].decode("utf-8", "replace")[:128], spec.name.upper()))
+            spec = sub
+        elif spec.handler is None:
+            return arity_error(spec.name)
+        arity = spec.arity
+        if (arity > 0 and len(argv) != arity) or len(argv) < -arity:
+            return arity_error(spec.name)
+        return spec
+
+    def execute(self, session: Session, argv: list[bytes]) -> bytes:
+        spec = self.find(argv)
+        state = self.state
+        state.total_commands += 1
+        if type(spec) is bytes:
+            return spec
+        now = state.now = state.clock()
+        state.engine.tick(now)
+        session.last_command = spec.name
+        started = time.perf_counter_ns()
+        failed = 0
+        try:
+            reply = spec.handler(state, session, argv)  # type: ignore[misc]
+        except CommandError as exc:
+            reply = encode.error(exc.code, exc.message)
+            failed = 1
+        except Exception:
+            log.exception("bug: unexpected error in %s", spec.name)
+            reply = encode.error("ERR", "internal error")
+            failed = 1
+        elapsed_us = (time.perf_counter_ns() - started) // 1000
+        stats = state.command_stats.get(spec.name)
+        if stats is None:
+            stats = state.command_stats[spec.name] = [0, 0, 0]
+        stats[0] += 1
+        stats[1] += elapsed_us
+        stats[2] += failed
+        return reply

@@ -1,0 +1,277 @@
+"""The command table: every command valqd serves, described once.
+
+Each entry gives the name, Valkey's signed arity (counting the command and subcommand
+names; negative means "at least"), flags, a one-line summary and the argument docs. The
+same entries drive dispatch and arity checks, `COMMAND INFO/DOCS/LIST/COUNT`, `VALQ HELP`
+and the command reference in README.md (`python -m valqd.commands.table` prints it).
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..resp import encode
+from . import admin, valq
+
+Handler = Callable[..., bytes]
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    type: str = "string"  # string | integer | key | pattern | pure-token | oneof | block
+    token: str | None = None
+    optional: bool = False
+    multiple: bool = False
+    args: tuple["Arg", ...] = ()
+
+    def syntax(self) -> str:
+        if self.type == "oneof":
+            text = " | ".join(a.syntax() for a in self.args)
+        elif self.type == "block":
+            text = " ".join(([self.token] if self.token else []) + [a.syntax() for a in self.args])
+        elif self.type == "pure-token":
+            text = self.token or self.name
+        else:
+            text = f"{self.token} {self.name}" if self.token else self.name
+        if self.multiple:
+            text = f"{text} [{text} ...]"
+        return f"[{text}]" if self.optional else text
+
+    def docs_reply(self, proto: int) -> bytes:
+        pairs = [encode.bulk(b"name"), encode.bulk_str(self.name),
+                 encode.bulk(b"type"), encode.bulk_str(self.type)]
+        if self.type not in ("oneof", "block", "pure-token"):
+            pairs += (encode.bulk(b"display_text"), encode.bulk_str(self.name))
+        if self.type == "key":
+            pairs += (encode.bulk(b"key_spec_index"), encode.integer(0))
+        if self.token:
+            pairs += (encode.bulk(b"token"), encode.bulk_str(self.token))
+        flags = [f for f, on in (("optional", self.optional), ("multiple", self.multiple)) if on]
+        if flags:
+            pairs += (encode.bulk(b"flags"),
+                      encode.set_([encode.simple(f.encode()) for f in flags], proto))
+        if self.args:
+            pairs += (encode.bulk(b"arguments"),
+                      encode.array([a.docs_reply(proto) for a in self.args]))
+        return encode.map_(pairs, proto)
+
+
+@dataclass
+class CommandSpec:
+    name: str  # lower case; subcommands as "container|sub"
+    arity: int
+    flags: tuple[str, ...]
+    summary: str
+    group: str
+    handler: Handler | None = None
+    args: tuple[Arg, ...] = ()
+    complexity: str = "O(1)"
+    since: str = "1.0.0"
+    keys: tuple[int, int, int] = (0, 0, 0)  # first key, last key, step (argv positions)
+    subcommands: dict[str, "CommandSpec"] = field(default_factory=dict)
+
+    def syntax(self) -> str:
+        words = self.name.upper().replace("|", " ")
+        return " ".join([words, *(a.syntax() for a in self.args)])
+
+    def info_reply(self, proto: int) -> bytes:
+        first, last, step = self.keys
+        return encode.array([
+            encode.bulk_str(self.name),
+            encode.integer(self.arity),
+            encode.set_([encode.simple(f.encode()) for f in self.flags], proto),
+            encode.integer(first), encode.integer(last), encode.integer(step),
+            encode.set_([encode.simple(b"@" + self.group.encode())], proto),
+            encode.set_([], proto),
+            encode.EMPTY_ARRAY,
+            encode.array([sub.info_reply(proto) for sub in self.subcommands.values()]),
+        ])
+
+    def docs_reply(self, proto: int) -> bytes:
+        pairs = [encode.bulk(b"summary"), encode.bulk_str(self.summary),
+                 encode.bulk(b"since"), encode.bulk_str(self.since),
+                 encode.bulk(b"group"), encode.bulk_str(self.group),
+                 encode.bulk(b"complexity"), encode.bulk_str(self.complexity)]
+        if self.args:
+            pairs += (encode.bulk(b"arguments"),
+                      encode.array([a.docs_reply(proto) for a in self.args]))
+        if self.subcommands:
+            sub_pairs = []
+            for sub in self.subcommands.values():
+                sub_pairs += (encode.bulk_str(sub.name), sub.docs_reply(proto))
+            pairs += (encode.bulk(b"subcommands"), encode.map_(sub_pairs, proto))
+        return encode.map_(pairs, proto)
+
+
+def container(name: str, arity: int, summary: str, group: str, subs: list[CommandSpec],
+              handler: Handler | None = None, flags: tuple[str, ...] = ()) -> CommandSpec:
+    spec = CommandSpec(name, arity, flags, summary, group, handler)
+    for sub in subs:
+        sub.name = f"{name}|{sub.name}"
+        spec.subcommands[sub.name] = sub
+    return spec
+
+
+QUEUE = Arg("queue", "key")
+MESSAGE_ID = Arg("id", "integer")
+W, R, F, D, A = "write", "readonly", "fast", "denyoom", "admin"
+LOG = "O(log N) where N is the number of messages in the queue"
+Q = (2, 2, 1)  # VALQ subcommands name their queue at argv[2]
+
+VALQ = container("valq", -1, "job queues with leases, redelivery, DLQ and delays", "valq", [
+    CommandSpec("create", -3, (W, D), "create new q", "valq", valq.valq_create, (
+        QUEUE, Arg("visibility_timeout", "integer", optional=True),
+        Arg("max_delivery_attempts", "integer", optional=True),
+        Arg("retention_period", "integer", optional=True)), keys=Q),
+    CommandSpec("delete", 3, (W,), "delete q", "valq", valq.valq_delete, (QUEUE,),
+                "O(N) where N is the number of messages in the queue", keys=Q),
+    CommandSpec("update", 6, (W,), "update q", "valq", valq.valq_update, (
+        QUEUE, Arg("visibility_timeout", "integer"), Arg("max_delivery_attempts", "integer"),
+        Arg("retention_period", "integer")), keys=Q),
+    CommandSpec("list", 2, (R,), "list all queues", "valq", valq.valq_list,
+                complexity="O(Q log Q) where Q is the number of queues"),
+    CommandSpec("info", 3, (R, F), "info about q", "valq", valq.valq_info, (QUEUE,), keys=Q),
+    CommandSpec("purge", -3, (W,), "purge messages in q, dlq or delayed q", "valq",
+                valq.valq_purge, (QUEUE, Arg("part", "oneof", optional=True, args=(
+                    Arg("main", "pure-token", "MAIN"), Arg("dlq", "pure-token", "DLQ"),
+                    Arg("delayed", "pure-token", "DELAYED")))),
+                "O(N) where N is the number of messages removed", keys=Q),
+    CommandSpec("push", -4, (W, D, F), "push message to q, optionally with delay", "valq",
+                valq.valq_push, (QUEUE, Arg("body"), Arg("delay", "integer", optional=True)),
+                LOG, keys=Q),
+    CommandSpec("pop", 3, (W, F), "get message from q", "valq", valq.valq_pop, (QUEUE,), LOG,
+                keys=Q),
+    CommandSpec("ack", 4, (W, F), "ack message completion", "valq", valq.valq_ack,
+                (QUEUE, MESSAGE_ID), LOG, keys=Q),
+    CommandSpec("extend", 5, (W, F), "extend message to have more time to complete it",
+                "valq", valq.valq_extend, (QUEUE, MESSAGE_ID, Arg("seconds", "integer")),
+                LOG, keys=Q),
+    CommandSpec("help", 2, (R, "loading", "stale"), "display help information", "valq",
+                valq.valq_help),
+], handler=valq.valq_help)
+
+CLIENT = container("client", -2, "A container for client connection commands.", "connection", [
+    CommandSpec("id", 2, ("noscript", "loading", "stale"), "Returns the unique client ID of "
+                "the connection.", "connection", admin.client_id),
+    CommandSpec("setname", 3, ("noscript", "loading", "stale"), "Sets the connection name.",
+                "connection", admin.client_setname, (Arg("connection-name"),)),
+    CommandSpec("getname", 2, ("noscript", "loading", "stale"), "Returns the name of the "
+                "connection.", "connection", admin.client_getname),
+    CommandSpec("setinfo", 4, ("noscript", "loading", "stale"), "Sets information specific "
+                "to the client or connection.", "connection", admin.client_setinfo, (
+                    Arg("attr", "oneof", args=(Arg("libname", token="LIB-NAME"),
+                                               Arg("libver", token="LIB-VER"))),)),
+    CommandSpec("list", -2, (A, "noscript", "loading", "stale"), "Lists open connections.",
+                "connection", admin.client_list, (
+                    Arg("client-type", token="TYPE", optional=True),
+                    Arg("client-id", "integer", token="ID", optional=True, multiple=True)),
+                "O(N) where N is the number of client connections"),
+    CommandSpec("info", 2, ("noscript", "loading", "stale"), "Returns information about the "
+                "connection.", "connection", admin.client_info),
+    CommandSpec("kill", -3, (A, "noscript", "loading", "stale"), "Terminates open "
+                "connections.", "connection", admin.client_kill, (
+                    Arg("filter", "oneof", args=(
+                        Arg("ip:port"), Arg("client-id", "integer", token="ID"),
+                        Arg("ip:port", token="ADDR"), Arg("ip:port", token="LADDR"),
+                        Arg("username", token="USER"),
+                        Arg("yes/no", token="SKIPME"))),),
+                "O(N) where N is the number of client connections"),
+])
+
+COMMAND = container("command", -1, "Returns detailed information about all commands.",
+                    "server", [
+    CommandSpec("count", 2, ("loading", "stale"), "Returns a count of commands.", "server",
+                admin.command_count),
+    CommandSpec("info", -2, ("loading", "stale"), "Returns information about one, multiple "
+                "or all commands.", "server", admin.command_info,
+                (Arg("command-name", optional=True, multiple=True),)),
+    CommandSpec("docs", -2, ("loading", "stale"), "Returns documentary information about one, "
+                "multiple or all commands.", "server", admin.command_docs,
+                (Arg("command-name", optional=True, multiple=True),)),
+    CommandSpec("list", -2, ("loading", "stale"), "Returns a list of command names.", "server",
+                admin.command_list, (Arg("pattern", "pattern", "FILTERBY PATTERN",
+                                         optional=True),)),
+], handler=admin.command_, flags=("loading", "stale"))
+
+CONFIG = container("config", -2, "A container for server configuration commands.", "server", [
+    CommandSpec("get", -3, (A, "noscript", "loading", "stale"), "Returns the effective values "
+                "of configuration parameters.", "server", admin.config_get,
+                (Arg("parameter", "pattern", multiple=True),)),
+    CommandSpec("set", -4, (A, "noscript", "loading", "stale"), "Sets configuration "
+                "parameters in-flight.", "server", admin.config_set,
+                (Arg("data", "block", multiple=True, args=(Arg("parameter"), Arg("value"))),)),
+    CommandSpec("resetstat", 2, (A, "noscript", "loading", "stale"), "Resets the server's "
+                "statistics.", "server", admin.config_resetstat),
+])
+
+NO_AUTH = ("noscript", "loading", "stale", "fast", "no-auth")
+COMMANDS: list[CommandSpec] = [
+    VALQ,
+    CommandSpec("ping", -1, (F,), "Returns the server's liveliness response.", "connection",
+                admin.ping, (Arg("message", optional=True),)),
+    CommandSpec("echo", 2, (F,), "Returns the given string.", "connection", admin.echo,
+                (Arg("message"),)),
+    CommandSpec("auth", -2, NO_AUTH, "Authenticates the connection.", "connection", admin.auth,
+                (Arg("username", optional=True), Arg("password"))),
+    CommandSpec("hello", -1, NO_AUTH, "Handshakes with the server.", "connection", admin.hello,
+                (Arg("arguments", "block", optional=True, args=(
+                    Arg("protover", "integer"),
+                    Arg("auth", "block", token="AUTH", optional=True,
+                        args=(Arg("username"), Arg("password"))),
+                    Arg("clientname", token="SETNAME", optional=True))),)),
+    CommandSpec("select", 2, ("loading", "stale", F), "Changes the selected database.",
+                "connection", admin.select, (Arg("index", "integer"),)),
+    CommandSpec("quit", -1, ("noscript", "loading", "stale", F, "no-auth"), "Closes the "
+                "connection.", "connection", admin.quit_),
+    CommandSpec("reset", 1, ("noscript", "loading", "stale", F, "no-auth"), "Resets the "
+                "connection.", "connection", admin.reset),
+    CLIENT,
+    COMMAND,
+    CommandSpec("info", -1, ("loading", "stale"), "Returns information and statistics about "
+                "the server.", "server", admin.info,
+                (Arg("section", optional=True, multiple=True),)),
+    CONFIG,
+    CommandSpec("dbsize", 1, (R, F), "Returns the number of queues.", "server", admin.dbsize),
+    CommandSpec("keys", 2, (R,), "Returns the queue names that match a pattern.", "keyspace",
+                admin.keys, (Arg("pattern", "pattern"),),
+                "O(Q) where Q is the number of queues"),
+    CommandSpec("scan", -2, (R,), "Iterates over the queue names.", "keyspace", admin.scan, (
+        Arg("cursor", "integer"), Arg("pattern", "pattern", "MATCH", optional=True),
+        Arg("count", "integer", "COUNT", optional=True),
+        Arg("type", token="TYPE", optional=True)), "O(Q) per call"),
+    CommandSpec("type", 2, (R, F), "Returns valq-type for a queue, none otherwise.", "keyspace",
+                admin.type_, (Arg("key", "key"),), keys=(1, 1, 1)),
+    CommandSpec("exists", -2, (R, F), "Counts how many of the names are queues.", "keyspace",
+                admin.exists, (Arg("key", "key", multiple=True),), keys=(1, -1, 1)),
+    CommandSpec("del", -2, (W,), "Deletes queues with all their messages.", "keyspace",
+                admin.del_, (Arg("key", "key", multiple=True),),
+                "O(N) where N is the number of messages removed", keys=(1, -1, 1)),
+    CommandSpec("flushall", -1, (W,), "Deletes every queue.", "server", admin.flushall,
+                (Arg("flush-type", "oneof", optional=True, args=(
+                    Arg("async", "pure-token", "ASYNC"), Arg("sync", "pure-token", "SYNC"))),),
+                "O(N) where N is the number of messages"),
+    CommandSpec("time", 1, ("loading", "stale", F), "Returns the server time.", "server",
+                admin.time_),
+    CommandSpec("shutdown", -1, (A, "noscript", "loading", "stale"), "Stops the server after "
+                "writing everything to disk.", "server", admin.shutdown, (
+                    Arg("save-selector", "oneof", optional=True, args=(
+                        Arg("nosave", "pure-token", "NOSAVE"),
+                        Arg("save", "pure-token", "SAVE"))),
+                    Arg("now", "pure-token", "NOW", optional=True),
+                    Arg("force", "pure-token", "FORCE", optional=True))),
+]
+TABLE: dict[str, CommandSpec] = {spec.name: spec for spec in COMMANDS}
+
+
+def reference() -> str:
+    """The README's command reference, in Markdown."""
+    lines = ["| command | arity | summary |", "|---|---|---|"]
+    for spec in COMMANDS:
+        for entry in list(spec.subcommands.values()) or [spec]:
+            syntax = entry.syntax().replace("|", "\\|")
+            lines.append(f"| `{syntax}` | {entry.arity} | {entry.summary} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference())

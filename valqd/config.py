@@ -1,0 +1,128 @@
+"""Every setting valqd has, in one table: command-line flags, the config file, CONFIG GET/SET.
+
+A config file holds `name value` lines as valkey.conf does (`#` starts a comment; values
+may be quoted). Flags use the same names (`--port 7400`); flags win over the file.
+"""
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+from . import __version__
+from .errors import CommandError
+from .resp import split_inline
+
+LOGLEVELS = ("debug", "verbose", "notice", "warning", "nothing")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+    kind: str = "str"  # str | int | enum
+    choices: tuple[str, ...] = ()
+    low: int = 0
+    high: int = 2**63 - 1
+    mutable: bool = False  # CONFIG SET may change it while running
+
+    def parse(self, raw: str) -> object:
+        if self.kind == "int":
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"argument couldn't be parsed into an integer") from None
+            if not self.low <= value <= self.high:
+                raise ValueError(f"argument must be between {self.low} and {self.high} inclusive")
+            return value
+        if self.kind == "enum":
+            if raw.lower() not in self.choices:
+                raise ValueError(f"argument(s) must be one of the following: "
+                                 f"{', '.join(self.choices)}")
+            return raw.lower()
+        return raw
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("port", "7400", "TCP port to listen on (0 picks a free port)", "int", high=65535),
+    Setting("bind", "127.0.0.1", "address to listen on"),
+    Setting("dir", ".", "working directory, where persistence files live"),
+    Setting("loglevel", "notice", "how much to log", "enum", LOGLEVELS, mutable=True),
+    Setting("logfile", "", "log to this file instead of standard error"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class Config:
+    def __init__(self, overrides: dict[str, str] | None = None) -> None:
+        self.values: dict[str, object] = {s.name: s.parse(s.default) for s in SETTINGS}
+        self.on_change: dict[str, Callable[[object], None]] = {}
+        for name, raw in (overrides or {}).items():
+            self.values[name] = BY_NAME[name].parse(raw)
+
+    def __getitem__(self, name: str) -> object:
+        return self.values[name]
+
+    def render(self, name: str) -> str:
+        return str(self.values[name])
+
+    def set(self, name: str, raw: str) -> None:
+        """CONFIG SET one value; raises CommandError in Valkey's words."""
+        setting = BY_NAME.get(name.lower())
+        if setting is None:
+            raise CommandError(f"Unknown option or number of arguments for CONFIG SET - '{name}'")
+        if not setting.mutable:
+            raise CommandError(f"CONFIG SET failed (possibly related to argument '{name}') - "
+                               "can't set immutable config")
+        try:
+            value = setting.parse(raw)
+        except ValueError as exc:
+            raise CommandError(f"CONFIG SET failed (possibly related to argument '{name}') - "
+                               f"{exc}") from None
+        self.values[setting.name] = value
+        hook = self.on_change.get(setting.name)
+        if hook is not None:
+            hook(value)
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    with open(path, "rb") as f:
+        for number, raw_line in enumerate(f, 1):
+            line = raw_line.strip()
+            if not line or line.startswith(b"#"):
+                continue
+            try:
+                words = [w.decode() for w in split_inline(line)]
+            except Exception:
+                raise SystemExit(f"{path}:{number}: unbalanced quotes") from None
+            if len(words) != 2 or words[0].lower() not in BY_NAME:
+                raise SystemExit(f"{path}:{number}: bad directive or wrong number of arguments: "
+                                 f"{line.decode(errors='replace')}")
+            values[words[0].lower()] = words[1]
+    return values
+
+
+def parse_command_line(argv: list[str]) -> dict[str, str]:
+    """Flags and `--config FILE` merged into one {setting: raw value} dict, checked."""
+    parser = argparse.ArgumentParser(
+        prog="valqd", description="A job-queue server speaking RESP and the VALQ commands.")
+    parser.add_argument("--version", action="version", version=f"valqd {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="valkey.conf-style file of 'name value' lines")
+    for s in SETTINGS:
+        choices = f" ({'|'.join(s.choices)})" if s.choices else ""
+        parser.add_argument(f"--{s.name}", metavar="VALUE", dest=s.name,
+                            help=f"{s.help}{choices}; default {s.default!r}")
+    options = parser.parse_args(argv)
+    values = read_config_file(options.config) if options.config else {}
+    for s in SETTINGS:
+        given = getattr(options, s.name)
+        if given is not None:
+            values[s.name] = given
+    for name, raw in values.items():
+        try:
+            BY_NAME[name].parse(raw)
+        except ValueError as exc:
+            parser.error(f"{name}: {exc}")
+    return values

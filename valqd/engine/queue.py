@@ -1,0 +1,184 @@
+"""One queue: its settings, its messages and the four indexes over them.
+
+A message lives in `records` (id -> packed record, see `record.py`) for as long as it exists,
+and in exactly one of four states:
+
+    ready     its order key is in `ready`; POP takes the smallest key
+    inflight  leased: `leases[id]` is the deadline, `lease_order` sorts by (deadline, id)
+    delayed   `delayed[id]` is the due time, `delayed_order` sorts by (due, id)
+    dlq       `dead[id]` is when it entered the DLQ, `dead_order` sorts by (dead_at, id)
+
+Every method is O(log n) in the number of messages, except the purges, which are linear in
+what they remove. Times are integer Unix milliseconds; the queue never reads a clock.
+"""
+
+from dataclasses import dataclass
+
+from sortedcontainers import SortedList
+
+from . import record
+from .record import ID_BITS, ID_MASK, time_key
+
+
+@dataclass(slots=True)
+class QueueSettings:
+    visibility_timeout: int = 30  # seconds a delivery stays leased
+    max_delivery_attempts: int = 5  # deliveries before a message goes to the DLQ
+    retention_period: int = 86400  # seconds a message stays in the DLQ
+
+
+class Queue:
+    __slots__ = ("name", "serial", "settings", "id_sequence", "promote_seq", "lease_seq", "records",
+                 "ready", "leases", "lease_order", "delayed", "delayed_order", "dead",
+                 "dead_order", "scheduled_at")
+
+    def __init__(self, name: bytes, settings: QueueSettings, serial: int = 0) -> None:
+        self.name = name
+        self.serial = serial  # creation order, for SCAN cursors
+        self.settings = settings
+        self.id_sequence = 0  # last id handed out
+        self.promote_seq = 0  # last rank given to a delayed message that fell due
+        self.lease_seq = 0  # last delivery serial
+        self.records: dict[int, bytes] = {}
+        self.ready: SortedList = SortedList()
+        self.leases: dict[int, int] = {}
+        self.lease_order: SortedList = SortedList()
+        self.delayed: dict[int, int] = {}
+        self.delayed_order: SortedList = SortedList()
+        self.dead: dict[int, int] = {}
+        self.dead_order: SortedList = SortedList()
+        self.scheduled_at: int | None = None  # the engine's timer entry for this queue
+
+    # -- state queries -------------------------------------------------------------------
+
+    def main_count(self) -> int:
+        """Messages in the main queue: visible plus in flight."""
+        return len(self.ready) + len(self.leases)
+
+    def state_of(self, message_id: int) -> str | None:
+        if message_id not in self.records:
+            return None
+        if message_id in self.leases:
+            return "inflight"
+        if message_id in self.delayed:
+            return "delayed"
+        if message_id in self.dead:
+            return "dlq"
+        return "ready"
+
+    def next_deadline(self) -> int | None:
+        """The earliest time at which a lease, a delay or a DLQ retention runs out."""
+        best = None
+        if self.lease_order:
+            best = self.lease_order[0] >> ID_BITS
+        if self.delayed_order:
+            at = self.delayed_order[0] >> ID_BITS
+            if best is None or at < best:
+                best = at
+        if self.dead_order:
+            at = (self.dead_order[0] >> ID_BITS) + self.settings.retention_period * 1000
+            if best is None or at < best:
+                best = at
+        return best
+
+    def head_ready(self) -> int | None:
+        return self.ready[0] & ID_MASK if self.ready else None
+
+    # -- transitions (each one is a journal record kind, see engine.py) -------------------
+
+    def add(self, message_id: int, enqueued_at: int, due_at: int, priority: int,
+            body: bytes) -> None:
+        self.records[message_id] = record.pack(enqueued_at, 0, 0, 0, priority, body)
+        if message_id > self.id_sequence:
+            self.id_sequence = message_id
+        if due_at:
+            self.delayed[message_id] = due_at
+            self.delayed_order.add(time_key(due_at, message_id))
+        else:
+            self.ready.add(record.order_key(message_id, 0, priority))
+
+    def lease(self, message_id: int, deadline_at: int, attempts: int, lease_no: int) -> None:
+        """Make a ready or in-flight message invisible until deadline_at."""
+        rec = self.records[message_id]
+        enqueued_at, promote_seq, old_lease_no, old_attempts, priority = record.unpack(rec)
+        old_deadline = self.leases.get(message_id)
+        if old_deadline is None:
+            self.ready.remove(record.order_key(message_id, promote_seq, priority))
+        else:
+            self.lease_order.remove(time_key(old_deadline, message_id))
+        if attempts != old_attempts or lease_no != old_lease_no:
+            self.records[message_id] = record.pack(enqueued_at, promote_seq, lease_no,
+                                                   attempts, priority, record.body_of(rec))
+        if lease_no > self.lease_seq:
+            self.lease_seq = lease_no
+        self.leases[message_id] = deadline_at
+        self.lease_order.add(time_key(deadline_at, message_id))
+
+    def release(self, message_id: int) -> None:
+        """An in-flight message becomes visible again, in its original place."""
+        deadline = self.leases.pop(message_id)
+        self.lease_order.remove(time_key(deadline, message_id))
+        self.ready.add(self._order_key(message_id))
+
+    def promote(self, message_id: int, promote_seq: int) -> None:
+        """A delayed message fell due: it goes ahead of every waiting plain message."""
+        due_at = self.delayed.pop(message_id)
+        self.delayed_order.remove(time_key(due_at, message_id))
+        rec = self.records[message_id]
+        enqueued_at, _, lease_no, attempts, priority = record.unpack(rec)
+        self.records[message_id] = record.pack(enqueued_at, promote_seq, lease_no, attempts,
+                                               priority, record.body_of(rec))
+        if promote_seq > self.promote_seq:
+            self.promote_seq = promote_seq
+        self.ready.add(record.order_key(message_id, promote_seq, priority))
+
+    def bury(self, message_id: int, dead_at: int) -> None:
+        """Move a message, in whatever state, to the DLQ."""
+        self._unlink(message_id)
+        self.dead[message_id] = dead_at
+        self.dead_order.add(time_key(dead_at, message_id))
+
+    def remove(self, message_id: int) -> None:
+        self._unlink(message_id)
+        del self.records[message_id]
+
+    def purge(self, which: str) -> int:
+        if which == "main":
+            ids = [key & ID_MASK for key in self.ready] + list(self.leases)
+            self.ready.clear()
+            self.leases.clear()
+            self.lease_order.clear()
+        elif which == "delayed":
+            ids = list(self.delayed)
+            self.delayed.clear()
+            self.delayed_order.clear()
+        else:
+            ids = list(self.dead)
+            self.dead.clear()
+            self.dead_order.clear()
+        records = self.records
+        for message_id in ids:
+            del records[message_id]
+        return len(ids)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _order_key(self, message_id: int) -> int:
+        _, promote_seq, _, _, priority = record.unpack(self.records[message_id])
+        return record.order_key(message_id, promote_seq, priority)
+
+    def _unlink(self, message_id: int) -> None:
+        """Take a message out of whichever state index holds it (records untouched)."""
+        at = self.leases.pop(message_id, None)
+        if at is not None:
+            self.lease_order.remove(time_key(at, message_id))
+            return
+        at = self.delayed.pop(message_id, None)
+        if at is not None:
+            self.delayed_order.remove(time_key(at, message_id))
+            return
+        at = self.dead.pop(message_id, None)
+        if at is not None:
+            self.dead_order.remove(time_key(at, message_id))
+            return
+        self.ready.remove(self._order_key(message_id))

@@ -1,0 +1,57 @@
+"""The compact per-message record.
+
+Every stored message is one `bytes` object: a fixed 30-byte header followed by the body.
+A Python object with a field per attribute would cost about 100 bytes more per message;
+the header is rewritten (a copy of the record) only on the few state changes that alter it:
+a delivery, a delayed message falling due.
+
+Header fields, little-endian:
+    enqueued_at   int64   Unix ms when the message was pushed
+    promote_seq   uint64  0, or this message's rank among delayed messages that fell due
+    lease_no      uint64  serial of the message's latest delivery (0: never delivered)
+    attempts      uint16  how many times it has been delivered
+    priority      int32   reserved for priorities; 0 today
+"""
+
+import struct
+
+HEADER = struct.Struct("<qQQHi")
+HEADER_SIZE = HEADER.size
+MAX_ATTEMPTS_STORED = 0xFFFF
+
+# Order keys: an int per ready message, smallest delivered first. A plain message's key is
+# its id; a delayed message that fell due sorts before every plain one of the same
+# priority, in the order in which they fell due; the id sits in the low 64 bits.
+ID_BITS = 64
+ID_MASK = (1 << ID_BITS) - 1
+_PROMOTED_BASE = -(1 << 128)
+_PRIORITY_STEP = 1 << 130
+
+
+def pack(enqueued_at: int, promote_seq: int, lease_no: int, attempts: int, priority: int,
+         body: bytes | memoryview) -> bytes:
+    return b"".join((HEADER.pack(enqueued_at, promote_seq, lease_no,
+                                 min(attempts, MAX_ATTEMPTS_STORED), priority), body))
+
+
+def unpack(record: bytes) -> tuple[int, int, int, int, int]:
+    """(enqueued_at, promote_seq, lease_no, attempts, priority)."""
+    return HEADER.unpack_from(record)
+
+
+def body_of(record: bytes) -> memoryview:
+    return memoryview(record)[HEADER_SIZE:]
+
+
+def order_key(message_id: int, promote_seq: int, priority: int) -> int:
+    if promote_seq == 0 and priority == 0:
+        return message_id
+    key = message_id - priority * _PRIORITY_STEP
+    if promote_seq:
+        key += _PROMOTED_BASE + (promote_seq << ID_BITS)
+    return key
+
+
+def time_key(at: int, message_id: int) -> int:
+    """Key ordering (at, id) pairs in one int, for the lease, delay and DLQ indexes."""
+    return (at << ID_BITS) | message_id

@@ -1,0 +1,87 @@
+"""Reply encoding for RESP2 and RESP3. Every function returns wire bytes.
+
+Functions whose encoding depends on the protocol take `proto` (2 or 3): maps become flat
+arrays under RESP2, nulls become `$-1` or `*-1`, doubles become bulk strings, and verbatim
+text becomes a bulk string.
+"""
+
+CRLF = b"\r\n"
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+EMPTY_BULK = b"$0\r\n\r\n"
+EMPTY_ARRAY = b"*0\r\n"
+
+
+def simple(text: bytes) -> bytes:
+    return b"+%b\r\n" % text
+
+
+def error(code: str, message: str) -> bytes:
+    """`-CODE message`; CR and LF would end the line early, so they become spaces."""
+    text = f"{code} {message}".replace("\r", " ").replace("\n", " ")
+    return b"-%b\r\n" % text.encode("utf-8", "backslashreplace")
+
+
+def integer(value: int) -> bytes:
+    return b":%d\r\n" % value
+
+
+def bulk(value: bytes | memoryview) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def bulk_str(value: str) -> bytes:
+    return bulk(value.encode())
+
+
+def bulk_int(value: int) -> bytes:
+    text = b"%d" % value
+    return b"$%d\r\n%b\r\n" % (len(text), text)
+
+
+def array(items: list[bytes]) -> bytes:
+    """An array of already-encoded items."""
+    return b"*%d\r\n%b" % (len(items), b"".join(items))
+
+
+def bulk_array(values: list[bytes]) -> bytes:
+    return array([bulk(v) for v in values])
+
+
+def map_(pairs: list[bytes], proto: int) -> bytes:
+    """A map from already-encoded, alternating keys and values."""
+    if proto == 3:
+        return b"%%%d\r\n%b" % (len(pairs) // 2, b"".join(pairs))
+    return array(pairs)
+
+
+def set_(items: list[bytes], proto: int) -> bytes:
+    if proto == 3:
+        return b"~%d\r\n%b" % (len(items), b"".join(items))
+    return array(items)
+
+
+def null(proto: int) -> bytes:
+    return b"_\r\n" if proto == 3 else b"$-1\r\n"
+
+
+def null_array(proto: int) -> bytes:
+    return b"_\r\n" if proto == 3 else b"*-1\r\n"
+
+
+def double(value: float, proto: int) -> bytes:
+    text = repr(value).encode()
+    return b",%b\r\n" % text if proto == 3 else bulk(text)
+
+
+def verbatim(text: bytes, proto: int) -> bytes:
+    if proto == 3:
+        return b"=%d\r\ntxt:%b\r\n" % (len(text) + 4, text)
+    return bulk(text)
+
+
+def push(items: list[bytes], proto: int) -> bytes:
+    """An out-of-band message (pub/sub): `>` under RESP3, a plain array under RESP2."""
+    if proto == 3:
+        return b">%d\r\n%b" % (len(items), b"".join(items))
+    return array(items)
