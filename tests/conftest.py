@@ -1,0 +1,35 @@
+import pytest
+
+from support import ThreadedServer, ValqdProcess
+
+
+@pytest.fixture(scope="module")
+def valqd(tmp_path_factory):
+    """A real valqd process shared by the tests of one module; queues are flushed per test."""
+    server = ValqdProcess(tmp_path_factory.mktemp("valqd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def client(request, valqd):
+    """A valkey-py client over RESP2 and over RESP3, on an empty server."""
+    c = valqd.client(protocol=request.param)
+    c.flushall()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def fresh_valqd(tmp_path):
+    """A valqd process of the test's own."""
+    server = ValqdProcess(tmp_path / "valqd").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def timed_server():
+    """The real server in-process with a manual clock: `timed_server.advance(seconds)`."""
+    with ThreadedServer() as server:
+        yield server
