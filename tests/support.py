@@ -97,7 +97,7 @@ class ThreadedServer:
 
     def __init__(self, clock: ManualClock | None = None, **settings: str) -> None:
         self.clock = clock or ManualClock()
-        self.config = Config({"port": "0", **settings})
+        self.config = Config({"port": "0", "appendonly": "no", **settings})
         self.loop = asyncio.new_event_loop()
         self.server = Server(self.config, clock=self.clock)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -8,6 +8,8 @@ import time
 
 from . import __version__
 from .config import Config, parse_command_line
+from .persistence.format import AofCorruption
+from .persistence.loader import check_aof
 from .server import Server
 
 _LEVELS = {"debug": logging.DEBUG, "verbose": logging.INFO, "notice": logging.INFO,
@@ -48,13 +50,24 @@ async def run(config: Config) -> None:
     await server.serve_until_stopped()
 
 
+def check_aof_main(args: list[str]) -> int:
+    """valqd check-aof [--fix] FILE"""
+    fix = "--fix" in args
+    files = [a for a in args if a != "--fix"]
+    if len(files) != 1 or any(a.startswith("-") for a in files):
+        print("Usage: valqd check-aof [--fix] FILE", file=sys.stderr)
+        return 2
+    return check_aof(files[0], fix)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["check-aof"]:
+        return check_aof_main(args[1:])
     config = Config(parse_command_line(args))
     directory = str(config["dir"])
     try:
         os.makedirs(directory, exist_ok=True)
-        os.chdir(directory)
     except OSError as exc:
         print(f"valqd: can't use dir {directory!r}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -63,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run(config))
     except OSError as exc:  # the port is taken, the address is wrong, ...
         logging.getLogger("valqd").error("Could not start: %s", exc)
+        return 1
+    except AofCorruption as exc:
+        logging.getLogger("valqd").error("%s. Run 'valqd check-aof --fix %s' to cut the file "
+                                         "at that offset (what follows is lost).", exc, exc.path)
         return 1
     return 0
 

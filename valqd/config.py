@@ -20,7 +20,7 @@ class Setting:
     name: str
     default: str
     help: str
-    kind: str = "str"  # str | int | enum
+    kind: str = "str"  # str | int | enum | memory (bytes, with Valkey's units)
     choices: tuple[str, ...] = ()
     low: int = 0
     high: int = 2**63 - 1
@@ -35,6 +35,8 @@ class Setting:
             if not self.low <= value <= self.high:
                 raise ValueError(f"argument must be between {self.low} and {self.high} inclusive")
             return value
+        if self.kind == "memory":
+            return parse_memory(raw)
         if self.kind == "enum":
             if raw.lower() not in self.choices:
                 raise ValueError(f"argument(s) must be one of the following: "
@@ -43,12 +45,38 @@ class Setting:
         return raw
 
 
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
+          "g": 1000**3, "gb": 1024**3}
+
+
+def parse_memory(raw: str) -> int:
+    """`64mb`, `1gb`, `100` (bytes): Valkey's memory units."""
+    text = raw.strip().lower()
+    digits = text.rstrip("kmgb")
+    unit = text[len(digits):]
+    if not digits.isdigit() or not digits.isascii() or unit not in _UNITS:
+        raise ValueError("argument must be a memory value")
+    return int(digits) * _UNITS[unit]
+
+
+YES_NO = ("yes", "no")
 SETTINGS: tuple[Setting, ...] = (
     Setting("port", "7400", "TCP port to listen on (0 picks a free port)", "int", high=65535),
     Setting("bind", "127.0.0.1", "address to listen on"),
     Setting("dir", ".", "working directory, where persistence files live"),
     Setting("loglevel", "notice", "how much to log", "enum", LOGLEVELS, mutable=True),
     Setting("logfile", "", "log to this file instead of standard error"),
+    Setting("appendonly", "yes", "persist every change to the append-only file", "enum",
+            YES_NO),
+    Setting("appendfilename", "appendonly.aof", "name of the append-only file, in dir"),
+    Setting("appendfsync", "everysec", "when to fsync the AOF", "enum",
+            ("always", "everysec", "no"), mutable=True),
+    Setting("aof-load-truncated", "yes", "start even if the AOF's last batch was cut short",
+            "enum", YES_NO, mutable=True),
+    Setting("auto-aof-rewrite-percentage", "100", "rewrite when the AOF grew by this percent "
+            "since the last rewrite (0: never)", "int", mutable=True),
+    Setting("auto-aof-rewrite-min-size", "64mb", "no automatic rewrite below this size",
+            "memory", mutable=True),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -4,11 +4,17 @@ This module only moves bytes: each connection feeds what it reads to its RESP pa
 hands every complete command to the dispatcher and writes all replies of one read back in
 one write. The engine's single timer is re-armed after every batch of commands and every
 tick, always for the earliest deadline in the server.
+
+Persist before replying: while the AOF has records that are not written yet, replies are
+held, and one commit at the end of the event-loop turn writes the records of every client of
+that turn in one batch (and fsyncs it under `appendfsync always`) before releasing them. If
+that write fails, the held clients are disconnected instead of being told "done".
 """
 
 import asyncio
 import itertools
 import logging
+import os
 import signal
 import time
 
@@ -18,11 +24,14 @@ from .commands.table import TABLE
 from .config import Config
 from .engine import Engine
 from .errors import ProtocolError
+from .persistence.aof import AppendOnlyFile
+from .persistence.loader import load
 from .resp import RequestParser, encode
 
 log = logging.getLogger("valqd")
 
 MAX_TIMER_SLEEP_S = 3600.0  # far deadlines are re-checked hourly, which also absorbs clock jumps
+HOUSEKEEPING_S = 0.1  # polling a rewrite child; fsync and disk checks run every 10th time
 
 
 class Connection(asyncio.Protocol):
@@ -59,9 +68,7 @@ class Connection(asyncio.Protocol):
             close = True
         session.last_command_at = time.monotonic()
         self.server.after_commands()
-        transport.write(b"".join(replies))
-        if close:
-            transport.close()
+        self.server.reply(self, b"".join(replies), close)
 
     def pause_writing(self) -> None:
         """The client is not reading its replies: stop reading its requests meanwhile."""
@@ -96,11 +103,20 @@ class Server:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._stopping = asyncio.Event()
+        self.aof: AppendOnlyFile | None = None
+        self._held: list[tuple[Connection, bytes, bool]] = []
+        self._commit_scheduled = False
+        self._housekeeping: asyncio.TimerHandle | None = None
+        self._housekeeping_round = 0
+        self._fsync_future: asyncio.Future | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.config["appendonly"] == "yes":
+            self._open_aof()
+        self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
         port = int(self.config["port"])  # type: ignore[call-overload]
         for host in str(self.config["bind"]).split():
             listener = await loop.create_server(lambda: Connection(self), host, port,
@@ -108,8 +124,23 @@ class Server:
             self._listeners.append(listener)
             port = port or listener.sockets[0].getsockname()[1]
         self.state.bound_port = port
-        self.engine.tick(self.clock())
+        self.engine.tick(self.clock())  # whatever fell due while the server was down
         self.after_commands()
+        self._commit()
+
+    def _open_aof(self) -> None:
+        path = os.path.join(str(self.config["dir"]), str(self.config["appendfilename"]))
+        load(path, self.engine, self.config["aof-load-truncated"] == "yes")
+        self.aof = AppendOnlyFile(path, str(self.config["appendfsync"]))
+        self.aof.open()
+        self.aof.ensure_reserve(self.engine.message_count())
+        self.engine.journal = self.aof.append
+        self.state.aof = self.aof
+        self.config.on_change["appendfsync"] = self._set_fsync_policy
+
+    def _set_fsync_policy(self, policy: object) -> None:
+        if self.aof is not None:
+            self.aof.fsync_policy = str(policy)
 
     @property
     def port(self) -> int:
@@ -142,6 +173,14 @@ class Server:
             await listener.wait_closed()
         if self._timer is not None:
             self._timer.cancel()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        self._commit()
+        if self._fsync_future is not None:
+            await self._fsync_future
+        if self.aof is not None:
+            log.warning("Calling fsync() on the AOF file.")
+            self.aof.close()
         log.warning("valqd is now ready to exit, bye bye...")
 
     # -- clients ---------------------------------------------------------------------------
@@ -158,6 +197,65 @@ class Server:
     def unregister(self, session: Session) -> None:
         self._connections.pop(session.id, None)
         self.state.clients.pop(session.id, None)
+
+    # -- replies and group commit -------------------------------------------------------------
+
+    def reply(self, connection: Connection, data: bytes, close: bool) -> None:
+        """Send now, or hold until the end-of-turn commit if records are waiting for it."""
+        if self.aof is not None and self.aof.pending:
+            self._held.append((connection, data, close))
+            self._schedule_commit()
+            return
+        transport = connection.transport
+        if transport is not None:
+            transport.write(data)
+            if close:
+                transport.close()
+
+    def _schedule_commit(self) -> None:
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit)
+
+    def _commit(self) -> None:
+        self._commit_scheduled = False
+        written = self.aof is None or self.aof.commit()
+        held, self._held = self._held, []
+        for connection, data, close in held:
+            transport = connection.transport
+            if transport is None or transport.is_closing():
+                continue
+            if not written:  # the outcome is unknown to the client, as after a crash
+                transport.abort()
+                continue
+            transport.write(data)
+            if close:
+                transport.close()
+
+    def _housekeep(self) -> None:
+        """Every 100 ms: finish a rewrite; every second: fsync, disk reserve, auto-rewrite."""
+        self._housekeeping_round += 1
+        aof = self.aof
+        fsync_running = self._fsync_future is not None and not self._fsync_future.done()
+        if aof is not None and not fsync_running:
+            aof.poll_rewrite()
+            if self._housekeeping_round % 10 == 0:
+                aof.ensure_reserve(self.engine.message_count())
+                if aof.needs_fsync():
+                    self._fsync_future = asyncio.get_running_loop().run_in_executor(
+                        None, self._fsync, aof)
+                if aof.should_auto_rewrite(int(self.config["auto-aof-rewrite-percentage"]),
+                                           int(self.config["auto-aof-rewrite-min-size"])):
+                    aof.start_rewrite(self.engine.snapshot)
+        self._housekeeping = asyncio.get_running_loop().call_later(HOUSEKEEPING_S,
+                                                                   self._housekeep)
+
+    @staticmethod
+    def _fsync(aof: AppendOnlyFile) -> None:
+        try:
+            aof.fsync()
+        except OSError as exc:
+            log.warning("Background AOF fsync failed: %s", exc.strerror)
 
     # -- timer -----------------------------------------------------------------------------
 
@@ -179,3 +277,5 @@ class Server:
         self._timer_at = None
         self.engine.tick(self.clock())
         self.after_commands()
+        if self.aof is not None and self.aof.pending:
+            self._schedule_commit()

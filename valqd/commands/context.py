@@ -60,3 +60,4 @@ class ServerState:
     command_stats: dict[str, list[int]] = field(default_factory=dict)  # [calls, usec, failed]
     request_shutdown: Callable[[], None] = lambda: None
     bound_port: int = 0
+    aof: Any = None  # valqd.persistence.aof.AppendOnlyFile when appendonly is on

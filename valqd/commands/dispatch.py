@@ -66,6 +66,10 @@ class Dispatcher:
         state.total_commands += 1
         if type(spec) is bytes:
             return spec
+        if state.aof is not None and state.aof.write_error is not None \
+                and "denyoom" in spec.flags:
+            return encode.error("MISCONF", "Errors writing to the AOF file: "
+                                f"{state.aof.write_error}")
         now = state.now = state.clock()
         state.engine.tick(now)
         session.last_command = spec.name

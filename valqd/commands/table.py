@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..resp import encode
-from . import admin, valq
+from . import admin, persist, valq
 
 Handler = Callable[..., bytes]
 
@@ -204,6 +204,14 @@ CONFIG = container("config", -2, "A container for server configuration commands.
                 "statistics.", "server", admin.config_resetstat),
 ])
 
+DEBUG = container("debug", -2, "A container for debugging commands.", "server", [
+    CommandSpec("digest", 2, (A, "noscript", "loading", "stale"), "Returns a hex digest of "
+                "the whole state.", "server", persist.debug_digest,
+                complexity="O(N) where N is the number of messages"),
+    CommandSpec("help", 2, ("loading", "stale"), "Returns helpful text about the different "
+                "subcommands.", "server", persist.debug_help),
+], flags=(A, "noscript", "loading", "stale"))
+
 NO_AUTH = ("noscript", "loading", "stale", "fast", "no-auth")
 COMMANDS: list[CommandSpec] = [
     VALQ,
@@ -250,6 +258,11 @@ COMMANDS: list[CommandSpec] = [
                 (Arg("flush-type", "oneof", optional=True, args=(
                     Arg("async", "pure-token", "ASYNC"), Arg("sync", "pure-token", "SYNC"))),),
                 "O(N) where N is the number of messages"),
+    CommandSpec("bgrewriteaof", 1, (A, "noscript"), "Asynchronously rewrites the "
+                "append-only file to a minimal log.", "server", persist.bgrewriteaof),
+    CommandSpec("save", 1, (A, "noscript"), "Synchronously rewrites the append-only file to "
+                "a minimal log.", "server", persist.save, complexity="O(N)"),
+    DEBUG,
     CommandSpec("time", 1, ("loading", "stale", F), "Returns the server time.", "server",
                 admin.time_),
     CommandSpec("shutdown", -1, (A, "noscript", "loading", "stale"), "Stops the server after "

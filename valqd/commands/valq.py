@@ -80,6 +80,8 @@ def valq_info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 def valq_purge(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """VALQ PURGE queue [main|dlq|delayed] -> integer removed; ERR on another word, NOQUEUE."""
+    if len(argv) > 4:
+        raise CommandError("syntax error")
     part = "main"
     if len(argv) > 3:
         part = _PURGE_PARTS.get(argv[3].lower())  # type: ignore[assignment]

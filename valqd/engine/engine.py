@@ -12,6 +12,7 @@ is stale when the queue was deleted or rescheduled since. `tick(now)` applies ev
 and returns the earliest deadline left, so the server arms a single timer.
 """
 
+import hashlib
 import heapq
 import itertools
 from typing import Callable
@@ -202,6 +203,23 @@ class Engine:
             q.scheduled_at = at
             heapq.heappush(self._timers, (at, next(self._timer_serial), q))
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self):
+        """Effect records that rebuild the whole state, queues in creation order."""
+        for q in sorted(self.queues.values(), key=lambda q: q.serial):
+            yield from q.snapshot()
+
+    def digest(self) -> str:
+        """A hex digest of the whole state, independent of history and creation order."""
+        if not self.queues:
+            return "0" * 40
+        h = hashlib.sha1()
+        for name in sorted(self.queues):
+            for effect in self.queues[name].snapshot():
+                h.update(repr(effect).encode())
+        return h.hexdigest()
+
     # -- effects: the only code that changes state, live or in replay ------------------------
 
     def apply(self, effect: tuple) -> None:
@@ -259,6 +277,17 @@ class Engine:
     def _apply_purge(self, name: bytes, which: str) -> None:
         self.queues[name].purge(which)
 
+    def _apply_counters(self, name: bytes, id_sequence: int, promote_seq: int,
+                        lease_seq: int) -> None:
+        q = self.queues[name]
+        q.id_sequence, q.promote_seq, q.lease_seq = id_sequence, promote_seq, lease_seq
+
+    def _apply_restore(self, name: bytes, message_id: int, state: str, at: int,
+                       enqueued_at: int, promote_seq: int, lease_no: int, attempts: int,
+                       priority: int, body: bytes) -> None:
+        self.queues[name].restore(message_id, state, at, enqueued_at, promote_seq, lease_no,
+                                  attempts, priority, body)
+
 
 _APPLY: dict[str, Callable[..., None]] = {
     "create": Engine._apply_create,
@@ -273,4 +302,6 @@ _APPLY: dict[str, Callable[..., None]] = {
     "promote": Engine._apply_promote,
     "drop": Engine._apply_remove,
     "purge": Engine._apply_purge,
+    "counters": Engine._apply_counters,
+    "restore": Engine._apply_restore,
 }

@@ -142,6 +142,40 @@ class Queue:
         self._unlink(message_id)
         del self.records[message_id]
 
+    def restore(self, message_id: int, state: str, at: int, enqueued_at: int,
+                promote_seq: int, lease_no: int, attempts: int, priority: int,
+                body: bytes) -> None:
+        """Put back one message exactly as a snapshot described it."""
+        self.records[message_id] = record.pack(enqueued_at, promote_seq, lease_no, attempts,
+                                               priority, body)
+        if state == "ready":
+            self.ready.add(record.order_key(message_id, promote_seq, priority))
+        elif state == "inflight":
+            self.leases[message_id] = at
+            self.lease_order.add(time_key(at, message_id))
+        elif state == "delayed":
+            self.delayed[message_id] = at
+            self.delayed_order.add(time_key(at, message_id))
+        elif state == "dlq":
+            self.dead[message_id] = at
+            self.dead_order.add(time_key(at, message_id))
+        else:
+            raise ValueError(f"unknown message state {state!r}")
+
+    def snapshot(self):
+        """Effect records that rebuild this queue: settings, counters, then every message."""
+        s = self.settings
+        yield ("create", self.name, s.visibility_timeout, s.max_delivery_attempts,
+               s.retention_period)
+        yield ("counters", self.name, self.id_sequence, self.promote_seq, self.lease_seq)
+        for message_id, rec in self.records.items():  # insertion order is id order
+            enqueued_at, promote_seq, lease_no, attempts, priority = record.unpack(rec)
+            state = self.state_of(message_id)
+            at = {"inflight": self.leases, "delayed": self.delayed, "dlq": self.dead}.get(
+                state, {}).get(message_id, 0)
+            yield ("restore", self.name, message_id, state, at, enqueued_at, promote_seq,
+                   lease_no, attempts, priority, bytes(record.body_of(rec)))
+
     def purge(self, which: str) -> int:
         if which == "main":
             ids = [key & ID_MASK for key in self.ready] + list(self.leases)

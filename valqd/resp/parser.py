@@ -47,6 +47,11 @@ class RequestParser:
                     return NEED_DATA
                 if not self._reader.has_data():
                     self._reader_busy = False
+                if type(command) is not list and command is not None:
+                    # a RESP value, not a request, pipelined after a multibulk one (the
+                    # limitation above): reject it rather than iterate or dispatch it
+                    raise ProtocolError(
+                        f"expected '*', got '{_TYPE_BYTE.get(type(command), '?')}'")
                 if command:  # `*0` and `*-1` are skipped, as Valkey skips them
                     _check_bulk_items(command)
                     return command

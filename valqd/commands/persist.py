@@ -1,0 +1,37 @@
+"""Persistence commands: BGREWRITEAOF, SAVE and DEBUG (DIGEST)."""
+
+from ..errors import CommandError
+from ..resp import encode
+from .context import ServerState, Session
+
+
+def _aof(state: ServerState):
+    if state.aof is None:
+        raise CommandError("appendonly is off: there is no AOF to rewrite")
+    return state.aof
+
+
+def bgrewriteaof(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """BGREWRITEAOF -> +Background append only file rewriting started. ERR if one is
+    already running or appendonly is off."""
+    if not _aof(state).start_rewrite(state.engine.snapshot):
+        raise CommandError("Background append only file rewriting already in progress")
+    return encode.simple(b"Background append only file rewriting started")
+
+
+def save(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SAVE -> +OK once the AOF has been rewritten to a minimal log, synchronously."""
+    _aof(state).rewrite_now(state.engine.snapshot)
+    return encode.OK
+
+
+def debug_digest(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """DEBUG DIGEST -> 40 hex digits summarising every queue, setting and message."""
+    return encode.bulk(state.engine.digest().encode())
+
+
+def debug_help(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """DEBUG HELP -> the subcommands."""
+    return encode.bulk_array([b"DEBUG <subcommand> [<arg> ...]. Subcommands are:",
+                              b"DIGEST", b"    Output a hex digest of the whole state.",
+                              b"HELP", b"    Print this help."])

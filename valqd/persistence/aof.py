@@ -1,0 +1,341 @@
+"""The live append-only file: group commit, fsync policies, rewrite and disk faults.
+
+The engine's journal appends effect records to `pending`. The server calls `commit()` once
+per event-loop turn, before any reply of that turn leaves: one `write()` of one checksummed
+batch, plus one `fsync()` under `appendfsync always`. Under `everysec` an executor thread
+fsyncs once a second, so the event loop never waits for the disk; under `no` the OS decides.
+
+Rewrite (`BGREWRITEAOF`, the automatic trigger): the process forks; the child writes the
+engine's snapshot to a temporary file and exits, while the parent keeps serving and also
+keeps every batch it commits meanwhile. When the child is done, the parent appends those
+batches to the new file, fsyncs it, renames it over the AOF and fsyncs the directory. A crash
+at any point leaves either the old complete file or the new complete one.
+
+Disk faults: a failed write is cut back off the file (`ftruncate`) and kept pending, and
+`write_error` is set until a retry succeeds. So that draining works on a full disk, a reserve
+file holds space for the lease and removal records of every stored message; when the disk
+fills, the reserve is given back and those records still fit.
+"""
+
+import errno
+import glob
+import logging
+import os
+import time
+
+from .format import MAGIC, encode_batch, encode_effect
+
+log = logging.getLogger("valqd")
+
+RESERVE_PER_MESSAGE = 128  # bytes kept free per stored message (a lease and a removal)
+RESERVE_MIN = 1 << 20
+SNAPSHOT_BATCH_BYTES = 1 << 20
+
+
+def fsync_directory(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_snapshot(path: str, effects) -> int:
+    """Write a complete AOF holding `effects` to `path`, fsynced; returns its size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, MAGIC)
+        size = len(MAGIC)
+        payload = bytearray()
+        for effect in effects:
+            payload += encode_effect(effect)
+            if len(payload) >= SNAPSHOT_BATCH_BYTES:
+                size += _write_all(fd, encode_batch(payload))
+                payload.clear()
+        if payload:
+            size += _write_all(fd, encode_batch(payload))
+        os.fsync(fd)
+        return size
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    return len(data)
+
+
+class AppendOnlyFile:
+    def __init__(self, path: str, fsync_policy: str = "everysec") -> None:
+        self.path = path
+        self.fsync_policy = fsync_policy
+        self.pending = bytearray()
+        self.fd = -1
+        self.size = 0  # bytes of the file known to be written completely
+        self.base_size = 0  # size right after the last rewrite (for the automatic trigger)
+        self.synced_size = 0
+        self.write_error: str | None = None
+        self.last_write_ok = True
+        self.rewrite_pid = 0
+        self.rewrite_started = 0.0
+        self.rewrite_batches: list[bytes] | None = None
+        self.rewrites = 0
+        self.last_rewrite_ok = True
+        self.last_rewrite_seconds = -1
+        self.reserve_path = path + ".reserve"
+        self.reserve_fd = -1
+        self.reserve_size = 0
+        self.write_fault = None  # tests may set a callable(data) that raises OSError
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    def open(self) -> None:
+        for stale in glob.glob(os.path.join(os.path.dirname(os.path.abspath(self.path)),
+                                            "temp-rewriteaof-*.aof")):
+            os.unlink(stale)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = os.fstat(self.fd).st_size
+        if self.size == 0:
+            self.size = _write_all(self.fd, MAGIC)
+            os.fsync(self.fd)
+            fsync_directory(self.path)
+        self.base_size = self.synced_size = self.size
+        self.reserve_fd = os.open(self.reserve_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.reserve_size = os.fstat(self.reserve_fd).st_size
+
+    def close(self) -> None:
+        """Write what is pending, fsync and close (SHUTDOWN, SIGTERM)."""
+        if self.fd < 0:
+            return
+        self.commit()
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            log.warning("fsync of the AOF at shutdown failed: %s", exc.strerror)
+        os.close(self.fd)
+        self.fd = -1
+        if self.reserve_fd >= 0:
+            os.close(self.reserve_fd)
+            self.reserve_fd = -1
+        if self.rewrite_pid:
+            self._kill_rewrite_child()
+
+    # -- the journal and group commit ------------------------------------------------------
+
+    def append(self, effect: tuple) -> None:
+        self.pending += encode_effect(effect)
+
+    def commit(self) -> bool:
+        """Write the pending records as one batch (and fsync under `always`)."""
+        if not self.pending:
+            return True
+        batch = encode_batch(self.pending)
+        try:
+            self._write(batch)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and self.reserve_size:
+                self._release_reserve()
+                try:
+                    self._write(batch)
+                except OSError as again:
+                    return self._failed(again)
+                self._failed(exc)  # written, but the disk is full: stop taking new data
+            else:
+                return self._failed(exc)
+        self.pending.clear()
+        self.last_write_ok = True
+        if self.rewrite_batches is not None:
+            self.rewrite_batches.append(batch)
+        return True
+
+    def _write(self, batch: bytes) -> None:
+        try:
+            if self.write_fault is not None:
+                self.write_fault(batch)
+            _write_all(self.fd, batch)
+            if self.fsync_policy == "always":
+                os.fsync(self.fd)
+                self.synced_size = self.size + len(batch)
+        except OSError:
+            try:  # never leave half a batch behind
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass
+            raise
+        self.size += len(batch)
+
+    def _failed(self, exc: OSError) -> bool:
+        reason = exc.strerror or str(exc)
+        if self.write_error is None:
+            log.warning("Error writing to the AOF file: %s", reason)
+        self.write_error = reason
+        self.last_write_ok = False
+        return False
+
+    def fsync(self) -> None:
+        """The `everysec` fsync; runs on an executor thread."""
+        size = self.size
+        os.fsync(self.fd)
+        self.synced_size = size
+
+    def needs_fsync(self) -> bool:
+        return self.fsync_policy == "everysec" and self.synced_size != self.size
+
+    # -- disk-full reserve -----------------------------------------------------------------
+
+    def ensure_reserve(self, stored_messages: int) -> bool:
+        """Grow the reserve to cover `stored_messages`; clears a write error once writes and
+        the reserve both succeed again. Called about once a second."""
+        if self.write_error is not None and not self.commit():
+            return False
+        wanted = max(RESERVE_MIN, stored_messages * RESERVE_PER_MESSAGE)
+        if wanted > self.reserve_size:
+            wanted = max(wanted, self.reserve_size + self.reserve_size // 4)
+            try:
+                os.posix_fallocate(self.reserve_fd, 0, wanted)
+            except OSError as exc:
+                if self.write_error is None:
+                    log.warning("Can't reserve %d bytes of disk for draining: %s", wanted,
+                                exc.strerror)
+                self.write_error = exc.strerror or str(exc)
+                return False
+            self.reserve_size = wanted
+        if self.write_error is not None:
+            log.warning("AOF writes work again")
+            self.write_error = None
+        return True
+
+    def _release_reserve(self) -> None:
+        os.ftruncate(self.reserve_fd, 0)
+        self.reserve_size = 0
+        log.warning("Disk full: released the reserve so that acks and deletes still work")
+
+    # -- rewrite ---------------------------------------------------------------------------
+
+    @property
+    def rewriting(self) -> bool:
+        return self.rewrite_pid != 0
+
+    def temp_path(self, pid: int) -> str:
+        return os.path.join(os.path.dirname(os.path.abspath(self.path)),
+                            f"temp-rewriteaof-{pid}.aof")
+
+    def start_rewrite(self, snapshot) -> bool:
+        """Fork a child that writes `snapshot()` to a temporary file; False if running."""
+        if self.rewrite_pid:
+            return False
+        self.commit()  # everything up to the fork belongs to the snapshot, not after it
+        self.rewrite_started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # the child: write and leave, touching nothing of the parent's
+            code = 1
+            try:
+                write_snapshot(self.temp_path(os.getpid()), snapshot())
+                code = 0
+            finally:
+                os._exit(code)
+        self.rewrite_pid = pid
+        self.rewrite_batches = []
+        log.info("Background append only file rewriting started by pid %d", pid)
+        return True
+
+    def poll_rewrite(self) -> None:
+        """Finish the rewrite if the child is done."""
+        if not self.rewrite_pid:
+            return
+        pid, status = os.waitpid(self.rewrite_pid, os.WNOHANG)
+        if pid == 0:
+            return
+        temp = self.temp_path(self.rewrite_pid)
+        batches = self.rewrite_batches or []
+        self.rewrite_pid = 0
+        self.rewrite_batches = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.warning("Background AOF rewrite failed (child exit status %d)",
+                        os.waitstatus_to_exitcode(status))
+            self._rewrite_done(False, temp)
+            return
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_APPEND)
+            try:
+                for batch in batches:
+                    _write_all(fd, batch)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._swap_in(temp)
+        except OSError as exc:
+            log.warning("Background AOF rewrite failed: %s", exc.strerror)
+            self._rewrite_done(False, temp)
+            return
+        self._rewrite_done(True, None)
+
+    def rewrite_now(self, snapshot) -> None:
+        """SAVE: write the snapshot in this process and swap it in."""
+        if self.rewrite_pid:
+            self._kill_rewrite_child()
+        self.commit()
+        temp = self.temp_path(os.getpid())
+        started = time.monotonic()
+        write_snapshot(temp, snapshot())
+        self._swap_in(temp)
+        self.rewrite_started = started
+        self._rewrite_done(True, None)
+
+    def _swap_in(self, temp: str) -> None:
+        os.rename(temp, self.path)
+        fsync_directory(self.path)
+        old = self.fd
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self.size = self.base_size = self.synced_size = os.fstat(self.fd).st_size
+        os.close(old)
+
+    def _rewrite_done(self, ok: bool, temp: str | None) -> None:
+        if temp is not None and os.path.exists(temp):
+            os.unlink(temp)
+        self.last_rewrite_ok = ok
+        self.last_rewrite_seconds = int(time.monotonic() - self.rewrite_started)
+        if ok:
+            self.rewrites += 1
+            log.info("Background AOF rewrite finished successfully")
+
+    def _kill_rewrite_child(self) -> None:
+        try:
+            os.kill(self.rewrite_pid, 9)
+            os.waitpid(self.rewrite_pid, 0)
+        except OSError:
+            pass
+        temp = self.temp_path(self.rewrite_pid)
+        if os.path.exists(temp):
+            os.unlink(temp)
+        self.rewrite_pid = 0
+        self.rewrite_batches = None
+
+    def should_auto_rewrite(self, percentage: int, min_size: int) -> bool:
+        if self.rewrite_pid or not percentage or self.size < min_size:
+            return False
+        return self.size >= self.base_size * (100 + percentage) // 100
+
+    # -- INFO ------------------------------------------------------------------------------
+
+    def info_fields(self) -> list[str]:
+        in_progress = int(bool(self.rewrite_pid))
+        return [
+            "aof_enabled:1",
+            f"aof_rewrite_in_progress:{in_progress}",
+            "aof_rewrite_scheduled:0",
+            f"aof_last_rewrite_time_sec:{self.last_rewrite_seconds}",
+            f"aof_current_rewrite_time_sec:"
+            f"{int(time.monotonic() - self.rewrite_started) if in_progress else -1}",
+            f"aof_last_bgrewrite_status:{'ok' if self.last_rewrite_ok else 'err'}",
+            f"aof_rewrites:{self.rewrites}",
+            f"aof_last_write_status:{'ok' if self.write_error is None else 'err'}",
+            f"aof_current_size:{self.size}",
+            f"aof_base_size:{self.base_size}",
+            f"aof_buffer_length:{len(self.pending)}",
+            f"aof_fsync_policy:{self.fsync_policy}",
+            f"aof_reserve_size:{self.reserve_size}",
+        ]
