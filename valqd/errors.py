@@ -45,3 +45,20 @@ class NoMessageError(CommandError):
 
     def __init__(self, name: bytes, message_id: int) -> None:
         super().__init__(f"no message with id {message_id} in queue '{show(name)}'")
+
+
+class NoLeaseError(CommandError):
+    """A LEASE receipt that is not the message's current delivery (or no delivery)."""
+
+    code = "NOLEASE"
+
+    def __init__(self, name: bytes, message_id: int,
+                 why: str = "is not leased with that receipt") -> None:
+        super().__init__(f"message {message_id} in queue '{show(name)}' {why}")
+
+
+class QueueFullError(CommandError):
+    code = "QUEUEFULL"
+
+    def __init__(self, name: bytes, maxlen: int) -> None:
+        super().__init__(f"queue '{show(name)}' is full (maxlen {maxlen})")

@@ -12,18 +12,19 @@ that write fails, the held clients are disconnected instead of being told "done"
 """
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
 import signal
 import time
 
-from .commands.context import ServerState, Session, wall_clock_ms
+from .commands.context import Blocked, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
 from .commands.table import TABLE
 from .config import Config
 from .engine import Engine
-from .errors import ProtocolError
+from .errors import CommandError, ProtocolError
 from .persistence.aof import AppendOnlyFile
 from .persistence.loader import load
 from .resp import RequestParser, encode
@@ -34,12 +35,25 @@ MAX_TIMER_SLEEP_S = 3600.0  # far deadlines are re-checked hourly, which also ab
 HOUSEKEEPING_S = 0.1  # polling a rewrite child; fsync and disk checks run every 10th time
 
 
+class Waiter:
+    """A client parked in a blocking pop."""
+
+    __slots__ = ("connection", "blocked", "timer", "done")
+
+    def __init__(self, connection: "Connection", blocked: Blocked) -> None:
+        self.connection = connection
+        self.blocked = blocked
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, server: "Server") -> None:
         self.server = server
         self.parser = RequestParser()
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
+        self.waiter: Waiter | None = None  # set while blocked; input is only buffered then
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -49,17 +63,30 @@ class Connection(asyncio.Protocol):
         self.session = self.server.register(self, _addr(peer), _addr(local))
 
     def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        if self.waiter is None:
+            self.process()
+
+    def process(self) -> None:
+        """Execute every complete command buffered, until one blocks or asks to close."""
         session, transport = self.session, self.transport
         if session is None or transport is None or transport.is_closing():
             return
-        execute = self.server.dispatcher.execute
+        server = self.server
+        execute = server.dispatcher.execute
+        engine = server.engine
         parser = self.parser
-        parser.feed(data)
         replies = []
         close = False
         try:
             while (argv := parser.next_command()) is not None:
-                replies.append(execute(session, argv))
+                reply = execute(session, argv)
+                if engine.readied:
+                    server.serve_waiters()
+                if type(reply) is not bytes:
+                    server.block(self, reply)  # type: ignore[arg-type]
+                    break
+                replies.append(reply)
                 if session.close_after_reply:
                     close = True
                     break
@@ -67,19 +94,13 @@ class Connection(asyncio.Protocol):
             replies.append(encode.error("ERR", f"Protocol error: {exc}"))
             close = True
         session.last_command_at = time.monotonic()
-        self.server.after_commands()
-        self.server.reply(self, b"".join(replies), close)
-
-    def pause_writing(self) -> None:
-        """The client is not reading its replies: stop reading its requests meanwhile."""
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        server.after_commands()
+        if replies or close:
+            server.reply(self, b"".join(replies), close)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None:
+            self.server.unblock(self.waiter, None)
         if self.session is not None:
             self.server.unregister(self.session)
 
@@ -109,6 +130,8 @@ class Server:
         self._housekeeping: asyncio.TimerHandle | None = None
         self._housekeeping_round = 0
         self._fsync_future: asyncio.Future | None = None
+        self._waiters: dict[bytes, collections.deque[Waiter]] = {}
+        self.state.blocked_consumers = self.blocked_consumers
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -135,6 +158,7 @@ class Server:
         self.aof.open()
         self.aof.ensure_reserve(self.engine.message_count())
         self.engine.journal = self.aof.append
+        self.engine.readied.clear()
         self.state.aof = self.aof
         self.config.on_change["appendfsync"] = self._set_fsync_policy
 
@@ -197,6 +221,67 @@ class Server:
     def unregister(self, session: Session) -> None:
         self._connections.pop(session.id, None)
         self.state.clients.pop(session.id, None)
+
+    # -- blocking pops ------------------------------------------------------------------------
+
+    def block(self, connection: Connection, blocked: Blocked) -> None:
+        waiter = Waiter(connection, blocked)
+        connection.waiter = waiter
+        for name in blocked.queues:
+            self._waiters.setdefault(name, collections.deque()).append(waiter)
+        if blocked.timeout_ms:
+            waiter.timer = asyncio.get_running_loop().call_later(
+                blocked.timeout_ms / 1000, self.unblock, waiter, blocked.timeout_reply)
+
+    def unblock(self, waiter: Waiter, reply: bytes | None) -> None:
+        """Release a parked client with `reply` (None: it went away) and run what it sent
+        meanwhile."""
+        if waiter.done:
+            return
+        waiter.done = True
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        for name in waiter.blocked.queues:
+            queue_waiters = self._waiters.get(name)
+            if queue_waiters is not None:
+                try:
+                    queue_waiters.remove(waiter)
+                except ValueError:
+                    pass
+                if not queue_waiters:
+                    del self._waiters[name]
+        connection = waiter.connection
+        connection.waiter = None
+        if reply is not None:
+            self.reply(connection, reply, False)
+            asyncio.get_running_loop().call_soon(connection.process)
+
+    def serve_waiters(self) -> None:
+        """Give newly visible messages to parked clients, first come first served."""
+        readied = self.engine.readied
+        while readied:
+            queue_waiters = self._waiters.get(readied.pop())
+            while queue_waiters:
+                waiter = queue_waiters[0]
+                transport = waiter.connection.transport
+                if transport is None or transport.is_closing():
+                    self.unblock(waiter, None)
+                    continue
+                reply = self._attempt(waiter)
+                if reply is None:
+                    break
+                self.unblock(waiter, reply)
+
+    def _attempt(self, waiter: Waiter) -> bytes | None:
+        state = self.state
+        state.now = self.clock()
+        try:
+            return waiter.blocked.attempt()
+        except CommandError as exc:  # the queue was deleted meanwhile
+            return encode.error(exc.code, exc.message)
+
+    def blocked_consumers(self, name: bytes) -> int:
+        return len(self._waiters.get(name, ()))
 
     # -- replies and group commit -------------------------------------------------------------
 
@@ -276,6 +361,8 @@ class Server:
         self._timer = None
         self._timer_at = None
         self.engine.tick(self.clock())
+        if self.engine.readied:
+            self.serve_waiters()
         self.after_commands()
         if self.aof is not None and self.aof.pending:
             self._schedule_commit()

@@ -13,6 +13,18 @@ from ..engine import Engine
 
 
 @dataclass(eq=False)
+class Blocked:
+    """A handler's answer when a blocking pop found nothing: the server parks the client
+    until `attempt()` returns a reply (called whenever a message may be visible in one of
+    `queues`) or until `timeout_ms` passes (0: forever), then sends `timeout_reply`."""
+
+    queues: list[bytes]
+    timeout_ms: int
+    attempt: Callable[[], bytes | None]
+    timeout_reply: bytes
+
+
+@dataclass(eq=False)
 class Session:
     id: int
     addr: str = ""
@@ -60,4 +72,5 @@ class ServerState:
     command_stats: dict[str, list[int]] = field(default_factory=dict)  # [calls, usec, failed]
     request_shutdown: Callable[[], None] = lambda: None
     bound_port: int = 0
+    blocked_consumers: Callable[[bytes], int] = lambda name: 0
     aof: Any = None  # valqd.persistence.aof.AppendOnlyFile when appendonly is on

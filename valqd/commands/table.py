@@ -27,6 +27,8 @@ class Arg:
     def syntax(self) -> str:
         if self.type == "oneof":
             text = " | ".join(a.syntax() for a in self.args)
+            if self.token:
+                text = f"{self.token} {text}"
         elif self.type == "block":
             text = " ".join(([self.token] if self.token else []) + [a.syntax() for a in self.args])
         elif self.type == "pure-token":
@@ -117,17 +119,39 @@ MESSAGE_ID = Arg("id", "integer")
 W, R, F, D, A = "write", "readonly", "fast", "denyoom", "admin"
 LOG = "O(log N) where N is the number of messages in the queue"
 Q = (2, 2, 1)  # VALQ subcommands name their queue at argv[2]
+SETTINGS_ARGS = (
+    Arg("visibility", "integer", "VISIBILITY", optional=True),
+    Arg("maxattempts", "integer", "MAXATTEMPTS", optional=True),
+    Arg("retention", "integer", "RETENTION", optional=True),
+    Arg("backoff", "oneof", "BACKOFF", optional=True, args=(
+        Arg("none", "pure-token", "NONE"),
+        Arg("fixed", "block", "FIXED", args=(Arg("seconds", "integer"),)),
+        Arg("exponential", "block", "EXPONENTIAL", args=(
+            Arg("base", "integer"), Arg("max", "integer"))))),
+    Arg("dedupwindow", "integer", "DEDUPWINDOW", optional=True),
+    Arg("maxlen", "integer", "MAXLEN", optional=True),
+)
+POP_OPTIONS = (
+    Arg("count", "integer", "COUNT", optional=True),
+    Arg("ms", "integer", "BLOCK", optional=True),
+    Arg("withmeta", "pure-token", "WITHMETA", optional=True),
+    Arg("noack", "pure-token", "NOACK", optional=True),
+)
+LEASE = Arg("receipt", token="LEASE", optional=True)
 
 VALQ = container("valq", -1, "job queues with leases, redelivery, DLQ and delays", "valq", [
     CommandSpec("create", -3, (W, D), "create new q", "valq", valq.valq_create, (
         QUEUE, Arg("visibility_timeout", "integer", optional=True),
         Arg("max_delivery_attempts", "integer", optional=True),
-        Arg("retention_period", "integer", optional=True)), keys=Q),
+        Arg("retention_period", "integer", optional=True), *SETTINGS_ARGS), keys=Q),
     CommandSpec("delete", 3, (W,), "delete q", "valq", valq.valq_delete, (QUEUE,),
                 "O(N) where N is the number of messages in the queue", keys=Q),
-    CommandSpec("update", 6, (W,), "update q", "valq", valq.valq_update, (
-        QUEUE, Arg("visibility_timeout", "integer"), Arg("max_delivery_attempts", "integer"),
-        Arg("retention_period", "integer")), keys=Q),
+    CommandSpec("update", -4, (W,), "update q", "valq", valq.valq_update, (
+        QUEUE, Arg("values", "oneof", args=(
+            Arg("positional", "block", args=(
+                Arg("visibility_timeout", "integer"), Arg("max_delivery_attempts", "integer"),
+                Arg("retention_period", "integer"))),
+            Arg("keywords", "block", args=SETTINGS_ARGS)))), keys=Q),
     CommandSpec("list", 2, (R,), "list all queues", "valq", valq.valq_list,
                 complexity="O(Q log Q) where Q is the number of queues"),
     CommandSpec("info", 3, (R, F), "info about q", "valq", valq.valq_info, (QUEUE,), keys=Q),
@@ -137,15 +161,54 @@ VALQ = container("valq", -1, "job queues with leases, redelivery, DLQ and delays
                     Arg("delayed", "pure-token", "DELAYED")))),
                 "O(N) where N is the number of messages removed", keys=Q),
     CommandSpec("push", -4, (W, D, F), "push message to q, optionally with delay", "valq",
-                valq.valq_push, (QUEUE, Arg("body"), Arg("delay", "integer", optional=True)),
+                valq.valq_push, (QUEUE, Arg("body"), Arg("delay", "integer", optional=True),
+                                 Arg("priority", "integer", "PRIORITY", optional=True),
+                                 Arg("key", token="DEDUP", optional=True)), LOG, keys=Q),
+    CommandSpec("pop", -3, (W, F), "get message from q", "valq", valq.valq_pop,
+                (QUEUE, *POP_OPTIONS), LOG, keys=Q),
+    CommandSpec("ack", -4, (W, F), "ack message completion", "valq", valq.valq_ack,
+                (QUEUE, MESSAGE_ID, LEASE), LOG, keys=Q),
+    CommandSpec("extend", -5, (W, F), "extend message to have more time to complete it",
+                "valq", valq.valq_extend, (QUEUE, MESSAGE_ID, Arg("seconds", "integer"),
+                                           LEASE), LOG, keys=Q),
+    CommandSpec("nack", -4, (W, F), "give a message back: visible again after a delay or "
+                "the queue's backoff, or to the DLQ after its last attempt", "valq",
+                valq.valq_nack, (QUEUE, MESSAGE_ID, Arg("delay", "integer", optional=True),
+                                 LEASE, Arg("text", token="REASON", optional=True)),
                 LOG, keys=Q),
-    CommandSpec("pop", 3, (W, F), "get message from q", "valq", valq.valq_pop, (QUEUE,), LOG,
-                keys=Q),
-    CommandSpec("ack", 4, (W, F), "ack message completion", "valq", valq.valq_ack,
-                (QUEUE, MESSAGE_ID), LOG, keys=Q),
-    CommandSpec("extend", 5, (W, F), "extend message to have more time to complete it",
-                "valq", valq.valq_extend, (QUEUE, MESSAGE_ID, Arg("seconds", "integer")),
+    CommandSpec("mpush", -4, (W, D, F), "push several messages, all or none", "valq",
+                valq.valq_mpush, (QUEUE, Arg("body", multiple=True)),
+                "O(M log N) for M messages", keys=Q),
+    CommandSpec("mpop", -4, (W, F), "get messages from the first of several queues that "
+                "has one", "valq", valq.valq_mpop,
+                (Arg("numqueues", "integer"), Arg("queue", "key", multiple=True),
+                 *POP_OPTIONS), LOG, keys=(3, 3, 1)),
+    CommandSpec("mack", -4, (W, F), "ack several messages", "valq", valq.valq_mack,
+                (QUEUE, Arg("id", "integer", multiple=True)), "O(M log N) for M ids", keys=Q),
+    CommandSpec("get", 4, (R, F), "show one message, wherever it is", "valq", valq.valq_get,
+                (QUEUE, MESSAGE_ID), keys=Q),
+    CommandSpec("peek", -3, (R,), "show the next messages of a part of q, changing nothing",
+                "valq", valq.valq_peek, (QUEUE, Arg("part", "oneof", optional=True, args=(
+                    Arg("ready", "pure-token", "READY"),
+                    Arg("inflight", "pure-token", "INFLIGHT"),
+                    Arg("delayed", "pure-token", "DELAYED"), Arg("dlq", "pure-token", "DLQ"))),
+                    Arg("count", "integer", "COUNT", optional=True)),
+                "O(log N + M) for M messages shown", keys=Q),
+    CommandSpec("cancel", 4, (W, F), "remove a message in any state", "valq",
+                valq.valq_cancel, (QUEUE, MESSAGE_ID), LOG, keys=Q),
+    CommandSpec("reschedule", 5, (W, F), "give a ready or delayed message a new due time",
+                "valq", valq.valq_reschedule, (QUEUE, MESSAGE_ID, Arg("delay", "integer")),
                 LOG, keys=Q),
+    CommandSpec("redrive", -3, (W,), "move DLQ messages back to q or another queue", "valq",
+                valq.valq_redrive, (QUEUE, Arg("count", "integer", "COUNT", optional=True),
+                                    Arg("other", "key", "TO", optional=True)),
+                "O(M log N) for M messages moved", keys=Q),
+    CommandSpec("pause", 3, (W, F), "stop delivering from q (pushes and acks still work)",
+                "valq", valq.valq_pause, (QUEUE,), keys=Q),
+    CommandSpec("resume", 3, (W, F), "deliver from a paused q again", "valq",
+                valq.valq_resume, (QUEUE,), keys=Q),
+    CommandSpec("stats", 3, (R, F), "every count, setting and counter of q", "valq",
+                valq.valq_stats, (QUEUE,), keys=Q),
     CommandSpec("help", 2, (R, "loading", "stale"), "display help information", "valq",
                 valq.valq_help),
 ], handler=valq.valq_help)

@@ -1,23 +1,26 @@
 """The engine: every queue of the server, one timer heap over them, and the journal.
 
 Live operations (`push`, `pop`, ...) validate, resolve every choice (the new id, which
-message is delivered, absolute deadlines from `now`) and then apply a deterministic effect
-through an `_apply_*` method. When a journal is attached, each applied effect is also
-appended to it as a tuple, `(kind, queue, ...)`. Replaying those tuples with `apply()` runs
-the very same `_apply_*` methods, so a log rebuilds exactly the state the live server had.
+message is delivered, absolute deadlines from `now`) and then emit deterministic effects,
+tuples such as `("lease", queue, id, deadline_at, attempts, lease_no)`. `_emit` applies an
+effect through `_APPLY`, and then hands it to the journal (the AOF), counts it in the
+queue's counters and tells the listener (live events). Replaying a journal with `apply()`
+runs the very same `_APPLY` functions and nothing else, so a log rebuilds exactly the state
+the live server had.
 
-Timers: each queue knows its next deadline (lease, delay or DLQ retention). The engine keeps
-a heap of `(at, serial, queue)` with one live entry per queue that has a deadline; an entry
-is stale when the queue was deleted or rescheduled since. `tick(now)` applies everything due
-and returns the earliest deadline left, so the server arms a single timer.
+Timers: each queue knows its next deadline (lease, delay, DLQ retention, dedup key). The
+engine keeps a heap of `(at, serial, queue)` with one live entry per queue that has a
+deadline; an entry is stale when the queue was deleted or rescheduled since. `tick(now)`
+applies everything due and returns the earliest deadline left, so the server arms one timer.
 """
 
 import hashlib
 import heapq
 import itertools
-from typing import Callable
+from typing import Callable, NamedTuple
 
-from ..errors import BusyQueueError, CommandError, NoMessageError, NoQueueError
+from ..errors import (BusyQueueError, CommandError, NoLeaseError, NoMessageError,
+                      NoQueueError, QueueFullError)
 from . import record
 from .queue import Queue, QueueSettings
 from .record import ID_BITS, ID_MASK
@@ -26,10 +29,35 @@ VISIBILITY_RANGE = (1, 43200)
 ATTEMPTS_RANGE = (1, 20)
 RETENTION_RANGE = (60, 604800)
 EXTEND_RANGE = (0, 43200)
+DEDUP_WINDOW_RANGE = (1, 604800)
+BACKOFF_RANGE = (0, 604800)
+MAXLEN_RANGE = (0, 2**63 - 1)
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 MAX_DELAY = 2**64 - 1  # seconds; the module's u64
 MAX_DUE_AT = MAX_DELAY * 1000  # due times saturate here, as the module's u64 seconds did
 
 Journal = Callable[[tuple], None]
+Listener = Callable[[str, bytes, int | None], None]
+
+# Effect kind -> the live event it publishes and the counter it bumps.
+EVENTS = {"push": "pushed", "lease": "delivered", "take": "delivered", "remove": "acked",
+          "nack": "nacked", "expire": "expired", "dead": "dead", "drop": "dropped",
+          "redrive": "redriven", "cancel": "cancelled"}
+COUNTED = {"push": "pushed", "lease": "delivered", "take": "delivered", "remove": "acked",
+           "nack": "nacked", "expire": "expired", "dead": "dead_lettered", "drop": "dropped",
+           "redrive": "redriven", "cancel": "cancelled"}
+# Effects after which a queue may have a message that blocked consumers can take.
+READYING = frozenset(("push", "expire", "nack", "promote", "redrive", "pause"))
+
+
+class Delivery(NamedTuple):
+    id: int
+    body: memoryview
+    attempts: int
+    lease_no: int  # 0 when delivered with NOACK
+    enqueued_at: int
+    lease_deadline: int  # 0 when delivered with NOACK
+    priority: int
 
 
 def check_range(what: str, value: int, bounds: tuple[int, int]) -> int:
@@ -39,13 +67,19 @@ def check_range(what: str, value: int, bounds: tuple[int, int]) -> int:
     return value
 
 
+def due_time(now: int, delay: int) -> int:
+    return min(now + delay * 1000, MAX_DUE_AT)
+
+
 def make_settings(visibility_timeout: int | None = None,
                   max_delivery_attempts: int | None = None,
                   retention_period: int | None = None,
-                  base: QueueSettings | None = None) -> QueueSettings:
+                  base: QueueSettings | None = None, *,
+                  backoff: tuple[str, int, int] | None = None,
+                  dedup_window: int | None = None,
+                  maxlen: int | None = None) -> QueueSettings:
     """New settings from `base` (or the defaults), range-checked."""
-    settings = QueueSettings() if base is None else QueueSettings(
-        base.visibility_timeout, base.max_delivery_attempts, base.retention_period)
+    settings = QueueSettings() if base is None else base.copy()
     if visibility_timeout is not None:
         settings.visibility_timeout = check_range("visibility_timeout", visibility_timeout,
                                                   VISIBILITY_RANGE)
@@ -55,6 +89,19 @@ def make_settings(visibility_timeout: int | None = None,
     if retention_period is not None:
         settings.retention_period = check_range("retention_period", retention_period,
                                                 RETENTION_RANGE)
+    if backoff is not None:
+        kind, first, ceiling = backoff
+        if kind not in ("none", "fixed", "exponential"):
+            raise CommandError("backoff must be NONE, FIXED or EXPONENTIAL")
+        check_range("backoff seconds", first, BACKOFF_RANGE)
+        check_range("backoff seconds", ceiling, BACKOFF_RANGE)
+        if kind == "exponential" and ceiling < first:
+            raise CommandError("exponential backoff max must not be below its base")
+        settings.backoff, settings.backoff_base, settings.backoff_max = kind, first, ceiling
+    if dedup_window is not None:
+        settings.dedup_window = check_range("dedup_window", dedup_window, DEDUP_WINDOW_RANGE)
+    if maxlen is not None:
+        settings.maxlen = check_range("maxlen", maxlen, MAXLEN_RANGE)
     return settings
 
 
@@ -62,6 +109,8 @@ class Engine:
     def __init__(self, journal: Journal | None = None) -> None:
         self.queues: dict[bytes, Queue] = {}
         self.journal = journal
+        self.listener: Listener | None = None
+        self.readied: set[bytes] = set()  # queues that may have new visible messages
         self._timers: list[tuple[int, int, Queue]] = []
         self._timer_serial = itertools.count()
         self._queue_serial = itertools.count(1)
@@ -80,18 +129,22 @@ class Engine:
     def message_count(self) -> int:
         return sum(len(q.records) for q in self.queues.values())
 
-    # -- live operations -------------------------------------------------------------------
+    # -- queues ----------------------------------------------------------------------------
 
     def create_queue(self, name: bytes, settings: QueueSettings) -> None:
         if name in self.queues:
             raise BusyQueueError(name)
         self._emit(("create", name, settings.visibility_timeout,
                     settings.max_delivery_attempts, settings.retention_period))
+        if settings.extension() != QueueSettings().extension():
+            self._emit(("tune", name, *settings.extension()))
 
     def update_queue(self, name: bytes, settings: QueueSettings) -> None:
-        self.queue(name)
+        q = self.queue(name)
         self._emit(("update", name, settings.visibility_timeout,
                     settings.max_delivery_attempts, settings.retention_period))
+        if settings.extension() != q.settings.extension():
+            self._emit(("tune", name, *settings.extension()))
 
     def delete_queue(self, name: bytes) -> None:
         self.queue(name)
@@ -100,46 +153,141 @@ class Engine:
     def flush(self) -> None:
         self._emit(("flush",))
 
-    def push(self, name: bytes, body: bytes, now: int, delay: int = 0) -> int:
-        """Store a message; visible at once, or after `delay` seconds. Returns its id."""
+    def pause(self, name: bytes, paused: bool) -> None:
         q = self.queue(name)
+        if q.paused != paused:
+            self._emit(("pause", name, int(paused)))
+
+    # -- producing -------------------------------------------------------------------------
+
+    def push(self, name: bytes, body: bytes, now: int, delay: int = 0, priority: int = 0,
+             dedup_key: bytes | None = None) -> int:
+        """Store a message, visible at once or after `delay` seconds; returns its id, or
+        the first message's id when `dedup_key` was pushed within the dedup window."""
+        q = self.queue(name)
+        if dedup_key is not None:
+            seen = q.dedup.get(dedup_key)
+            if seen is not None and seen[1] > now:
+                q.counters["deduplicated"] += 1
+                return seen[0]
+        maxlen = q.settings.maxlen
+        if maxlen and q.stored_count() >= maxlen:
+            raise QueueFullError(name, maxlen)
         message_id = q.id_sequence + 1
-        due_at = min(now + delay * 1000, MAX_DUE_AT) if delay else 0
-        q.add(message_id, now, due_at, 0, body)
-        if self.journal is not None:
-            self.journal(("push", name, message_id, now, due_at, 0, body))
-        if due_at:
+        self._emit(("push", name, message_id, now, due_time(now, delay) if delay else 0,
+                    priority, body))
+        if dedup_key is not None:
+            self._emit(("dedup", name, dedup_key, message_id,
+                        now + q.settings.dedup_window * 1000))
+        if delay:
             self._schedule(q)
         return message_id
 
+    def push_many(self, name: bytes, bodies: list[bytes], now: int) -> list[int]:
+        """Push several messages at once: all of them, or none when maxlen forbids."""
+        q = self.queue(name)
+        maxlen = q.settings.maxlen
+        if maxlen and q.stored_count() + len(bodies) > maxlen:
+            raise QueueFullError(name, maxlen)
+        return [self.push(name, body, now) for body in bodies]
+
+    # -- consuming -------------------------------------------------------------------------
+
     def pop(self, name: bytes, now: int) -> tuple[int, memoryview] | None:
         """Deliver the head of the queue: (id, body), leased for the visibility timeout."""
-        q = self.queue(name)
-        if not q.ready:
-            return None
-        message_id = q.ready[0] & ID_MASK
-        attempts = record.unpack(q.records[message_id])[3] + 1
-        deadline_at = now + q.settings.visibility_timeout * 1000
-        self._emit(("lease", name, message_id, deadline_at, attempts, q.lease_seq + 1))
-        self._schedule(q)
-        return message_id, record.body_of(q.records[message_id])
+        delivered = self.pop_many(name, now, 1)
+        return (delivered[0].id, delivered[0].body) if delivered else None
 
-    def ack(self, name: bytes, message_id: int) -> None:
+    def pop_many(self, name: bytes, now: int, count: int,
+                 noack: bool = False) -> list[Delivery]:
+        """Deliver up to `count` messages from the head. With `noack` each message is
+        removed as it is delivered (at most once); otherwise it is leased."""
+        q = self.queue(name)
+        if q.paused:
+            return []
+        deliveries = []
+        deadline_at = now + q.settings.visibility_timeout * 1000
+        while q.ready and len(deliveries) < count:
+            message_id = q.ready[0] & ID_MASK
+            enqueued_at, _, _, attempts, priority = record.unpack(q.records[message_id])
+            attempts += 1
+            if noack:
+                body = record.body_of(q.records[message_id])
+                self._emit(("take", name, message_id))
+                deliveries.append(Delivery(message_id, body, attempts, 0, enqueued_at, 0,
+                                           priority))
+                continue
+            lease_no = q.lease_seq + 1
+            self._emit(("lease", name, message_id, deadline_at, attempts, lease_no))
+            deliveries.append(Delivery(message_id, record.body_of(q.records[message_id]),
+                                       attempts, lease_no, enqueued_at, deadline_at,
+                                       priority))
+        if deliveries and not noack:
+            self._schedule(q)
+        return deliveries
+
+    def _leased(self, q: Queue, message_id: int, lease_no: int | None) -> str | None:
+        """The message's state, after checking a LEASE receipt if one was given."""
+        state = q.state_of(message_id)
+        if lease_no is not None and (state != "inflight" or record.unpack(
+                q.records[message_id])[2] != lease_no):
+            raise NoLeaseError(q.name, message_id)
+        return state
+
+    def ack(self, name: bytes, message_id: int, lease_no: int | None = None) -> None:
         """Remove a message of the main queue, in flight or still visible."""
         q = self.queue(name)
-        if q.state_of(message_id) not in ("ready", "inflight"):
+        if self._leased(q, message_id, lease_no) not in ("ready", "inflight"):
             raise NoMessageError(name, message_id)
         self._emit(("remove", name, message_id))
 
-    def extend(self, name: bytes, message_id: int, seconds: int, now: int) -> None:
+    def ack_many(self, name: bytes, message_ids: list[int]) -> int:
+        """Ack each message of the main queue among `message_ids`; returns how many."""
+        q = self.queue(name)
+        acked = 0
+        for message_id in message_ids:
+            if q.state_of(message_id) in ("ready", "inflight"):
+                self._emit(("remove", name, message_id))
+                acked += 1
+        return acked
+
+    def extend(self, name: bytes, message_id: int, seconds: int, now: int,
+               lease_no: int | None = None) -> None:
         """Hide a main-queue message until now + seconds (a new deadline, not an addition)."""
         q = self.queue(name)
         check_range("seconds", seconds, EXTEND_RANGE)
-        if q.state_of(message_id) not in ("ready", "inflight"):
+        if self._leased(q, message_id, lease_no) not in ("ready", "inflight"):
             raise NoMessageError(name, message_id)
-        _, _, lease_no, attempts, _ = record.unpack(q.records[message_id])
-        self._emit(("lease", name, message_id, now + seconds * 1000, attempts, lease_no))
+        _, _, current_lease, attempts, _ = record.unpack(q.records[message_id])
+        self._emit(("hold", name, message_id, now + seconds * 1000, attempts, current_lease))
         self._schedule(q)
+
+    def nack(self, name: bytes, message_id: int, now: int, delay: int | None = None,
+             lease_no: int | None = None, reason: bytes | None = None) -> None:
+        """End a delivery now: the message is visible again after `delay` seconds, or the
+        queue's backoff; after its last attempt it goes to the DLQ at once."""
+        q = self.queue(name)
+        state = self._leased(q, message_id, lease_no)
+        if state not in ("ready", "inflight"):
+            raise NoMessageError(name, message_id)
+        if state != "inflight":
+            raise NoLeaseError(name, message_id, "is not in flight")
+        if reason is not None:
+            self._emit(("reason", name, message_id, reason))
+        attempts = record.unpack(q.records[message_id])[3]
+        if attempts >= q.settings.max_delivery_attempts:
+            self._emit(("dead", name, message_id, now))
+            q.counters["nacked"] += 1
+        else:
+            if delay is not None:
+                due_at = due_time(now, delay) if delay else 0
+            else:
+                wait = q.settings.backoff_ms(attempts)
+                due_at = now + wait if wait else 0
+            self._emit(("nack", name, message_id, due_at))
+        self._schedule(q)
+
+    # -- operating -------------------------------------------------------------------------
 
     def purge(self, name: bytes, which: str) -> int:
         """Remove every message of one part of the queue: main, delayed or dlq."""
@@ -148,6 +296,41 @@ class Engine:
         if count:
             self._emit(("purge", name, which))
         return count
+
+    def cancel(self, name: bytes, message_id: int) -> None:
+        """Remove a message in any state."""
+        q = self.queue(name)
+        if message_id not in q.records:
+            raise NoMessageError(name, message_id)
+        self._emit(("cancel", name, message_id))
+
+    def reschedule(self, name: bytes, message_id: int, delay: int, now: int) -> None:
+        """Give a ready or delayed message a new due time, now + delay seconds."""
+        q = self.queue(name)
+        state = q.state_of(message_id)
+        if state is None:
+            raise NoMessageError(name, message_id)
+        if state not in ("ready", "delayed"):
+            raise CommandError(f"message {message_id} is {state}: only ready or delayed "
+                               "messages can be rescheduled")
+        self._emit(("defer", name, message_id, due_time(now, delay)))
+        self._schedule(q)
+
+    def redrive(self, name: bytes, now: int, count: int | None = None,
+                to: bytes | None = None) -> int:
+        """Move the oldest DLQ messages (all by default) to the main queue of `name` or of
+        `to`, with attempts reset; in another queue they get new ids, in DLQ order."""
+        q = self.queue(name)
+        target = q if to is None else self.queue(to)
+        moving = len(q.dead) if count is None else min(count, len(q.dead))
+        if target is not q and target.settings.maxlen and \
+                target.stored_count() + moving > target.settings.maxlen:
+            raise QueueFullError(target.name, target.settings.maxlen)
+        for key in list(q.dead_order.islice(0, moving)):
+            message_id = key & ID_MASK
+            new_id = message_id if target is q else target.id_sequence + 1
+            self._emit(("redrive", name, message_id, target.name, new_id, now))
+        return moving
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -181,7 +364,9 @@ class Engine:
             delay_at = q.delayed_order[0] >> ID_BITS if q.delayed_order else None
             drop_at = ((q.dead_order[0] >> ID_BITS) + q.settings.retention_period * 1000
                        if q.dead_order else None)
-            candidates = [at for at in (lease_at, delay_at, drop_at) if at is not None]
+            dedup_at = q.dedup_order[0][0] if q.dedup_order else None
+            candidates = [at for at in (lease_at, delay_at, drop_at, dedup_at)
+                          if at is not None]
             if not candidates or min(candidates) > now:
                 return
             at = min(candidates)
@@ -189,13 +374,20 @@ class Engine:
                 message_id = q.lease_order[0] & ID_MASK
                 attempts = record.unpack(q.records[message_id])[3]
                 if attempts >= q.settings.max_delivery_attempts:
+                    q.counters["expired"] += 1
                     self._emit(("dead", name, message_id, at))
                 else:
-                    self._emit(("expire", name, message_id))
+                    wait = q.settings.backoff_ms(attempts)
+                    self._emit(("expire", name, message_id, at + wait if wait else 0))
             elif at == delay_at:
-                self._emit(("promote", name, q.delayed_order[0] & ID_MASK, q.promote_seq + 1))
-            else:
+                message_id = q.delayed_order[0] & ID_MASK
+                delivered_before = record.unpack(q.records[message_id])[3] > 0
+                self._emit(("promote", name, message_id,
+                            0 if delivered_before else q.promote_seq + 1))
+            elif at == drop_at:
                 self._emit(("drop", name, q.dead_order[0] & ID_MASK))
+            else:  # dedup keys expire without a record: replay ignores expired keys too
+                q.forget_expired_dedup(now)
 
     def _schedule(self, q: Queue) -> None:
         at = q.next_deadline()
@@ -211,12 +403,13 @@ class Engine:
             yield from q.snapshot()
 
     def digest(self) -> str:
-        """A hex digest of the whole state, independent of history and creation order."""
+        """A hex digest of every queue, its settings and every message with its state,
+        independent of history and creation order (dedup keys are not part of it)."""
         if not self.queues:
             return "0" * 40
         h = hashlib.sha1()
         for name in sorted(self.queues):
-            for effect in self.queues[name].snapshot():
+            for effect in self.queues[name].snapshot(with_dedup=False):
                 h.update(repr(effect).encode())
         return h.hexdigest()
 
@@ -235,17 +428,36 @@ class Engine:
                 self._schedule(q)
 
     def _emit(self, effect: tuple) -> None:
-        _APPLY[effect[0]](self, *effect[1:])
+        kind = effect[0]
+        _APPLY[kind](self, *effect[1:])
         if self.journal is not None:
             self.journal(effect)
+        if kind in COUNTED:
+            self.queues[effect[1]].counters[COUNTED[kind]] += 1
+        if kind in READYING:
+            self.readied.add(effect[3] if kind == "redrive" else effect[1])
+        if self.listener is not None:
+            event = EVENTS.get(kind)
+            if kind == "pause":
+                event = "paused" if effect[2] else "resumed"
+            if event is not None:
+                self.listener(event, effect[1], effect[2] if kind != "pause" else None)
 
     def _apply_create(self, name: bytes, vt: int, mda: int, rp: int) -> None:
         self.queues[name] = Queue(name, QueueSettings(vt, mda, rp), next(self._queue_serial))
 
     def _apply_update(self, name: bytes, vt: int, mda: int, rp: int) -> None:
         q = self.queues[name]
-        q.settings = QueueSettings(vt, mda, rp)
+        q.settings.visibility_timeout = vt
+        q.settings.max_delivery_attempts = mda
+        q.settings.retention_period = rp
         self._schedule(q)
+
+    def _apply_tune(self, name: bytes, backoff: str, backoff_base: int, backoff_max: int,
+                    dedup_window: int, maxlen: int) -> None:
+        s = self.queues[name].settings
+        s.backoff, s.backoff_base, s.backoff_max = backoff, backoff_base, backoff_max
+        s.dedup_window, s.maxlen = dedup_window, maxlen
 
     def _apply_delete(self, name: bytes) -> None:
         del self.queues[name]
@@ -254,9 +466,15 @@ class Engine:
         self.queues.clear()
         self._timers.clear()
 
+    def _apply_pause(self, name: bytes, paused: int) -> None:
+        self.queues[name].paused = bool(paused)
+
     def _apply_push(self, name: bytes, message_id: int, enqueued_at: int, due_at: int,
                     priority: int, body: bytes) -> None:
         self.queues[name].add(message_id, enqueued_at, due_at, priority, body)
+
+    def _apply_dedup(self, name: bytes, key: bytes, message_id: int, expires_at: int) -> None:
+        self.queues[name].remember_dedup(key, message_id, expires_at)
 
     def _apply_lease(self, name: bytes, message_id: int, deadline_at: int, attempts: int,
                      lease_no: int) -> None:
@@ -265,14 +483,31 @@ class Engine:
     def _apply_remove(self, name: bytes, message_id: int) -> None:
         self.queues[name].remove(message_id)
 
-    def _apply_expire(self, name: bytes, message_id: int) -> None:
-        self.queues[name].release(message_id)
+    def _apply_release(self, name: bytes, message_id: int, due_at: int) -> None:
+        self.queues[name].release(message_id, due_at)
+
+    def _apply_defer(self, name: bytes, message_id: int, due_at: int) -> None:
+        self.queues[name].defer(message_id, due_at)
+
+    def _apply_reason(self, name: bytes, message_id: int, reason: bytes) -> None:
+        self.queues[name].reasons[message_id] = reason
 
     def _apply_dead(self, name: bytes, message_id: int, dead_at: int) -> None:
         self.queues[name].bury(message_id, dead_at)
 
     def _apply_promote(self, name: bytes, message_id: int, promote_seq: int) -> None:
         self.queues[name].promote(message_id, promote_seq)
+
+    def _apply_redrive(self, name: bytes, message_id: int, target: bytes, new_id: int,
+                       enqueued_at: int) -> None:
+        q = self.queues[name]
+        if target == name:
+            q.revive(message_id)
+            return
+        priority = record.unpack(q.records[message_id])[4]
+        body = bytes(record.body_of(q.records[message_id]))
+        q.remove(message_id)
+        self.queues[target].add(new_id, enqueued_at, 0, priority, body)
 
     def _apply_purge(self, name: bytes, which: str) -> None:
         self.queues[name].purge(which)
@@ -292,15 +527,25 @@ class Engine:
 _APPLY: dict[str, Callable[..., None]] = {
     "create": Engine._apply_create,
     "update": Engine._apply_update,
+    "tune": Engine._apply_tune,
     "delete": Engine._apply_delete,
     "flush": Engine._apply_flush,
+    "pause": Engine._apply_pause,
     "push": Engine._apply_push,
-    "lease": Engine._apply_lease,
-    "remove": Engine._apply_remove,
-    "expire": Engine._apply_expire,
+    "dedup": Engine._apply_dedup,
+    "lease": Engine._apply_lease,  # a delivery
+    "hold": Engine._apply_lease,  # EXTEND: a new deadline for the same delivery
+    "remove": Engine._apply_remove,  # ACK
+    "take": Engine._apply_remove,  # a NOACK delivery
+    "cancel": Engine._apply_remove,
+    "drop": Engine._apply_remove,  # DLQ retention ran out
+    "expire": Engine._apply_release,  # a lease ran out: back now, or after the backoff
+    "nack": Engine._apply_release,
+    "defer": Engine._apply_defer,  # RESCHEDULE
+    "reason": Engine._apply_reason,
     "dead": Engine._apply_dead,
     "promote": Engine._apply_promote,
-    "drop": Engine._apply_remove,
+    "redrive": Engine._apply_redrive,
     "purge": Engine._apply_purge,
     "counters": Engine._apply_counters,
     "restore": Engine._apply_restore,

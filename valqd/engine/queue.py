@@ -1,4 +1,4 @@
-"""One queue: its settings, its messages and the four indexes over them.
+"""One queue: its settings, its messages and the indexes over them.
 
 A message lives in `records` (id -> packed record, see `record.py`) for as long as it exists,
 and in exactly one of four states:
@@ -12,12 +12,15 @@ Every method is O(log n) in the number of messages, except the purges, which are
 what they remove. Times are integer Unix milliseconds; the queue never reads a clock.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from sortedcontainers import SortedList
 
 from . import record
 from .record import ID_BITS, ID_MASK, time_key
+
+COUNTERS = ("pushed", "delivered", "acked", "nacked", "expired", "dead_lettered", "dropped",
+            "deduplicated", "redriven", "cancelled")
 
 
 @dataclass(slots=True)
@@ -25,12 +28,39 @@ class QueueSettings:
     visibility_timeout: int = 30  # seconds a delivery stays leased
     max_delivery_attempts: int = 5  # deliveries before a message goes to the DLQ
     retention_period: int = 86400  # seconds a message stays in the DLQ
+    backoff: str = "none"  # none | fixed | exponential: wait before a failed message returns
+    backoff_base: int = 0  # seconds: the fixed wait, or the first exponential one
+    backoff_max: int = 0  # seconds: the exponential ceiling
+    dedup_window: int = 300  # seconds a DEDUP key blocks a second push
+    maxlen: int = 0  # most messages (ready, in flight, delayed); 0 = no limit
+
+    def copy(self) -> "QueueSettings":
+        return QueueSettings(*(getattr(self, f.name) for f in fields(self)))
+
+    def backoff_ms(self, attempts: int) -> int:
+        """How long a message waits before it is visible again after its `attempts`-th
+        delivery failed (its lease ran out, or NACK without a delay)."""
+        if self.backoff == "fixed":
+            return self.backoff_base * 1000
+        if self.backoff == "exponential":
+            exponent = min(max(attempts - 1, 0), 64)
+            return min(self.backoff_base << exponent, self.backoff_max) * 1000
+        return 0
+
+    def extension(self) -> tuple:
+        """The settings beyond the module's three, as stored in a `tune` record."""
+        return (self.backoff, self.backoff_base, self.backoff_max, self.dedup_window,
+                self.maxlen)
+
+
+DEFAULT_EXTENSION = QueueSettings().extension()
 
 
 class Queue:
-    __slots__ = ("name", "serial", "settings", "id_sequence", "promote_seq", "lease_seq", "records",
-                 "ready", "leases", "lease_order", "delayed", "delayed_order", "dead",
-                 "dead_order", "scheduled_at")
+    __slots__ = ("name", "serial", "settings", "id_sequence", "promote_seq", "lease_seq",
+                 "records", "ready", "leases", "lease_order", "delayed", "delayed_order",
+                 "dead", "dead_order", "dedup", "dedup_order", "reasons", "paused",
+                 "counters", "scheduled_at")
 
     def __init__(self, name: bytes, settings: QueueSettings, serial: int = 0) -> None:
         self.name = name
@@ -47,6 +77,11 @@ class Queue:
         self.delayed_order: SortedList = SortedList()
         self.dead: dict[int, int] = {}
         self.dead_order: SortedList = SortedList()
+        self.dedup: dict[bytes, tuple[int, int]] = {}  # key -> (message id, expires_at)
+        self.dedup_order: SortedList = SortedList()  # (expires_at, key)
+        self.reasons: dict[int, bytes] = {}  # the last NACK reason of a message
+        self.paused = False
+        self.counters = dict.fromkeys(COUNTERS, 0)  # since start-up, not persisted
         self.scheduled_at: int | None = None  # the engine's timer entry for this queue
 
     # -- state queries -------------------------------------------------------------------
@@ -54,6 +89,10 @@ class Queue:
     def main_count(self) -> int:
         """Messages in the main queue: visible plus in flight."""
         return len(self.ready) + len(self.leases)
+
+    def stored_count(self) -> int:
+        """Messages that count against maxlen: everything but the DLQ."""
+        return len(self.records) - len(self.dead)
 
     def state_of(self, message_id: int) -> str | None:
         if message_id not in self.records:
@@ -67,7 +106,8 @@ class Queue:
         return "ready"
 
     def next_deadline(self) -> int | None:
-        """The earliest time at which a lease, a delay or a DLQ retention runs out."""
+        """The earliest time at which a lease, a delay, a DLQ retention or a dedup key runs
+        out."""
         best = None
         if self.lease_order:
             best = self.lease_order[0] >> ID_BITS
@@ -79,10 +119,11 @@ class Queue:
             at = (self.dead_order[0] >> ID_BITS) + self.settings.retention_period * 1000
             if best is None or at < best:
                 best = at
+        if self.dedup_order:
+            at = self.dedup_order[0][0]
+            if best is None or at < best:
+                best = at
         return best
-
-    def head_ready(self) -> int | None:
-        return self.ready[0] & ID_MASK if self.ready else None
 
     # -- transitions (each one is a journal record kind, see engine.py) -------------------
 
@@ -107,30 +148,39 @@ class Queue:
         else:
             self.lease_order.remove(time_key(old_deadline, message_id))
         if attempts != old_attempts or lease_no != old_lease_no:
-            self.records[message_id] = record.pack(enqueued_at, promote_seq, lease_no,
-                                                   attempts, priority, record.body_of(rec))
+            self._rewrite(message_id, lease_no=lease_no, attempts=attempts)
         if lease_no > self.lease_seq:
             self.lease_seq = lease_no
         self.leases[message_id] = deadline_at
         self.lease_order.add(time_key(deadline_at, message_id))
 
-    def release(self, message_id: int) -> None:
-        """An in-flight message becomes visible again, in its original place."""
+    def release(self, message_id: int, due_at: int = 0) -> None:
+        """An in-flight message returns: visible at once in its original place, or, with
+        `due_at`, delayed until then (backoff)."""
         deadline = self.leases.pop(message_id)
         self.lease_order.remove(time_key(deadline, message_id))
-        self.ready.add(self._order_key(message_id))
+        if due_at:
+            self.delayed[message_id] = due_at
+            self.delayed_order.add(time_key(due_at, message_id))
+        else:
+            self.ready.add(self._order_key(message_id))
+
+    def defer(self, message_id: int, due_at: int) -> None:
+        """A ready or delayed message gets a new due time."""
+        self._unlink(message_id)
+        self.delayed[message_id] = due_at
+        self.delayed_order.add(time_key(due_at, message_id))
 
     def promote(self, message_id: int, promote_seq: int) -> None:
-        """A delayed message fell due: it goes ahead of every waiting plain message."""
+        """A delayed message fell due. With a rank (`promote_seq` > 0) it goes ahead of
+        every waiting plain message; with 0 (it was delivered before) it takes its place."""
         due_at = self.delayed.pop(message_id)
         self.delayed_order.remove(time_key(due_at, message_id))
-        rec = self.records[message_id]
-        enqueued_at, _, lease_no, attempts, priority = record.unpack(rec)
-        self.records[message_id] = record.pack(enqueued_at, promote_seq, lease_no, attempts,
-                                               priority, record.body_of(rec))
-        if promote_seq > self.promote_seq:
-            self.promote_seq = promote_seq
-        self.ready.add(record.order_key(message_id, promote_seq, priority))
+        if promote_seq:
+            self._rewrite(message_id, promote_seq=promote_seq)
+            if promote_seq > self.promote_seq:
+                self.promote_seq = promote_seq
+        self.ready.add(self._order_key(message_id))
 
     def bury(self, message_id: int, dead_at: int) -> None:
         """Move a message, in whatever state, to the DLQ."""
@@ -138,9 +188,29 @@ class Queue:
         self.dead[message_id] = dead_at
         self.dead_order.add(time_key(dead_at, message_id))
 
+    def revive(self, message_id: int) -> None:
+        """A DLQ message returns to the main queue with its attempts reset (REDRIVE)."""
+        dead_at = self.dead.pop(message_id)
+        self.dead_order.remove(time_key(dead_at, message_id))
+        self._rewrite(message_id, attempts=0)
+        self.ready.add(self._order_key(message_id))
+
     def remove(self, message_id: int) -> None:
         self._unlink(message_id)
         del self.records[message_id]
+        self.reasons.pop(message_id, None)
+
+    def remember_dedup(self, key: bytes, message_id: int, expires_at: int) -> None:
+        old = self.dedup.get(key)
+        if old is not None:
+            self.dedup_order.remove((old[1], key))
+        self.dedup[key] = (message_id, expires_at)
+        self.dedup_order.add((expires_at, key))
+
+    def forget_expired_dedup(self, now: int) -> None:
+        while self.dedup_order and self.dedup_order[0][0] <= now:
+            _, key = self.dedup_order.pop(0)
+            del self.dedup[key]
 
     def restore(self, message_id: int, state: str, at: int, enqueued_at: int,
                 promote_seq: int, lease_no: int, attempts: int, priority: int,
@@ -162,11 +232,15 @@ class Queue:
         else:
             raise ValueError(f"unknown message state {state!r}")
 
-    def snapshot(self):
+    def snapshot(self, with_dedup: bool = True):
         """Effect records that rebuild this queue: settings, counters, then every message."""
         s = self.settings
         yield ("create", self.name, s.visibility_timeout, s.max_delivery_attempts,
                s.retention_period)
+        if s.extension() != DEFAULT_EXTENSION:
+            yield ("tune", self.name, *s.extension())
+        if self.paused:
+            yield ("pause", self.name, 1)
         yield ("counters", self.name, self.id_sequence, self.promote_seq, self.lease_seq)
         for message_id, rec in self.records.items():  # insertion order is id order
             enqueued_at, promote_seq, lease_no, attempts, priority = record.unpack(rec)
@@ -175,6 +249,12 @@ class Queue:
                 state, {}).get(message_id, 0)
             yield ("restore", self.name, message_id, state, at, enqueued_at, promote_seq,
                    lease_no, attempts, priority, bytes(record.body_of(rec)))
+            reason = self.reasons.get(message_id)
+            if reason is not None:
+                yield ("reason", self.name, message_id, reason)
+        if with_dedup:
+            for key, (message_id, expires_at) in self.dedup.items():
+                yield ("dedup", self.name, key, message_id, expires_at)
 
     def purge(self, which: str) -> int:
         if which == "main":
@@ -190,12 +270,22 @@ class Queue:
             ids = list(self.dead)
             self.dead.clear()
             self.dead_order.clear()
-        records = self.records
+        records, reasons = self.records, self.reasons
         for message_id in ids:
             del records[message_id]
+            if reasons:
+                reasons.pop(message_id, None)
         return len(ids)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _rewrite(self, message_id: int, **changes: int) -> None:
+        rec = self.records[message_id]
+        enqueued_at, promote_seq, lease_no, attempts, priority = record.unpack(rec)
+        self.records[message_id] = record.pack(
+            enqueued_at, changes.get("promote_seq", promote_seq),
+            changes.get("lease_no", lease_no), changes.get("attempts", attempts), priority,
+            record.body_of(rec))
 
     def _order_key(self, message_id: int) -> int:
         _, promote_seq, _, _, priority = record.unpack(self.records[message_id])

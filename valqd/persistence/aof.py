@@ -11,10 +11,13 @@ keeps every batch it commits meanwhile. When the child is done, the parent appen
 batches to the new file, fsyncs it, renames it over the AOF and fsyncs the directory. A crash
 at any point leaves either the old complete file or the new complete one.
 
-Disk faults: a failed write is cut back off the file (`ftruncate`) and kept pending, and
-`write_error` is set until a retry succeeds. So that draining works on a full disk, a reserve
-file holds space for the lease and removal records of every stored message; when the disk
-fills, the reserve is given back and those records still fit.
+Disk faults: a failed write is cut back off the file (`ftruncate`), its records move to
+`unwritten`, which every later commit writes first, and `write_error` is set until a retry
+succeeds. `pending` only holds the records of the current turn, so a turn that changed
+nothing (a read, a MISCONF reply) is answered at once rather than held for the retry. So
+that draining works on a full disk, a reserve file holds space for the lease and removal
+records of every stored message; when the disk fills, the reserve is given back and those
+records still fit.
 """
 
 import errno
@@ -72,7 +75,8 @@ class AppendOnlyFile:
     def __init__(self, path: str, fsync_policy: str = "everysec") -> None:
         self.path = path
         self.fsync_policy = fsync_policy
-        self.pending = bytearray()
+        self.pending = bytearray()  # records of this event-loop turn
+        self.unwritten = bytearray()  # records of a failed write, written before anything newer
         self.fd = -1
         self.size = 0  # bytes of the file known to be written completely
         self.base_size = 0  # size right after the last rewrite (for the automatic trigger)
@@ -82,6 +86,7 @@ class AppendOnlyFile:
         self.rewrite_pid = 0
         self.rewrite_started = 0.0
         self.rewrite_batches: list[bytes] | None = None
+        self.snapshot_covers = 0  # leading bytes of `unwritten` the rewrite's snapshot holds
         self.rewrites = 0
         self.last_rewrite_ok = True
         self.last_rewrite_seconds = -1
@@ -130,9 +135,14 @@ class AppendOnlyFile:
 
     def commit(self) -> bool:
         """Write the pending records as one batch (and fsync under `always`)."""
-        if not self.pending:
+        if not self.pending and not self.unwritten:
             return True
-        batch = encode_batch(self.pending)
+        if self.unwritten:  # the records of a failed write go first, in the same batch
+            self.unwritten += self.pending
+            self.pending.clear()
+        else:
+            self.pending, self.unwritten = self.unwritten, self.pending
+        batch = encode_batch(self.unwritten)
         try:
             self._write(batch)
         except OSError as exc:
@@ -145,10 +155,14 @@ class AppendOnlyFile:
                 self._failed(exc)  # written, but the disk is full: stop taking new data
             else:
                 return self._failed(exc)
-        self.pending.clear()
-        self.last_write_ok = True
         if self.rewrite_batches is not None:
-            self.rewrite_batches.append(batch)
+            if not self.snapshot_covers:
+                self.rewrite_batches.append(batch)
+            elif len(self.unwritten) > self.snapshot_covers:  # the snapshot holds the rest
+                self.rewrite_batches.append(encode_batch(self.unwritten[self.snapshot_covers:]))
+            self.snapshot_covers = 0
+        self.unwritten.clear()
+        self.last_write_ok = True
         return True
 
     def _write(self, batch: bytes) -> None:
@@ -228,6 +242,7 @@ class AppendOnlyFile:
         if self.rewrite_pid:
             return False
         self.commit()  # everything up to the fork belongs to the snapshot, not after it
+        self.snapshot_covers = len(self.unwritten)  # applied, so in the snapshot, if unwritten
         self.rewrite_started = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the child: write and leave, touching nothing of the parent's
@@ -251,6 +266,7 @@ class AppendOnlyFile:
             return
         temp = self.temp_path(self.rewrite_pid)
         batches = self.rewrite_batches or []
+        covered, self.snapshot_covers = self.snapshot_covers, 0
         self.rewrite_pid = 0
         self.rewrite_batches = None
         if os.waitstatus_to_exitcode(status) != 0:
@@ -271,6 +287,7 @@ class AppendOnlyFile:
             log.warning("Background AOF rewrite failed: %s", exc.strerror)
             self._rewrite_done(False, temp)
             return
+        del self.unwritten[:covered]  # the new file holds them
         self._rewrite_done(True, None)
 
     def rewrite_now(self, snapshot) -> None:
@@ -282,6 +299,7 @@ class AppendOnlyFile:
         started = time.monotonic()
         write_snapshot(temp, snapshot())
         self._swap_in(temp)
+        self.unwritten.clear()  # a failed write's records are in the snapshot
         self.rewrite_started = started
         self._rewrite_done(True, None)
 
@@ -313,6 +331,7 @@ class AppendOnlyFile:
             os.unlink(temp)
         self.rewrite_pid = 0
         self.rewrite_batches = None
+        self.snapshot_covers = 0
 
     def should_auto_rewrite(self, percentage: int, min_size: int) -> bool:
         if self.rewrite_pid or not percentage or self.size < min_size:
@@ -335,7 +354,7 @@ class AppendOnlyFile:
             f"aof_last_write_status:{'ok' if self.write_error is None else 'err'}",
             f"aof_current_size:{self.size}",
             f"aof_base_size:{self.base_size}",
-            f"aof_buffer_length:{len(self.pending)}",
+            f"aof_buffer_length:{len(self.pending) + len(self.unwritten)}",
             f"aof_fsync_policy:{self.fsync_policy}",
             f"aof_reserve_size:{self.reserve_size}",
         ]

@@ -52,9 +52,11 @@ def encode_batch(payload: bytes | bytearray) -> bytes:
 
 # How each record kind's fields are typed: b = bytes, i = int, s = str.
 SCHEMAS: dict[bytes, str] = {
-    b"create": "biii", b"update": "biii", b"delete": "b", b"flush": "",
-    b"push": "biiiib", b"lease": "biiii", b"remove": "bi", b"expire": "bi", b"dead": "bii",
-    b"promote": "bii", b"drop": "bi", b"purge": "bs",
+    b"create": "biii", b"update": "biii", b"tune": "bsiiii", b"delete": "b", b"flush": "",
+    b"pause": "bi", b"push": "biiiib", b"dedup": "bbii", b"lease": "biiii",
+    b"hold": "biiii", b"remove": "bi", b"take": "bi", b"cancel": "bi", b"drop": "bi",
+    b"expire": "bii", b"nack": "bii", b"defer": "bii", b"reason": "bib", b"dead": "bii",
+    b"promote": "bii", b"redrive": "bibii", b"purge": "bs",
     b"counters": "biii", b"restore": "bisiiiiiib",
 }
 
@@ -96,7 +98,7 @@ def iter_batches(data: bytes | memoryview, path: str):
             if len(header) != 4 or header[0] != b"B":
                 raise ValueError
             length, crc = int(header[1]), int(header[2], 16)
-            if _header(length, crc) != line:
+            if length < 0 or _header(length, crc) != line:
                 raise ValueError
         except ValueError:
             if _is_cut_off(view, offset, size):
@@ -108,6 +110,8 @@ def iter_batches(data: bytes | memoryview, path: str):
             return offset  # the last batch was being written when the process died
         payload = view[start:end]
         if zlib.crc32(payload) != crc:
+            if not any(view[end - 1:size]):  # a payload ends in "\n": zeros to the end of the
+                return offset  # file are space allocated but never written, as after power loss
             raise AofCorruption(path, offset, "checksum mismatch")
         yield offset, end, payload
         offset = end

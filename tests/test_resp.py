@@ -1,0 +1,249 @@
+"""The RESP codec without sockets: request parsing from one table of cases, reply encoding.
+
+Every parser case runs twice, fed whole and fed one byte at a time (h11's tests/test_io.py):
+the same commands, then the same error if any, must come out both ways. Not covered on
+purpose: an inline command after a multibulk one in the same read (parser.py's documented
+limitation).
+"""
+
+from dataclasses import dataclass
+
+import hiredis
+import pytest
+
+from valqd.errors import ProtocolError
+from valqd.resp import NEED_DATA, RequestParser, encode
+from valqd.resp.parser import INLINE_MAX_SIZE
+
+
+@dataclass(frozen=True)
+class Err:
+    """The parser raises ProtocolError with exactly this message."""
+    message: str
+
+
+PING = b"*1\r\n$4\r\nPING\r\n"
+BINARY = b"\r\n\x00\r\n$1"  # CRLF, NUL and a fake bulk header inside one bulk
+BIG = b"b" * (INLINE_MAX_SIZE + 100)  # a bulk is not bound by the inline limit
+
+# (wire bytes, what comes out: commands, then at most one Err)
+CASES = [
+    # multibulk
+    pytest.param(PING, [[b"PING"]], id="multibulk"),
+    pytest.param(b"*3\r\n$4\r\nVALQ\r\n$4\r\nPUSH\r\n$1\r\nq\r\n",
+                 [[b"VALQ", b"PUSH", b"q"]], id="multibulk-3"),
+    pytest.param(PING + b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n" + PING,
+                 [[b"PING"], [b"ECHO", b"hi"], [b"PING"]], id="pipelined"),
+    pytest.param(b"*2\r\n$4\r\nECHO\r\n$7\r\n" + BINARY + b"\r\n",
+                 [[b"ECHO", BINARY]], id="binary-bulk"),
+    pytest.param(b"*2\r\n$4\r\nECHO\r\n$0\r\n\r\n", [[b"ECHO", b""]], id="empty-bulk"),
+    pytest.param(b"*2\r\n$4\r\nECHO\r\n$%d\r\n%b\r\n" % (len(BIG), BIG), [[b"ECHO", BIG]],
+                 id="bulk-over-64k"),
+    pytest.param(b"*0\r\n", [], id="zero-skipped"),
+    pytest.param(b"*-1\r\n", [], id="null-skipped"),
+    pytest.param(b"*0\r\n*-1\r\n" + PING + b"*0\r\n", [[b"PING"]], id="skipped-in-pipeline"),
+    # inline
+    pytest.param(b"PING\r\n", [[b"PING"]], id="inline-crlf"),
+    pytest.param(b"PING\n", [[b"PING"]], id="inline-lf"),
+    pytest.param(b"  ECHO \t  hello   world  \r\n", [[b"ECHO", b"hello", b"world"]],
+                 id="inline-spaces"),
+    pytest.param(b'ECHO "a b" "\\x41\\x4a" "1\\n2" "say \\"hi\\""\r\n',
+                 [[b"ECHO", b"a b", b"AJ", b"1\n2", b'say "hi"']], id="inline-double-quotes"),
+    pytest.param(b'ECHO "\\r\\t\\b\\a\\\\\\q" "\\xZZ" ""\r\n',
+                 [[b"ECHO", b"\r\t\b\a\\q", b"xZZ", b""]], id="inline-escapes"),
+    pytest.param(b"ECHO 'it\\'s' 'a\\nb' 'x \"y\"'\r\n",
+                 [[b"ECHO", b"it's", b"a\\nb", b'x "y"']], id="inline-single-quotes"),
+    pytest.param(b"\r\n\n  \r\nPING\r\n", [[b"PING"]], id="inline-empty-lines-skipped"),
+    pytest.param(b"PING\r\nECHO a\r\n", [[b"PING"], [b"ECHO", b"a"]], id="inline-twice"),
+    pytest.param(b"PING\r\n" + PING, [[b"PING"], [b"PING"]], id="inline-then-multibulk"),
+    pytest.param(b"x" * INLINE_MAX_SIZE, [], id="inline-64k-incomplete"),
+    # errors
+    pytest.param(b'ECHO "abc\r\n', [Err("unbalanced quotes in request")],
+                 id="unbalanced-double"),
+    pytest.param(b"ECHO 'abc\r\n", [Err("unbalanced quotes in request")],
+                 id="unbalanced-single"),
+    pytest.param(b'ECHO "a"b\r\n', [Err("unbalanced quotes in request")],
+                 id="closing-quote-then-text"),
+    pytest.param(b"PING\r\nECHO \"a\r\n", [[b"PING"], Err("unbalanced quotes in request")],
+                 id="unbalanced-after-good"),
+    pytest.param(b"x" * (INLINE_MAX_SIZE + 1), [Err("too big inline request")],
+                 id="inline-too-big"),
+    pytest.param(b"*1\r\n:1\r\n", [Err("expected '$', got ':'")], id="integer-item"),
+    pytest.param(b"*1\r\n-x\r\n", [Err("expected '$', got '-'")], id="error-item"),
+    pytest.param(b"*1\r\n*1\r\n$1\r\na\r\n", [Err("expected '$', got '*'")], id="nested-item"),
+    pytest.param(b"*2\r\n$4\r\nECHO\r\n,1.5\r\n", [Err("expected '$', got ','")],
+                 id="double-item"),
+    pytest.param(b"*1\r\n#t\r\n", [Err("expected '$', got '#'")], id="bool-item"),
+    pytest.param(b"*1\r\n%1\r\n$1\r\na\r\n$1\r\nb\r\n", [Err("expected '$', got '%'")],
+                 id="map-item"),
+    pytest.param(b"*1\r\n+x\r\n", [Err("expected '$', got '+'")], id="simple-string-item",
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "hiredis returns the same bytes for `+`, `$`, `=` and `(` items, so the "
+                     "parser cannot tell them apart; `_` is reported as a bad bulk length"))),
+    pytest.param(b"*1\r\n$-1\r\n", [Err("invalid bulk length")], id="null-bulk-item"),
+    pytest.param(b"*1\r\n$-2\r\n", [Err("invalid bulk length")], id="negative-bulk-length"),
+    pytest.param(b"*abc\r\n", [Err("invalid multibulk length")], id="bad-multibulk-length"),
+    pytest.param(b"*1\r\n$abc\r\n", [Err("invalid bulk length")], id="bad-bulk-length"),
+    pytest.param(PING + b"*abc\r\n", [[b"PING"], Err("invalid multibulk length")],
+                 id="bad-length-after-good"),
+]
+
+
+def feed_whole(wire: bytes) -> list:
+    parser = RequestParser()
+    parser.feed(wire)
+    return drain(parser)
+
+
+def feed_bytewise(wire: bytes) -> list:
+    """Feed one byte at a time: a command comes out only when its final `\\n` arrives."""
+    parser = RequestParser()
+    out: list = []
+    for i in range(len(wire)):
+        byte = wire[i:i + 1]
+        parser.feed(byte)
+        before = len(out)
+        out += drain(parser)
+        if len(out) > before and not isinstance(out[-1], Err):
+            assert byte == b"\n", f"a command came out at byte {i} ({byte!r}), not at a \\n"
+        if out and isinstance(out[-1], Err):
+            break
+    return out
+
+
+def drain(parser: RequestParser) -> list:
+    """Every complete command, then Err(message) if the parser raised."""
+    out: list = []
+    try:
+        while (command := parser.next_command()) is not NEED_DATA:
+            assert type(command) is list and command
+            assert all(type(arg) is bytes for arg in command)
+            out.append(command)
+    except ProtocolError as exc:
+        out.append(Err(str(exc)))
+    return out
+
+
+@pytest.mark.parametrize("feed", [feed_whole, feed_bytewise], ids=["whole", "bytewise"])
+@pytest.mark.parametrize("wire, expected", CASES)
+def test_request_parsing(feed, wire, expected):
+    assert feed(wire) == expected
+
+
+def test_need_data_is_none():
+    parser = RequestParser()
+    assert NEED_DATA is None
+    assert parser.next_command() is NEED_DATA
+    parser.feed(b"*1\r\n$4\r\nPI")
+    assert parser.next_command() is NEED_DATA
+    parser.feed(b"NG\r\n")
+    assert parser.next_command() == [b"PING"]
+    assert parser.next_command() is NEED_DATA
+
+
+@pytest.mark.parametrize("tail", [b":1\r\n", b"-x\r\n", b",1.5\r\n", b"#t\r\n",
+                                  b"%1\r\n$1\r\na\r\n$1\r\nb\r\n", b">1\r\n$4\r\nPING\r\n",
+                                  b"PING\r\n"])
+def test_values_pipelined_after_multibulk_never_escape_as_other_errors(tail):
+    """Whatever follows a multibulk request in one read, the parser hands out lists of bytes
+    or raises ProtocolError; before the fix a `:1` here raised TypeError in the server."""
+    parser = RequestParser()
+    parser.feed(PING + tail)
+    assert parser.next_command() == [b"PING"]
+    for item in drain(parser):
+        assert isinstance(item, Err) or all(type(arg) is bytes for arg in item)
+
+
+# -- encoding --------------------------------------------------------------------------
+
+def _info_pairs() -> list[bytes]:
+    return [encode.bulk(b"msgs"), encode.bulk_int(3), encode.bulk(b"id"), encode.integer(7)]
+
+
+# (name, encoder taking proto, RESP2 wire, RESP3 wire, value a hiredis Reader gives for each)
+ENCODINGS = [
+    ("ok", lambda p: encode.OK, b"+OK\r\n", b"+OK\r\n", b"OK", b"OK"),
+    ("pong", lambda p: encode.PONG, b"+PONG\r\n", b"+PONG\r\n", b"PONG", b"PONG"),
+    ("simple", lambda p: encode.simple(b"RESET"), b"+RESET\r\n", b"+RESET\r\n",
+     b"RESET", b"RESET"),
+    ("integer", lambda p: encode.integer(-42), b":-42\r\n", b":-42\r\n", -42, -42),
+    ("bulk", lambda p: encode.bulk(b"a\r\nb\x00"), b"$5\r\na\r\nb\x00\r\n",
+     b"$5\r\na\r\nb\x00\r\n", b"a\r\nb\x00", b"a\r\nb\x00"),
+    ("bulk-memoryview", lambda p: encode.bulk(memoryview(b"xyz")[1:]), b"$2\r\nyz\r\n",
+     b"$2\r\nyz\r\n", b"yz", b"yz"),
+    ("empty-bulk", lambda p: encode.EMPTY_BULK, b"$0\r\n\r\n", b"$0\r\n\r\n", b"", b""),
+    ("bulk-str", lambda p: encode.bulk_str("é"), b"$2\r\n\xc3\xa9\r\n", b"$2\r\n\xc3\xa9\r\n",
+     "é".encode(), "é".encode()),
+    ("bulk-int", lambda p: encode.bulk_int(1234), b"$4\r\n1234\r\n", b"$4\r\n1234\r\n",
+     b"1234", b"1234"),
+    ("array", lambda p: encode.array([encode.integer(1), encode.bulk(b"a")]),
+     b"*2\r\n:1\r\n$1\r\na\r\n", b"*2\r\n:1\r\n$1\r\na\r\n", [1, b"a"], [1, b"a"]),
+    ("empty-array", lambda p: encode.EMPTY_ARRAY, b"*0\r\n", b"*0\r\n", [], []),
+    ("bulk-array", lambda p: encode.bulk_array([b"q1", b""]),
+     b"*2\r\n$2\r\nq1\r\n$0\r\n\r\n", b"*2\r\n$2\r\nq1\r\n$0\r\n\r\n", [b"q1", b""],
+     [b"q1", b""]),
+    ("map", lambda p: encode.map_(_info_pairs(), p),
+     b"*4\r\n$4\r\nmsgs\r\n$1\r\n3\r\n$2\r\nid\r\n:7\r\n",
+     b"%2\r\n$4\r\nmsgs\r\n$1\r\n3\r\n$2\r\nid\r\n:7\r\n",
+     [b"msgs", b"3", b"id", 7], {b"msgs": b"3", b"id": 7}),
+    ("empty-map", lambda p: encode.map_([], p), b"*0\r\n", b"%0\r\n", [], {}),
+    ("set", lambda p: encode.set_([encode.simple(b"write")], p), b"*1\r\n+write\r\n",
+     b"~1\r\n+write\r\n", [b"write"], [b"write"]),
+    ("null", lambda p: encode.null(p), b"$-1\r\n", b"_\r\n", None, None),
+    ("null-array", lambda p: encode.null_array(p), b"*-1\r\n", b"_\r\n", None, None),
+    ("double", lambda p: encode.double(1.5, p), b"$3\r\n1.5\r\n", b",1.5\r\n", b"1.5", 1.5),
+    ("double-negative", lambda p: encode.double(-0.25, p), b"$5\r\n-0.25\r\n", b",-0.25\r\n",
+     b"-0.25", -0.25),
+    ("double-inf", lambda p: encode.double(float("inf"), p), b"$3\r\ninf\r\n", b",inf\r\n",
+     b"inf", float("inf")),
+    ("verbatim", lambda p: encode.verbatim(b"id=1\r\nx", p), b"$7\r\nid=1\r\nx\r\n",
+     b"=11\r\ntxt:id=1\r\nx\r\n", b"id=1\r\nx", b"id=1\r\nx"),
+    ("push", lambda p: encode.push([encode.bulk(b"message"), encode.integer(1)], p),
+     b"*2\r\n$7\r\nmessage\r\n:1\r\n", b">2\r\n$7\r\nmessage\r\n:1\r\n", [b"message", 1],
+     [b"message", 1]),
+]
+
+
+@pytest.mark.parametrize("name, encoder, resp2, resp3, value2, value3", ENCODINGS,
+                         ids=[e[0] for e in ENCODINGS])
+def test_encoding(name, encoder, resp2, resp3, value2, value3):
+    assert encoder(2) == resp2
+    assert encoder(3) == resp3
+
+
+def test_push_is_a_push_frame_under_resp3_only():
+    reader = hiredis.Reader()
+    reader.feed(encode.push([encode.bulk(b"m")], 3) + encode.push([encode.bulk(b"m")], 2))
+    assert type(reader.gets()) is hiredis.PushNotification
+    assert type(reader.gets()) is list
+
+
+@pytest.mark.parametrize("code, message, wire", [
+    ("ERR", "unknown command 'x'", b"-ERR unknown command 'x'\r\n"),
+    ("NOQUEUE", "no such queue 'q'", b"-NOQUEUE no such queue 'q'\r\n"),
+    ("ERR", "line\r\nbreak\rcr\nlf", b"-ERR line  break cr lf\r\n"),
+    ("ERR", "caf\u00e9 \ud800", b"-ERR caf\xc3\xa9 \\ud800\r\n"),
+])
+def test_error_is_one_line(code, message, wire):
+    assert encode.error(code, message) == wire
+
+
+def test_encoded_replies_are_valid_resp():
+    """Everything above, under both protocols, back to back: a hiredis Reader reads exactly
+    these values and nothing is left over, so every length and terminator is right."""
+    wire = b""
+    expected = []
+    for _, encoder, _, _, value2, value3 in ENCODINGS:
+        wire += encoder(2) + encoder(3)
+        expected += [value2, value3]
+    wire += encode.error("ERR", "a\r\nb") + b"+x" + encode.CRLF
+    reader = hiredis.Reader()
+    reader.feed(wire)
+    got = []
+    while (reply := reader.gets()) is not False:
+        got.append(reply)
+    assert not reader.has_data()
+    error, simple = got[-2:]
+    assert got[:-2] == expected
+    assert isinstance(error, hiredis.ReplyError) and str(error) == "ERR a  b"
+    assert simple == b"x"
