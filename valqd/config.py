@@ -66,6 +66,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dir", ".", "working directory, where persistence files live"),
     Setting("loglevel", "notice", "how much to log", "enum", LOGLEVELS, mutable=True),
     Setting("logfile", "", "log to this file instead of standard error"),
+    Setting("slowlog-log-slower-than", "10000", "log commands slower than this many "
+            "microseconds (negative: none, 0: all)", "int", low=-1, mutable=True),
+    Setting("slowlog-max-len", "128", "entries the slow log keeps", "int", mutable=True),
+    Setting("metrics-port", "0", "serve Prometheus metrics over HTTP on this port (0: off)",
+            "int", high=65535),
     Setting("appendonly", "yes", "persist every change to the append-only file", "enum",
             YES_NO),
     Setting("appendfilename", "appendonly.aof", "name of the append-only file, in dir"),

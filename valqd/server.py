@@ -21,6 +21,8 @@ import time
 
 from .commands.context import Blocked, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
+from .commands.observe import SlowLog, render_metrics, rss_bytes
+from .commands.pubsub import PubSub
 from .commands.table import TABLE
 from .config import Config
 from .engine import Engine
@@ -105,6 +107,39 @@ class Connection(asyncio.Protocol):
             self.server.unregister(self.session)
 
 
+class MetricsHttp(asyncio.Protocol):
+    """`GET /metrics` over plain HTTP: one Prometheus text response, then close."""
+
+    MAX_REQUEST = 8192
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.request = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.request += data
+        if b"\r\n\r\n" not in self.request and b"\n\n" not in self.request:
+            if len(self.request) > self.MAX_REQUEST:
+                self.transport.close()
+            return
+        words = self.request.split(b"\n", 1)[0].split()
+        if len(words) >= 2 and words[0] in (b"GET", b"HEAD") and \
+                words[1].split(b"?")[0] == b"/metrics":
+            status, body = b"200 OK", self.server.metrics().encode()
+        else:
+            status, body = b"404 Not Found", b"not found; try /metrics\n"
+        head = (b"HTTP/1.1 %b\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, len(body)))
+        self.transport.write(head if words[:1] == [b"HEAD"] else head + body)
+        self.transport.close()
+
+
 def _addr(sock_addr: tuple) -> str:
     host, port = sock_addr[0], sock_addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -117,6 +152,11 @@ class Server:
         self.engine = Engine()
         self.state = ServerState(self.engine, config, TABLE, clock,
                                  request_shutdown=self.request_shutdown)
+        self.state.pubsub = PubSub(self.engine)
+        self.state.slowlog = SlowLog(int(config["slowlog-max-len"]))  # type: ignore[call-overload]
+        self.state.slowlog_threshold_us = int(config["slowlog-log-slower-than"])  # type: ignore[call-overload]
+        config.on_change["slowlog-max-len"] = lambda n: self.state.slowlog.resize(int(n))
+        config.on_change["slowlog-log-slower-than"] = self._set_slowlog_threshold
         self.dispatcher = Dispatcher(self.state)
         self._client_ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
@@ -147,6 +187,11 @@ class Server:
             self._listeners.append(listener)
             port = port or listener.sockets[0].getsockname()[1]
         self.state.bound_port = port
+        metrics_port = int(self.config["metrics-port"])  # type: ignore[call-overload]
+        if metrics_port:
+            for host in str(self.config["bind"]).split():
+                self._listeners.append(await loop.create_server(
+                    lambda: MetricsHttp(self), host, metrics_port, reuse_address=True))
         self.engine.tick(self.clock())  # whatever fell due while the server was down
         self.after_commands()
         self._commit()
@@ -161,6 +206,9 @@ class Server:
         self.engine.readied.clear()
         self.state.aof = self.aof
         self.config.on_change["appendfsync"] = self._set_fsync_policy
+
+    def _set_slowlog_threshold(self, value: object) -> None:
+        self.state.slowlog_threshold_us = int(value)  # type: ignore[call-overload]
 
     def _set_fsync_policy(self, policy: object) -> None:
         if self.aof is not None:
@@ -207,18 +255,34 @@ class Server:
             self.aof.close()
         log.warning("valqd is now ready to exit, bye bye...")
 
+    def metrics(self) -> str:
+        self.state.now = self.clock()
+        extra = {
+            "valqd_uptime_seconds": ("gauge", "Seconds since the server started.",
+                                     round(time.time() - self.state.started_at, 3)),
+            "valqd_connected_clients": ("gauge", "Client connections.",
+                                        len(self.state.clients)),
+            "valqd_memory_rss_bytes": ("gauge", "Resident memory of the server process.",
+                                       rss_bytes()),
+            "valqd_aof_size_bytes": ("gauge", "Size of the append-only file.",
+                                     self.aof.size if self.aof is not None else 0),
+        }
+        return render_metrics(self.state, extra)
+
     # -- clients ---------------------------------------------------------------------------
 
     def register(self, connection: Connection, addr: str, laddr: str) -> Session:
         session = Session(next(self._client_ids), addr, laddr)
         transport = connection.transport
         session.closer = transport.close if transport is not None else None
+        session.send = lambda data: self.reply(connection, data, False)
         self._connections[session.id] = connection
         self.state.clients[session.id] = session
         self.state.total_connections += 1
         return session
 
     def unregister(self, session: Session) -> None:
+        self.state.pubsub.drop(session)
         self._connections.pop(session.id, None)
         self.state.clients.pop(session.id, None)
 

@@ -39,13 +39,17 @@ class Session:
     last_command: str = "NULL"
     close_after_reply: bool = False  # QUIT: send the reply, then close
     closer: Callable[[], None] | None = None  # set by the server: close this connection
+    send: Callable[[bytes], None] = lambda data: None  # set by the server: out-of-band data
+    channels: set[bytes] = field(default_factory=set)  # pub/sub subscriptions
+    patterns: set[bytes] = field(default_factory=set)
 
     def info_line(self, now: float) -> str:
         """One line of CLIENT LIST, in Valkey's field order."""
         return (f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 "
                 f"name={self.name.decode('utf-8', 'replace')} "
                 f"age={int(now - self.created_at)} idle={int(now - self.last_command_at)} "
-                f"flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 "
+                f"flags={'P' if self.channels or self.patterns else 'N'} db=0 "
+                f"sub={len(self.channels)} psub={len(self.patterns)} ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 "
                 f"argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 "
                 f"events=r cmd={self.last_command} user=default redir=-1 resp={self.proto} "
                 f"lib-name={self.lib_name.decode('utf-8', 'replace')} "
@@ -73,4 +77,7 @@ class ServerState:
     request_shutdown: Callable[[], None] = lambda: None
     bound_port: int = 0
     blocked_consumers: Callable[[bytes], int] = lambda name: 0
+    pubsub: Any = None  # valqd.commands.pubsub.PubSub
+    slowlog: Any = None  # valqd.commands.observe.SlowLog
+    slowlog_threshold_us: int = 10000  # negative: log nothing
     aof: Any = None  # valqd.persistence.aof.AppendOnlyFile when appendonly is on

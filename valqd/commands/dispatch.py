@@ -12,6 +12,7 @@ import time
 from ..errors import CommandError
 from ..resp import encode
 from .context import ServerState, Session
+from .pubsub import check_subscribed_mode
 from .table import CommandSpec
 
 log = logging.getLogger("valqd")
@@ -76,6 +77,8 @@ class Dispatcher:
         started = time.perf_counter_ns()
         failed = 0
         try:
+            if session.channels or session.patterns:
+                check_subscribed_mode(session, spec.name)
             reply = spec.handler(state, session, argv)  # type: ignore[misc]
         except CommandError as exc:
             reply = encode.error(exc.code, exc.message)
@@ -91,4 +94,6 @@ class Dispatcher:
         stats[0] += 1
         stats[1] += elapsed_us
         stats[2] += failed
+        if 0 <= state.slowlog_threshold_us <= elapsed_us:
+            state.slowlog.record(session, argv, elapsed_us)
         return reply

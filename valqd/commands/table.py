@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..resp import encode
-from . import admin, persist, valq
+from . import admin, observe, persist, pubsub, valq
 
 Handler = Callable[..., bytes]
 
@@ -275,6 +275,19 @@ DEBUG = container("debug", -2, "A container for debugging commands.", "server", 
                 "subcommands.", "server", persist.debug_help),
 ], flags=(A, "noscript", "loading", "stale"))
 
+SLOWLOG = container("slowlog", -2, "A container for slow log commands.", "server", [
+    CommandSpec("get", -2, (A, "loading", "stale"), "Returns the slow log's entries.",
+                "server", observe.slowlog_get, (Arg("count", "integer", optional=True),),
+                "O(N) where N is the number of entries returned"),
+    CommandSpec("len", 2, (A, "loading", "stale"), "Returns the number of entries in the "
+                "slow log.", "server", observe.slowlog_len),
+    CommandSpec("reset", 2, (A, "loading", "stale"), "Clears all entries from the slow log.",
+                "server", observe.slowlog_reset),
+    CommandSpec("help", 2, ("loading", "stale"), "Show helpful text about the different "
+                "subcommands.", "server", observe.slowlog_help),
+])
+PUBSUB = ("pubsub", "noscript", "loading", "stale")
+
 NO_AUTH = ("noscript", "loading", "stale", "fast", "no-auth")
 COMMANDS: list[CommandSpec] = [
     VALQ,
@@ -321,6 +334,22 @@ COMMANDS: list[CommandSpec] = [
                 (Arg("flush-type", "oneof", optional=True, args=(
                     Arg("async", "pure-token", "ASYNC"), Arg("sync", "pure-token", "SYNC"))),),
                 "O(N) where N is the number of messages"),
+    SLOWLOG,
+    CommandSpec("subscribe", -2, PUBSUB, "Listens for messages published to channels; queue "
+                "events arrive on valq:<queue>.", "pubsub", pubsub.subscribe,
+                (Arg("channel", multiple=True),), "O(N) where N is the number of channels"),
+    CommandSpec("psubscribe", -2, PUBSUB, "Listens for messages published to channels that "
+                "match patterns.", "pubsub", pubsub.psubscribe,
+                (Arg("pattern", "pattern", multiple=True),),
+                "O(N) where N is the number of patterns"),
+    CommandSpec("unsubscribe", -1, PUBSUB, "Stops listening to messages posted to channels.",
+                "pubsub", pubsub.unsubscribe,
+                (Arg("channel", optional=True, multiple=True),),
+                "O(N) where N is the number of channels"),
+    CommandSpec("punsubscribe", -1, PUBSUB, "Stops listening to messages published to "
+                "channels that match patterns.", "pubsub", pubsub.punsubscribe,
+                (Arg("pattern", "pattern", optional=True, multiple=True),),
+                "O(N) where N is the number of patterns"),
     CommandSpec("bgrewriteaof", 1, (A, "noscript"), "Asynchronously rewrites the "
                 "append-only file to a minimal log.", "server", persist.bgrewriteaof),
     CommandSpec("save", 1, (A, "noscript"), "Synchronously rewrites the append-only file to "

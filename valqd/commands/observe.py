@@ -1,0 +1,146 @@
+"""SLOWLOG and the Prometheus text exposition of queue and process figures."""
+
+import collections
+import os
+import resource
+import time
+
+from .. import __version__
+from ..errors import CommandError
+from ..resp import encode
+from .context import ServerState, Session
+
+SLOWLOG_MAX_ARGS = 32
+SLOWLOG_MAX_ARG_LEN = 128
+
+
+class SlowLog:
+    """The commands that took longer than `slowlog-log-slower-than` microseconds."""
+
+    def __init__(self, max_len: int = 128) -> None:
+        self.entries: collections.deque = collections.deque(maxlen=max_len)
+        self.next_id = 0
+
+    def resize(self, max_len: int) -> None:
+        self.entries = collections.deque(self.entries, maxlen=max_len)
+
+    def record(self, session: Session, argv: list[bytes], duration_us: int) -> None:
+        shown = [a if len(a) <= SLOWLOG_MAX_ARG_LEN else
+                 a[:SLOWLOG_MAX_ARG_LEN] + b"... (%d more bytes)" % (len(a) - SLOWLOG_MAX_ARG_LEN)
+                 for a in argv[:SLOWLOG_MAX_ARGS]]
+        if len(argv) > SLOWLOG_MAX_ARGS:
+            shown[-1] = b"... (%d more arguments)" % (len(argv) - SLOWLOG_MAX_ARGS + 1)
+        self.entries.appendleft((self.next_id, int(time.time()), duration_us, shown,
+                                 session.addr.encode(), session.name))
+        self.next_id += 1
+
+
+def slowlog_get(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SLOWLOG GET [count] -> the newest entries (10 by default, -1 for all): id, unix time,
+    microseconds, arguments, client address, client name."""
+    count = 10
+    if len(argv) > 3:
+        raise CommandError("wrong number of arguments for 'slowlog|get' command")
+    if len(argv) == 3:
+        try:
+            count = int(argv[2])
+        except ValueError:
+            count = -2
+        if count < -1:
+            raise CommandError("count should be greater than or equal to -1")
+    entries = list(state.slowlog.entries)
+    if count != -1:
+        entries = entries[:count]
+    return encode.array([encode.array([
+        encode.integer(entry_id), encode.integer(at), encode.integer(duration),
+        encode.bulk_array(args), encode.bulk(addr), encode.bulk(name)])
+        for entry_id, at, duration, args, addr, name in entries])
+
+
+def slowlog_len(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SLOWLOG LEN -> how many entries the slow log holds."""
+    return encode.integer(len(state.slowlog.entries))
+
+
+def slowlog_reset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SLOWLOG RESET -> +OK; the slow log is emptied."""
+    state.slowlog.entries.clear()
+    return encode.OK
+
+
+def slowlog_help(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SLOWLOG HELP -> the subcommands."""
+    return encode.bulk_array([b"SLOWLOG <subcommand> [<arg> ...]. Subcommands are:",
+                              b"GET [<count>]", b"    Return top <count> entries (-1: all).",
+                              b"LEN", b"    Return the length of the slowlog.",
+                              b"RESET", b"    Reset the slowlog.",
+                              b"HELP", b"    Print this help."])
+
+
+# -- Prometheus ----------------------------------------------------------------------------
+
+def rss_bytes() -> int:
+    """Resident memory of this process, read cheaply from /proc."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+QUEUE_GAUGES = (
+    ("ready", "Visible messages waiting for a consumer.", lambda q, s, now: len(q.ready)),
+    ("inflight", "Messages leased to a consumer.", lambda q, s, now: len(q.leases)),
+    ("delayed", "Messages waiting for their due time.", lambda q, s, now: len(q.delayed)),
+    ("dlq", "Messages in the dead-letter queue.", lambda q, s, now: len(q.dead)),
+    ("paused", "1 while the queue is paused.", lambda q, s, now: int(q.paused)),
+    ("blocked_consumers", "Clients blocked in a pop on the queue.",
+     lambda q, s, now: s.blocked_consumers(q.name)),
+)
+COUNTER_HELP = {
+    "pushed": "Messages pushed.", "delivered": "Deliveries (pops).", "acked": "Messages acked.",
+    "nacked": "Deliveries given back with NACK.", "expired": "Leases that ran out.",
+    "dead_lettered": "Messages moved to the dead-letter queue.",
+    "dropped": "DLQ messages dropped after the retention period.",
+    "deduplicated": "Pushes answered from the dedup window.",
+    "redriven": "DLQ messages moved back by REDRIVE.", "cancelled": "Messages cancelled.",
+}
+
+
+def _label(value: bytes) -> str:
+    text = value.decode("utf-8", "backslashreplace")
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render_metrics(state: ServerState, extra: dict[str, tuple[str, str, float]]) -> str:
+    """The Prometheus text format (version 0.0.4). `extra` holds process figures:
+    name -> (type, help, value)."""
+    from ..engine.record import ID_MASK, unpack
+
+    lines = []
+    queues = [state.engine.queues[name] for name in state.engine.queue_names()]
+    for name, help_text, get in QUEUE_GAUGES:
+        metric = f"valqd_queue_{name}"
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+        lines += [f'{metric}{{queue="{_label(q.name)}"}} {get(q, state, state.now)}'
+                  for q in queues]
+    metric = "valqd_queue_oldest_ready_age_seconds"
+    lines += [f"# HELP {metric} Age of the next message to be delivered.",
+              f"# TYPE {metric} gauge"]
+    for q in queues:
+        age = 0.0
+        if q.ready:
+            age = max(0, state.now - unpack(q.records[q.ready[0] & ID_MASK])[0]) / 1000
+        lines.append(f'{metric}{{queue="{_label(q.name)}"}} {age}')
+    for counter, help_text in COUNTER_HELP.items():
+        metric = f"valqd_queue_{counter}"
+        lines += [f"# HELP {metric} {help_text} Since the server started.",
+                  f"# TYPE {metric} counter"]
+        lines += [f'{metric}_total{{queue="{_label(q.name)}"}} {q.counters[counter]}'
+                  for q in queues]
+    lines += ["# HELP valqd_info Build information.", "# TYPE valqd_info gauge",
+              f'valqd_info{{version="{__version__}"}} 1']
+    for metric, (kind, help_text, value) in extra.items():
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}",
+                  f"{metric} {value}"]
+    return "\n".join(lines) + "\n"

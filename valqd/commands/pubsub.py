@@ -1,0 +1,124 @@
+"""Pub/sub: SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE and the queue events.
+
+The engine reports each live effect (pushed, delivered, acked, ...) to a listener; this
+module publishes it as `<event> <id>` on channel `valq:<queue>`. The listener is attached
+only while somebody is subscribed, so events cost nothing when nobody listens.
+"""
+
+from ..engine import Engine
+from ..errors import CommandError
+from ..resp import encode
+from .context import ServerState, Session
+from .glob import glob_match
+
+CHANNEL_PREFIX = b"valq:"
+# Commands a RESP2 connection may send while subscribed (Valkey's rule).
+ALLOWED_WHEN_SUBSCRIBED = frozenset(("subscribe", "psubscribe", "unsubscribe",
+                                     "punsubscribe", "ping", "quit", "reset"))
+
+
+class PubSub:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.channels: dict[bytes, set[Session]] = {}
+        self.patterns: dict[bytes, set[Session]] = {}
+
+    def _listen_if_needed(self) -> None:
+        self.engine.listener = self.on_event if (self.channels or self.patterns) else None
+
+    def on_event(self, event: str, queue: bytes, message_id: int | None) -> None:
+        payload = event.encode() if message_id is None else b"%s %d" % (event.encode(),
+                                                                         message_id)
+        self.publish(CHANNEL_PREFIX + queue, payload)
+
+    def publish(self, channel: bytes, payload: bytes) -> int:
+        receivers = 0
+        for session in self.channels.get(channel, ()):
+            session.send(encode.push([encode.bulk(b"message"), encode.bulk(channel),
+                                      encode.bulk(payload)], session.proto))
+            receivers += 1
+        for pattern, sessions in self.patterns.items():
+            if glob_match(pattern, channel):
+                for session in sessions:
+                    session.send(encode.push([encode.bulk(b"pmessage"), encode.bulk(pattern),
+                                              encode.bulk(channel), encode.bulk(payload)],
+                                             session.proto))
+                    receivers += 1
+        return receivers
+
+    def subscribe(self, session: Session, names: list[bytes], pattern: bool) -> bytes:
+        registry, mine = self._sides(session, pattern)
+        kind = b"psubscribe" if pattern else b"subscribe"
+        replies = []
+        for name in names:
+            registry.setdefault(name, set()).add(session)
+            mine.add(name)
+            replies.append(self._confirm(session, kind, name))
+        self._listen_if_needed()
+        return b"".join(replies)
+
+    def unsubscribe(self, session: Session, names: list[bytes], pattern: bool) -> bytes:
+        registry, mine = self._sides(session, pattern)
+        kind = b"punsubscribe" if pattern else b"unsubscribe"
+        targets = names or sorted(mine)
+        if not targets:
+            return encode.push([encode.bulk(kind), encode.null(session.proto),
+                                encode.integer(self._count(session))], session.proto)
+        replies = []
+        for name in targets:
+            if name in mine:
+                mine.discard(name)
+                subscribers = registry.get(name)
+                if subscribers is not None:
+                    subscribers.discard(session)
+                    if not subscribers:
+                        del registry[name]
+            replies.append(self._confirm(session, kind, name))
+        self._listen_if_needed()
+        return b"".join(replies)
+
+    def drop(self, session: Session) -> None:
+        """A connection went away, or RESET: forget all its subscriptions."""
+        self.unsubscribe(session, [], False)
+        self.unsubscribe(session, [], True)
+
+    def _sides(self, session: Session, pattern: bool):
+        return (self.patterns, session.patterns) if pattern else (self.channels,
+                                                                  session.channels)
+
+    @staticmethod
+    def _count(session: Session) -> int:
+        return len(session.channels) + len(session.patterns)
+
+    def _confirm(self, session: Session, kind: bytes, name: bytes) -> bytes:
+        return encode.push([encode.bulk(kind), encode.bulk(name),
+                            encode.integer(self._count(session))], session.proto)
+
+
+def subscribe(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SUBSCRIBE channel [channel ...] -> one confirmation per channel. Queue events arrive
+    on `valq:<queue>` as `<event> <id>`."""
+    return state.pubsub.subscribe(session, argv[1:], False)
+
+
+def psubscribe(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """PSUBSCRIBE pattern [pattern ...] -> one confirmation per pattern."""
+    return state.pubsub.subscribe(session, argv[1:], True)
+
+
+def unsubscribe(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """UNSUBSCRIBE [channel ...] -> one confirmation per channel (all when none given)."""
+    return state.pubsub.unsubscribe(session, argv[1:], False)
+
+
+def punsubscribe(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """PUNSUBSCRIBE [pattern ...] -> one confirmation per pattern (all when none given)."""
+    return state.pubsub.unsubscribe(session, argv[1:], True)
+
+
+def check_subscribed_mode(session: Session, name: str) -> None:
+    """A RESP2 connection in subscribed mode may only (un)subscribe, ping, quit or reset."""
+    if session.proto == 2 and (session.channels or session.patterns) and \
+            name.split("|")[0] not in ALLOWED_WHEN_SUBSCRIBED:
+        raise CommandError(f"Can't execute '{name}': only (P|S)SUBSCRIBE / "
+                           "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
