@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     directory = str(config["dir"])
     try:
         os.makedirs(directory, exist_ok=True)
+        config.values["dir"] = os.path.abspath(directory)
     except OSError as exc:
         print(f"valqd: can't use dir {directory!r}: {exc.strerror}", file=sys.stderr)
         return 1

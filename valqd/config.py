@@ -71,6 +71,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slowlog-max-len", "128", "entries the slow log keeps", "int", mutable=True),
     Setting("metrics-port", "0", "serve Prometheus metrics over HTTP on this port (0: off)",
             "int", high=65535),
+    Setting("save", "", "snapshot rules; valqd persists with the AOF only, so always empty "
+            "(Valkey tools read it)", "enum", ("",)),
     Setting("appendonly", "yes", "persist every change to the append-only file", "enum",
             YES_NO),
     Setting("appendfilename", "appendonly.aof", "name of the append-only file, in dir"),
@@ -118,9 +120,25 @@ class Config:
             hook(value)
 
 
+def reference() -> str:
+    """The README's settings table, in Markdown."""
+    lines = ["| setting | default | CONFIG SET | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        bar = " \\| "
+        choices = f" ({bar.join(s.choices)})" if s.kind == "enum" and all(s.choices) else ""
+        default = f"`{s.default}`" if s.default else '`""`'
+        lines.append(f"| `{s.name}` | {default} | {'yes' if s.mutable else 'no'} | "
+                     f"{s.help}{choices} |")
+    return "\n".join(lines)
+
+
 def read_config_file(path: str) -> dict[str, str]:
     values: dict[str, str] = {}
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise SystemExit(f"valqd: can't read config file {path}: {exc.strerror}") from None
+    with f:
         for number, raw_line in enumerate(f, 1):
             line = raw_line.strip()
             if not line or line.startswith(b"#"):
