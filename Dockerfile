@@ -1,6 +1,8 @@
 # valqd in a container:
 #   docker build -t valqd .
-#   docker run -d -p 7400:7400 -v valqd-data:/data valqd
+#   docker run -d -p 7400:7400 -v valqd-data:/data valqd --requirepass "$VALQD_PASSWORD"
+# or, on a private network where anything that can reach the port may use it:
+#   docker run -d -p 7400:7400 -v valqd-data:/data valqd --protected-mode no
 # Extra arguments are appended to the command line, e.g. `docker run valqd --loglevel debug`.
 FROM python:3.11-slim
 
@@ -33,8 +35,9 @@ EXPOSE 7400
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
     CMD ["python", "-c", "import os, socket, sys; s = socket.create_connection(('127.0.0.1', int(os.environ.get('VALQD_PORT', '7400'))), timeout=3); s.sendall(b'PING\\r\\n'); sys.exit(0 if s.recv(64).startswith(b'+PONG') else 1)"]
 
-# NOTE: inside the container valqd binds every interface (0.0.0.0) so that a published port
-# reaches it, and it has no password yet: publish the port only to networks you trust. When
-# --protected-mode/--requirepass exist, set them here or on `docker run`.
+# Inside the container valqd binds every interface (0.0.0.0) so that a published port reaches
+# it. Protected mode stays on: with no password, clients from outside the container are
+# refused with an explanation. Pass --requirepass PASSWORD (clients then AUTH), or
+# --protected-mode no where the network itself is trusted.
 ENTRYPOINT ["valqd", "--bind", "0.0.0.0", "--dir", "/data"]
 CMD []

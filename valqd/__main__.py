@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import os
+import ssl
 import sys
 import time
 
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["check-aof"]:
         return check_aof_main(args[1:])
-    config = Config(parse_command_line(args))
+    values, renames = parse_command_line(args)
+    config = Config(values, renames)
     directory = str(config["dir"])
     try:
         os.makedirs(directory, exist_ok=True)
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run(config))
     except OSError as exc:  # the port is taken, the address is wrong, ...
+        logging.getLogger("valqd").error("Could not start: %s", exc)
+        return 1
+    except (ValueError, ssl.SSLError) as exc:  # a setting that cannot work (TLS files, ...)
         logging.getLogger("valqd").error("Could not start: %s", exc)
         return 1
     except AofCorruption as exc:

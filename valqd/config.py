@@ -1,7 +1,9 @@
 """Every setting valqd has, in one table: command-line flags, the config file, CONFIG GET/SET.
 
 A config file holds `name value` lines as valkey.conf does (`#` starts a comment; values
-may be quoted). Flags use the same names (`--port 7400`); flags win over the file.
+may be quoted), plus `rename-command NAME NEWNAME` lines (an empty new name disables the
+command). Flags use the same names (`--port 7400`, `--rename-command FLUSHALL ""`); flags
+win over the file.
 """
 
 import argparse
@@ -20,7 +22,7 @@ class Setting:
     name: str
     default: str
     help: str
-    kind: str = "str"  # str | int | enum | memory (bytes, with Valkey's units)
+    kind: str = "str"  # str | int | enum | memory (bytes, Valkey's units) | secret | buffers
     choices: tuple[str, ...] = ()
     low: int = 0
     high: int = 2**63 - 1
@@ -37,6 +39,8 @@ class Setting:
             return value
         if self.kind == "memory":
             return parse_memory(raw)
+        if self.kind == "buffers":
+            return parse_output_limits(raw)
         if self.kind == "enum":
             if raw.lower() not in self.choices:
                 raise ValueError(f"argument(s) must be one of the following: "
@@ -59,6 +63,35 @@ def parse_memory(raw: str) -> int:
     return int(digits) * _UNITS[unit]
 
 
+OUTPUT_CLASSES = ("normal", "replica", "pubsub")
+
+
+def parse_output_limits(raw: str, base: dict | None = None) -> dict[str, tuple[int, int, int]]:
+    """`normal 256mb 64mb 60 pubsub 32mb 8mb 60`: per client class a hard limit, a soft
+    limit and how many seconds the soft limit may be exceeded."""
+    words = raw.split()
+    if not words or len(words) % 4:
+        raise ValueError("wrong number of arguments in buffer limit configuration")
+    limits = dict(base or OUTPUT_LIMIT_DEFAULTS)
+    for i in range(0, len(words), 4):
+        kind = {"slave": "replica"}.get(words[i].lower(), words[i].lower())
+        if kind not in OUTPUT_CLASSES:
+            raise ValueError(f"Invalid client class specified in buffer limit configuration")
+        try:
+            seconds = int(words[i + 3])
+        except ValueError:
+            raise ValueError("Error in soft_seconds setting in buffer limit configuration") from None
+        limits[kind] = (parse_memory(words[i + 1]), parse_memory(words[i + 2]), seconds)
+    return limits
+
+
+def render_output_limits(limits: dict[str, tuple[int, int, int]]) -> str:
+    return " ".join(f"{kind} {hard} {soft} {seconds}"
+                    for kind, (hard, soft, seconds) in limits.items())
+
+
+OUTPUT_LIMIT_DEFAULTS = {"normal": (256 << 20, 64 << 20, 60), "replica": (256 << 20, 64 << 20, 60),
+                         "pubsub": (32 << 20, 8 << 20, 60)}
 YES_NO = ("yes", "no")
 SETTINGS: tuple[Setting, ...] = (
     Setting("port", "7400", "TCP port to listen on (0 picks a free port)", "int", high=65535),
@@ -66,6 +99,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dir", ".", "working directory, where persistence files live"),
     Setting("loglevel", "notice", "how much to log", "enum", LOGLEVELS, mutable=True),
     Setting("logfile", "", "log to this file instead of standard error"),
+    Setting("requirepass", "", "password every client must give with AUTH (empty: none); "
+            "never shown by CONFIG GET", "secret", mutable=True),
+    Setting("protected-mode", "yes", "with no password, refuse clients that are not on the "
+            "loopback interface", "enum", YES_NO, mutable=True),
+    Setting("maxclients", "10000", "most client connections at once", "int", low=1,
+            mutable=True),
+    Setting("timeout", "0", "close a client idle for this many seconds (0: never; blocked "
+            "and subscribed clients are never idle)", "int", mutable=True),
+    Setting("client-output-buffer-limit", render_output_limits(OUTPUT_LIMIT_DEFAULTS),
+            "per client class: hard limit, soft limit, soft seconds of unread replies before "
+            "the client is disconnected (normal clients have a limit, unlike Valkey's 0 0 0)",
+            "buffers", mutable=True),
+    Setting("client-query-buffer-limit", "1gb", "largest request being received", "memory",
+            mutable=True),
+    Setting("proto-max-bulk-len", "512mb", "largest single argument", "memory", mutable=True),
+    Setting("max-message-size", "1mb", "largest message body PUSH accepts", "memory",
+            mutable=True),
+    Setting("maxmemory", "0", "refuse commands that add data above this much memory (0: no "
+            "limit); pops, acks and deletes keep working", "memory", mutable=True),
+    Setting("tls-port", "0", "also accept TLS connections on this port (0: off)", "int",
+            high=65535),
+    Setting("tls-cert-file", "", "server certificate (PEM) for TLS"),
+    Setting("tls-key-file", "", "private key (PEM) of the server certificate"),
+    Setting("tls-ca-cert-file", "", "CA certificates (PEM) that sign client certificates"),
+    Setting("tls-auth-clients", "yes", "whether TLS clients must present a certificate",
+            "enum", ("yes", "no", "optional")),
     Setting("slowlog-log-slower-than", "10000", "log commands slower than this many "
             "microseconds (negative: none, 0: all)", "int", low=-1, mutable=True),
     Setting("slowlog-max-len", "128", "entries the slow log keeps", "int", mutable=True),
@@ -89,17 +148,33 @@ BY_NAME = {s.name: s for s in SETTINGS}
 
 
 class Config:
-    def __init__(self, overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, overrides: dict[str, str] | None = None,
+                 renames: dict[str, str] | None = None) -> None:
         self.values: dict[str, object] = {s.name: s.parse(s.default) for s in SETTINGS}
         self.on_change: dict[str, Callable[[object], None]] = {}
+        self.renames = dict(renames or {})  # command -> new name ("" disables it)
         for name, raw in (overrides or {}).items():
             self.values[name] = BY_NAME[name].parse(raw)
 
     def __getitem__(self, name: str) -> object:
         return self.values[name]
 
-    def render(self, name: str) -> str:
+    def int(self, name: str) -> int:
+        value = self.values[name]
+        assert isinstance(value, int)
+        return value
+
+    def str(self, name: str) -> str:
         return str(self.values[name])
+
+    def render(self, name: str) -> str:
+        kind = BY_NAME[name].kind
+        value = self.values[name]
+        if kind == "secret":
+            return "********" if value else ""
+        if kind == "buffers":
+            return render_output_limits(value)  # type: ignore[arg-type]
+        return str(value)
 
     def set(self, name: str, raw: str) -> None:
         """CONFIG SET one value; raises CommandError in Valkey's words."""
@@ -110,7 +185,8 @@ class Config:
             raise CommandError(f"CONFIG SET failed (possibly related to argument '{name}') - "
                                "can't set immutable config")
         try:
-            value = setting.parse(raw)
+            value = (parse_output_limits(raw, self.values[setting.name])  # type: ignore[arg-type]
+                     if setting.kind == "buffers" else setting.parse(raw))
         except ValueError as exc:
             raise CommandError(f"CONFIG SET failed (possibly related to argument '{name}') - "
                                f"{exc}") from None
@@ -132,7 +208,8 @@ def reference() -> str:
     return "\n".join(lines)
 
 
-def read_config_file(path: str) -> dict[str, str]:
+def read_config_file(path: str, renames: dict[str, str] | None = None) -> dict[str, str]:
+    """The file's settings; `rename-command` lines go into `renames`."""
     values: dict[str, str] = {}
     try:
         f = open(path, "rb")
@@ -147,6 +224,11 @@ def read_config_file(path: str) -> dict[str, str]:
                 words = [w.decode() for w in split_inline(line)]
             except Exception:
                 raise SystemExit(f"{path}:{number}: unbalanced quotes") from None
+            if len(words) == 3 and words[0].lower() == "rename-command" and renames is not None:
+                renames[words[1].lower()] = words[2].lower()
+                continue
+            if len(words) > 2 and BY_NAME.get(words[0].lower(), SETTINGS[0]).kind == "buffers":
+                words = [words[0], " ".join(words[1:])]
             if len(words) != 2 or words[0].lower() not in BY_NAME:
                 raise SystemExit(f"{path}:{number}: bad directive or wrong number of arguments: "
                                  f"{line.decode(errors='replace')}")
@@ -154,19 +236,25 @@ def read_config_file(path: str) -> dict[str, str]:
     return values
 
 
-def parse_command_line(argv: list[str]) -> dict[str, str]:
-    """Flags and `--config FILE` merged into one {setting: raw value} dict, checked."""
+def parse_command_line(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Flags and `--config FILE` merged: ({setting: raw value}, {command: new name})."""
     parser = argparse.ArgumentParser(
         prog="valqd", description="A job-queue server speaking RESP and the VALQ commands.")
     parser.add_argument("--version", action="version", version=f"valqd {__version__}")
     parser.add_argument("--config", metavar="FILE",
                         help="valkey.conf-style file of 'name value' lines")
+    parser.add_argument("--rename-command", nargs=2, action="append", default=[],
+                        metavar=("COMMAND", "NEWNAME"),
+                        help="rename a command; an empty new name disables it")
     for s in SETTINGS:
         choices = f" ({'|'.join(s.choices)})" if s.choices else ""
         parser.add_argument(f"--{s.name}", metavar="VALUE", dest=s.name,
                             help=f"{s.help}{choices}; default {s.default!r}")
     options = parser.parse_args(argv)
-    values = read_config_file(options.config) if options.config else {}
+    renames: dict[str, str] = {}
+    values = read_config_file(options.config, renames) if options.config else {}
+    for command, new_name in options.rename_command:
+        renames[command.lower()] = new_name.lower()
     for s in SETTINGS:
         given = getattr(options, s.name)
         if given is not None:
@@ -176,4 +264,4 @@ def parse_command_line(argv: list[str]) -> dict[str, str]:
             BY_NAME[name].parse(raw)
         except ValueError as exc:
             parser.error(f"{name}: {exc}")
-    return values
+    return values, renames

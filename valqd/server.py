@@ -13,10 +13,12 @@ that write fails, the held clients are disconnected instead of being told "done"
 
 import asyncio
 import collections
+import ipaddress
 import itertools
 import logging
 import os
 import signal
+import ssl
 import time
 
 from .commands.context import Blocked, ServerState, Session, wall_clock_ms
@@ -30,11 +32,27 @@ from .errors import CommandError, ProtocolError
 from .persistence.aof import AppendOnlyFile
 from .persistence.loader import load
 from .resp import RequestParser, encode
+from .resp.parser import Limits
 
 log = logging.getLogger("valqd")
 
 MAX_TIMER_SLEEP_S = 3600.0  # far deadlines are re-checked hourly, which also absorbs clock jumps
-HOUSEKEEPING_S = 0.1  # polling a rewrite child; fsync and disk checks run every 10th time
+HOUSEKEEPING_S = 0.1  # polling a rewrite child; fsync, disk and idle checks every 10th time
+PROTECTED_MODE_DENIED = (
+    b"-DENIED valqd is running in protected mode because protected mode is enabled and no "
+    b"password is set for the default user. In this mode connections are only accepted from "
+    b"the loopback interface. If you want to connect from external computers to valqd you "
+    b"may adopt one of the following solutions: 1) Just disable protected mode sending the "
+    b"command 'CONFIG SET protected-mode no' from the loopback interface by connecting to "
+    b"valqd from the same host the server is running, however MAKE SURE valqd is not "
+    b"publicly accessible from internet if you do so. 2) Alternatively you can just disable "
+    b"the protected mode by editing the valqd configuration file, and setting the protected "
+    b"mode option to 'no', and then restarting the server. 3) If you started the server "
+    b"manually just for testing, restart it with the '--protected-mode no' option. 4) Set up "
+    b"an authentication password for the default user. NOTE: You only need to do one of the "
+    b"above things in order for the server to start accepting connections from the outside."
+    b"\r\n")
+MAX_CLIENTS_REACHED = b"-ERR max number of clients reached\r\n"
 
 
 class Waiter:
@@ -52,17 +70,24 @@ class Waiter:
 class Connection(asyncio.Protocol):
     def __init__(self, server: "Server") -> None:
         self.server = server
-        self.parser = RequestParser()
+        self.parser = RequestParser(server.limits)
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.waiter: Waiter | None = None  # set while blocked; input is only buffered then
+        self.over_soft_limit_since: float | None = None  # unread replies past the soft limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
+        refusal = self.server.refusal(peer[0])
+        if refusal is not None:
+            transport.write(refusal)
+            transport.close()
+            return
         self.session = self.server.register(self, _addr(peer), _addr(local))
+        self.parser.authenticated = self.session.authenticated
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
@@ -85,6 +110,8 @@ class Connection(asyncio.Protocol):
                 reply = execute(session, argv)
                 if engine.readied:
                     server.serve_waiters()
+                if parser.authenticated is not session.authenticated:
+                    parser.authenticated = session.authenticated
                 if type(reply) is not bytes:
                     server.block(self, reply)  # type: ignore[arg-type]
                     break
@@ -140,6 +167,15 @@ class MetricsHttp(asyncio.Protocol):
         self.transport.close()
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host in ("", "localhost")  # a Unix socket has no address
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
 def _addr(sock_addr: tuple) -> str:
     host, port = sock_addr[0], sock_addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -152,12 +188,16 @@ class Server:
         self.engine = Engine()
         self.state = ServerState(self.engine, config, TABLE, clock,
                                  request_shutdown=self.request_shutdown)
+        self.limits = Limits(max_bulk_len=config.int("proto-max-bulk-len"),
+                             max_query_buffer=config.int("client-query-buffer-limit"))
+        self.state.baseline_memory = rss_bytes()
+        self._follow_config()
         self.state.pubsub = PubSub(self.engine)
         self.state.slowlog = SlowLog(int(config["slowlog-max-len"]))  # type: ignore[call-overload]
         self.state.slowlog_threshold_us = int(config["slowlog-log-slower-than"])  # type: ignore[call-overload]
         config.on_change["slowlog-max-len"] = lambda n: self.state.slowlog.resize(int(n))
         config.on_change["slowlog-log-slower-than"] = self._set_slowlog_threshold
-        self.dispatcher = Dispatcher(self.state)
+        self.dispatcher = Dispatcher(self.state, config.renames)
         self._client_ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
         self._listeners: list[asyncio.AbstractServer] = []
@@ -187,6 +227,12 @@ class Server:
             self._listeners.append(listener)
             port = port or listener.sockets[0].getsockname()[1]
         self.state.bound_port = port
+        tls_port = self.config.int("tls-port")
+        if tls_port:
+            context = self._tls_context()
+            for host in str(self.config["bind"]).split():
+                self._listeners.append(await loop.create_server(
+                    lambda: Connection(self), host, tls_port, ssl=context, reuse_address=True))
         metrics_port = int(self.config["metrics-port"])  # type: ignore[call-overload]
         if metrics_port:
             for host in str(self.config["bind"]).split():
@@ -195,6 +241,19 @@ class Server:
         self.engine.tick(self.clock())  # whatever fell due while the server was down
         self.after_commands()
         self._commit()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        config = self.config
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(config.str("tls-cert-file"), config.str("tls-key-file"))
+        auth = config.str("tls-auth-clients")
+        if config.str("tls-ca-cert-file"):
+            context.load_verify_locations(config.str("tls-ca-cert-file"))
+        elif auth != "no":
+            raise ValueError("tls-auth-clients needs tls-ca-cert-file (or tls-auth-clients no)")
+        context.verify_mode = {"yes": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL,
+                               "no": ssl.CERT_NONE}[auth]
+        return context
 
     def _open_aof(self) -> None:
         path = os.path.join(str(self.config["dir"]), str(self.config["appendfilename"]))
@@ -209,6 +268,19 @@ class Server:
 
     def _set_slowlog_threshold(self, value: object) -> None:
         self.state.slowlog_threshold_us = int(value)  # type: ignore[call-overload]
+
+    def _follow_config(self) -> None:
+        """Copy the settings the hot paths read into plain attributes, now and on CONFIG SET."""
+        config, state, limits = self.config, self.state, self.limits
+        hooks = {
+            "proto-max-bulk-len": lambda v: setattr(limits, "max_bulk_len", v),
+            "client-query-buffer-limit": lambda v: setattr(limits, "max_query_buffer", v),
+            "maxmemory": lambda v: setattr(state, "maxmemory", v),
+            "max-message-size": lambda v: setattr(state, "max_message_size", v),
+        }
+        for name, hook in hooks.items():
+            hook(config[name])
+            config.on_change[name] = hook
 
     def _set_fsync_policy(self, policy: object) -> None:
         if self.aof is not None:
@@ -271,8 +343,20 @@ class Server:
 
     # -- clients ---------------------------------------------------------------------------
 
+    def refusal(self, peer_host: str) -> bytes | None:
+        """The reply that turns a new connection away, or None to accept it."""
+        if len(self.state.clients) >= self.config.int("maxclients"):
+            self.state.rejected_connections += 1
+            return MAX_CLIENTS_REACHED
+        if self.config["protected-mode"] == "yes" and not self.config["requirepass"] \
+                and not _is_loopback(peer_host):
+            self.state.rejected_connections += 1
+            return PROTECTED_MODE_DENIED
+        return None
+
     def register(self, connection: Connection, addr: str, laddr: str) -> Session:
         session = Session(next(self._client_ids), addr, laddr)
+        session.authenticated = not self.config["requirepass"]
         transport = connection.transport
         session.closer = transport.close if transport is not None else None
         session.send = lambda data: self.reply(connection, data, False)
@@ -360,6 +444,27 @@ class Server:
             transport.write(data)
             if close:
                 transport.close()
+            elif transport.get_write_buffer_size():
+                self._check_output(connection, transport)
+
+    def _check_output(self, connection: Connection, transport: asyncio.Transport) -> None:
+        """Disconnect a client whose unread replies pass its class's output buffer limit."""
+        session = connection.session
+        kind = "pubsub" if session is not None and (session.channels or session.patterns) \
+            else "normal"
+        hard, soft, seconds = self.config["client-output-buffer-limit"][kind]  # type: ignore[index]
+        size = transport.get_write_buffer_size()
+        now = time.monotonic()
+        if soft and size > soft:
+            if connection.over_soft_limit_since is None:
+                connection.over_soft_limit_since = now
+        else:
+            connection.over_soft_limit_since = None
+        since = connection.over_soft_limit_since
+        if (hard and size > hard) or (since is not None and now - since > seconds):
+            log.warning("Client %s closed for overcoming of output buffer limits.",
+                        session.addr if session else "?")
+            transport.abort()
 
     def _schedule_commit(self) -> None:
         if not self._commit_scheduled:
@@ -380,6 +485,8 @@ class Server:
             transport.write(data)
             if close:
                 transport.close()
+            elif transport.get_write_buffer_size():
+                self._check_output(connection, transport)
 
     def _housekeep(self) -> None:
         """Every 100 ms: finish a rewrite; every second: fsync, disk reserve, auto-rewrite."""
@@ -396,8 +503,24 @@ class Server:
                 if aof.should_auto_rewrite(int(self.config["auto-aof-rewrite-percentage"]),
                                            int(self.config["auto-aof-rewrite-min-size"])):
                     aof.start_rewrite(self.engine.snapshot)
+        if self._housekeeping_round % 10 == 0:
+            self._close_idle_clients()
         self._housekeeping = asyncio.get_running_loop().call_later(HOUSEKEEPING_S,
                                                                    self._housekeep)
+
+    def _close_idle_clients(self) -> None:
+        """`timeout`: close clients idle that long, except blocked and subscribed ones."""
+        limit = self.config.int("timeout")
+        if not limit:
+            return
+        now = time.monotonic()
+        for connection in list(self._connections.values()):
+            session = connection.session
+            if session is None or connection.waiter is not None or session.channels \
+                    or session.patterns or connection.transport is None:
+                continue
+            if now - session.last_command_at > limit:
+                connection.transport.close()
 
     @staticmethod
     def _fsync(aof: AppendOnlyFile) -> None:

@@ -80,4 +80,12 @@ class ServerState:
     pubsub: Any = None  # valqd.commands.pubsub.PubSub
     slowlog: Any = None  # valqd.commands.observe.SlowLog
     slowlog_threshold_us: int = 10000  # negative: log nothing
+    maxmemory: int = 0  # bytes; 0: no limit
+    max_message_size: int = 1 << 20  # bytes of a message body
+    baseline_memory: int = 0  # resident bytes of the process before any data
+
+    def used_memory(self) -> int:
+        """What maxmemory is compared with: the process's baseline plus the queues' data,
+        counted as messages are stored and removed (no walk over the messages)."""
+        return self.baseline_memory + self.engine.dataset_bytes()
     aof: Any = None  # valqd.persistence.aof.AppendOnlyFile when appendonly is on

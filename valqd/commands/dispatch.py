@@ -32,14 +32,26 @@ def arity_error(name: str) -> bytes:
     return encode.error("ERR", f"wrong number of arguments for '{name}' command")
 
 
+NOAUTH = encode.error("NOAUTH", "Authentication required.")
+OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")
+
+
 class Dispatcher:
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, renames: dict[str, str] | None = None) -> None:
+        """`renames` maps a command to the name it answers to ("" disables it)."""
         self.state = state
         self._commands: dict[bytes, CommandSpec] = {}
         self._subcommands: dict[bytes, dict[bytes, CommandSpec]] = {}
+        renames = renames or {}
+        unknown = set(renames) - set(state.commands)
+        if unknown:
+            raise ValueError(f"rename-command: unknown command {sorted(unknown)[0]!r}")
         for spec in state.commands.values():
-            self._commands[spec.name.encode()] = spec
-            self._subcommands[spec.name.encode()] = {
+            name = renames.get(spec.name, spec.name).encode()
+            if not name:
+                continue
+            self._commands[name] = spec
+            self._subcommands[name] = {
                 sub.name.split("|")[1].encode(): sub for sub in spec.subcommands.values()}
 
     def find(self, argv: list[bytes]) -> CommandSpec | bytes:
@@ -67,10 +79,14 @@ class Dispatcher:
         state.total_commands += 1
         if type(spec) is bytes:
             return spec
-        if state.aof is not None and state.aof.write_error is not None \
-                and "denyoom" in spec.flags:
-            return encode.error("MISCONF", "Errors writing to the AOF file: "
-                                f"{state.aof.write_error}")
+        if not session.authenticated and "no-auth" not in spec.flags:
+            return NOAUTH
+        if "denyoom" in spec.flags:
+            if state.aof is not None and state.aof.write_error is not None:
+                return encode.error("MISCONF", "Errors writing to the AOF file: "
+                                    f"{state.aof.write_error}")
+            if state.maxmemory and state.used_memory() > state.maxmemory:
+                return OOM
         now = state.now = state.clock()
         state.engine.tick(now)
         session.last_command = spec.name

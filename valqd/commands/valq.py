@@ -213,6 +213,9 @@ def valq_push(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """VALQ PUSH queue body [delay] [PRIORITY p] [DEDUP key] -> bulk id (the first
     message's id for a duplicate DEDUP key). delay: whole seconds, 0 .. 2^64-1; priority:
     -2147483648 .. 2147483647, higher first. ERR on a bad value, NOQUEUE, QUEUEFULL."""
+    if len(argv[3]) > state.max_message_size:
+        raise CommandError(f"message body is {len(argv[3])} bytes, more than "
+                           f"max-message-size ({state.max_message_size})")
     if len(argv) == 4:  # the module's form, the hot path
         return encode.bulk_int(state.engine.push(argv[2], argv[3], state.now))
     args = Args(argv, 4)
@@ -234,7 +237,12 @@ def valq_push(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 
 def valq_mpush(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """VALQ MPUSH queue body [body ...] -> array of ids; all or nothing. NOQUEUE, QUEUEFULL."""
+    """VALQ MPUSH queue body [body ...] -> array of ids; all or nothing. NOQUEUE, QUEUEFULL,
+    ERR for a body over max-message-size."""
+    largest = max(map(len, argv[3:]))
+    if largest > state.max_message_size:
+        raise CommandError(f"message body is {largest} bytes, more than "
+                           f"max-message-size ({state.max_message_size})")
     ids = state.engine.push_many(argv[2], argv[3:], state.now)
     return encode.array([encode.bulk_int(i) for i in ids])
 

@@ -35,6 +35,7 @@ MAXLEN_RANGE = (0, 2**63 - 1)
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 MAX_DELAY = 2**64 - 1  # seconds; the module's u64
 MAX_DUE_AT = MAX_DELAY * 1000  # due times saturate here, as the module's u64 seconds did
+MESSAGE_OVERHEAD = 100  # bytes per stored message beyond its record, measured (README)
 
 Journal = Callable[[tuple], None]
 Listener = Callable[[str, bytes, int | None], None]
@@ -128,6 +129,12 @@ class Engine:
 
     def message_count(self) -> int:
         return sum(len(q.records) for q in self.queues.values())
+
+    def dataset_bytes(self) -> int:
+        """Memory the messages hold: their records plus the measured cost of indexing one
+        (dict entry, id, sorted-list slot). O(queues), no walk over messages."""
+        return sum(q.data_bytes + len(q.records) * MESSAGE_OVERHEAD
+                   for q in self.queues.values())
 
     # -- queues ----------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ class Queue:
     __slots__ = ("name", "serial", "settings", "id_sequence", "promote_seq", "lease_seq",
                  "records", "ready", "leases", "lease_order", "delayed", "delayed_order",
                  "dead", "dead_order", "dedup", "dedup_order", "reasons", "paused",
-                 "counters", "scheduled_at")
+                 "counters", "data_bytes", "scheduled_at")
 
     def __init__(self, name: bytes, settings: QueueSettings, serial: int = 0) -> None:
         self.name = name
@@ -82,6 +82,7 @@ class Queue:
         self.reasons: dict[int, bytes] = {}  # the last NACK reason of a message
         self.paused = False
         self.counters = dict.fromkeys(COUNTERS, 0)  # since start-up, not persisted
+        self.data_bytes = 0  # total size of the records, for maxmemory
         self.scheduled_at: int | None = None  # the engine's timer entry for this queue
 
     # -- state queries -------------------------------------------------------------------
@@ -129,7 +130,8 @@ class Queue:
 
     def add(self, message_id: int, enqueued_at: int, due_at: int, priority: int,
             body: bytes) -> None:
-        self.records[message_id] = record.pack(enqueued_at, 0, 0, 0, priority, body)
+        rec = self.records[message_id] = record.pack(enqueued_at, 0, 0, 0, priority, body)
+        self.data_bytes += len(rec)
         if message_id > self.id_sequence:
             self.id_sequence = message_id
         if due_at:
@@ -197,7 +199,7 @@ class Queue:
 
     def remove(self, message_id: int) -> None:
         self._unlink(message_id)
-        del self.records[message_id]
+        self.data_bytes -= len(self.records.pop(message_id))
         self.reasons.pop(message_id, None)
 
     def remember_dedup(self, key: bytes, message_id: int, expires_at: int) -> None:
@@ -216,8 +218,9 @@ class Queue:
                 promote_seq: int, lease_no: int, attempts: int, priority: int,
                 body: bytes) -> None:
         """Put back one message exactly as a snapshot described it."""
-        self.records[message_id] = record.pack(enqueued_at, promote_seq, lease_no, attempts,
-                                               priority, body)
+        rec = self.records[message_id] = record.pack(enqueued_at, promote_seq, lease_no,
+                                                     attempts, priority, body)
+        self.data_bytes += len(rec)
         if state == "ready":
             self.ready.add(record.order_key(message_id, promote_seq, priority))
         elif state == "inflight":
@@ -272,7 +275,7 @@ class Queue:
             self.dead_order.clear()
         records, reasons = self.records, self.reasons
         for message_id in ids:
-            del records[message_id]
+            self.data_bytes -= len(records.pop(message_id))
             if reasons:
                 reasons.pop(message_id, None)
         return len(ids)
