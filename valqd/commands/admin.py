@@ -4,29 +4,37 @@ Queues are the keys of valqd's single database: DEL, EXISTS, TYPE, KEYS, SCAN, D
 FLUSHALL work on them as they did when queues were keys inside Valkey.
 """
 
+import hmac
 import os
 import resource
 import sys
 import time
 
 from .. import __version__
+from ..config import BY_NAME
 from ..errors import CommandError
 from ..resp import encode
 from .args import Args, parse_int
 from .context import ServerState, Session
 from .glob import glob_match
+from .observe import rss_bytes
 
 VALKEY_COMPAT_VERSION = "7.2.4"  # the Valkey whose replies valqd follows, for client checks
 QUEUE_TYPE = b"valq-type"
-_NAME_FORBIDDEN = set(range(0, 33)) | {127}
+_NAME_FORBIDDEN = set(range(0, 33)) | set(range(127, 256))  # Valkey: only '!' to '~'
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 
 
 # -- connection --------------------------------------------------------------------------
 
 def ping(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """PING [message] -> +PONG, or the message as a bulk string."""
+    """PING [message] -> +PONG, or the message as a bulk string; a subscribed RESP2
+    connection gets ["pong", message]."""
     if len(argv) > 2:
         raise CommandError("wrong number of arguments for 'ping' command")
+    if session.proto == 2 and (session.channels or session.patterns):
+        return encode.array([encode.bulk(b"pong"),
+                             encode.bulk(argv[1] if len(argv) == 2 else b"")])
     return encode.PONG if len(argv) == 1 else encode.bulk(argv[1])
 
 
@@ -36,27 +44,28 @@ def echo(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 
 def _check_credentials(state: ServerState, username: bytes, password: bytes) -> None:
-    """valqd has one user, `default`, with no password."""
-    if username != b"default":
+    """valqd has one user, `default`; its password is `requirepass` (none when empty)."""
+    required = str(state.config["requirepass"]).encode()
+    if username != b"default" or (required and not hmac.compare_digest(password, required)):
         raise CommandError("invalid username-password pair or user is disabled.", "WRONGPASS")
 
 
 def auth(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """AUTH [username] password -> +OK. With no password configured, the one-argument form
-    gets Valkey's error; WRONGPASS for a user other than `default`."""
+    """AUTH [username] password -> +OK. WRONGPASS for a wrong password or a user other than
+    `default`; with no password configured, the one-argument form gets Valkey's error."""
     if len(argv) > 3:
         raise CommandError("syntax error")
-    if len(argv) == 2:
+    if len(argv) == 2 and not state.config["requirepass"]:
         raise CommandError("AUTH <password> called without any password configured for the "
                            "default user. Are you sure your configuration is correct?")
-    _check_credentials(state, argv[1], argv[2])
+    _check_credentials(state, *([b"default"] + argv[1:])[-2:])
     session.authenticated = True
     return encode.OK
 
 
-def _check_client_name(name: bytes) -> bytes:
+def _check_client_name(name: bytes, what: str = "Client names") -> bytes:
     if any(b in _NAME_FORBIDDEN for b in name):
-        raise CommandError("Client names cannot contain spaces, newlines or special characters.")
+        raise CommandError(f"{what} cannot contain spaces, newlines or special characters.")
     return name
 
 
@@ -69,22 +78,33 @@ def hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
         proto = args.next_int(message="Protocol version is not an integer or out of range")
         if proto not in (2, 3):
             raise CommandError("unsupported protocol version", "NOPROTO")
-    name = None
-    while args.remaining():
-        option = args.next_keyword()
-        if option == "AUTH" and args.remaining() >= 2:
-            _check_credentials(state, args.next_bytes(), args.next_bytes())
-            session.authenticated = True
-        elif option == "SETNAME" and args.remaining() >= 1:
-            name = _check_client_name(args.next_bytes())
+    credentials = name = None
+    while args.remaining():  # as Valkey: every option is parsed first, then AUTH, then SETNAME
+        raw_option = args.next_bytes()
+        option = raw_option.upper()
+        if option == b"AUTH" and args.remaining() >= 2:
+            credentials = (args.next_bytes(), args.next_bytes())
+        elif option == b"SETNAME" and args.remaining() >= 1:
+            name = args.next_bytes()
         else:
-            raise CommandError(f"Syntax error in HELLO option '{option.lower()}'")
-    session.proto = proto
+            raise CommandError("Syntax error in HELLO option "
+                               f"'{raw_option.decode('utf-8', 'replace')}'")
+    if credentials is not None:
+        _check_credentials(state, *credentials)
+        session.authenticated = True
     if name is not None:
-        session.name = name
+        session.name = _check_client_name(name)
+    session.proto = proto
+    if not session.authenticated:
+        raise CommandError("HELLO must be called with the client already authenticated, "
+                           "otherwise the HELLO <proto> AUTH <user> <pass> option can be used "
+                           "to authenticate the client and select the RESP protocol version at "
+                           "the same time", "NOAUTH")
+    # `version` is the Valkey release whose behaviour valqd follows, as INFO's redis_version:
+    # clients choose features by it. valqd's own version is INFO's valqd_version.
     return encode.map_([
         encode.bulk(b"server"), encode.bulk(b"valqd"),
-        encode.bulk(b"version"), encode.bulk_str(__version__),
+        encode.bulk(b"version"), encode.bulk_str(VALKEY_COMPAT_VERSION),
         encode.bulk(b"proto"), encode.integer(proto),
         encode.bulk(b"id"), encode.integer(session.id),
         encode.bulk(b"mode"), encode.bulk(b"standalone"),
@@ -95,7 +115,10 @@ def hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 def select(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """SELECT index -> +OK for 0; valqd has one database."""
-    if parse_int(argv[1]) != 0:
+    index = parse_int(argv[1])
+    if not INT_MIN <= index <= INT_MAX:
+        raise CommandError(f"value is out of range, value must between {INT_MIN} and {INT_MAX}")
+    if index != 0:
         raise CommandError("DB index is out of range")
     return encode.OK
 
@@ -107,9 +130,12 @@ def quit_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 
 def reset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """RESET -> +RESET: back to RESP2, no name."""
+    """RESET -> +RESET: back to RESP2, no name, no subscriptions, and no longer
+    authenticated when a password is required."""
     session.proto = 2
     session.name = b""
+    state.pubsub.drop(session)
+    session.authenticated = not state.config["requirepass"]
     return encode.simple(b"RESET")
 
 
@@ -134,36 +160,42 @@ def client_getname(state: ServerState, session: Session, argv: list[bytes]) -> b
 def client_setinfo(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """CLIENT SETINFO LIB-NAME|LIB-VER value -> +OK."""
     attribute = argv[2].upper()
-    if attribute == b"LIB-NAME":
-        session.lib_name = _check_client_name(argv[3])
-    elif attribute == b"LIB-VER":
-        session.lib_ver = _check_client_name(argv[3])
-    else:
+    if attribute not in (b"LIB-NAME", b"LIB-VER"):
         raise CommandError(f"Unrecognized option '{argv[2].decode('utf-8', 'replace')}'")
+    value = _check_client_name(argv[3], argv[2].decode("utf-8", "replace"))
+    if attribute == b"LIB-NAME":
+        session.lib_name = value
+    else:
+        session.lib_ver = value
     return encode.OK
 
 
+_CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
+
+
+def _client_type(raw: bytes) -> bytes:
+    """A client type name of CLIENT LIST/KILL TYPE, lower case; every valqd client is normal."""
+    if raw.lower() not in _CLIENT_TYPES:
+        raise CommandError(f"Unknown client type '{raw.decode('utf-8', 'replace')}'")
+    return raw.lower()
+
+
 def client_list(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """CLIENT LIST [TYPE normal] [ID id ...] -> one line per client."""
-    args = Args(argv, 2)
-    wanted: set[int] | None = None
-    while args.remaining():
-        option = args.next_keyword()
-        if option == "TYPE":
-            kind = args.next_keyword()
-            if kind not in ("NORMAL", "MASTER", "REPLICA", "SLAVE", "PUBSUB"):
-                raise CommandError(f"Unknown client type '{kind.lower()}'")
-            if kind != "NORMAL":
-                wanted = set()
-        elif option == "ID" and args.remaining():
-            wanted = set(wanted or ())
-            while args.remaining():
-                wanted.add(args.next_int(1, message="Invalid client ID"))
-        else:
-            raise CommandError("syntax error")
+    """CLIENT LIST [TYPE type | ID id [id ...]] -> one line per client (for ID, in the
+    order given)."""
+    option = argv[2].upper() if len(argv) > 2 else None
+    if option is None:
+        chosen = list(state.clients.values())
+    elif option == b"TYPE" and len(argv) == 4:
+        normal = _client_type(argv[3]) == b"normal"
+        chosen = list(state.clients.values()) if normal else []
+    elif option == b"ID" and len(argv) > 3:
+        ids = [parse_int(raw, message="Invalid client ID") for raw in argv[3:]]
+        chosen = [state.clients[i] for i in ids if i in state.clients]
+    else:
+        raise CommandError("syntax error")
     now = time.monotonic()
-    lines = [c.info_line(now) + "\n" for c in state.clients.values()
-             if wanted is None or c.id in wanted]
+    lines = [c.info_line(now) + "\n" for c in chosen]
     return encode.verbatim("".join(lines).encode(), session.proto)
 
 
@@ -173,44 +205,50 @@ def client_info(state: ServerState, session: Session, argv: list[bytes]) -> byte
 
 
 def client_kill(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """CLIENT KILL addr  -> +OK, or CLIENT KILL [ID id] [ADDR a] [LADDR a] [USER u]
-    [SKIPME yes|no] -> number killed."""
+    """CLIENT KILL addr  -> +OK (may kill the caller), or CLIENT KILL [ID id] [TYPE type]
+    [ADDR a] [LADDR a] [USER u] [SKIPME yes|no] -> number killed. A caller that kills
+    itself gets the reply first."""
     if len(argv) == 3:
         victims = [c for c in state.clients.values() if c.addr == argv[2].decode("latin-1")]
         if not victims:
             raise CommandError("No such client")
-        _kill(victims)
+        _kill(session, victims)
         return encode.OK
-    args = Args(argv, 2)
+    if len(argv) % 2:  # option value pairs
+        raise CommandError("syntax error")
     filters = []
     skip_me = True
-    while args.remaining():
-        option = args.next_keyword()
-        if not args.remaining():
-            raise CommandError("syntax error")
-        value = args.next_bytes().decode("latin-1")
-        if option == "ID":
-            client = parse_int(value.encode(), 1, message="client-id should be greater than 0")
+    for i in range(2, len(argv), 2):
+        option, raw = argv[i].upper(), argv[i + 1]
+        value = raw.decode("latin-1")
+        if option == b"ID":
+            client = parse_int(raw, 1, message="client-id should be greater than 0")
             filters.append(lambda c, client=client: c.id == client)
-        elif option == "ADDR":
+        elif option == b"TYPE":
+            normal = _client_type(raw) == b"normal"
+            filters.append(lambda c, normal=normal: normal)
+        elif option == b"ADDR":
             filters.append(lambda c, value=value: c.addr == value)
-        elif option == "LADDR":
+        elif option == b"LADDR":
             filters.append(lambda c, value=value: c.laddr == value)
-        elif option == "USER":
-            filters.append(lambda c, value=value: value == "default")
-        elif option == "SKIPME" and value.lower() in ("yes", "no"):
+        elif option == b"USER":
+            if raw != b"default":
+                raise CommandError(f"No such user '{raw.decode('utf-8', 'replace')}'")
+        elif option == b"SKIPME" and value.lower() in ("yes", "no"):
             skip_me = value.lower() == "yes"
         else:
             raise CommandError("syntax error")
     victims = [c for c in state.clients.values()
                if all(f(c) for f in filters) and not (skip_me and c is session)]
-    _kill(victims)
+    _kill(session, victims)
     return encode.integer(len(victims))
 
 
-def _kill(sessions: list[Session]) -> None:
-    for victim in sessions:
-        if victim.closer is not None:
+def _kill(session: Session, victims: list[Session]) -> None:
+    for victim in victims:
+        if victim is session:  # reply first, as Valkey does
+            session.close_after_reply = True
+        elif victim.closer is not None:
             victim.closer()
 
 
@@ -263,8 +301,7 @@ def command_info(state: ServerState, session: Session, argv: list[bytes]) -> byt
     replies = []
     for name in argv[2:]:
         spec = _lookup(state, name)
-        replies.append(spec.info_reply(session.proto) if spec else
-                       encode.null_array(session.proto))
+        replies.append(spec.info_reply(session.proto) if spec else encode.null(session.proto))
     return encode.array(replies)
 
 
@@ -288,13 +325,6 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
 
 def _escape_name(name: bytes) -> str:
     return "".join(chr(b) if 33 <= b < 127 and b not in b",=" else f"\\x{b:02x}" for b in name)
@@ -302,7 +332,8 @@ def _escape_name(name: bytes) -> str:
 
 def _info_sections(state: ServerState) -> dict[str, list[str]]:
     uptime = int(time.time() - state.started_at)
-    rss = _rss_bytes()
+    rss = rss_bytes()
+    used = state.used_memory()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     engine = state.engine
     names = engine.queue_names()
@@ -315,11 +346,18 @@ def _info_sections(state: ServerState) -> dict[str, list[str]]:
             f"tcp_port:{state.bound_port}", f"uptime_in_seconds:{uptime}",
             f"uptime_in_days:{uptime // 86400}",
         ],
-        "clients": [f"connected_clients:{len(state.clients)}", "blocked_clients:0"],
-        "memory": [f"used_memory:{rss}", f"used_memory_human:{_human(rss)}",
+        "clients": [f"connected_clients:{len(state.clients)}",
+                    f"blocked_clients:{sum(map(state.blocked_consumers, names))}",
+                    f"pubsub_clients:{sum(1 for c in state.clients.values() if c.channels or c.patterns)}",
+                    f"maxclients:{state.config['maxclients']}"],
+        "memory": [f"used_memory:{used}", f"used_memory_human:{_human(used)}",
                    f"used_memory_rss:{rss}", f"used_memory_rss_human:{_human(rss)}",
-                   "maxmemory:0", "maxmemory_human:0B", "mem_allocator:pymalloc"],
-        "persistence": ["loading:0", "aof_enabled:0"],
+                   f"used_memory_dataset:{engine.dataset_bytes()}",
+                   f"maxmemory:{state.maxmemory}", f"maxmemory_human:{_human(state.maxmemory)}",
+                   "maxmemory_policy:noeviction", "mem_allocator:pymalloc"],
+        "persistence": ["loading:0", "async_loading:0",
+                        *(state.aof.info_fields() if state.aof is not None
+                          else ["aof_enabled:0"])],
         "stats": [f"total_connections_received:{state.total_connections}",
                   f"total_commands_processed:{state.total_commands}",
                   f"rejected_connections:{state.rejected_connections}"],
@@ -358,8 +396,9 @@ def info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
             chosen.append(word)
     blocks = []
     for name in dict.fromkeys(chosen):
-        blocks.append("\r\n".join([f"# {name.capitalize()}", *sections[name]]))
-    return encode.verbatim(("\r\n\r\n".join(blocks) + "\r\n").encode(), session.proto)
+        title = "CPU" if name == "cpu" else name.capitalize()
+        blocks.append("".join(f"{line}\r\n" for line in [f"# {title}", *sections[name]]))
+    return encode.verbatim("\r\n".join(blocks).encode(), session.proto)
 
 
 # -- CONFIG ----------------------------------------------------------------------------
@@ -383,6 +422,17 @@ def config_set(state: ServerState, session: Session, argv: list[bytes]) -> bytes
         raise CommandError("wrong number of arguments for 'config|set' command")
     pairs = [(argv[i].decode("latin-1"), argv[i + 1].decode("utf-8", "replace"))
              for i in range(2, len(argv), 2)]
+    seen = set()
+    for name, _ in pairs:  # as Valkey: every name is checked before any value
+        setting = BY_NAME.get(name.lower())
+        if setting is None:
+            raise CommandError(f"Unknown option or number of arguments for CONFIG SET - '{name}'")
+        problem = ("can't set immutable config" if not setting.mutable else
+                   "duplicate parameter" if setting.name in seen else None)
+        if problem:
+            raise CommandError(f"CONFIG SET failed (possibly related to argument '{name}') - "
+                               f"{problem}")
+        seen.add(setting.name)
     saved = dict(state.config.values)
     try:
         for name, value in pairs:
@@ -480,12 +530,12 @@ def time_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 def shutdown(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE] -> no reply: the server exits cleanly."""
-    for option in argv[1:]:
-        word = option.upper()
-        if word == b"ABORT":
-            raise CommandError("No shutdown in progress.")
-        if word not in (b"NOSAVE", b"SAVE", b"NOW", b"FORCE"):
-            raise CommandError("syntax error")
+    words = {option.upper() for option in argv[1:]}
+    if not words <= {b"NOSAVE", b"SAVE", b"NOW", b"FORCE", b"ABORT"} or \
+            (b"ABORT" in words and len(words) > 1) or {b"NOSAVE", b"SAVE"} <= words:
+        raise CommandError("syntax error")
+    if b"ABORT" in words:
+        raise CommandError("No shutdown in progress.")
     state.request_shutdown()
     session.close_after_reply = True
     return b""

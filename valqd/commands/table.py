@@ -42,7 +42,7 @@ class Arg:
     def docs_reply(self, proto: int) -> bytes:
         pairs = [encode.bulk(b"name"), encode.bulk_str(self.name),
                  encode.bulk(b"type"), encode.bulk_str(self.type)]
-        if self.type not in ("oneof", "block", "pure-token"):
+        if self.type not in ("oneof", "block"):
             pairs += (encode.bulk(b"display_text"), encode.bulk_str(self.name))
         if self.type == "key":
             pairs += (encode.bulk(b"key_spec_index"), encode.integer(0))
