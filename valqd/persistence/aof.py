@@ -24,6 +24,7 @@ import errno
 import glob
 import logging
 import os
+import threading
 import time
 
 from .format import MAGIC, encode_batch, encode_effect
@@ -77,12 +78,12 @@ class AppendOnlyFile:
         self.fsync_policy = fsync_policy
         self.pending = bytearray()  # records of this event-loop turn
         self.unwritten = bytearray()  # records of a failed write, written before anything newer
+        self._fd_lock = threading.Lock()
         self.fd = -1
         self.size = 0  # bytes of the file known to be written completely
         self.base_size = 0  # size right after the last rewrite (for the automatic trigger)
         self.synced_size = 0
         self.write_error: str | None = None
-        self.last_write_ok = True
         self.rewrite_pid = 0
         self.rewrite_started = 0.0
         self.rewrite_batches: list[bytes] | None = None
@@ -115,7 +116,9 @@ class AppendOnlyFile:
         """Write what is pending, fsync and close (SHUTDOWN, SIGTERM)."""
         if self.fd < 0:
             return
-        self.commit()
+        if not self.commit():
+            log.warning("Could not write the last %d bytes of records to the AOF at shutdown",
+                        len(self.unwritten))
         try:
             os.fsync(self.fd)
         except OSError as exc:
@@ -162,7 +165,6 @@ class AppendOnlyFile:
                 self.rewrite_batches.append(encode_batch(self.unwritten[self.snapshot_covers:]))
             self.snapshot_covers = 0
         self.unwritten.clear()
-        self.last_write_ok = True
         return True
 
     def _write(self, batch: bytes) -> None:
@@ -186,14 +188,15 @@ class AppendOnlyFile:
         if self.write_error is None:
             log.warning("Error writing to the AOF file: %s", reason)
         self.write_error = reason
-        self.last_write_ok = False
         return False
 
     def fsync(self) -> None:
-        """The `everysec` fsync; runs on an executor thread."""
-        size = self.size
-        os.fsync(self.fd)
-        self.synced_size = size
+        """The `everysec` fsync; runs on an executor thread. The lock keeps a rewrite from
+        closing the descriptor (whose number could then be reused) under it."""
+        with self._fd_lock:
+            size = self.size
+            os.fsync(self.fd)
+            self.synced_size = size
 
     def needs_fsync(self) -> bool:
         return self.fsync_policy == "everysec" and self.synced_size != self.size
@@ -306,10 +309,11 @@ class AppendOnlyFile:
     def _swap_in(self, temp: str) -> None:
         os.rename(temp, self.path)
         fsync_directory(self.path)
-        old = self.fd
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self.size = self.base_size = self.synced_size = os.fstat(self.fd).st_size
-        os.close(old)
+        with self._fd_lock:
+            old = self.fd
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            self.size = self.base_size = self.synced_size = os.fstat(self.fd).st_size
+            os.close(old)
 
     def _rewrite_done(self, ok: bool, temp: str | None) -> None:
         if temp is not None and os.path.exists(temp):
