@@ -77,6 +77,7 @@ class ServerState:
     request_shutdown: Callable[[], None] = lambda: None
     bound_port: int = 0
     blocked_consumers: Callable[[bytes], int] = lambda name: 0
+    blocked_clients: Callable[[], int] = lambda: 0
     pubsub: Any = None  # valqd.commands.pubsub.PubSub
     slowlog: Any = None  # valqd.commands.observe.SlowLog
     slowlog_threshold_us: int = 10000  # negative: log nothing

@@ -133,10 +133,10 @@ def render_metrics(state: ServerState, extra: dict[str, tuple[str, str, float]])
             age = max(0, state.now - unpack(q.records[q.ready[0] & ID_MASK])[0]) / 1000
         lines.append(f'{metric}{{queue="{_label(q.name)}"}} {age}')
     for counter, help_text in COUNTER_HELP.items():
-        metric = f"valqd_queue_{counter}"
+        metric = f"valqd_queue_{counter}_total"  # text format 0.0.4: TYPE names the sample
         lines += [f"# HELP {metric} {help_text} Since the server started.",
                   f"# TYPE {metric} counter"]
-        lines += [f'{metric}_total{{queue="{_label(q.name)}"}} {q.counters[counter]}'
+        lines += [f'{metric}{{queue="{_label(q.name)}"}} {q.counters[counter]}'
                   for q in queues]
     lines += ["# HELP valqd_info Build information.", "# TYPE valqd_info gauge",
               f'valqd_info{{version="{__version__}"}} 1']

@@ -353,7 +353,8 @@ def valq_mpop(state: ServerState, session: Session, argv: list[bytes]) -> bytes 
     empty = encode.null_array(proto)
     if opts.block_ms is None:
         return empty
-    return Blocked(list(names), opts.block_ms, attempt, empty)
+    # a queue named twice is waited on once: one blocked consumer, served once
+    return Blocked(list(dict.fromkeys(names)), opts.block_ms, attempt, empty)
 
 
 def _lease_option(args: Args, message_id: int) -> tuple[int | None, bytes | None]:

@@ -186,7 +186,7 @@ class Engine:
         if dedup_key is not None:
             self._emit(("dedup", name, dedup_key, message_id,
                         now + q.settings.dedup_window * 1000))
-        if delay:
+        if delay or dedup_key is not None:
             self._schedule(q)
         return message_id
 
@@ -260,12 +260,16 @@ class Engine:
 
     def extend(self, name: bytes, message_id: int, seconds: int, now: int,
                lease_no: int | None = None) -> None:
-        """Hide a main-queue message until now + seconds (a new deadline, not an addition)."""
+        """Hide a main-queue message until now + seconds (a new deadline, not an addition).
+        A visible message gets a new delivery serial, so that no earlier receipt matches."""
         q = self.queue(name)
         check_range("seconds", seconds, EXTEND_RANGE)
-        if self._leased(q, message_id, lease_no) not in ("ready", "inflight"):
+        state = self._leased(q, message_id, lease_no)
+        if state not in ("ready", "inflight"):
             raise NoMessageError(name, message_id)
         _, _, current_lease, attempts, _ = record.unpack(q.records[message_id])
+        if state == "ready":
+            current_lease = q.lease_seq + 1
         self._emit(("hold", name, message_id, now + seconds * 1000, attempts, current_lease))
         self._schedule(q)
 
@@ -283,8 +287,9 @@ class Engine:
             self._emit(("reason", name, message_id, reason))
         attempts = record.unpack(q.records[message_id])[3]
         if attempts >= q.settings.max_delivery_attempts:
-            self._emit(("dead", name, message_id, now))
             q.counters["nacked"] += 1
+            self._notify("nacked", name, message_id)
+            self._emit(("dead", name, message_id, now))
         else:
             if delay is not None:
                 due_at = due_time(now, delay) if delay else 0
@@ -382,6 +387,7 @@ class Engine:
                 attempts = record.unpack(q.records[message_id])[3]
                 if attempts >= q.settings.max_delivery_attempts:
                     q.counters["expired"] += 1
+                    self._notify("expired", name, message_id)
                     self._emit(("dead", name, message_id, at))
                 else:
                     wait = q.settings.backoff_ms(attempts)
@@ -449,6 +455,12 @@ class Engine:
                 event = "paused" if effect[2] else "resumed"
             if event is not None:
                 self.listener(event, effect[1], effect[2] if kind != "pause" else None)
+
+    def _notify(self, event: str, name: bytes, message_id: int) -> None:
+        """Tell the listener of an event that has no effect record of its own (a NACK or a
+        lease running out on the last attempt: the record is the move to the DLQ)."""
+        if self.listener is not None:
+            self.listener(event, name, message_id)
 
     def _apply_create(self, name: bytes, vt: int, mda: int, rp: int) -> None:
         self.queues[name] = Queue(name, QueueSettings(vt, mda, rp), next(self._queue_serial))
