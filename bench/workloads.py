@@ -1,0 +1,622 @@
+"""The measurements. Each function starts the servers it needs, drives them, stops them and
+returns plain dicts (the report and results.json are made from those).
+
+Client processes are forked with multiprocessing; each connects and sets up first, then all
+start together. Server CPU time is read from /proc before the start signal and after the
+last client is done, so connection set-up and the clients' own work are not counted.
+Every loop here is bounded by a count and by a time limit.
+"""
+
+import math
+import multiprocessing
+import os
+import queue as queue_module
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import traceback
+from array import array
+
+from .clients import BODY, Pinger, RespConn, make_client, resp
+from .targets import LABELS, PERSISTENCE_LABELS, BenchError, Server, server_for
+
+CTX = multiprocessing.get_context("fork")
+SETUP_TIMEOUT_S = 60.0
+
+
+def _label(system: str, persistent: bool) -> str:
+    return f"{LABELS[system]} ({PERSISTENCE_LABELS[(system, persistent)]})"
+
+
+# -- running client processes ---------------------------------------------------------------
+
+def _worker(body, system, port, index, args, ready, go, results):
+    try:
+        client = make_client(system, port, index, args.get("visibility", 300))
+        client.setup()
+    except Exception:
+        results.put((index, "error", traceback.format_exc()))
+        ready.abort()
+        return
+    try:
+        ready.wait(SETUP_TIMEOUT_S)
+        if not go.wait(SETUP_TIMEOUT_S):
+            raise BenchError("no start signal")
+        results.put((index, "ok", body(client, index, args)))
+    except Exception:
+        results.put((index, "error", traceback.format_exc()))
+    finally:
+        try:
+            client.close()
+        except Exception:
+            pass
+
+
+def run_clients(server: Server, system: str, procs: int, body, args: dict,
+                time_limit: float) -> dict:
+    """Run `body(client, index, args)` in `procs` processes at once; returns their results
+    with the server's CPU seconds and the wall time between the start signal and the end."""
+    ready = CTX.Barrier(procs + 1)
+    go = CTX.Event()
+    results = CTX.Queue()
+    workers = [CTX.Process(target=_worker, daemon=True,
+                           args=(body, system, server.port, i, args, ready, go, results))
+               for i in range(procs)]
+    for w in workers:
+        w.start()
+    out: list = []
+    try:
+        try:
+            ready.wait(SETUP_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            pass
+        cpu0 = server.cpu_times()
+        t0 = time.monotonic()
+        go.set()
+        deadline = t0 + time_limit + 60.0
+        while len(out) < procs:
+            try:
+                out.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
+            except queue_module.Empty:
+                raise BenchError("client processes did not finish in time") from None
+        t1 = time.monotonic()
+        cpu1 = server.cpu_times()
+    finally:
+        for w in workers:
+            w.join(10)
+            if w.is_alive():
+                w.kill()
+                w.join()
+    errors = [r[2] for r in out if r[1] == "error"]
+    if errors:
+        raise BenchError("client process failed:\n" + errors[0])
+    user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    return {"results": [r[2] for r in sorted(out, key=lambda r: r[0])], "cpu": user + system,
+            "cpu_user": user, "cpu_sys": system, "wall": t1 - t0}
+
+
+# -- job cycle ------------------------------------------------------------------------------
+
+def _cycles_body(client, index, args):
+    """push, pop, ack, `depth` at a time, until `cycles` acks or the time limit."""
+    cycles, depth = args["cycles"], args["depth"]
+    push, pop, ack = client.push, client.pop, client.ack
+    start = time.monotonic()
+    deadline = start + args["time_limit"]
+    done = 0
+    while done < cycles and time.monotonic() < deadline:
+        k = min(depth, cycles - done)
+        push(k)
+        ids = pop(k)
+        ack(ids)
+        done += len(ids)
+    return {"cycles": done, "start": start, "end": time.monotonic()}
+
+
+def measure_cycles(server: Server, system: str, cycles: int, depth: int, procs: int,
+                   time_limit: float, visibility: int = 300) -> dict:
+    per_proc = math.ceil(cycles / procs)
+    args = {"cycles": per_proc, "depth": depth, "time_limit": time_limit,
+            "visibility": visibility}
+    run = run_clients(server, system, procs, _cycles_body, args, time_limit)
+    done = sum(r["cycles"] for r in run["results"])
+    start = min(r["start"] for r in run["results"])
+    end = max(r["end"] for r in run["results"])
+    seconds = max(end - start, 1e-9)
+    return {"cycles": done, "seconds": round(seconds, 3),
+            "throughput": done / seconds, "cpu_s": run["cpu"],
+            "cpu_us_per_cycle": run["cpu"] / done * 1e6 if done else None,
+            "user_us_per_cycle": run["cpu_user"] / done * 1e6 if done else None,
+            "sys_us_per_cycle": run["cpu_sys"] / done * 1e6 if done else None,
+            "truncated": done < per_proc * procs}
+
+
+def job_cycle(systems: list[str], opts, log) -> list[dict]:
+    rows = []
+    modes = [("pipelined", 50, 4, opts.cycles_pipelined),
+             ("unpipelined", 1, 8, opts.cycles_unpipelined)]
+    for system in systems:
+        for persistent in (True, False):
+            for mode, depth, procs, cycles in modes:
+                label = _label(system, persistent)
+                with server_for(system, persistent, opts.workdir) as server:
+                    warm = max(200, cycles // 20)
+                    measure_cycles(server, system, warm, depth, procs, opts.time_limit)
+                    m = measure_cycles(server, system, cycles, depth, procs, opts.time_limit)
+                row = {"system": system, "persistent": persistent, "label": label,
+                       "mode": mode, "depth": depth, "procs": procs, **m}
+                log(f"job-cycle {label} {mode}: {m['throughput']:,.0f} cycles/s, "
+                    f"{m['cpu_us_per_cycle']:.1f} us CPU/cycle")
+                rows.append(row)
+    return rows
+
+
+# -- latency --------------------------------------------------------------------------------
+
+def _latency_body(client, index, args):
+    """Cycles at a fixed rate; times each POP and each ACK (send to reply)."""
+    rate, seconds, limit = args["rate_per_proc"], args["seconds"], args["max_samples"]
+    pops, acks = array("d"), array("d")
+    interval = 1.0 / rate
+    clock = time.perf_counter
+    start = clock()
+    end = start + seconds
+    n = 0
+    while n < limit:
+        due = start + n * interval
+        now = clock()
+        if now >= end:
+            break
+        if due > now:
+            time.sleep(due - now)
+        client.push(1)
+        t = clock()
+        ids = client.pop(1)
+        t2 = clock()
+        pops.append(t2 - t)
+        if ids:
+            client.ack(ids)
+            acks.append(clock() - t2)
+        n += 1
+    return {"pop": pops.tobytes(), "ack": acks.tobytes(), "cycles": n,
+            "seconds": clock() - start}
+
+
+def percentiles(samples: array) -> dict:
+    if not samples:
+        return {}
+    s = sorted(samples)
+
+    def pct(p: float) -> float:
+        return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))] * 1e3
+
+    return {"p50_ms": pct(50), "p99_ms": pct(99), "p999_ms": pct(99.9), "max_ms": s[-1] * 1e3,
+            "samples": len(s)}
+
+
+def latency(systems: list[str], opts, log) -> list[dict]:
+    rows = []
+    procs = 4
+    for system in systems:
+        persistent = True
+        label = _label(system, persistent)
+        args = {"rate_per_proc": opts.latency_rate / procs, "seconds": opts.latency_seconds,
+                "max_samples": int(opts.latency_rate / procs * opts.latency_seconds) + 10}
+        with server_for(system, persistent, opts.workdir) as server:
+            measure_cycles(server, system, 500, 1, 2, opts.time_limit)  # warm up
+            run = run_clients(server, system, procs, _latency_body, args,
+                              opts.latency_seconds + 30)
+        pops, acks = array("d"), array("d")
+        cycles = 0
+        for r in run["results"]:
+            pops.frombytes(r["pop"])
+            acks.frombytes(r["ack"])
+            cycles += r["cycles"]
+        row = {"system": system, "persistent": persistent, "label": label,
+               "rate": opts.latency_rate, "achieved_rate": cycles / max(run["wall"], 1e-9),
+               "pop": percentiles(pops), "ack": percentiles(acks)}
+        log(f"latency {label}: POP p50 {row['pop'].get('p50_ms', 0):.3f} ms p99 "
+            f"{row['pop'].get('p99_ms', 0):.3f} ms p99.9 {row['pop'].get('p999_ms', 0):.3f} ms; "
+            f"ACK p99 {row['ack'].get('p99_ms', 0):.3f} ms")
+        rows.append(row)
+    return rows
+
+
+# -- scale ----------------------------------------------------------------------------------
+
+def scale(systems: list[str], opts, log) -> list[dict]:
+    """The job cycle's server CPU per cycle with a backlog of N ready messages ahead of
+    it (each cycle pushes one, pops the oldest and acks it, so the backlog stays at N), and
+    with N messages in flight. Persistence off: this measures the data structures."""
+    rows = []
+    for system in systems:
+        persistent = False
+        label = _label(system, persistent)
+        with server_for(system, persistent, opts.workdir) as server:
+            filler = make_client(system, server.port, 99, 3600)
+            filler.setup()
+            have = 0
+            for backlog in opts.scale_backlogs:
+                filler.fill(backlog - have)
+                have = backlog
+                measure_cycles(server, system, 1000, 50, 4, opts.time_limit, 3600)
+                m = measure_cycles(server, system, opts.scale_cycles, 50, 4, opts.time_limit,
+                                   3600)
+                rows.append({"system": system, "label": label,
+                             "condition": f"{_count(backlog)} queued", "queued": backlog,
+                             "inflight": 0, **m})
+                log(f"scale {label} {_count(backlog)} queued: "
+                    f"{m['cpu_us_per_cycle']:.1f} us CPU/cycle")
+            filler.close()
+        with server_for(system, persistent, opts.workdir) as server:
+            holder = make_client(system, server.port, 98, 3600)  # keeps beanstalkd's jobs
+            holder.setup()
+            holder.fill(opts.scale_inflight)
+            leased = holder.lease_all(opts.scale_inflight)
+            measure_cycles(server, system, 1000, 50, 4, opts.time_limit, 3600)
+            m = measure_cycles(server, system, opts.scale_cycles, 50, 4, opts.time_limit, 3600)
+            holder.close()
+        rows.append({"system": system, "label": label,
+                     "condition": f"{_count(leased)} in flight", "queued": 0,
+                     "inflight": leased, **m})
+        log(f"scale {label} {_count(leased)} in flight: {m['cpu_us_per_cycle']:.1f} us CPU/cycle")
+    return rows
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+def scale_ratios(rows: list[dict]) -> dict:
+    out = {}
+    for system in dict.fromkeys(r["system"] for r in rows):
+        costs = [r["cpu_us_per_cycle"] for r in rows if r["system"] == system
+                 and r["cpu_us_per_cycle"]]
+        if costs:
+            out[system] = max(costs) / min(costs)
+    return out
+
+
+# -- timer storm ----------------------------------------------------------------------------
+
+def _info(conn: RespConn, section: str) -> dict:
+    text = conn.call("INFO", section).decode(errors="replace")
+    fields = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, value = line.split(":", 1)
+            fields[key] = value
+    return fields
+
+
+def _storm(server: Server, conn: RespConn, name: str, n: int, burst: bool,
+           watch_s: float) -> dict:
+    """Lease n messages of a new queue at once; ping until every lease has run out.
+
+    The visibility is 1 s when the server can lease n messages in well under a second;
+    otherwise it is raised so that every lease is taken before the first one runs out (the
+    leases then run out over as long as taking them took). With `burst`, the server is
+    stopped (SIGSTOP) right after the pops until every lease is due, then resumed: all of
+    them run out in the same instant, and the pinger's wait counts from the resume (the
+    visibility is at least 2 s then, so that the pops surely end before the first is due)."""
+    # how fast can this server lease? (a queue of its own, 2 x POP COUNT 1000)
+    conn.call("VALQ", "CREATE", name + "-calibrate", "VISIBILITY", 3600)
+    conn.call("VALQ", "MPUSH", name + "-calibrate", *([BODY] * 2000))
+    t = time.monotonic()
+    conn.send(resp("VALQ", "POP", name + "-calibrate", "COUNT", 1000) * 2)
+    conn.read(2)
+    estimate = (time.monotonic() - t) / 2000 * n
+    visibility = 1 if estimate < 0.6 else math.ceil(estimate * 1.5) + 1
+    if burst:  # every lease must be taken before the pause, whatever the machine's hiccups
+        visibility = max(visibility, 2)
+    conn.call("VALQ", "CREATE", name, "VISIBILITY", visibility)
+    sent = 0
+    while sent < n:
+        k = min(1000, n - sent)
+        conn.call("VALQ", "MPUSH", name, *([BODY] * k))
+        sent += k
+    pops = math.ceil(n / 1000)
+    started = time.monotonic()
+    conn.send(b"".join(resp("VALQ", "POP", name, "COUNT", min(1000, n - i * 1000))
+                       for i in range(pops)))
+    leased = sum(len(r) for r in conn.read(pops))
+    pop_seconds = time.monotonic() - started
+    first_due = started + visibility
+    last_due = started + visibility + pop_seconds
+    watch_until = last_due + watch_s
+    pinger = Pinger(server.port, limit_s=watch_until - time.monotonic() + 5)
+    thread = threading.Thread(target=pinger.run, daemon=True)
+    stopped_s = 0.0
+    if burst:
+        if time.monotonic() >= first_due:
+            raise BenchError("the leases began to run out before the server could be paused")
+        os.kill(server.pid, signal.SIGSTOP)
+        paused_at = time.monotonic()
+        try:
+            thread.start()  # it connects (the kernel queues it) and sends a PING
+            time.sleep(max(0.0, last_due + 0.05 - time.monotonic()))
+            for _ in range(100):
+                if pinger.connected:
+                    break
+                time.sleep(0.01)
+            pinger.not_before = time.monotonic()
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        stopped_s = time.monotonic() - paused_at
+    else:
+        thread.start()
+    # wait for the first deadline, then until every lease has run out (or time is up)
+    time.sleep(max(0.0, first_due - time.monotonic()))
+    expired = 0
+    all_back_at = None
+    while time.monotonic() < watch_until:
+        stats = conn.call("VALQ", "STATS", name)
+        fields = dict(zip(stats[0::2], stats[1::2]))
+        expired = int(fields.get(b"expired", 0))
+        if expired >= leased:
+            all_back_at = time.monotonic()
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)
+    pinger.stop()
+    thread.join(10)
+    return {"leases": leased, "visibility_s": visibility, "pop_seconds": round(pop_seconds, 3),
+            "burst": burst, "stopped_s": round(stopped_s, 3), "expired": expired,
+            "max_gap_ms": pinger.max_gap * 1e3, "pings": pinger.count,
+            "all_back_after_s": None if all_back_at is None else round(all_back_at - started, 2),
+            "slow_replies": len(pinger.gaps), "error": pinger.error}
+
+
+def timer_storm(opts, log) -> list[dict]:
+    """valqd: N leases running out together while a client pings in a loop; once as they
+    come due live, once all due in the same instant (see `_storm`)."""
+    rows = []
+    with server_for("valqd", True, opts.workdir) as server:
+        conn = RespConn(server.port)
+        base = Pinger(server.port, limit_s=1.0)  # a baseline: the pinger alone
+        base.run()
+        for name, burst in (("storm", False), ("burst", True)):
+            row = _storm(server, conn, name, opts.storm_leases, burst, opts.storm_watch_s)
+            row["baseline_max_gap_ms"] = base.max_gap * 1e3
+            rows.append(row)
+            log(f"timer storm ({'all due at once' if burst else 'live'}): {row['leases']:,} "
+                f"leases (visibility {row['visibility_s']} s, taken in "
+                f"{row['pop_seconds']:.2f} s), longest ping wait {row['max_gap_ms']:.1f} ms "
+                f"(idle baseline {row['baseline_max_gap_ms']:.1f} ms), "
+                f"{row['expired']:,} expired")
+        conn.close()
+    return rows
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+def memory(systems: list[str], opts, log) -> list[dict]:
+    rows = []
+    n = opts.memory_messages
+    for system in systems:
+        persistent = False
+        with server_for(system, persistent, opts.workdir) as server:
+            client = make_client(system, server.port, 0, 300)
+            client.setup()
+            client.fill(10)  # the structures exist before the "before" reading
+            time.sleep(0.2)
+            before = server.rss()
+            client.fill(n)
+            time.sleep(0.5)
+            after = server.rss()
+            client.close()
+        per = (after - before) / n
+        rows.append({"system": system, "label": LABELS[system], "messages": n,
+                     "rss_before": before, "rss_after": after, "bytes_per_message": per})
+        log(f"memory {LABELS[system]}: {per:.0f} bytes per queued message")
+    return rows
+
+
+# -- persistence ----------------------------------------------------------------------------
+
+_VALQD_LOADED = re.compile(r"DB loaded from append only file: ([\d.]+) seconds, (\d+) records")
+_VALKEY_LOADED = re.compile(r"DB loaded from append only file: ([\d.]+) seconds")
+
+
+def _valqd_load_log(server: Server, before: int) -> tuple[float | None, int | None]:
+    matches = _VALQD_LOADED.findall(server.log()[before:])
+    if not matches:
+        return None, None
+    seconds, records = matches[-1]
+    return float(seconds), int(records)
+
+
+def _rewrite_pause(server: Server, opts) -> dict:
+    """BGREWRITEAOF while a pinger measures the longest wait; ends when the new file is in."""
+    conn = RespConn(server.port)
+    base = Pinger(server.port, limit_s=1.0)
+    base.run()
+    rewrites = int(_info(conn, "persistence").get("aof_rewrites", 0))
+    pinger = Pinger(server.port, limit_s=opts.time_limit + 60)
+    thread = threading.Thread(target=pinger.run, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    conn.call("BGREWRITEAOF")
+    deadline = started + opts.time_limit
+    done = False
+    fields: dict = {}
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        fields = _info(conn, "persistence")
+        if int(fields.get("aof_rewrites", 0)) > rewrites and \
+                fields.get("aof_rewrite_in_progress") == "0":
+            done = True
+            break
+    seconds = time.monotonic() - started
+    time.sleep(0.3)
+    pinger.stop()
+    thread.join(10)
+    conn.close()
+    row = {"done": done, "rewrite_seconds": round(seconds, 3),
+           "max_gap_ms": pinger.max_gap * 1e3, "baseline_max_gap_ms": base.max_gap * 1e3,
+           "pings": pinger.count, "error": pinger.error}
+    if not done:
+        row["error"] = (f"the rewrite did not finish in {seconds:.0f} s; INFO persistence: "
+                        f"{fields}; server log:\n{server.tail()}")
+    return row
+
+
+def _valkey_rpush_aof(opts, log) -> dict:
+    """Valkey loading an AOF of N RPUSH commands (100-byte values)."""
+    n = opts.persistence_messages
+    server = server_for("valkey", True, opts.workdir, auto_aof_rewrite_percentage=0)
+    try:
+        server.start()
+        conn = RespConn(server.port)
+        cmd = resp("RPUSH", "q", BODY)
+        sent = 0
+        while sent < n:
+            k = min(1000, n - sent)
+            conn.send(cmd * k)
+            conn.read(k)
+            sent += k
+        conn.close()
+        server.stop()
+        aof_bytes = server.disk_bytes()
+        log_before = len(server.log())
+        seconds = server.restart(timeout=opts.time_limit + 600)
+        match = _VALKEY_LOADED.findall(server.log()[log_before:])
+        rss = server.rss()
+    finally:
+        server.close()
+    row = {"system": "valkey", "what": f"{_count(n)} RPUSH commands", "records": n,
+           "aof_bytes": aof_bytes, "seconds_to_ping": seconds,
+           "logged_seconds": float(match[-1]) if match else None,
+           "records_per_s": n / seconds, "rss_after_load": rss}
+    log(f"AOF load Valkey ({row['what']}): {seconds:.2f} s to PING, "
+        f"{row['records_per_s']:,.0f} records/s")
+    return row
+
+
+def _push_body(client, index, args):
+    """`conns` connections, each with one push in flight (no pipelining on a connection)."""
+    from .clients import make_client as mk
+    others = [mk(args["system"], args["port"], index * 100 + j, 300)
+              for j in range(args["conns"] - 1)]
+    clients = [client, *others]
+    per = args["pushes"]
+    start = time.monotonic()
+    deadline = start + args["time_limit"]
+    done = 0
+    try:
+        while done < per and time.monotonic() < deadline:
+            for c in clients:  # one request on every connection, then every reply
+                c.conn.send(c.PUSH)
+            for c in clients:
+                c.conn.read(1)
+            done += len(clients)
+    finally:
+        for c in others:
+            c.close()
+    return {"pushes": done, "start": start, "end": time.monotonic()}
+
+
+def _fsync_throughput(system: str, policy: str, opts, log) -> dict:
+    procs, conns = 5, 10  # 50 concurrent clients
+    with server_for(system, True, opts.workdir, appendfsync=policy) as server:
+        args = {"system": system, "port": server.port, "conns": conns,
+                "pushes": math.ceil(opts.fsync_pushes / procs), "time_limit": opts.time_limit}
+        run = run_clients(server, system, procs, _push_body, args, opts.time_limit + 30)
+    pushes = sum(r["pushes"] for r in run["results"])
+    seconds = max(r["end"] for r in run["results"]) - min(r["start"] for r in run["results"])
+    row = {"system": system, "label": LABELS[system], "appendfsync": policy,
+           "clients": procs * conns, "pushes": pushes, "seconds": round(seconds, 3),
+           "throughput": pushes / seconds, "cpu_us_per_push": run["cpu"] / pushes * 1e6}
+    log(f"push, appendfsync {policy}, {LABELS[system]}, 50 clients: "
+        f"{row['throughput']:,.0f} pushes/s")
+    return row
+
+
+def persistence(systems: list[str], opts, log) -> dict:
+    n = opts.persistence_messages
+    out: dict = {"load": [], "fsync": [], "rewrite": None, "messages": n}
+    server = server_for("valqd", True, opts.workdir, auto_aof_rewrite_percentage=0)
+    try:
+        server.start()
+        client = make_client("valqd", server.port)
+        client.setup()
+        client.fill(n)
+        client.close()
+        server.stop()
+        for what in (f"{_count(n)} pushes (as logged)", f"{_count(n)} messages (rewritten)"):
+            aof_bytes = server.disk_bytes()
+            log_before = len(server.log())
+            seconds = server.restart(timeout=opts.time_limit + 600)
+            logged, records = _valqd_load_log(server, log_before)
+            records = records or n
+            out["load"].append({"system": "valqd", "what": what, "records": records,
+                                "aof_bytes": aof_bytes, "seconds_to_ping": seconds,
+                                "logged_seconds": logged, "records_per_s": records / seconds,
+                                "rss_after_load": server.rss()})
+            log(f"AOF load valqd ({what}): {seconds:.2f} s to PING, "
+                f"{records / seconds:,.0f} records/s")
+            if out["rewrite"] is None:
+                out["rewrite"] = {"messages": n, **_rewrite_pause(server, opts)}
+                log(f"BGREWRITEAOF of {_count(n)} messages: longest ping wait "
+                    f"{out['rewrite']['max_gap_ms']:.1f} ms over "
+                    f"{out['rewrite']['rewrite_seconds']:.1f} s")
+    finally:
+        server.close()
+    if "valkey-lua" in systems or "valkey-streams" in systems:
+        out["load"].append(_valkey_rpush_aof(opts, log))
+    fsync_systems = ["valqd"] + (["valkey-lua"] if "valkey-lua" in systems else [])
+    for system in fsync_systems:
+        for policy in ("always", "everysec"):
+            out["fsync"].append(_fsync_throughput(system, policy, opts, log))
+    return out
+
+
+# -- redis-benchmark ------------------------------------------------------------------------
+
+_RPS = re.compile(r"([\d.]+) requests per second")
+
+
+def _redis_benchmark(port: int, n: int, command: list[str]) -> float | None:
+    result = subprocess.run(
+        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-P", "16", "-n", str(n), "-q",
+         *command], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    # -q prints progress lines with \r; the last figure is the final one
+    found = _RPS.findall(result.stdout.replace("\r", "\n"))
+    if result.returncode != 0 or not found:
+        raise BenchError(f"redis-benchmark {' '.join(command)} failed: "
+                         f"{(result.stderr or result.stdout)[-500:]}")
+    return float(found[-1])
+
+
+def tools(systems: list[str], opts, log) -> dict:
+    if shutil.which("redis-benchmark") is None:
+        return {"skipped": "redis-benchmark not found (apt-get install redis-tools)",
+                "rows": []}
+    n = opts.tool_requests
+    rows = []
+    with server_for("valqd", True, opts.workdir) as server:
+        conn = RespConn(server.port)
+        conn.call("VALQ", "CREATE", "q1")
+        conn.close()
+        for op, command in (("push", ["valq", "push", "q1", "m1"]),
+                            ("pop", ["valq", "pop", "q1"])):
+            rps = _redis_benchmark(server.port, n, command)
+            rows.append({"server": "valqd (AOF everysec)", "op": op,
+                         "command": " ".join(command), "rps": rps})
+            log(f"redis-benchmark -P 16 valqd {' '.join(command)}: {rps:,.0f} requests/s")
+    if "valkey-lua" in systems or "valkey-streams" in systems:
+        with server_for("valkey", True, opts.workdir) as server:
+            for op, command in (("push", ["lpush", "q1", "m1"]), ("pop", ["rpop", "q1"])):
+                rps = _redis_benchmark(server.port, n, command)
+                rows.append({"server": "Valkey (AOF everysec)", "op": op,
+                             "command": " ".join(command), "rps": rps})
+                log(f"redis-benchmark -P 16 valkey {' '.join(command)}: {rps:,.0f} requests/s")
+    return {"rows": rows, "requests": n}
