@@ -163,7 +163,10 @@ def test_snapshot_records_survive_encoding(tmp_path):
 
 
 def test_encode_effect_shape():
-    assert encode_effect(("remove", b"q", 12)) == b"*3\r\n$6\r\nremove\r\n$1\r\nq\r\n$2\r\n12\r\n"
+    assert encode_effect(("remove", b"q", 12)) == b"*3\r\n$6\r\nremove\r\n$1\r\nq\r\n:12\r\n"
+    # an int past int64 (a due time from a delay near 2^64 s) goes as a bulk string
+    assert encode_effect(("defer", b"q", 1, 2**70)) == \
+        b"*4\r\n$5\r\ndefer\r\n$1\r\nq\r\n:1\r\n$22\r\n%d\r\n" % 2**70
     assert encode_effect(("flush",)) == b"*1\r\n$5\r\nflush\r\n"
 
 

@@ -356,22 +356,27 @@ class Engine:
             heapq.heappop(timers)
         return None
 
-    def tick(self, now: int) -> int | None:
-        """Apply every lease, delay and retention that ran out by `now`; return the next."""
+    def tick(self, now: int, budget: int | None = None) -> int | None:
+        """Apply every lease, delay and retention that ran out by `now` and return the next
+        deadline. With a `budget`, stop after about that many events: the deadline returned
+        is then already due, and the caller ticks again after serving its clients."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             at, _, q = heapq.heappop(timers)
             if q.scheduled_at != at or self.queues.get(q.name) is not q:
                 continue
             q.scheduled_at = None
-            self._run_due(q, now)
+            budget = self._run_due(q, now, budget)
             self._schedule(q)
+            if budget is not None and budget <= 0:
+                break
         return self.next_deadline()
 
-    def _run_due(self, q: Queue, now: int) -> None:
-        """Apply the queue's due events one at a time, earliest first."""
+    def _run_due(self, q: Queue, now: int, budget: int | None) -> int | None:
+        """Apply the queue's due events one at a time, earliest first, at most `budget` of
+        them; returns the budget left."""
         name = q.name
-        while True:
+        while budget is None or budget > 0:
             lease_at = q.lease_order[0] >> ID_BITS if q.lease_order else None
             delay_at = q.delayed_order[0] >> ID_BITS if q.delayed_order else None
             drop_at = ((q.dead_order[0] >> ID_BITS) + q.settings.retention_period * 1000
@@ -380,7 +385,7 @@ class Engine:
             candidates = [at for at in (lease_at, delay_at, drop_at, dedup_at)
                           if at is not None]
             if not candidates or min(candidates) > now:
-                return
+                return budget
             at = min(candidates)
             if at == lease_at:
                 message_id = q.lease_order[0] & ID_MASK
@@ -401,6 +406,9 @@ class Engine:
                 self._emit(("drop", name, q.dead_order[0] & ID_MASK))
             else:  # dedup keys expire without a record: replay ignores expired keys too
                 q.forget_expired_dedup(now)
+            if budget is not None:
+                budget -= 1
+        return budget
 
     def _schedule(self, q: Queue) -> None:
         at = q.next_deadline()
@@ -429,16 +437,27 @@ class Engine:
     # -- effects: the only code that changes state, live or in replay ------------------------
 
     def apply(self, effect: tuple) -> None:
-        """Replay one journal record."""
+        """Replay one journal record and re-arm its queue's timer."""
+        self.replay(effect)
+        if len(effect) > 1:
+            q = self.queues.get(effect[1])
+            if q is not None:
+                self._schedule(q)
+
+    def replay(self, effect: tuple) -> None:
+        """Replay one journal record without touching timers: loading a whole log ends with
+        `rearm_timers()`."""
         kind = effect[0]
         handler = _APPLY.get(kind) if isinstance(kind, str) else None
         if handler is None:
             raise ValueError(f"unknown journal record {kind!r}")
         handler(self, *effect[1:])
-        if len(effect) > 1:
-            q = self.queues.get(effect[1])
-            if q is not None:
-                self._schedule(q)
+
+    def rearm_timers(self) -> None:
+        self._timers.clear()
+        for q in self.queues.values():
+            q.scheduled_at = None
+            self._schedule(q)
 
     def _emit(self, effect: tuple) -> None:
         kind = effect[0]

@@ -285,10 +285,11 @@ class Queue:
     def _rewrite(self, message_id: int, **changes: int) -> None:
         rec = self.records[message_id]
         enqueued_at, promote_seq, lease_no, attempts, priority = record.unpack(rec)
-        self.records[message_id] = record.pack(
+        new = self.records[message_id] = record.pack(
             enqueued_at, changes.get("promote_seq", promote_seq),
             changes.get("lease_no", lease_no), changes.get("attempts", attempts), priority,
             record.body_of(rec))
+        self.data_bytes += len(new) - len(rec)
 
     def _order_key(self, message_id: int) -> int:
         _, promote_seq, _, _, priority = record.unpack(self.records[message_id])

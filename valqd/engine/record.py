@@ -1,22 +1,28 @@
 """The compact per-message record.
 
-Every stored message is one `bytes` object: a fixed 30-byte header followed by the body.
-A Python object with a field per attribute would cost about 100 bytes more per message;
-the header is rewritten (a copy of the record) only on the few state changes that alter it:
-a delivery, a delayed message falling due.
+Every stored message is one `bytes` object: a header followed by the body. A Python object
+with a field per attribute would cost about 100 bytes more per message. Most messages are
+never delivered before they are acked, so they use a short header; the header is rewritten
+(a copy of the record) only on the few state changes that alter it: a delivery, a delayed
+message falling due.
 
-Header fields, little-endian:
+Short header (never delivered, priority 0, not promoted), 9 bytes:
+    tag 0         uint8
     enqueued_at   int64   Unix ms when the message was pushed
+Full header, 31 bytes:
+    tag 1         uint8
+    enqueued_at   int64
     promote_seq   uint64  0, or this message's rank among delayed messages that fell due
     lease_no      uint64  serial of the message's latest delivery (0: never delivered)
     attempts      uint16  how many times it has been delivered
-    priority      int32   reserved for priorities; 0 today
+    priority      int32   higher is delivered first
+All little-endian.
 """
 
 import struct
 
-HEADER = struct.Struct("<qQQHi")
-HEADER_SIZE = HEADER.size
+SHORT = struct.Struct("<Bq")
+FULL = struct.Struct("<BqQQHi")
 MAX_ATTEMPTS_STORED = 0xFFFF
 
 # Order keys: an int per ready message, smallest delivered first. A plain message's key is
@@ -30,17 +36,21 @@ _PRIORITY_STEP = 1 << 130
 
 def pack(enqueued_at: int, promote_seq: int, lease_no: int, attempts: int, priority: int,
          body: bytes | memoryview) -> bytes:
-    return b"".join((HEADER.pack(enqueued_at, promote_seq, lease_no,
-                                 min(attempts, MAX_ATTEMPTS_STORED), priority), body))
+    if not (promote_seq or lease_no or attempts or priority):
+        return SHORT.pack(0, enqueued_at) + body
+    return b"".join((FULL.pack(1, enqueued_at, promote_seq, lease_no,
+                               min(attempts, MAX_ATTEMPTS_STORED), priority), body))
 
 
 def unpack(record: bytes) -> tuple[int, int, int, int, int]:
     """(enqueued_at, promote_seq, lease_no, attempts, priority)."""
-    return HEADER.unpack_from(record)
+    if record[0]:
+        return FULL.unpack_from(record)[1:]  # type: ignore[return-value]
+    return SHORT.unpack_from(record)[1], 0, 0, 0, 0
 
 
 def body_of(record: bytes) -> memoryview:
-    return memoryview(record)[HEADER_SIZE:]
+    return memoryview(record)[FULL.size if record[0] else SHORT.size:]
 
 
 def order_key(message_id: int, promote_seq: int, priority: int) -> int:

@@ -3,11 +3,12 @@
     VALQD-AOF 1\\n                          magic line, once
     B <length> <crc32> <check>\\n<payload>  one batch per group commit, repeated
 
-A payload is a run of records, each a RESP array of bulk strings: the engine's effect
-tuples (`engine.py`) with ints written in decimal, e.g. `*7 $4 push $1 q $1 1 ...`. The CRC
-covers the payload, so a torn or flipped batch is detected before anything of it is
-applied; `check` (16 bits of the header's own CRC) catches a flipped length, which would
-otherwise pass for a batch cut short. A file that ends inside a batch, or in zero bytes (space the file system allocated
+A payload is a run of records, each a RESP array: the engine's effect tuples (`engine.py`),
+bytes and strings as bulk strings and ints as RESP integers, e.g.
+`*7 $4 push $1 q :1 :1795420000000 :0 :0 $5 hello`. The CRC covers the payload, so a torn or
+flipped batch is detected before anything of it is applied; `check` (16 bits of the
+header's own CRC) catches a flipped length, which would otherwise pass for a batch cut
+short. A file that ends inside a batch, or in zero bytes (space the file system allocated
 but never wrote), was cut short by a crash: that is truncation, not corruption.
 """
 
@@ -30,15 +31,36 @@ class AofCorruption(Exception):
         self.reason = reason
 
 
+INT64_MAX = 2**63 - 1
+
+
 def encode_effect(effect: tuple) -> bytes:
+    template = _TEMPLATES.get(effect[0])
+    if template is not None and (effect[0] != "push" or effect[4] <= INT64_MAX):
+        return template(effect)
     parts = [b"*%d\r\n" % len(effect)]
     for field in effect:
-        if type(field) is int:
-            field = b"%d" % field
-        elif type(field) is str:
-            field = field.encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(field), field))
+        if type(field) is int and -INT64_MAX <= field <= INT64_MAX:
+            parts.append(b":%d\r\n" % field)
+        elif type(field) is int:  # a due time past int64 (delays up to 2^64-1 seconds)
+            parts.append(b"$%d\r\n%d\r\n" % (len(b"%d" % field), field))
+        else:
+            if type(field) is str:
+                field = field.encode()
+            parts.append(b"$%d\r\n%b\r\n" % (len(field), field))
     return b"".join(parts)
+
+
+# One formatting step for the records written on every push, delivery and ack.
+_TEMPLATES = {
+    "push": lambda e: b"*7\r\n$4\r\npush\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n"
+                      b"$%d\r\n%b\r\n" % (len(e[1]), e[1], e[2], e[3], e[4], e[5], len(e[6]),
+                                          e[6]),
+    "lease": lambda e: b"*6\r\n$5\r\nlease\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n"
+                       % (len(e[1]), e[1], e[2], e[3], e[4], e[5]),
+    "remove": lambda e: b"*3\r\n$6\r\nremove\r\n$%d\r\n%b\r\n:%d\r\n" % (len(e[1]), e[1],
+                                                                             e[2]),
+}
 
 
 def _header(length: int, crc: int) -> bytes:
@@ -59,21 +81,33 @@ SCHEMAS: dict[bytes, str] = {
     b"promote": "bii", b"redrive": "bibii", b"purge": "bs",
     b"counters": "biii", b"restore": "bisiiiiiib",
 }
+_TYPES = {"b": bytes, "i": int, "s": bytes}
+# kind -> (its name as str, the parsed field types hiredis gives, positions of str fields)
+_DECODERS = {kind: (kind.decode(), (bytes, *(_TYPES[c] for c in schema)),
+                    tuple(i + 1 for i, c in enumerate(schema) if c == "s"))
+             for kind, schema in SCHEMAS.items()}
 
 
 def decode_effect(fields: list) -> tuple:
     """A parsed RESP array back into an effect tuple; ValueError if it does not fit."""
-    if not fields or type(fields) is not list:
+    if type(fields) is not list or not fields or type(fields[0]) is not bytes:
         raise ValueError("record is not an array")
-    schema = SCHEMAS.get(fields[0])
-    if schema is None or len(fields) != len(schema) + 1:
-        raise ValueError(f"unknown record {fields[0]!r} or wrong field count")
-    effect: list = [fields[0].decode()]
-    for kind, raw in zip(schema, fields[1:]):
-        if type(raw) is not bytes:
-            raise ValueError("record field is not a bulk string")
-        effect.append(raw if kind == "b" else int(raw) if kind == "i" else raw.decode())
-    return tuple(effect)
+    decoder = _DECODERS.get(fields[0])
+    if decoder is None:
+        raise ValueError(f"unknown record {fields[0]!r}")
+    name, types, text_fields = decoder
+    if tuple(map(type, fields)) != types:
+        if len(fields) != len(types):
+            raise ValueError(f"{name} record with wrong fields")
+        for i, (field, wanted) in enumerate(zip(fields, types)):
+            if wanted is int and type(field) is bytes and field.isdigit():
+                fields[i] = int(field)  # an int too large for a RESP integer
+            elif type(field) is not wanted:
+                raise ValueError(f"{name} record with wrong fields")
+    fields[0] = name
+    for i in text_fields:
+        fields[i] = fields[i].decode()
+    return tuple(fields)
 
 
 def iter_batches(data: bytes | memoryview, path: str):

@@ -62,7 +62,8 @@ def load(path: str, engine, allow_truncated: bool = True) -> LoadResult:
     """Replay the AOF at `path` into `engine`; cut off a truncated tail if allowed."""
     if not os.path.exists(path):
         return LoadResult()
-    result = scan(path, engine.apply, progress=True)
+    result = scan(path, engine.replay, progress=True)
+    engine.rearm_timers()
     if result.truncated_bytes:
         if not allow_truncated:
             raise AofCorruption(path, result.good_size, "unexpected end of file "
