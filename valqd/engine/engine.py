@@ -201,9 +201,20 @@ class Engine:
     # -- consuming -------------------------------------------------------------------------
 
     def pop(self, name: bytes, now: int) -> tuple[int, memoryview] | None:
-        """Deliver the head of the queue: (id, body), leased for the visibility timeout."""
-        delivered = self.pop_many(name, now, 1)
-        return (delivered[0].id, delivered[0].body) if delivered else None
+        """Deliver the head of the queue: (id, body), leased for the visibility timeout.
+        The module's POP, and the hot path: pop_many() does the same for several."""
+        q = self.queues.get(name)
+        if q is None:
+            raise NoQueueError(name)
+        if q.paused or not q.ready:
+            return None
+        message_id = q.ready[0] & ID_MASK
+        attempts = record.unpack(q.records[message_id])[3] + 1
+        deadline_at = now + q.settings.visibility_timeout * 1000
+        self._emit(("lease", name, message_id, deadline_at, attempts, q.lease_seq + 1))
+        if q.scheduled_at is None or deadline_at < q.scheduled_at:
+            self._schedule(q)
+        return message_id, record.body_of(q.records[message_id])
 
     def pop_many(self, name: bytes, now: int, count: int,
                  noack: bool = False) -> list[Delivery]:
@@ -461,12 +472,13 @@ class Engine:
 
     def _emit(self, effect: tuple) -> None:
         kind = effect[0]
-        _APPLY[kind](self, *effect[1:])
+        apply, counter, readying = _KINDS[kind]
+        apply(self, *effect[1:])
         if self.journal is not None:
             self.journal(effect)
-        if kind in COUNTED:
-            self.queues[effect[1]].counters[COUNTED[kind]] += 1
-        if kind in READYING:
+        if counter is not None:
+            self.queues[effect[1]].counters[counter] += 1
+        if readying:
             self.readied.add(effect[3] if kind == "redrive" else effect[1])
         if self.listener is not None:
             event = EVENTS.get(kind)
@@ -588,3 +600,5 @@ _APPLY: dict[str, Callable[..., None]] = {
     "counters": Engine._apply_counters,
     "restore": Engine._apply_restore,
 }
+# kind -> (apply function, counter it bumps or None, whether it can make a message visible)
+_KINDS = {kind: (apply, COUNTED.get(kind), kind in READYING) for kind, apply in _APPLY.items()}

@@ -146,11 +146,17 @@ class Queue:
         enqueued_at, promote_seq, old_lease_no, old_attempts, priority = record.unpack(rec)
         old_deadline = self.leases.get(message_id)
         if old_deadline is None:
-            self.ready.remove(record.order_key(message_id, promote_seq, priority))
+            key = record.order_key(message_id, promote_seq, priority)
+            if self.ready[0] == key:  # a POP: the head, cheaper to take than to search
+                self.ready.pop(0)
+            else:
+                self.ready.remove(key)
         else:
             self.lease_order.remove(time_key(old_deadline, message_id))
         if attempts != old_attempts or lease_no != old_lease_no:
-            self._rewrite(message_id, lease_no=lease_no, attempts=attempts)
+            new = self.records[message_id] = record.pack(
+                enqueued_at, promote_seq, lease_no, attempts, priority, record.body_of(rec))
+            self.data_bytes += len(new) - len(rec)
         if lease_no > self.lease_seq:
             self.lease_seq = lease_no
         self.leases[message_id] = deadline_at
