@@ -17,9 +17,12 @@ I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 def parse_int(raw: bytes, low: int = I64_MIN, high: int = I64_MAX,
               message: str = NOT_AN_INTEGER) -> int:
-    if not _INTEGER.match(raw) or raw == b"-0":
+    if raw.isdigit() and (raw[0] != 48 or len(raw) == 1):  # bytes.isdigit is ASCII-only
+        value = int(raw)
+    elif _INTEGER.match(raw) and raw != b"-0":
+        value = int(raw)
+    else:
         raise CommandError(message)
-    value = int(raw)
     if not low <= value <= high:
         raise CommandError(message)
     return value

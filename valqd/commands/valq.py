@@ -375,7 +375,7 @@ def valq_ack(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """VALQ ACK queue id [LEASE receipt] -> bulk `ack <id>`. NOMSG unless the message is in
     the main queue; NOLEASE when the receipt is not its current delivery."""
     message_id = _message_id(argv[3])
-    lease_no, _ = _lease_option(Args(argv, 4), message_id)
+    lease_no = _lease_option(Args(argv, 4), message_id)[0] if len(argv) > 4 else None
     state.engine.ack(argv[2], message_id, lease_no)
     return encode.bulk(b"ack %d" % message_id)
 
