@@ -38,7 +38,11 @@ class Setting:
                 raise ValueError(f"argument must be between {self.low} and {self.high} inclusive")
             return value
         if self.kind == "memory":
-            return parse_memory(raw)
+            value = parse_memory(raw)
+            if not self.low <= value <= self.high:
+                raise ValueError(f"argument must be between {self.low} and {self.high} "
+                                 "inclusive")
+            return value
         if self.kind == "buffers":
             return parse_output_limits(raw)
         if self.kind == "enum":
@@ -112,8 +116,9 @@ SETTINGS: tuple[Setting, ...] = (
             "the client is disconnected (normal clients have a limit, unlike Valkey's 0 0 0)",
             "buffers", mutable=True),
     Setting("client-query-buffer-limit", "1gb", "largest request being received", "memory",
-            mutable=True),
-    Setting("proto-max-bulk-len", "512mb", "largest single argument", "memory", mutable=True),
+            low=1 << 20, mutable=True),  # Valkey's minimums: below, no client gets in
+    Setting("proto-max-bulk-len", "512mb", "largest single argument", "memory",
+            low=1 << 20, mutable=True),
     Setting("max-message-size", "1mb", "largest message body PUSH accepts", "memory",
             mutable=True),
     Setting("maxmemory", "0", "refuse commands that add data above this much memory (0: no "

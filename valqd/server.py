@@ -36,7 +36,7 @@ from .resp.parser import Limits
 
 log = logging.getLogger("valqd")
 
-MAX_TIMER_SLEEP_S = 3600.0  # far deadlines are re-checked hourly, which also absorbs clock jumps
+MAX_TIMER_SLEEP_S = 3600.0  # far deadlines are re-checked hourly; housekeeping catches jumps
 HOUSEKEEPING_S = 0.1  # polling a rewrite child; fsync, disk and idle checks every 10th time
 PROTECTED_MODE_DENIED = (
     b"-DENIED valqd is running in protected mode because protected mode is enabled and no "
@@ -53,6 +53,8 @@ PROTECTED_MODE_DENIED = (
     b"above things in order for the server to start accepting connections from the outside."
     b"\r\n")
 MAX_CLIENTS_REACHED = b"-ERR max number of clients reached\r\n"
+QUERY_BUFFER_EXCEEDED = b"-ERR Protocol error: query buffer limit exceeded\r\n"
+REPLY_SLICE = 1 << 20  # replies of one read sent before the rest of the read is executed
 
 
 class Waiter:
@@ -93,17 +95,23 @@ class Connection(asyncio.Protocol):
         self.parser.feed(data)
         if self.waiter is None:
             self.process()
+        elif self.parser.buffered() > self.server.limits.max_query_buffer and \
+                self.transport is not None and not self.transport.is_closing():
+            # blocked: what it sends waits unparsed, but not beyond the query buffer limit
+            self.server.reply(self, QUERY_BUFFER_EXCEEDED, True)
 
     def process(self) -> None:
         """Execute every complete command buffered, until one blocks or asks to close."""
         session, transport = self.session, self.transport
-        if session is None or transport is None or transport.is_closing():
+        if session is None or transport is None or transport.is_closing() or \
+                self.waiter is not None:  # a call scheduled before the client blocked again
             return
         server = self.server
         execute = server.dispatcher.execute
         engine = server.engine
         parser = self.parser
         replies = []
+        size = 0
         close = False
         try:
             while (argv := parser.next_command()) is not None:
@@ -118,6 +126,12 @@ class Connection(asyncio.Protocol):
                 replies.append(reply)
                 if session.close_after_reply:
                     close = True
+                    break
+                size += len(reply)
+                if size > REPLY_SLICE:
+                    # send these first: the output buffer limit applies before the rest of
+                    # a pipeline of large replies is built, and other clients get a turn
+                    asyncio.get_running_loop().call_soon(self.process)
                     break
         except ProtocolError as exc:
             replies.append(encode.error("ERR", f"Protocol error: {exc}"))
@@ -212,6 +226,8 @@ class Server:
         self._fsync_future: asyncio.Future | None = None
         self._waiters: dict[bytes, collections.deque[Waiter]] = {}
         self.state.blocked_consumers = self.blocked_consumers
+        self.state.blocked_clients = lambda: sum(
+            1 for c in self._connections.values() if c.waiter is not None)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -505,6 +521,12 @@ class Server:
                     aof.start_rewrite(self.engine.snapshot)
         if self._housekeeping_round % 10 == 0:
             self._close_idle_clients()
+            if self._timer_at is not None and self.clock() >= self._timer_at:
+                # the wall clock jumped forward past the deadline while the timer sleeps
+                # on the loop's monotonic clock: act now, not when that sleep ends
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._on_timer()
         self._housekeeping = asyncio.get_running_loop().call_later(HOUSEKEEPING_S,
                                                                    self._housekeep)
 

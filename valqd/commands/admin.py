@@ -92,14 +92,14 @@ def hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if credentials is not None:
         _check_credentials(state, *credentials)
         session.authenticated = True
-    if name is not None:
-        session.name = _check_client_name(name)
-    session.proto = proto
-    if not session.authenticated:
+    if not session.authenticated:  # as Valkey: before the name or the protocol changes
         raise CommandError("HELLO must be called with the client already authenticated, "
                            "otherwise the HELLO <proto> AUTH <user> <pass> option can be used "
                            "to authenticate the client and select the RESP protocol version at "
                            "the same time", "NOAUTH")
+    if name is not None:
+        session.name = _check_client_name(name)
+    session.proto = proto
     # `version` is the Valkey release whose behaviour valqd follows, as INFO's redis_version:
     # clients choose features by it. valqd's own version is INFO's valqd_version.
     return encode.map_([
@@ -347,7 +347,7 @@ def _info_sections(state: ServerState) -> dict[str, list[str]]:
             f"uptime_in_days:{uptime // 86400}",
         ],
         "clients": [f"connected_clients:{len(state.clients)}",
-                    f"blocked_clients:{sum(map(state.blocked_consumers, names))}",
+                    f"blocked_clients:{state.blocked_clients()}",
                     f"pubsub_clients:{sum(1 for c in state.clients.values() if c.channels or c.patterns)}",
                     f"maxclients:{state.config['maxclients']}"],
         "memory": [f"used_memory:{used}", f"used_memory_human:{_human(used)}",

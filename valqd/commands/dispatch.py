@@ -9,6 +9,7 @@ answered with `-ERR internal error`, and the server keeps serving.
 import logging
 import time
 
+from ..config import BY_NAME
 from ..errors import CommandError
 from ..resp import encode
 from .context import ServerState, Session
@@ -32,6 +33,34 @@ def arity_error(name: str) -> bytes:
     return encode.error("ERR", f"wrong number of arguments for '{name}' command")
 
 
+def redacted(name: str, argv: list[bytes]) -> list[bytes]:
+    """argv as the slow log shows it: passwords replaced, as Valkey redacts them (AUTH's
+    arguments, HELLO's AUTH username and password, CONFIG SET of requirepass)."""
+    if name == "auth":
+        return argv[:1] + [REDACTED] * (len(argv) - 1)
+    if name == "hello":
+        shown, i = list(argv), 2
+        while i < len(argv):
+            option = argv[i].upper()
+            if option == b"AUTH" and i + 2 < len(argv):
+                shown[i + 1] = shown[i + 2] = REDACTED
+                i += 3
+            elif option == b"SETNAME" and i + 1 < len(argv):
+                i += 2
+            else:
+                break
+        return shown
+    if name == "config|set":
+        shown = list(argv)
+        for i in range(2, len(argv) - 1, 2):
+            setting = BY_NAME.get(argv[i].decode("latin-1").lower())
+            if setting is not None and setting.kind == "secret":
+                shown[i + 1] = REDACTED
+        return shown
+    return argv
+
+
+REDACTED = b"(redacted)"
 NOAUTH = encode.error("NOAUTH", "Authentication required.")
 OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")
 
@@ -46,6 +75,12 @@ class Dispatcher:
         unknown = set(renames) - set(state.commands)
         if unknown:
             raise ValueError(f"rename-command: unknown command {sorted(unknown)[0]!r}")
+        taken = set(state.commands) - set(renames)  # as Valkey: no rename hides a command
+        for command, new_name in renames.items():
+            if new_name and new_name in taken:
+                raise ValueError(f"rename-command: {command!r} to {new_name!r}: target "
+                                 "command name already exists")
+            taken.add(new_name)
         for spec in state.commands.values():
             name = renames.get(spec.name, spec.name).encode()
             if not name:
@@ -111,5 +146,5 @@ class Dispatcher:
         stats[1] += elapsed_us
         stats[2] += failed
         if 0 <= state.slowlog_threshold_us <= elapsed_us:
-            state.slowlog.record(session, argv, elapsed_us)
+            state.slowlog.record(session, redacted(spec.name, argv), elapsed_us)
         return reply

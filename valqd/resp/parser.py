@@ -1,15 +1,28 @@
 """Incremental request parsing: bytes in, commands (lists of bytes) out. No sockets.
 
 Usage: `feed(data)` whenever bytes arrive, then call `next_command()` until it returns
-`NEED_DATA`. Multibulk requests (`*N\\r\\n$L\\r\\n...`) are parsed by hiredis. A request
-that starts with any other byte is an inline command (`PING\\r\\n` typed into telnet),
+`NEED_DATA`. A request that starts with `*` is a multibulk request (`*N\\r\\n$L\\r\\n...`);
+one that starts with any other byte is an inline command (`PING\\r\\n` typed into telnet),
 split as Valkey's sdssplitargs splits it. Errors raise `ProtocolError`; the caller replies
 `-ERR Protocol error: ...` and closes the connection, as Valkey does.
 
-The parser can work out where each request ended (from the canonical RESP size of what
-hiredis returned), so an inline command may follow a multibulk one in the same read, and an
-unfinished request is checked against Valkey's limits (element count, bulk length, query
-buffer size) before it grows without bound.
+Two ways to read multibulk requests:
+
+- hiredis, fast. hiredis does not report where a request ends, so the parser keeps the
+  bytes fed since hiredis was last empty and works positions out (from the canonical RESP
+  size of what it returned) only when needed: an inline command after a multibulk one, or
+  an unfinished request, whose headers are checked against Valkey's limits as they arrive
+  (`_check_unfinished`, each header looked at once).
+- a framer in Python (`_next_framed`), header by header as Valkey's processMultibulkBuffer,
+  checking every limit before anything is allocated. hiredis allocates a list as long as
+  any aggregate header it meets (`*N`, `~N`, ... nested ones included) before a single
+  element arrives (`*4000000000\\r\\n` stalled the garbage collector for seconds); so a
+  connection whose bytes contain what could be a header of 10,000 elements or more
+  (`_SUSPICIOUS`, rare in real traffic) is read by the framer from then on. The framer is
+  stricter where hiredis cannot tell: `*1\\r\\n+x\\r\\n` is an error there, as in Valkey.
+
+Inline commands are always read by the framer. Each byte is looked at about once: a bulk
+still arriving is kept as a list of chunks and joined once, when complete.
 """
 
 from dataclasses import dataclass
@@ -20,11 +33,19 @@ from ..errors import ProtocolError
 
 NEED_DATA = None  # next_command() has nothing complete yet
 INLINE_MAX_SIZE = 64 * 1024  # Valkey's PROTO_INLINE_MAX_SIZE
-CHECK_ABOVE = 64 * 1024  # unfinished requests smaller than this cannot break a limit
 RESYNC_ABOVE = 1024 * 1024  # bytes kept for positions before they are worked out
+MAX_DIGITS = 19  # longer counts and lengths are out of range whatever their value
 
-_TYPE_BYTE = {int: ":", list: "*", float: ",", dict: "%", bool: "#",
-              hiredis.ReplyError: "-"}
+# What could be a header for which hiredis allocates 10,000 elements or more (Valkey
+# allocates at most 1024 ahead): `*`, `~`, `>` or `|` and five digits (`%` makes a dict,
+# which grows as elements come). Every byte fed is mapped by _SCAN, to find _SUSPICIOUS
+# with one fast search; the last bytes of the previous feed are searched with the first
+# of the next, for a header split between two reads.
+_SCAN = bytes(ord("A") if c in b"*~>|" else ord("1") if c in b"0123456789" else ord(".")
+              for c in range(256))
+_SUSPICIOUS = b"A11111"
+_SUSPICIOUS_SPAN = len(_SUSPICIOUS) - 1
+_HANDOFF = object()  # the framer stopped where hiredis should read a multibulk request
 
 
 @dataclass
@@ -39,187 +60,340 @@ class Limits:
 class RequestParser:
     """While hiredis holds data (`_reader_busy`), `_chunks` keeps the bytes fed to it since
     the last point where it was empty, and `_returned` the requests it returned since then.
-    hiredis does not say where a request ends, so positions are worked out from those two
-    only when needed (`_resync`): rarely, since hiredis is usually empty after each read."""
+    Otherwise the framer holds them: `_buf[_pos:]` is what it has not parsed yet; inside a
+    multibulk request `_args` has the arguments read so far and `_left` how many are
+    missing (-1: between requests); `_bulk` is the length of the bulk whose header was read
+    (-1: none), and a bulk still arriving waits in `_parts` instead of `_buf`."""
 
-    __slots__ = ("_reader", "_reader_busy", "_chunks", "_held", "_returned", "_pending",
-                 "limits", "authenticated")
+    __slots__ = ("_reader", "_reader_busy", "_chunks", "_held", "_returned", "_walk_pos",
+                 "_walk_left", "_careful", "_seen_tail", "_buf", "_pos", "_args",
+                 "_args_len", "_left", "_bulk", "_parts", "_parts_len", "limits",
+                 "authenticated")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self._reader = hiredis.Reader()
         self._reader_busy = False
         self._chunks: list[bytes] = []
         self._held = 0  # bytes in _chunks
-        self._returned: list[list | None] = []  # None for a skipped `*0` / `*-1`
-        self._pending = b""  # bytes not given to hiredis, starting at a request boundary
+        self._returned: list[list[bytes]] = []
+        # How far the headers of the unfinished request (which starts at `_chunks[0][0]`
+        # when `_returned` is empty) were checked: the offset of the next header, and how
+        # many bulk headers are left (-1: the count header is next).
+        self._walk_pos = 0
+        self._walk_left = -1
+        self._careful = False  # True: the framer reads multibulk requests too
+        self._seen_tail = b""  # the last bytes fed, for _SUSPICIOUS across two feeds
+        self._buf = b""
+        self._pos = 0
+        self._args: list[bytes] = []
+        self._args_len = 0  # bytes in _args
+        self._left = -1
+        self._bulk = -1
+        self._parts: list[bytes] = []
+        self._parts_len = 0  # bytes in _parts
         self.limits = limits or Limits()
         self.authenticated = True
 
     def feed(self, data: bytes) -> None:
-        if self._reader_busy:
-            self._reader.feed(data)
-            self._chunks.append(data)
-            self._held += len(data)
+        if not self._careful:
+            # the bytes of a bulk whose header was checked (`_check_unfinished`) are not
+            # searched: hiredis reads them as that bulk
+            start = 0
+            if self._reader_busy and not self._returned and self._walk_pos > self._held:
+                start = min(self._walk_pos - self._held, len(data))
+            if (data[start:] if start else data).translate(_SCAN).find(_SUSPICIOUS) >= 0 or (
+                    not start and self._seen_tail and
+                    (self._seen_tail + data[:_SUSPICIOUS_SPAN]).translate(_SCAN).find(
+                        _SUSPICIOUS) >= 0):
+                self._become_careful()
+            else:
+                self._seen_tail = data[-_SUSPICIOUS_SPAN:]
+                if self._reader_busy:
+                    self._reader.feed(data)
+                    self._chunks.append(data)
+                    self._held += len(data)
+                    return
+        if self._parts_len:
+            self._parts.append(data)
+            self._parts_len += len(data)
+        elif self._pos >= len(self._buf):
+            self._buf = data
+            self._pos = 0
         else:
-            self._pending += data
+            self._buf = self._buf[self._pos:] + data
+            self._pos = 0
+
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out as commands."""
+        held = self._held - sum(map(_wire_size, self._returned)) if self._returned else \
+            self._held
+        return held + len(self._buf) - self._pos + self._parts_len + self._args_len
 
     def next_command(self) -> list[bytes] | None:
         while True:
             if self._reader_busy:
                 try:
                     command = self._reader.gets()
-                except hiredis.ProtocolError as exc:
-                    if self._switch_to_inline():
-                        continue
-                    raise ProtocolError(_hiredis_message(str(exc))) from None
+                except Exception:  # hiredis.ProtocolError, or a value it cannot build
+                    self._become_careful()  # the framer finds Valkey's error, or reads on
+                    continue
                 if command is False:
-                    if self._reader.len() > CHECK_ABOVE:
-                        self._resync()
-                        self._check_unfinished()
-                    return NEED_DATA
-                if command is not None and type(command) is not list:
-                    # `:1`, `+x`, `-x` ...: not a multibulk request, so an inline one
-                    if self._switch_to_inline():
-                        continue
+                    if self._check_unfinished():
+                        return NEED_DATA
+                    continue
+                if not command or type(command) is not list or not self._check_items(command):
+                    # `:1` where a request starts (an inline command), `*1\r\n:1\r\n` (an
+                    # error), `*0` or `$-1` (skipped, or an inline command): the framer
+                    # reads it, and all that follows, from its start
+                    self._become_careful()
+                    continue
                 if not self._reader.has_data():
+                    self._rebase([])
                     self._reader_busy = False
-                    self._chunks = []
-                    self._held = 0
-                    self._returned = []
                 else:
-                    self._returned.append(command or None)
+                    self._returned.append(command)
                     if self._held > RESYNC_ABOVE:
                         self._resync()
-                if command:
-                    self._check_items(command)
-                    return command
-            elif not self._pending:
-                return NEED_DATA
-            elif self._pending[0] == 42:  # b"*": a multibulk request starts here
-                self._reader.feed(self._pending)
-                self._chunks = [self._pending]
-                self._held = len(self._pending)
-                self._pending = b""
-                self._reader_busy = True
-            else:
-                command = self._next_inline()
-                if command is None:
-                    return NEED_DATA
-                if command:
-                    return command
+                return command
+            command = self._next_framed()
+            if command is not _HANDOFF:
+                return command
+            rest = self._buf[self._pos:] if self._pos else self._buf
+            self._buf, self._pos = b"", 0
+            self._reader.feed(rest)
+            self._rebase([rest])
+            self._reader_busy = True
 
-    def _check_items(self, command: list) -> None:
+    # -- hiredis ---------------------------------------------------------------------------
+
+    def _become_careful(self) -> None:
+        """From now on the framer reads everything: what hiredis holds and has not
+        returned (which starts at a request boundary) goes back to the framer."""
+        self._careful = True
+        if self._reader_busy:
+            self._resync()
+            rest = self._chunks[0]
+            self._reader = hiredis.Reader()
+            self._reader_busy = False
+            self._rebase([])
+            self._buf, self._pos = rest, 0
+
+    def _rebase(self, chunks: list[bytes]) -> None:
+        """`_chunks` start at a request boundary from now on, with nothing returned since."""
+        self._chunks = chunks
+        self._held = sum(map(len, chunks))
+        self._returned = []
+        self._walk_pos = 0
+        self._walk_left = -1
+
+    def _check_items(self, command: list) -> bool:
+        """False if an item is not a bulk string; raises for a limit that it breaks."""
+        limits = self.limits
         for item in command:
             if type(item) is not bytes:
-                if item is None:
-                    raise ProtocolError("invalid bulk length")
-                raise ProtocolError(f"expected '$', got '{_TYPE_BYTE.get(type(item), '?')}'")
-        limit = (self.limits.max_multibulk_len if self.authenticated
-                 else self.limits.unauthenticated_multibulk_len)
-        if len(command) > limit:
-            raise ProtocolError("invalid multibulk length" if self.authenticated
-                                else "unauthenticated multibulk length")
+                return False
+        if sum(map(len, command)) > limits.max_bulk_len and \
+                max(map(len, command)) > limits.max_bulk_len:
+            raise ProtocolError("invalid bulk length")
+        if len(command) > limits.max_multibulk_len:
+            raise ProtocolError("invalid multibulk length")
+        if not self.authenticated:
+            if len(command) > limits.unauthenticated_multibulk_len:
+                raise ProtocolError("unauthenticated multibulk length")
+            if max(map(len, command)) > limits.unauthenticated_bulk_len:
+                raise ProtocolError("unauthenticated bulk length")
+        return True
 
     def _resync(self) -> None:
         """Drop the bytes of the requests already returned: `_chunks` becomes exactly the
         bytes hiredis has not returned yet."""
         data = b"".join(self._chunks)
-        pos = 0
-        for command in self._returned:
-            if command is None:
-                pos = data.index(b"\n", pos) + 1
-            else:
-                self._check_items(command)
-                pos += _wire_size(command)
-        rest = data[pos:]
-        self._chunks = [rest]
-        self._held = len(rest)
-        self._returned = []
+        self._rebase([data[sum(map(_wire_size, self._returned)):]])
 
-    def _switch_to_inline(self) -> bool:
-        """hiredis met a byte that does not start a multibulk request: if it sits where a
-        request starts, it is an inline command; parse it and what follows ourselves."""
-        self._resync()
-        rest = self._chunks[0]
-        if not rest or rest[0] == 42:
+    def _tail(self, start: int) -> bytes:
+        """The held bytes from offset `start` on, joining only the chunks that hold them."""
+        chunks = self._chunks
+        need = self._held - start
+        if len(chunks) == 1:
+            return chunks[0][start:]
+        parts, got, i = [], 0, len(chunks)
+        while got < need:
+            i -= 1
+            parts.append(chunks[i])
+            got += len(chunks[i])
+        data = b"".join(reversed(parts))
+        return data[got - need:]
+
+    def _check_unfinished(self) -> bool:
+        """Apply Valkey's limits to the request hiredis is still waiting for, walking the
+        headers that arrived since the last call, with Valkey's checks and words. False
+        when it is not a multibulk request: then the framer reads it."""
+        if self._returned:
+            self._resync()  # now `_chunks` start where the unfinished request starts
+        limits = self.limits
+        if self._held > limits.max_query_buffer:
+            raise ProtocolError("query buffer limit exceeded")
+        pos, left = self._walk_pos, self._walk_left
+        if pos >= self._held or left == 0:
+            return True
+        buf = self._tail(pos)
+        if not pos and buf[0] != 42:  # b"*"
+            self._become_careful()
             return False
-        self._reader = hiredis.Reader()
-        self._reader_busy = False
-        self._chunks = []
-        self._held = 0
-        self._pending = rest
+        at = 0
+        authenticated = self.authenticated
+        if left < 0:  # the count header, `*N\r\n`
+            end = buf.find(b"\r\n")
+            if end < 0:
+                if len(buf) > INLINE_MAX_SIZE:
+                    raise ProtocolError("too big mbulk count string")
+                return True
+            count = _number(buf[1:end])
+            if count is None or count > limits.max_multibulk_len:
+                raise ProtocolError("invalid multibulk length")
+            if count > limits.unauthenticated_multibulk_len and not authenticated:
+                raise ProtocolError("unauthenticated multibulk length")
+            left, at = count, end + 2
+        while left > 0 and at < len(buf):
+            end = buf.find(b"\r\n", at)
+            if end < 0:
+                if len(buf) - at > INLINE_MAX_SIZE:
+                    raise ProtocolError("too big bulk count string")
+                break
+            if buf[at] != 36:  # b"$"
+                raise ProtocolError("expected '$', got '%s'" % chr(buf[at]))
+            length = _number(buf[at + 1:end])
+            if length is None or length < 0 or length > limits.max_bulk_len:
+                raise ProtocolError("invalid bulk length")
+            if length > limits.unauthenticated_bulk_len and not authenticated:
+                raise ProtocolError("unauthenticated bulk length")
+            at = end + 2 + length + 2
+            left -= 1
+        self._walk_pos, self._walk_left = pos + at, left
         return True
 
-    def _check_unfinished(self) -> None:
-        """Walk the headers of the unfinished request (all of `_chunks` after a resync)
-        and apply the limits."""
+    # -- the framer ------------------------------------------------------------------------
+
+    def _next_framed(self):
+        """The next command from `_buf`; NEED_DATA; or _HANDOFF at a multibulk request
+        that hiredis should read (unless `_careful`)."""
+        if self._parts_len and not self._join_bulk():
+            return NEED_DATA
+        buf, pos = self._buf, self._pos
         limits = self.limits
-        buf = self._chunks[0]
-        if len(buf) > limits.max_query_buffer:
+        while True:
+            left = self._left
+            if left < 0:  # between requests
+                if pos >= len(buf):
+                    self._pos = pos
+                    return NEED_DATA
+                if buf[pos] != 42:  # b"*": anything else starts an inline command
+                    end = buf.find(b"\n", pos)
+                    if end < 0:
+                        self._pos = pos
+                        if len(buf) - pos > INLINE_MAX_SIZE:
+                            raise ProtocolError("too big inline request")
+                        return NEED_DATA
+                    argv = split_inline(buf[pos:end])
+                    pos = end + 1
+                    if argv:
+                        self._pos = pos
+                        return argv
+                    continue
+                if not self._careful:
+                    self._pos = pos
+                    return _HANDOFF
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    self._pos = pos
+                    if len(buf) - pos > INLINE_MAX_SIZE:
+                        raise ProtocolError("too big mbulk count string")
+                    return NEED_DATA
+                count = _number(buf[pos + 1:end])
+                if count is None or count > limits.max_multibulk_len:
+                    raise ProtocolError("invalid multibulk length")
+                if count > limits.unauthenticated_multibulk_len and not self.authenticated:
+                    raise ProtocolError("unauthenticated multibulk length")
+                pos = end + 2
+                if count <= 0:  # `*0`, `*-1`, `*-5`: Valkey skips them
+                    continue
+                self._left = left = count
+                self._args = []
+                self._args_len = 0
+            args = self._args
+            while left:
+                size = self._bulk
+                if size < 0:  # a bulk header, `$L\r\n`
+                    end = buf.find(b"\r\n", pos)
+                    if end < 0:
+                        self._pos = pos
+                        self._left = left
+                        if len(buf) - pos > INLINE_MAX_SIZE:
+                            raise ProtocolError("too big bulk count string")
+                        self._check_query_buffer()
+                        return NEED_DATA
+                    if buf[pos] != 36:  # b"$"
+                        raise ProtocolError("expected '$', got '%s'" % chr(buf[pos]))
+                    size = _number(buf[pos + 1:end])
+                    if size is None or size < 0 or size > limits.max_bulk_len:
+                        raise ProtocolError("invalid bulk length")
+                    if size > limits.unauthenticated_bulk_len and not self.authenticated:
+                        raise ProtocolError("unauthenticated bulk length")
+                    pos = end + 2
+                if len(buf) - pos < size + 2:  # the bulk is still arriving
+                    self._bulk = size
+                    self._left = left
+                    rest = buf[pos:]
+                    self._buf, self._pos = b"", 0
+                    if rest:
+                        self._parts = [rest]
+                        self._parts_len = len(rest)
+                    self._check_query_buffer()
+                    return NEED_DATA
+                args.append(buf[pos:pos + size])
+                self._args_len += size
+                pos += size + 2
+                self._bulk = -1
+                left -= 1
+            self._left = -1
+            self._args_len = 0
+            self._pos = pos
+            return args
+
+    def _join_bulk(self) -> bool:
+        """Once the bulk that is arriving is complete, `_buf` starts with it."""
+        if self._parts_len < self._bulk + 2:
+            self._check_query_buffer()
+            return False
+        self._buf = b"".join(self._parts)
+        self._pos = 0
+        self._parts = []
+        self._parts_len = 0
+        return True
+
+    def _check_query_buffer(self) -> None:
+        if self.buffered() > self.limits.max_query_buffer:
             raise ProtocolError("query buffer limit exceeded")
-        end = buf.find(b"\r\n", 0, INLINE_MAX_SIZE)
-        if end < 0:
-            raise ProtocolError("too big mbulk count string")
-        count = _int(buf[1:end])
-        max_count = (limits.max_multibulk_len if self.authenticated
-                     else limits.unauthenticated_multibulk_len)
-        if count is None or count > max_count:
-            raise ProtocolError("invalid multibulk length" if self.authenticated
-                                else "unauthenticated multibulk length")
-        max_bulk = limits.max_bulk_len if self.authenticated else limits.unauthenticated_bulk_len
-        pos = end + 2
-        for _ in range(count):
-            if pos >= len(buf):
-                return
-            end = buf.find(b"\r\n", pos, pos + INLINE_MAX_SIZE)
-            if end < 0:
-                if len(buf) - pos > INLINE_MAX_SIZE:
-                    raise ProtocolError("too big bulk count string")
-                return
-            length = _int(buf[pos + 1:end])
-            if buf[pos] != 36 or length is None or length > max_bulk:  # b"$"
-                raise ProtocolError("invalid bulk length" if self.authenticated
-                                    else "unauthenticated bulk length")
-            pos = end + 2 + length + 2
-
-    def _next_inline(self) -> list[bytes] | None:
-        end = self._pending.find(b"\n")
-        if end < 0:
-            if len(self._pending) > INLINE_MAX_SIZE:
-                raise ProtocolError("too big inline request")
-            return None
-        line = self._pending[:end]
-        self._pending = self._pending[end + 1:]
-        return split_inline(line)
 
 
-def _int(raw: bytes) -> int | None:
-    try:
-        value = int(raw)
-    except ValueError:
+def _number(raw: bytes) -> int | None:
+    """A count or a length as Valkey's string2ll reads it: an optional `-` and digits,
+    without a leading zero, sign, space or underscore; None when it is not one."""
+    digits = raw[1:] if raw[:1] == b"-" else raw
+    if not digits.isdigit() or len(digits) > MAX_DIGITS or \
+            (digits[0] == 48 and (len(digits) > 1 or digits is not raw)):  # b"0"
         return None
-    return value if value >= 0 else None
+    return int(raw)
 
 
 def _wire_size(command: list) -> int:
-    """Bytes of a multibulk request of bulk strings, as every client encodes it."""
+    """Bytes of a multibulk request of bulk strings, as every client encodes it (and as
+    hiredis accepts it: canonical lengths only)."""
     size = 3 + len(str(len(command)))
     for arg in command:
         n = len(arg)
         size += n + (6 if n < 10 else 7 if n < 100 else 8 if n < 1000 else 5 + len(str(n)))
     return size
-
-
-
-
-def _hiredis_message(message: str) -> str:
-    if "multi-bulk length" in message.lower():
-        return "invalid multibulk length"
-    if "bulk string length" in message.lower():
-        return "invalid bulk length"
-    if "as reply type byte" in message:  # `got "?" as reply type byte`
-        return "expected '$', got '%s'" % message.split('"')[1]
-    return message.removeprefix("Protocol error, ")
 
 
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
