@@ -21,7 +21,7 @@ from valqd.config import Config
 from valqd.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"ready to accept connections on .* port (\d+)")
+READY = re.compile(r"ready to accept connections on .*? port (\d+)")
 
 
 class ValqdProcess:

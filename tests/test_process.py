@@ -17,11 +17,13 @@ from support import READY, ROOT, ValqdProcess
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
-# `pid:M 23 Nov 2026 07:40:00.123 * valqd 0.1.0 ready to accept connections on ADDR port N, pid P`
+# `pid:M 23 Nov 2026 07:40:00.123 * valqd 0.1.0 ready to accept connections on ADDR port N,
+# pid P, LOOP event loop`
 STARTUP_LINE = re.compile(
     r"^(?P<logpid>\d+):M \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2}\.\d{3} \* "
     r"valqd (?P<version>\S+) ready to accept connections on (?P<addr>\S+) "
-    r"port (?P<port>\d+), pid (?P<pid>\d+)$", re.MULTILINE)
+    r"port (?P<port>\d+), pid (?P<pid>\d+), (?P<loop>asyncio|uvloop) event loop$",
+    re.MULTILINE)
 
 
 def run_valqd(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -387,3 +389,19 @@ def test_dir_that_is_a_file(tmp_path):
     assert result.returncode != 0
     assert "afile" in result.stderr
     assert_no_traceback(result.stderr, result.stdout)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_event_loop_choice(tmp_path, loop):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop", reason="pip install valqd[fast] for uvloop")
+    server = ValqdProcess(tmp_path / "d", "--event-loop", loop).start()
+    try:
+        assert f", {loop} event loop" in server.log()
+        c = server.client()
+        assert c.execute_command("VALQ", "CREATE", "q") == b"created q"
+        assert c.execute_command("VALQ", "PUSH", "q", "m") == b"1"
+        assert c.execute_command("VALQ", "POP", "q", "BLOCK", "10") == [b"body", b"m", b"id", b"1"]
+        c.close()
+    finally:
+        assert server.stop() == 0

@@ -103,6 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dir", ".", "working directory, where persistence files live"),
     Setting("loglevel", "notice", "how much to log", "enum", LOGLEVELS, mutable=True),
     Setting("logfile", "", "log to this file instead of standard error"),
+    Setting("event-loop", "auto", "asyncio, or uvloop (`pip install valqd[fast]`); auto takes "
+            "uvloop when it is installed", "enum", ("auto", "asyncio", "uvloop")),
     Setting("requirepass", "", "password every client must give with AUTH (empty: none); "
             "never shown by CONFIG GET", "secret", mutable=True),
     Setting("protected-mode", "yes", "with no password, refuse clients that are not on the "

@@ -445,7 +445,8 @@ def config_set(state: ServerState, session: Session, argv: list[bytes]) -> bytes
 
 def config_resetstat(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """CONFIG RESETSTAT -> +OK; command statistics and counters start again from zero."""
-    state.command_stats.clear()
+    for stats in state.command_stats.values():
+        stats[:] = [0, 0, 0]
     state.total_commands = 0
     state.total_connections = 0
     state.rejected_connections = 0

@@ -62,6 +62,7 @@ def redacted(name: str, argv: list[bytes]) -> list[bytes]:
 
 REDACTED = b"(redacted)"
 NOAUTH = encode.error("NOAUTH", "Authentication required.")
+TICK_BUDGET = 1000  # due events applied before a command; the timer applies the rest
 OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")
 
 
@@ -85,18 +86,29 @@ class Dispatcher:
             name = renames.get(spec.name, spec.name).encode()
             if not name:
                 continue
-            self._commands[name] = spec
-            self._subcommands[name] = {
-                sub.name.split("|")[1].encode(): sub for sub in spec.subcommands.values()}
+            subcommands = {}
+            for sub in spec.subcommands.values():
+                sub_name = sub.name.split("|")[1].encode()
+                subcommands[sub_name] = subcommands[sub_name.upper()] = sub
+            # names as clients usually send them, so that most lookups need no lower()
+            for variant in (name, name.upper()):
+                self._commands[variant] = spec
+                self._subcommands[variant] = subcommands
+            for each in (spec, *spec.subcommands.values()):  # calls, usec, failed calls
+                state.command_stats.setdefault(each.name, [0, 0, 0])
 
     def find(self, argv: list[bytes]) -> CommandSpec | bytes:
         """The spec that serves argv, or the error reply when there is none."""
-        name = argv[0].lower()
+        name = argv[0]
         spec = self._commands.get(name)
         if spec is None:
-            return _unknown_command(argv)
+            name = name.lower()
+            spec = self._commands.get(name)
+            if spec is None:
+                return _unknown_command(argv)
         if spec.subcommands and len(argv) > 1:
-            sub = self._subcommands[name].get(argv[1].lower())
+            subcommands = self._subcommands[name]
+            sub = subcommands.get(argv[1]) or subcommands.get(argv[1].lower())
             if sub is None:
                 return encode.error("ERR", "unknown subcommand '%s'. Try %s HELP." % (
                     argv[1].decode("utf-8", "replace")[:128], spec.name.upper()))
@@ -114,16 +126,18 @@ class Dispatcher:
         state.total_commands += 1
         if type(spec) is bytes:
             return spec
-        if not session.authenticated and "no-auth" not in spec.flags:
+        if not session.authenticated and not spec.no_auth:
             return NOAUTH
-        if "denyoom" in spec.flags:
+        if spec.denyoom:
             if state.aof is not None and state.aof.write_error is not None:
                 return encode.error("MISCONF", "Errors writing to the AOF file: "
                                     f"{state.aof.write_error}")
             if state.maxmemory and state.used_memory() > state.maxmemory:
                 return OOM
         now = state.now = state.clock()
-        state.engine.tick(now)
+        engine = state.engine
+        if engine.is_due(now):
+            engine.tick(now, TICK_BUDGET)
         session.last_command = spec.name
         started = time.perf_counter_ns()
         failed = 0
@@ -139,9 +153,7 @@ class Dispatcher:
             reply = encode.error("ERR", "internal error")
             failed = 1
         elapsed_us = (time.perf_counter_ns() - started) // 1000
-        stats = state.command_stats.get(spec.name)
-        if stats is None:
-            stats = state.command_stats[spec.name] = [0, 0, 0]
+        stats = state.command_stats[spec.name]
         stats[0] += 1
         stats[1] += elapsed_us
         stats[2] += failed

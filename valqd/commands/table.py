@@ -72,6 +72,11 @@ class CommandSpec:
     keys: tuple[int, int, int] = (0, 0, 0)  # first key, last key, step (argv positions)
     subcommands: dict[str, "CommandSpec"] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # read on every command: plain attributes rather than a search of `flags`
+        self.denyoom = "denyoom" in self.flags
+        self.no_auth = "no-auth" in self.flags
+
     def syntax(self) -> str:
         words = self.name.upper().replace("|", " ")
         return " ".join([words, *(a.syntax() for a in self.args)])

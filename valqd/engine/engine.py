@@ -367,6 +367,11 @@ class Engine:
             heapq.heappop(timers)
         return None
 
+    def is_due(self, now: int) -> bool:
+        """Whether `tick(now)` may have work: the cheap check before every command."""
+        timers = self._timers
+        return bool(timers) and timers[0][0] <= now
+
     def tick(self, now: int, budget: int | None = None) -> int | None:
         """Apply every lease, delay and retention that ran out by `now` and return the next
         deadline. With a `budget`, stop after about that many events: the deadline returned
