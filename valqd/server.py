@@ -28,7 +28,7 @@ from .commands.observe import SlowLog, render_metrics, rss_bytes
 from .commands.pubsub import PubSub
 from .commands.table import TABLE
 from .config import Config
-from .engine import Engine
+from .engine import TICK_BUDGET, Engine
 from .errors import CommandError, ProtocolError
 from .persistence.aof import AppendOnlyFile
 from .persistence.loader import load
@@ -576,7 +576,9 @@ class Server:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.engine.tick(self.clock())
+        # A storm of expiries is applied a budget at a time; what is left re-arms the timer
+        # at once, after the clients that are waiting have been served.
+        self.engine.tick(self.clock(), TICK_BUDGET)
         if self.engine.readied:
             self.serve_waiters()
         self.after_commands()

@@ -10,6 +10,7 @@ import logging
 import time
 
 from ..config import BY_NAME
+from ..engine import TICK_BUDGET
 from ..errors import CommandError
 from ..resp import encode
 from .context import ServerState, Session
@@ -62,7 +63,6 @@ def redacted(name: str, argv: list[bytes]) -> list[bytes]:
 
 REDACTED = b"(redacted)"
 NOAUTH = encode.error("NOAUTH", "Authentication required.")
-TICK_BUDGET = 1000  # due events applied before a command; the timer applies the rest
 OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")
 
 

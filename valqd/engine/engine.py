@@ -35,6 +35,7 @@ MAXLEN_RANGE = (0, 2**63 - 1)
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 MAX_DELAY = 2**64 - 1  # seconds; the module's u64
 MAX_DUE_AT = MAX_DELAY * 1000  # due times saturate here, as the module's u64 seconds did
+TICK_BUDGET = 1000  # due events a server applies at once before it serves clients again
 MESSAGE_OVERHEAD = 100  # bytes per stored message beyond its record, measured (README)
 
 Journal = Callable[[tuple], None]
