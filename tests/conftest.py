@@ -33,3 +33,16 @@ def timed_server():
     """The real server in-process with a manual clock: `timed_server.advance(seconds)`."""
     with ThreadedServer() as server:
         yield server
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def proto(request):
+    return request.param
+
+
+@pytest.fixture
+def tc(timed_server, proto):
+    """A client of the manual-clock server, in each protocol."""
+    c = timed_server.client(protocol=proto)
+    yield c
+    c.close()

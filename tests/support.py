@@ -9,6 +9,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -129,3 +130,81 @@ class ThreadedServer:
             self.server._on_timer()
 
         asyncio.run_coroutine_threadsafe(fire(), self.loop).result(10)
+
+
+# -- reply helpers shared by the integration tests ------------------------------------------
+
+def valq(c: valkey.Valkey, *args):
+    return c.execute_command("VALQ", *args)
+
+
+def as_map(reply, keys=None) -> dict:
+    """A map reply as a dict: a dict under RESP3, a flat [k, v, ...] list under RESP2 whose
+    keys must be in ascending byte order. With `keys` (bytes or str), exactly those keys."""
+    if isinstance(reply, dict):
+        got, result = list(reply), reply
+    else:
+        assert isinstance(reply, list) and len(reply) % 2 == 0, reply
+        got = reply[0::2]
+        assert got == sorted(got), got
+        result = dict(zip(got, reply[1::2]))
+        assert len(result) == len(got), got
+    if keys is not None:
+        assert got == sorted(k.encode() if isinstance(k, str) else k for k in keys), got
+    return result
+
+
+def encode_command(args) -> bytes:
+    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
+
+
+def raw_reply_line(c: valkey.Valkey, args) -> bytes:
+    """Send one command on a raw socket and return the first reply line, CRLF included."""
+    kwargs = c.connection_pool.connection_kwargs
+    with socket.create_connection((kwargs["host"], kwargs["port"]), timeout=10) as s:
+        s.sendall(encode_command(args))
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    return data[:data.index(b"\r\n") + 2]
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Background:
+    """One command on its own connection, in a thread: for commands that block."""
+
+    def __init__(self, port: int, proto: int, *args) -> None:
+        self.client = valkey.Valkey(host="127.0.0.1", port=port, protocol=proto,
+                                    socket_timeout=20)
+        self.client.ping()
+        self.result = self.error = None
+        self.thread = threading.Thread(target=self._run, args=(args,), daemon=True)
+        self.thread.start()
+
+    def _run(self, args) -> None:
+        try:
+            self.result = self.client.execute_command(*args)
+        except Exception as exc:  # noqa: BLE001 - reported by get()
+            self.error = exc
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def get(self, timeout: float = 15.0):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "blocked command did not return"
+        self.client.close()
+        if self.error is not None:
+            raise self.error
+        return self.result

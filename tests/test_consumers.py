@@ -15,6 +15,7 @@ import time
 import pytest
 import valkey
 from valkey.exceptions import ResponseError
+from support import Background, as_map, encode_command, raw_reply_line, valq, wait_until
 
 NOT_INT = "value is not an integer or out of range"
 BAD_COUNT = "COUNT must be between 1 and 1000"
@@ -30,25 +31,6 @@ T0 = 1_700_000_000_000  # the ManualClock's start
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def valq(c, *args):
-    return c.execute_command("VALQ", *args)
-
-
-def as_map(reply, keys=None) -> dict:
-    """A map reply as a dict: a dict under RESP3, a flat list with ascending keys under
-    RESP2. With `keys`, exactly those keys."""
-    if isinstance(reply, dict):
-        got, result = list(reply), reply
-    else:
-        assert isinstance(reply, list) and len(reply) % 2 == 0, reply
-        got = reply[0::2]
-        assert got == sorted(got), got
-        result = dict(zip(got, reply[1::2]))
-    if keys is not None:
-        assert sorted(got) == keys, got
-    return result
-
-
 def msg(reply) -> tuple[int, bytes]:
     m = as_map(reply, [b"body", b"id"])
     return int(m[b"id"]), m[b"body"]
@@ -62,23 +44,6 @@ def meta(reply) -> dict:
 def stats(c, name="q") -> dict:
     m = as_map(valq(c, "STATS", name))
     return {k.decode(): (v.decode() if k == b"backoff" else int(v)) for k, v in m.items()}
-
-
-def _encode(args) -> bytes:
-    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
-
-
-def raw_reply_line(c, args) -> bytes:
-    kwargs = c.connection_pool.connection_kwargs
-    with socket.create_connection((kwargs["host"], kwargs["port"]), timeout=10) as s:
-        s.sendall(_encode(args))
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-    return data[:data.index(b"\r\n") + 2]
 
 
 def valq_error(c, args, code, message):
@@ -96,65 +61,16 @@ def connect(server, proto=2, timeout=20.0) -> valkey.Valkey:
                          socket_timeout=timeout)
 
 
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def wait_blocked(c, n, name="q"):
     wait_until(lambda: stats(c, name)["blocked"] == n, what=f"{n} blocked on {name}")
-
-
-class Background:
-    """One command on its own connection, in a thread: for commands that block."""
-
-    def __init__(self, server, proto, *args):
-        self.client = connect(server, proto)
-        self.client.ping()
-        self.result = self.error = None
-        self.thread = threading.Thread(target=self._run, args=(args,), daemon=True)
-        self.thread.start()
-
-    def _run(self, args):
-        try:
-            self.result = self.client.execute_command(*args)
-        except Exception as exc:  # noqa: BLE001 - reported by get()
-            self.error = exc
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    def get(self, timeout=15.0):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "blocked command did not return"
-        self.client.close()
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def block(server, c, proto, *args, name="q"):
     """Start a blocking `VALQ args` and wait until the server has parked it."""
     before = stats(c, name)["blocked"]
-    b = Background(server, proto, "VALQ", *args)
+    b = Background(server.port, proto, "VALQ", *args)
     wait_blocked(c, before + 1, name)
     return b
-
-
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def proto(request):
-    return request.param
-
-
-@pytest.fixture
-def tc(timed_server, proto):
-    c = timed_server.client(protocol=proto)
-    yield c
-    c.close()
 
 
 # -- POP COUNT -------------------------------------------------------------------------------
@@ -357,7 +273,7 @@ def test_blocked_pop_waits_out_a_pause_until_its_timeout(timed_server, tc, proto
     valq(tc, "CREATE", "q")
     valq(tc, "PAUSE", "q")
     valq(tc, "PUSH", "q", "m")
-    b = Background(timed_server, proto, "VALQ", "POP", "q", "BLOCK", "200")
+    b = Background(timed_server.port, proto, "VALQ", "POP", "q", "BLOCK", "200")
     assert b.get() == b""
     assert stats(tc)["ready"] == 1
 
@@ -369,7 +285,7 @@ def test_disconnected_blocked_client_takes_no_message(valqd, client):
     for args in (("POP", "q", "BLOCK", "0"), ("POP", "q", "BLOCK", "0", "NOACK"),
                  ("POP", "q", "COUNT", "3", "BLOCK", "0")):
         s = socket.create_connection((kwargs["host"], kwargs["port"]), timeout=10)
-        s.sendall(_encode(("VALQ", *args)))
+        s.sendall(encode_command(("VALQ", *args)))
         gone.append(s)
         wait_blocked(client, len(gone))
     proto = kwargs.get("protocol", 2)
@@ -391,8 +307,8 @@ def test_commands_sent_behind_a_blocked_pop_run_after_it(valqd, client):
     valq(client, "CREATE", "q")
     kwargs = client.connection_pool.connection_kwargs
     with socket.create_connection((kwargs["host"], kwargs["port"]), timeout=10) as s:
-        s.sendall(_encode(("VALQ", "POP", "q", "BLOCK", "0")) + _encode(("PING",)) +
-                  _encode(("VALQ", "POP", "q", "COUNT", "1", "BLOCK", "100")))
+        s.sendall(encode_command(("VALQ", "POP", "q", "BLOCK", "0")) + encode_command(("PING",)) +
+                  encode_command(("VALQ", "POP", "q", "COUNT", "1", "BLOCK", "100")))
         wait_blocked(client, 1)
         time.sleep(0.05)
         assert stats(client)["blocked"] == 1  # the rest waits behind the blocked pop

@@ -8,18 +8,17 @@ socket with hiredis, so the exact reply types (RESP2 arrays, RESP3 pushes) are c
 """
 
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import hiredis
 import pytest
-import valkey
 from prometheus_client.parser import text_string_to_metric_families
 from valkey.exceptions import ResponseError
 
-from support import ManualClock, ThreadedServer
+from support import (Background, ManualClock, ThreadedServer, as_map, encode_command,
+                     raw_reply_line, valq, wait_until)
 
 T0 = 1_700_000_000_000  # the ManualClock's start
 BAD_ID = "message id must be a positive integer"
@@ -35,23 +34,6 @@ GET_KEYS = ["attempts", "body", "enqueued_at", "id", "last_reason", "priority", 
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def valq(c, *args):
-    return c.execute_command("VALQ", *args)
-
-
-def as_map(reply, keys=None) -> dict:
-    if isinstance(reply, dict):
-        got, result = list(reply), reply
-    else:
-        assert isinstance(reply, list) and len(reply) % 2 == 0, reply
-        got = reply[0::2]
-        assert got == sorted(got), got
-        result = dict(zip(got, reply[1::2]))
-    if keys is not None:
-        assert list(got) == sorted(k.encode() for k in keys), got
-    return result
-
 
 def get(c, message_id, name="q") -> dict:
     """VALQ GET as a dict of str keys; numbers as ints."""
@@ -76,37 +58,11 @@ def stats(c, name="q") -> dict:
     return {k.decode(): (v.decode() if k == b"backoff" else int(v)) for k, v in m.items()}
 
 
-def _encode(args) -> bytes:
-    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
-
-
-def raw_reply_line(c, args) -> bytes:
-    kwargs = c.connection_pool.connection_kwargs
-    with socket.create_connection((kwargs["host"], kwargs["port"]), timeout=10) as s:
-        s.sendall(_encode(args))
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-    return data[:data.index(b"\r\n") + 2]
-
-
 def valq_error(c, args, code, message):
     with pytest.raises(ResponseError) as excinfo:
         valq(c, *args)
     assert str(excinfo.value) == (message if code == "ERR" else f"{code} {message}")
     assert raw_reply_line(c, ("VALQ", *args)) == f"-{code} {message}\r\n".encode()
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Raw:
@@ -119,7 +75,7 @@ class Raw:
             assert self.call("HELLO", "3")[b"proto"] == 3
 
     def send(self, *args) -> None:
-        self.sock.sendall(_encode(args))
+        self.sock.sendall(encode_command(args))
 
     def read(self):
         while (reply := self.reader.gets()) is False:
@@ -135,46 +91,6 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close()
-
-
-class Background:
-    """One command on its own connection, in a thread: for blocking pops."""
-
-    def __init__(self, port, proto, *args):
-        self.client = valkey.Valkey(port=port, protocol=proto, socket_timeout=20)
-        self.client.ping()
-        self.result = self.error = None
-        self.thread = threading.Thread(target=self._run, args=(args,), daemon=True)
-        self.thread.start()
-
-    def _run(self, args):
-        try:
-            self.result = self.client.execute_command(*args)
-        except Exception as exc:  # noqa: BLE001 - reported by get()
-            self.error = exc
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    def get(self, timeout=15.0):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "blocked command did not return"
-        self.client.close()
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def proto(request):
-    return request.param
-
-
-@pytest.fixture
-def tc(timed_server, proto):
-    c = timed_server.client(protocol=proto)
-    yield c
-    c.close()
 
 
 # -- GET -------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ RESP2 and RESP3 on a shared, flushed valqd process; anything that needs time to 
 
 import os
 import re
-import socket
 
 import pytest
 from valkey.exceptions import ResponseError
+from support import as_map, raw_reply_line, valq
 
 SUBCOMMANDS = ["create", "delete", "update", "list", "info", "purge", "push", "pop", "ack",
                "extend", "nack", "mpush", "mpop", "mack", "get", "peek", "cancel",
@@ -46,28 +46,6 @@ NON_INTEGERS = ["abc", "1.5", " 1", "1 ", "+1", "01", "", "-0", "1e3", "0x10", "
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def valq(c, *args):
-    return c.execute_command("VALQ", *args)
-
-
-def as_map(reply, keys=None) -> dict:
-    """A map reply as a dict: a dict under RESP3, a flat [k, v, ...] list under RESP2 whose
-    keys must be in ascending byte order. With `keys`, the exact keys in that order."""
-    if isinstance(reply, dict):
-        got = list(reply)
-        result = reply
-    else:
-        assert isinstance(reply, list), reply
-        assert len(reply) % 2 == 0, reply
-        got = reply[0::2]
-        assert got == sorted(got), got
-        result = dict(zip(got, reply[1::2]))
-        assert len(result) == len(got), got
-    if keys is not None:
-        assert got == keys
-    return result
-
-
 def pop(c, name="q"):
     """POP as (id, body), or None when the reply is the empty bulk string."""
     reply = valq(c, "POP", name)
@@ -83,24 +61,6 @@ def info(c, name="q") -> dict:
     for value in m.values():
         assert isinstance(value, bytes) and re.fullmatch(rb"0|[1-9][0-9]*", value), m
     return {k.decode(): int(v) for k, v in m.items()}
-
-
-def _encode_command(args) -> bytes:
-    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
-
-
-def raw_reply_line(c, args) -> bytes:
-    """Send one command on a raw socket and return the first reply line, CRLF included."""
-    kwargs = c.connection_pool.connection_kwargs
-    with socket.create_connection((kwargs["host"], kwargs["port"]), timeout=10) as s:
-        s.sendall(_encode_command(args))
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-    return data[:data.index(b"\r\n") + 2]
 
 
 def assert_error(c, args, code, message):
@@ -120,19 +80,6 @@ def assert_error(c, args, code, message):
 
 def valq_error(c, args, code, message):
     assert_error(c, ("VALQ", *args), code, message)
-
-
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def proto(request):
-    return request.param
-
-
-@pytest.fixture
-def tc(timed_server, proto):
-    """A client of the manual-clock server, in each protocol."""
-    c = timed_server.client(protocol=proto)
-    yield c
-    c.close()
 
 
 # -- VALQ, VALQ HELP, unknown subcommands ----------------------------------------------------

@@ -33,7 +33,7 @@ class Setting:
             try:
                 value = int(raw)
             except ValueError:
-                raise ValueError(f"argument couldn't be parsed into an integer") from None
+                raise ValueError("argument couldn't be parsed into an integer") from None
             if not self.low <= value <= self.high:
                 raise ValueError(f"argument must be between {self.low} and {self.high} inclusive")
             return value
@@ -80,7 +80,7 @@ def parse_output_limits(raw: str, base: dict | None = None) -> dict[str, tuple[i
     for i in range(0, len(words), 4):
         kind = {"slave": "replica"}.get(words[i].lower(), words[i].lower())
         if kind not in OUTPUT_CLASSES:
-            raise ValueError(f"Invalid client class specified in buffer limit configuration")
+            raise ValueError("Invalid client class specified in buffer limit configuration")
         try:
             seconds = int(words[i + 3])
         except ValueError:
