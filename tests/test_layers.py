@@ -1,0 +1,44 @@
+"""Imports point one way: resp and engine know nothing of valqd but the error types; the
+command layer knows resp and engine but no sockets, files or event loop."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "valqd"
+NO_IO = {"asyncio", "socket", "ssl", "selectors", "threading", "subprocess"}
+RULES = {
+    # package: (valqd modules it may import, stdlib/third-party modules it may not)
+    "resp": ({"valqd.errors", "valqd.resp"}, NO_IO | {"os"}),
+    "engine": ({"valqd.errors", "valqd.engine"}, NO_IO | {"os", "time"}),
+    "commands": ({"valqd", "valqd.errors", "valqd.resp", "valqd.engine", "valqd.commands",
+                  "valqd.config"}, NO_IO),
+}
+
+
+def imports_of(path: Path, package: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against valqd.<package>
+                base = ["valqd", package][:max(0, 2 - node.level + 1)]
+                found.add(".".join(base + ([node.module] if node.module else [])))
+            else:
+                found.add(node.module or "")
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_imports_point_one_way(package):
+    allowed, forbidden = RULES[package]
+    for path in sorted((PACKAGE / package).glob("*.py")):
+        for name in imports_of(path, package):
+            top = name.split(".")[0]
+            if top == "valqd":
+                assert any(name == a or name.startswith(a + ".") for a in allowed), \
+                    f"{path.name} imports {name}"
+            else:
+                assert top not in forbidden, f"{path.name} imports {name}"
