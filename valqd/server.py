@@ -206,8 +206,8 @@ class Server:
         self.state.baseline_memory = rss_bytes()
         self._follow_config()
         self.state.pubsub = PubSub(self.engine)
-        self.state.slowlog = SlowLog(int(config["slowlog-max-len"]))  # type: ignore[call-overload]
-        self.state.slowlog_threshold_us = int(config["slowlog-log-slower-than"])  # type: ignore[call-overload]
+        self.state.slowlog = SlowLog(config.int("slowlog-max-len"))
+        self.state.slowlog_threshold_us = config.int("slowlog-log-slower-than")
         config.on_change["slowlog-max-len"] = lambda n: self.state.slowlog.resize(int(n))
         config.on_change["slowlog-log-slower-than"] = self._set_slowlog_threshold
         self.dispatcher = Dispatcher(self.state, config.renames)
@@ -235,7 +235,7 @@ class Server:
         if self.config["appendonly"] == "yes":
             self._open_aof()
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
-        port = int(self.config["port"])  # type: ignore[call-overload]
+        port = self.config.int("port")
         for host in str(self.config["bind"]).split():
             listener = await loop.create_server(lambda: Connection(self), host, port,
                                                 reuse_address=True)
@@ -248,7 +248,7 @@ class Server:
             for host in str(self.config["bind"]).split():
                 self._listeners.append(await loop.create_server(
                     lambda: Connection(self), host, tls_port, ssl=context, reuse_address=True))
-        metrics_port = int(self.config["metrics-port"])  # type: ignore[call-overload]
+        metrics_port = self.config.int("metrics-port")
         if metrics_port:
             for host in str(self.config["bind"]).split():
                 self._listeners.append(await loop.create_server(
@@ -282,7 +282,7 @@ class Server:
         self.config.on_change["appendfsync"] = self._set_fsync_policy
 
     def _set_slowlog_threshold(self, value: object) -> None:
-        self.state.slowlog_threshold_us = int(value)  # type: ignore[call-overload]
+        self.state.slowlog_threshold_us = int(str(value))
 
     def _follow_config(self) -> None:
         """Copy the settings the hot paths read into plain attributes, now and on CONFIG SET."""

@@ -357,14 +357,16 @@ def valq_mpop(state: ServerState, session: Session, argv: list[bytes]) -> bytes 
     return Blocked(list(dict.fromkeys(names)), opts.block_ms, attempt, empty)
 
 
-def _lease_option(args: Args, message_id: int) -> tuple[int | None, bytes | None]:
-    """[LEASE receipt] [REASON text] -> (lease_no or None, reason or None)."""
+def _lease_option(args: Args, message_id: int,
+                  with_reason: bool = False) -> tuple[int | None, bytes | None]:
+    """[LEASE receipt] (and with `with_reason`, [REASON text]) -> (lease_no or None, reason
+    or None)."""
     lease_no = reason = None
     while args.remaining():
         word = args.next_keyword()
         if word == "LEASE" and lease_no is None:
             lease_no = _lease_no(message_id, args.next_bytes())
-        elif word == "REASON" and reason is None and args.argv[1].upper() == b"NACK":
+        elif word == "REASON" and reason is None and with_reason:
             reason = args.next_bytes()
         else:
             raise CommandError("syntax error")
@@ -406,7 +408,7 @@ def valq_nack(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     delay = None
     if args.remaining() and argv[4].upper() not in (b"LEASE", b"REASON"):
         delay = _delay(args.next_bytes())
-    lease_no, reason = _lease_option(args, message_id)
+    lease_no, reason = _lease_option(args, message_id, with_reason=True)
     state.engine.nack(argv[2], message_id, state.now, delay, lease_no, reason)
     return encode.bulk(b"nack %d" % message_id)
 

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 from ..errors import (BusyQueueError, CommandError, NoLeaseError, NoMessageError,
                       NoQueueError, QueueFullError)
 from . import record
-from .queue import Queue, QueueSettings
+from .queue import DEFAULT_EXTENSION, Queue, QueueSettings
 from .record import ID_BITS, ID_MASK
 
 VISIBILITY_RANGE = (1, 43200)
@@ -144,7 +144,7 @@ class Engine:
             raise BusyQueueError(name)
         self._emit(("create", name, settings.visibility_timeout,
                     settings.max_delivery_attempts, settings.retention_period))
-        if settings.extension() != QueueSettings().extension():
+        if settings.extension() != DEFAULT_EXTENSION:
             self._emit(("tune", name, *settings.extension()))
 
     def update_queue(self, name: bytes, settings: QueueSettings) -> None:
