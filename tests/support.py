@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import hiredis
 import valkey
 
 from valqd.config import Config
@@ -208,3 +209,73 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+# -- raw connections, for replies and closes that a client library would hide ---------------
+
+WIRE_TIMEOUT_S = 10
+
+
+class Error(str):
+    """An error reply's text, without the leading `-`."""
+
+
+class Wire:
+    """A raw connection and a hiredis Reader (RESP2 and RESP3) over what comes back."""
+
+    def __init__(self, port: int, nodelay: bool = False) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WIRE_TIMEOUT_S)
+        if nodelay:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = hiredis.Reader()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self, timeout: float = WIRE_TIMEOUT_S):
+        """The next reply; an error reply becomes Error(text). Raises ConnectionError when
+        the server closes first."""
+        self.sock.settimeout(timeout)
+        while True:
+            reply = self.reader.gets()
+            if reply is not False:
+                return Error(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
+            try:
+                data = self.sock.recv(1 << 16)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                raise ConnectionError("closed by the server before a reply")
+            self.reader.feed(data)
+
+    def call(self, *args):
+        self.send(encode_command(args))
+        return self.reply()
+
+    def raw(self, size: int) -> bytes:
+        """Exactly `size` bytes off the socket (not through the Reader), fewer if it closes."""
+        assert not self.reader.has_data()
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def closed_by_server(self, timeout: float = WIRE_TIMEOUT_S) -> bool:
+        """True once the server closed the connection (end of file or reset), with nothing
+        sent in between; False if it is still open after `timeout`."""
+        assert not self.reader.has_data()
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+        finally:
+            self.sock.settimeout(WIRE_TIMEOUT_S)
+
+    def close(self) -> None:
+        self.sock.close()

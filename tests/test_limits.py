@@ -10,11 +10,10 @@ import socket
 import threading
 import time
 
-import hiredis
 import pytest
 import valkey
 
-from support import ValqdProcess
+from support import Error, ValqdProcess, Wire, encode_command
 
 TIMEOUT_S = 10
 MB = 1024 * 1024
@@ -28,67 +27,6 @@ DEFAULTS = {  # the settings these tests change, put back after each test
     "client-output-buffer-limit": "normal 256mb 64mb 60 replica 256mb 64mb 60 "
                                   "pubsub 32mb 8mb 60",
 }
-
-
-def command(*args: bytes | str | int) -> bytes:
-    """One request in multibulk form."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
-    return b"".join(out)
-
-
-class Error(str):
-    """An error reply's text, without the leading `-`."""
-
-
-class Wire:
-    """A raw connection and a hiredis Reader over what comes back."""
-
-    def __init__(self, port: int, nodelay: bool = False) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
-        if nodelay:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = hiredis.Reader()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self, timeout: float = TIMEOUT_S):
-        """The next reply; an error reply becomes Error(text). Raises ConnectionError when
-        the server closes first."""
-        self.sock.settimeout(timeout)
-        while True:
-            reply = self.reader.gets()
-            if reply is not False:
-                return Error(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
-            try:
-                data = self.sock.recv(1 << 16)
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                raise ConnectionError("closed by the server before a reply")
-            self.reader.feed(data)
-
-    def call(self, *args):
-        self.send(command(*args))
-        return self.reply()
-
-    def closed_by_server(self, timeout: float = TIMEOUT_S) -> bool:
-        """True once the server closed the connection (end of file or reset), with nothing
-        sent in between; False if it is still open after `timeout`."""
-        assert not self.reader.has_data()
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +139,7 @@ def test_commands_after_a_protocol_error_never_run(wires):
     other = wires()
     digest = setup_data(other)
     wire = wires()
-    wire.send(command("PING") + b"*abc\r\n" + command("VALQ", "PUSH", "kept", "never"))
+    wire.send(encode_command(("PING",)) + b"*abc\r\n" + encode_command(("VALQ", "PUSH", "kept", "never")))
     assert wire.reply() == b"PONG"
     assert wire.reply() == Error("ERR Protocol error: invalid multibulk length")
     assert wire.closed_by_server()
@@ -210,7 +148,7 @@ def test_commands_after_a_protocol_error_never_run(wires):
 
 def test_negative_multibulk_length_is_skipped_as_in_valkey(wires):
     wire = wires()
-    wire.send(b"*-10\r\n" + command("PING") + b"*0\r\n*-1\r\n" + command("ECHO", "x"))
+    wire.send(b"*-10\r\n" + encode_command(("PING",)) + b"*0\r\n*-1\r\n" + encode_command(("ECHO", "x")))
     assert wire.reply() == b"PONG"
     assert wire.reply() == b"x"
 
@@ -242,7 +180,7 @@ def test_query_buffer_limit(wires):
     digest = setup_data(other)
     wire = wires()
     # a PUSH of a 3 MB body (within proto-max-bulk-len), of which 2 MB are sent
-    request = command("VALQ", "PUSH", "kept", b"x" * 3 * MB)[:2 * MB]
+    request = encode_command(("VALQ", "PUSH", "kept", b"x" * 3 * MB))[:2 * MB]
     errors: list[OSError] = []
 
     def send() -> None:
@@ -275,13 +213,13 @@ def test_query_buffer_limit_applies_while_blocked(wires):
     assert other.call("CONFIG", "SET", "client-query-buffer-limit", "1mb") == b"OK"
     assert other.call("VALQ", "CREATE", "empty") == b"created empty"
     wire = wires()
-    wire.send(command("VALQ", "POP", "empty", "BLOCK", 0))
+    wire.send(encode_command(("VALQ", "POP", "empty", "BLOCK", 0)))
     time.sleep(0.1)
     errors: list[OSError] = []
 
     def send() -> None:
         try:
-            wire.send(command("ECHO", b"z" * 100_000) * 20)
+            wire.send(encode_command(("ECHO", b"z" * 100_000)) * 20)
         except OSError as exc:
             errors.append(exc)
 
@@ -468,7 +406,7 @@ def test_timeout_closes_idle_clients_only(wires):
     assert idle.call("PING") == b"PONG"
     idle_since = time.monotonic()
     blocked = wires()
-    blocked.send(command("VALQ", "POP", "jobs", "BLOCK", 0))
+    blocked.send(encode_command(("VALQ", "POP", "jobs", "BLOCK", 0)))
     subscribed = wires()
     assert subscribed.call("SUBSCRIBE", "news") == [b"subscribe", b"news", 1]
     busy = wires()
@@ -486,7 +424,7 @@ def test_timeout_closes_idle_clients_only(wires):
     admin2 = wires()
     assert admin2.call("VALQ", "PUSH", "jobs", "wake") == b"1"
     assert blocked.reply() == [b"body", b"wake", b"id", b"1"]
-    subscribed.send(command("PING"))
+    subscribed.send(encode_command(("PING",)))
     assert subscribed.reply() == [b"pong", b""]
     assert admin2.call("CONFIG", "GET", "timeout") == [b"timeout", b"1"]
 
@@ -531,9 +469,9 @@ def test_client_output_buffer_limit(own_server, kind):
         for _ in range(10):
             admin.call("VALQ", "PUSH", "big", body)
         # 1000 requests of 40 bytes; each reply is 1 MB: 1 GB if all were built
-        flood = command("VALQ", "PEEK", "big", "COUNT", 10) * 1000
+        flood = encode_command(("VALQ", "PEEK", "big", "COUNT", 10)) * 1000
     else:
-        flood = command("ECHO", body) * 300  # 30 MB of replies
+        flood = encode_command(("ECHO", body)) * 300  # 30 MB of replies
     baseline = peak_rss(own_server.proc.pid)
     reader = Wire(own_server.port)
     reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -561,7 +499,7 @@ def test_client_that_reads_is_not_disconnected(own_server):
     assert wire.call("CONFIG", "SET", "client-output-buffer-limit",
                      "normal 1mb 512kb 1") == b"OK"
     body = os.urandom(200_000)
-    sender = threading.Thread(target=wire.send, args=(command("ECHO", body) * 50,),
+    sender = threading.Thread(target=wire.send, args=(encode_command(("ECHO", body)) * 50,),
                               daemon=True)
     sender.start()  # 10 MB of replies, read as they come
     for _ in range(50):

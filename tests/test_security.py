@@ -12,17 +12,15 @@ import ssl
 import subprocess
 import sys
 
-import hiredis
 import pytest
 import valkey
 
-from support import ValqdProcess
+from support import Error, ValqdProcess, Wire, encode_command
 from valqd.commands.context import Session
 from valqd.commands.table import TABLE
 from valqd.config import Config
 from valqd.server import MAX_CLIENTS_REACHED, PROTECTED_MODE_DENIED, Server, _is_loopback
 
-TIMEOUT_S = 10
 PASSWORD = "s3cret-Pa55 word!"
 NOAUTH = "NOAUTH Authentication required."
 WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
@@ -30,70 +28,6 @@ HELLO_NOAUTH = ("NOAUTH HELLO must be called with the client already authenticat
                 "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
                 "authenticate the client and select the RESP protocol version at the same "
                 "time")
-
-
-def command(*args: bytes | str | int) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
-    return b"".join(out)
-
-
-class Error(str):
-    """An error reply's text, without the leading `-`."""
-
-
-class Wire:
-    """A raw connection and a hiredis Reader (RESP2 and RESP3) over what comes back."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1", sock: socket.socket | None = None):
-        self.sock = sock or socket.create_connection((host, port), timeout=TIMEOUT_S)
-        self.reader = hiredis.Reader()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self):
-        while True:
-            reply = self.reader.gets()
-            if reply is not False:
-                return Error(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
-            try:
-                data = self.sock.recv(1 << 16)
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                raise ConnectionError("closed by the server before a reply")
-            self.reader.feed(data)
-
-    def call(self, *args):
-        self.send(command(*args))
-        return self.reply()
-
-    def raw(self, size: int) -> bytes:
-        assert not self.reader.has_data()
-        data = b""
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-    def closed_by_server(self, timeout: float = TIMEOUT_S) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-        except socket.timeout:
-            return False
-        finally:
-            self.sock.settimeout(TIMEOUT_S)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # -- requirepass ---------------------------------------------------------------------------
@@ -188,7 +122,7 @@ def test_wrong_password(wires, argv):
     wire = wires()
     assert wire.call(*argv) == Error(WRONGPASS)
     assert wire.call("PING") == Error(NOAUTH)
-    wire.send(command("CLIENT", "GETNAME"))
+    wire.send(encode_command(("CLIENT", "GETNAME")))
     assert wire.raw(len(NOAUTH) + 3) == b"-" + NOAUTH.encode() + b"\r\n"  # still RESP2
 
 
@@ -214,9 +148,9 @@ def test_hello_3_auth(wires):
     wire = wires()
     reply = wire.call("HELLO", "3", "AUTH", "default", PASSWORD, "SETNAME", "w1")
     assert type(reply) is dict and reply[b"proto"] == 3 and reply[b"server"] == b"valqd"
-    wire.send(command("CLIENT", "GETNAME"))
+    wire.send(encode_command(("CLIENT", "GETNAME")))
     assert wire.raw(8) == b"$2\r\nw1\r\n"
-    wire.send(command("VALQ", "LIST") + command("CONFIG", "GET", "requirepass"))
+    wire.send(encode_command(("VALQ", "LIST")) + encode_command(("CONFIG", "GET", "requirepass")))
     assert type(wire.reply()) is list
     assert wire.reply() == {b"requirepass": b"********"}
 
@@ -228,7 +162,7 @@ def test_hello_without_auth_changes_nothing(wires):
     assert wire.call("HELLO", "3", "SETNAME", "sneaky") == Error(HELLO_NOAUTH)
     assert wire.call("HELLO") == Error(HELLO_NOAUTH)
     assert wire.call("AUTH", PASSWORD) == b"OK"
-    wire.send(command("CLIENT", "GETNAME"))
+    wire.send(encode_command(("CLIENT", "GETNAME")))
     assert wire.raw(5) == b"$-1\r\n"  # RESP2 null: neither proto 3 nor the name stuck
     hello = wire.call("HELLO")
     assert dict(zip(hello[::2], hello[1::2]))[b"proto"] == 2
@@ -341,7 +275,7 @@ def test_config_set_requirepass_at_run_time(tmp_path):
 def test_unauthenticated_multibulk_length(wires):
     wire = wires()
     assert wire.call("ECHO", "x") == Error(NOAUTH)  # 2 arguments: fine, but NOAUTH
-    wire.send(command("DEL", *["k"] * 10))  # 11 elements
+    wire.send(encode_command(("DEL", *["k"] * 10)))  # 11 elements
     assert wire.reply() == Error("ERR Protocol error: unauthenticated multibulk length")
     assert wire.closed_by_server()
 
@@ -370,8 +304,8 @@ def test_inline_before_auth_has_the_inline_limit(wires):
 
 def test_larger_limits_after_auth(wires):
     wire = wires()
-    wire.send(command("AUTH", PASSWORD) + command("DEL", *["nokey"] * 20)
-              + command("ECHO", b"y" * 100_000))
+    wire.send(encode_command(("AUTH", PASSWORD)) + encode_command(("DEL", *["nokey"] * 20))
+              + encode_command(("ECHO", b"y" * 100_000)))
     assert wire.reply() == b"OK"
     assert wire.reply() == 0
     assert wire.reply() == b"y" * 100_000
@@ -381,7 +315,7 @@ def test_limits_come_back_after_reset(wires):
     wire = wires()
     assert wire.call("AUTH", PASSWORD) == b"OK"
     assert wire.call("RESET") == b"RESET"
-    wire.send(command("DEL", *["k"] * 11))
+    wire.send(encode_command(("DEL", *["k"] * 11)))
     assert wire.reply() == Error("ERR Protocol error: unauthenticated multibulk length")
 
 
@@ -649,7 +583,7 @@ def test_tls_refuses_a_client_without_certificate(tmp_path, certs):
         assert raw_tls_ping(port, certs, "stranger") == b""  # signed by another CA
         # a client that speaks plain RESP to the TLS port gets nothing and no harm is done
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(command("PING"))
+            sock.sendall(encode_command(("PING",)))
             try:
                 assert b"PONG" not in sock.recv(100)
             except ConnectionError:
@@ -748,7 +682,7 @@ def test_rename_command_in_config_file(tmp_path):
         assert wire.call("SHUTDOWN") == Error(
             "ERR unknown command 'SHUTDOWN', with args beginning with: ")
         assert wire.call("CFG", "GET", "maxclients") == [b"maxclients", b"10000"]
-        wire.send(command("MY-SHUTDOWN", "NOSAVE"))
+        wire.send(encode_command(("MY-SHUTDOWN", "NOSAVE")))
         assert process.proc.wait(10) == 0
     finally:
         process.kill()
