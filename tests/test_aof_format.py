@@ -19,7 +19,7 @@ from valqd.commands.dispatch import Dispatcher
 from valqd.commands.table import TABLE
 from valqd.config import Config
 from valqd.engine import Engine, make_settings
-from valqd.engine.engine import _APPLY
+from valqd.engine.engine import RECORD_KINDS
 from valqd.persistence import aof as aof_module
 from valqd.persistence.aof import AppendOnlyFile, write_snapshot
 from valqd.persistence.format import (MAGIC, SCHEMAS, AofCorruption, decode_effect,
@@ -141,7 +141,7 @@ def write(path, data: bytes) -> None:
 # -- the format ----------------------------------------------------------------------------
 
 def test_every_engine_record_kind_has_a_schema():
-    assert {kind.encode() for kind in _APPLY} == set(SCHEMAS)
+    assert {kind.encode() for kind in RECORD_KINDS} == set(SCHEMAS)
 
 
 def test_effects_survive_encoding(tmp_path):

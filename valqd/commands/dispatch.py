@@ -7,7 +7,7 @@ answered with `-ERR internal error`, and the server keeps serving.
 """
 
 import logging
-import time
+from time import perf_counter_ns
 
 from ..config import BY_NAME
 from ..engine import TICK_BUDGET
@@ -115,8 +115,7 @@ class Dispatcher:
             spec = sub
         elif spec.handler is None:
             return arity_error(spec.name)
-        arity = spec.arity
-        if (arity > 0 and len(argv) != arity) or len(argv) < -arity:
+        if not spec.fewest_args <= len(argv) <= spec.most_args:
             return arity_error(spec.name)
         return spec
 
@@ -136,27 +135,27 @@ class Dispatcher:
                 return OOM
         now = state.now = state.clock()
         engine = state.engine
-        if engine.is_due(now):
+        if now >= engine.due_at:
             engine.tick(now, TICK_BUDGET)
-        session.last_command = spec.name
-        started = time.perf_counter_ns()
-        failed = 0
+        name = session.last_command = spec.name
+        started = perf_counter_ns()
         try:
             if session.channels or session.patterns:
-                check_subscribed_mode(session, spec.name)
+                check_subscribed_mode(session, name)
             reply = spec.handler(state, session, argv)  # type: ignore[misc]
+            failed = 0
         except CommandError as exc:
             reply = encode.error(exc.code, exc.message)
             failed = 1
         except Exception:
-            log.exception("bug: unexpected error in %s", spec.name)
+            log.exception("bug: unexpected error in %s", name)
             reply = encode.error("ERR", "internal error")
             failed = 1
-        elapsed_us = (time.perf_counter_ns() - started) // 1000
-        stats = state.command_stats[spec.name]
+        elapsed_us = (perf_counter_ns() - started) // 1000
+        stats = state.command_stats[name]
         stats[0] += 1
         stats[1] += elapsed_us
         stats[2] += failed
         if 0 <= state.slowlog_threshold_us <= elapsed_us:
-            state.slowlog.record(session, redacted(spec.name, argv), elapsed_us)
+            state.slowlog.record(session, redacted(name, argv), elapsed_us)
         return reply

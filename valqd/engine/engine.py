@@ -3,9 +3,9 @@
 Live operations (`push`, `pop`, ...) validate, resolve every choice (the new id, which
 message is delivered, absolute deadlines from `now`) and then emit deterministic effects,
 tuples such as `("lease", queue, id, deadline_at, attempts, lease_no)`. `_emit` applies an
-effect through `_APPLY`, and then hands it to the journal (the AOF), counts it in the
+effect through `_KINDS`, and then hands it to the journal (the AOF), counts it in the
 queue's counters and tells the listener (live events). Replaying a journal with `apply()`
-runs the very same `_APPLY` functions and nothing else, so a log rebuilds exactly the state
+runs the very same apply functions and nothing else, so a log rebuilds exactly the state
 the live server had.
 
 Timers: each queue knows its next deadline (lease, delay, DLQ retention, dedup key). The
@@ -36,6 +36,7 @@ PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 MAX_DELAY = 2**64 - 1  # seconds; the module's u64
 MAX_DUE_AT = MAX_DELAY * 1000  # due times saturate here, as the module's u64 seconds did
 TICK_BUDGET = 1000  # due events a server applies at once before it serves clients again
+NEVER = MAX_DUE_AT + 1  # later than any deadline
 MESSAGE_OVERHEAD = 100  # bytes per stored message beyond its record, measured (README)
 
 Journal = Callable[[tuple], None]
@@ -114,6 +115,9 @@ class Engine:
         self.listener: Listener | None = None
         self.readied: set[bytes] = set()  # queues that may have new visible messages
         self._timers: list[tuple[int, int, Queue]] = []
+        # the head of `_timers` (possibly stale), read before every command: a clock at or
+        # past it means `tick` may have work
+        self.due_at = NEVER
         self._timer_serial = itertools.count()
         self._queue_serial = itertools.count(1)
 
@@ -364,14 +368,11 @@ class Engine:
         while timers:
             at, _, q = timers[0]
             if q.scheduled_at == at and self.queues.get(q.name) is q:
+                self.due_at = at
                 return at
             heapq.heappop(timers)
+        self.due_at = NEVER
         return None
-
-    def is_due(self, now: int) -> bool:
-        """Whether `tick(now)` may have work: the cheap check before every command."""
-        timers = self._timers
-        return bool(timers) and timers[0][0] <= now
 
     def tick(self, now: int, budget: int | None = None) -> int | None:
         """Apply every lease, delay and retention that ran out by `now` and return the next
@@ -432,6 +433,8 @@ class Engine:
         if at is not None and (q.scheduled_at is None or at < q.scheduled_at):
             q.scheduled_at = at
             heapq.heappush(self._timers, (at, next(self._timer_serial), q))
+            if at < self.due_at:
+                self.due_at = at
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -465,25 +468,35 @@ class Engine:
         """Replay one journal record without touching timers: loading a whole log ends with
         `rearm_timers()`."""
         kind = effect[0]
-        handler = _APPLY.get(kind) if isinstance(kind, str) else None
-        if handler is None:
+        if not isinstance(kind, str) or kind not in _KINDS:
             raise ValueError(f"unknown journal record {kind!r}")
-        handler(self, *effect[1:])
+        apply, on_queue, _, _ = _KINDS[kind]
+        if on_queue:
+            apply(self.queues[effect[1]], *effect[2:])
+        else:
+            apply(self, *effect[1:])
 
     def rearm_timers(self) -> None:
         self._timers.clear()
+        self.due_at = NEVER
         for q in self.queues.values():
             q.scheduled_at = None
             self._schedule(q)
 
     def _emit(self, effect: tuple) -> None:
         kind = effect[0]
-        apply, counter, readying = _KINDS[kind]
-        apply(self, *effect[1:])
+        apply, on_queue, counter, readying = _KINDS[kind]
+        if on_queue:
+            q = self.queues[effect[1]]
+            apply(q, *effect[2:])
+            if counter is not None:
+                q.counters[counter] += 1
+        else:
+            apply(self, *effect[1:])
+            if counter is not None:
+                self.queues[effect[1]].counters[counter] += 1
         if self.journal is not None:
             self.journal(effect)
-        if counter is not None:
-            self.queues[effect[1]].counters[counter] += 1
         if readying:
             self.readied.add(effect[3] if kind == "redrive" else effect[1])
         if self.listener is not None:
@@ -521,38 +534,7 @@ class Engine:
     def _apply_flush(self) -> None:
         self.queues.clear()
         self._timers.clear()
-
-    def _apply_pause(self, name: bytes, paused: int) -> None:
-        self.queues[name].paused = bool(paused)
-
-    def _apply_push(self, name: bytes, message_id: int, enqueued_at: int, due_at: int,
-                    priority: int, body: bytes) -> None:
-        self.queues[name].add(message_id, enqueued_at, due_at, priority, body)
-
-    def _apply_dedup(self, name: bytes, key: bytes, message_id: int, expires_at: int) -> None:
-        self.queues[name].remember_dedup(key, message_id, expires_at)
-
-    def _apply_lease(self, name: bytes, message_id: int, deadline_at: int, attempts: int,
-                     lease_no: int) -> None:
-        self.queues[name].lease(message_id, deadline_at, attempts, lease_no)
-
-    def _apply_remove(self, name: bytes, message_id: int) -> None:
-        self.queues[name].remove(message_id)
-
-    def _apply_release(self, name: bytes, message_id: int, due_at: int) -> None:
-        self.queues[name].release(message_id, due_at)
-
-    def _apply_defer(self, name: bytes, message_id: int, due_at: int) -> None:
-        self.queues[name].defer(message_id, due_at)
-
-    def _apply_reason(self, name: bytes, message_id: int, reason: bytes) -> None:
-        self.queues[name].reasons[message_id] = reason
-
-    def _apply_dead(self, name: bytes, message_id: int, dead_at: int) -> None:
-        self.queues[name].bury(message_id, dead_at)
-
-    def _apply_promote(self, name: bytes, message_id: int, promote_seq: int) -> None:
-        self.queues[name].promote(message_id, promote_seq)
+        self.due_at = NEVER
 
     def _apply_redrive(self, name: bytes, message_id: int, target: bytes, new_id: int,
                        enqueued_at: int) -> None:
@@ -565,46 +547,41 @@ class Engine:
         q.remove(message_id)
         self.queues[target].add(new_id, enqueued_at, 0, priority, body)
 
-    def _apply_purge(self, name: bytes, which: str) -> None:
-        self.queues[name].purge(which)
 
-    def _apply_counters(self, name: bytes, id_sequence: int, promote_seq: int,
-                        lease_seq: int) -> None:
-        q = self.queues[name]
-        q.id_sequence, q.promote_seq, q.lease_seq = id_sequence, promote_seq, lease_seq
-
-    def _apply_restore(self, name: bytes, message_id: int, state: str, at: int,
-                       enqueued_at: int, promote_seq: int, lease_no: int, attempts: int,
-                       priority: int, body: bytes) -> None:
-        self.queues[name].restore(message_id, state, at, enqueued_at, promote_seq, lease_no,
-                                  attempts, priority, body)
-
-
-_APPLY: dict[str, Callable[..., None]] = {
+# Records that create, delete or span queues: applied by the engine, fields as they are.
+_ENGINE_APPLY: dict[str, Callable[..., None]] = {
     "create": Engine._apply_create,
     "update": Engine._apply_update,
     "tune": Engine._apply_tune,
     "delete": Engine._apply_delete,
     "flush": Engine._apply_flush,
-    "pause": Engine._apply_pause,
-    "push": Engine._apply_push,
-    "dedup": Engine._apply_dedup,
-    "lease": Engine._apply_lease,  # a delivery
-    "hold": Engine._apply_lease,  # EXTEND: a new deadline for the same delivery
-    "remove": Engine._apply_remove,  # ACK
-    "take": Engine._apply_remove,  # a NOACK delivery
-    "cancel": Engine._apply_remove,
-    "drop": Engine._apply_remove,  # DLQ retention ran out
-    "expire": Engine._apply_release,  # a lease ran out: back now, or after the backoff
-    "nack": Engine._apply_release,
-    "defer": Engine._apply_defer,  # RESCHEDULE
-    "reason": Engine._apply_reason,
-    "dead": Engine._apply_dead,
-    "promote": Engine._apply_promote,
     "redrive": Engine._apply_redrive,
-    "purge": Engine._apply_purge,
-    "counters": Engine._apply_counters,
-    "restore": Engine._apply_restore,
 }
-# kind -> (apply function, counter it bumps or None, whether it can make a message visible)
-_KINDS = {kind: (apply, COUNTED.get(kind), kind in READYING) for kind, apply in _APPLY.items()}
+# Records that change one queue, the one named by their first field: applied by a Queue
+# method that takes the fields after the name (one call, on the hot path).
+_QUEUE_APPLY: dict[str, Callable[..., object]] = {
+    "pause": Queue.set_paused,
+    "push": Queue.add,
+    "dedup": Queue.remember_dedup,
+    "lease": Queue.lease,  # a delivery
+    "hold": Queue.lease,  # EXTEND: a new deadline for the same delivery
+    "remove": Queue.remove,  # ACK
+    "take": Queue.remove,  # a NOACK delivery
+    "cancel": Queue.remove,
+    "drop": Queue.remove,  # DLQ retention ran out
+    "expire": Queue.release,  # a lease ran out: back now, or after the backoff
+    "nack": Queue.release,
+    "defer": Queue.defer,  # RESCHEDULE
+    "reason": Queue.set_reason,
+    "dead": Queue.bury,
+    "promote": Queue.promote,
+    "purge": Queue.purge,
+    "counters": Queue.set_sequences,
+    "restore": Queue.restore,
+}
+RECORD_KINDS = frozenset(_ENGINE_APPLY) | frozenset(_QUEUE_APPLY)
+# kind -> (apply function, whether it applies to a queue, the counter it bumps or None,
+# whether it can make a message visible)
+_KINDS = {kind: (apply, on_queue, COUNTED.get(kind), kind in READYING)
+          for on_queue, table in ((False, _ENGINE_APPLY), (True, _QUEUE_APPLY))
+          for kind, apply in table.items()}

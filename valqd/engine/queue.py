@@ -208,6 +208,15 @@ class Queue:
         self.data_bytes -= len(self.records.pop(message_id))
         self.reasons.pop(message_id, None)
 
+    def set_paused(self, paused: int) -> None:
+        self.paused = bool(paused)
+
+    def set_reason(self, message_id: int, reason: bytes) -> None:
+        self.reasons[message_id] = reason
+
+    def set_sequences(self, id_sequence: int, promote_seq: int, lease_seq: int) -> None:
+        self.id_sequence, self.promote_seq, self.lease_seq = id_sequence, promote_seq, lease_seq
+
     def remember_dedup(self, key: bytes, message_id: int, expires_at: int) -> None:
         old = self.dedup.get(key)
         if old is not None:

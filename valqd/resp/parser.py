@@ -188,20 +188,22 @@ class RequestParser:
 
     def _check_items(self, command: list) -> bool:
         """False if an item is not a bulk string; raises for a limit that it breaks."""
-        limits = self.limits
         for item in command:
             if type(item) is not bytes:
                 return False
-        if sum(map(len, command)) > limits.max_bulk_len and \
-                max(map(len, command)) > limits.max_bulk_len:
-            raise ProtocolError("invalid bulk length")
-        if len(command) > limits.max_multibulk_len:
-            raise ProtocolError("invalid multibulk length")
-        if not self.authenticated:
-            if len(command) > limits.unauthenticated_multibulk_len:
-                raise ProtocolError("unauthenticated multibulk length")
-            if max(map(len, command)) > limits.unauthenticated_bulk_len:
-                raise ProtocolError("unauthenticated bulk length")
+        limits = self.limits
+        held = self._held  # the request came in these bytes: no item, no count is larger
+        if held > limits.max_bulk_len or held > limits.max_multibulk_len or \
+                not self.authenticated:
+            if max(map(len, command)) > limits.max_bulk_len:
+                raise ProtocolError("invalid bulk length")
+            if len(command) > limits.max_multibulk_len:
+                raise ProtocolError("invalid multibulk length")
+            if not self.authenticated:
+                if len(command) > limits.unauthenticated_multibulk_len:
+                    raise ProtocolError("unauthenticated multibulk length")
+                if max(map(len, command)) > limits.unauthenticated_bulk_len:
+                    raise ProtocolError("unauthenticated bulk length")
         return True
 
     def _resync(self) -> None:
