@@ -27,7 +27,7 @@ import os
 import threading
 import time
 
-from .format import MAGIC, encode_batch, encode_effect
+from .format import MAGIC, encode_batch, encode_effect, encode_effects
 
 log = logging.getLogger("valqd")
 
@@ -65,10 +65,11 @@ def write_snapshot(path: str, effects) -> int:
 
 
 def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    written = os.write(fd, data)
+    if written < len(data):  # a short write: a signal, or the disk filled up meanwhile
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
     return len(data)
 
 
@@ -76,7 +77,8 @@ class AppendOnlyFile:
     def __init__(self, path: str, fsync_policy: str = "everysec") -> None:
         self.path = path
         self.fsync_policy = fsync_policy
-        self.pending = bytearray()  # records of this event-loop turn
+        self.pending: list[tuple] = []  # records of this event-loop turn, encoded at commit
+        self.append = self.pending.append  # the engine's journal: no Python frame per record
         self.unwritten = bytearray()  # records of a failed write, written before anything newer
         self._fd_lock = threading.Lock()
         self.fd = -1
@@ -133,18 +135,13 @@ class AppendOnlyFile:
 
     # -- the journal and group commit ------------------------------------------------------
 
-    def append(self, effect: tuple) -> None:
-        self.pending += encode_effect(effect)
-
     def commit(self) -> bool:
         """Write the pending records as one batch (and fsync under `always`)."""
         if not self.pending and not self.unwritten:
             return True
-        if self.unwritten:  # the records of a failed write go first, in the same batch
-            self.unwritten += self.pending
+        if self.pending:  # after the records of a failed write, in the same batch
+            self.unwritten += encode_effects(self.pending)
             self.pending.clear()
-        else:
-            self.pending, self.unwritten = self.unwritten, self.pending
         batch = encode_batch(self.unwritten)
         try:
             self._write(batch)
@@ -358,7 +355,7 @@ class AppendOnlyFile:
             f"aof_last_write_status:{'ok' if self.write_error is None else 'err'}",
             f"aof_current_size:{self.size}",
             f"aof_base_size:{self.base_size}",
-            f"aof_buffer_length:{len(self.pending) + len(self.unwritten)}",
+            f"aof_buffer_length:{len(self.unwritten)}",
             f"aof_fsync_policy:{self.fsync_policy}",
             f"aof_reserve_size:{self.reserve_size}",
         ]

@@ -34,10 +34,8 @@ class AofCorruption(Exception):
 INT64_MAX = 2**63 - 1
 
 
-def encode_effect(effect: tuple) -> bytes:
-    template = _TEMPLATES.get(effect[0])
-    if template is not None and (effect[0] != "push" or effect[4] <= INT64_MAX):
-        return template(effect)
+def _encode_fields(effect: tuple) -> bytes:
+    """Any record, field by field."""
     parts = [b"*%d\r\n" % len(effect)]
     for field in effect:
         if type(field) is int and -INT64_MAX <= field <= INT64_MAX:
@@ -51,16 +49,30 @@ def encode_effect(effect: tuple) -> bytes:
     return b"".join(parts)
 
 
+def _encode_push(e: tuple) -> bytes:
+    if e[4] > INT64_MAX:
+        return _encode_fields(e)
+    return (b"*7\r\n$4\r\npush\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n$%d\r\n%b\r\n"
+            % (len(e[1]), e[1], e[2], e[3], e[4], e[5], len(e[6]), e[6]))
+
+
 # One formatting step for the records written on every push, delivery and ack.
-_TEMPLATES = {
-    "push": lambda e: b"*7\r\n$4\r\npush\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n"
-                      b"$%d\r\n%b\r\n" % (len(e[1]), e[1], e[2], e[3], e[4], e[5], len(e[6]),
-                                          e[6]),
+_ENCODERS = {
+    "push": _encode_push,
     "lease": lambda e: b"*6\r\n$5\r\nlease\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n"
                        % (len(e[1]), e[1], e[2], e[3], e[4], e[5]),
     "remove": lambda e: b"*3\r\n$6\r\nremove\r\n$%d\r\n%b\r\n:%d\r\n" % (len(e[1]), e[1],
                                                                              e[2]),
 }
+
+
+def encode_effect(effect: tuple) -> bytes:
+    return _ENCODERS.get(effect[0], _encode_fields)(effect)
+
+
+def encode_effects(effects: list[tuple]) -> bytes:
+    encoders = _ENCODERS
+    return b"".join([encoders.get(e[0], _encode_fields)(e) for e in effects])
 
 
 def _header(length: int, crc: int) -> bytes:

@@ -113,6 +113,14 @@ class RequestParser:
                     self._chunks.append(data)
                     self._held += len(data)
                     return
+                if data[:1] == b"*" and self._pos >= len(self._buf) and not self._parts_len:
+                    # a multibulk request at a request boundary: straight to hiredis, as
+                    # the framer would hand it over (the usual way a request arrives)
+                    self._buf, self._pos = b"", 0
+                    self._reader.feed(data)
+                    self._rebase([data])
+                    self._reader_busy = True
+                    return
         if self._parts_len:
             self._parts.append(data)
             self._parts_len += len(data)
@@ -181,7 +189,7 @@ class RequestParser:
     def _rebase(self, chunks: list[bytes]) -> None:
         """`_chunks` start at a request boundary from now on, with nothing returned since."""
         self._chunks = chunks
-        self._held = sum(map(len, chunks))
+        self._held = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
         self._returned = []
         self._walk_pos = 0
         self._walk_left = -1
