@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import hiredis
 import pytest
+from hypothesis import given, strategies as st
 
 from valqd.errors import ProtocolError
 from valqd.resp import NEED_DATA, RequestParser, encode
@@ -152,6 +153,27 @@ def test_values_pipelined_after_multibulk_never_escape_as_other_errors(tail):
     assert parser.next_command() == [b"PING"]
     for item in drain(parser):
         assert isinstance(item, Err) or all(type(arg) is bytes for arg in item)
+
+
+
+_REQUESTS = [PING, b"PING\r\n", b"*3\r\n$4\r\nVALQ\r\n$3\r\nPOP\r\n$1\r\nq\r\n",
+             b"ECHO 'a b'\r\n", b"*0\r\n", b"\r\n",
+             b"*4\r\n$4\r\nVALQ\r\n$4\r\nPUSH\r\n$1\r\nq\r\n$300\r\n" + b"x" * 300 + b"\r\n"]
+
+
+@given(st.lists(st.sampled_from(_REQUESTS), min_size=1, max_size=12), st.data())
+def test_any_split_of_a_stream_gives_the_same_commands(requests, data):
+    """Requests cut at arbitrary points (a multibulk request that starts a read goes
+    straight to hiredis, one that starts mid-read through the framer) come out unchanged."""
+    wire = b"".join(requests)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(wire) - 1), max_size=8))
+                  if len(wire) > 1 else [])
+    parser = RequestParser()
+    out: list = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)]):
+        parser.feed(wire[start:end])
+        out += drain(parser)
+    assert out == feed_whole(wire)
 
 
 # -- encoding --------------------------------------------------------------------------
