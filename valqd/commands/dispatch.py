@@ -72,6 +72,8 @@ class Dispatcher:
         self.state = state
         self._commands: dict[bytes, CommandSpec] = {}
         self._subcommands: dict[bytes, dict[bytes, CommandSpec]] = {}
+        # (command, subcommand) as clients usually spell them: one lookup on the hot path
+        self._pairs: dict[tuple[bytes, bytes], CommandSpec] = {}
         renames = renames or {}
         unknown = set(renames) - set(state.commands)
         if unknown:
@@ -94,6 +96,8 @@ class Dispatcher:
             for variant in (name, name.upper()):
                 self._commands[variant] = spec
                 self._subcommands[variant] = subcommands
+                for sub_name, sub in subcommands.items():
+                    self._pairs[variant, sub_name] = sub
             for each in (spec, *spec.subcommands.values()):  # calls, usec, failed calls
                 state.command_stats.setdefault(each.name, [0, 0, 0])
 
@@ -120,11 +124,13 @@ class Dispatcher:
         return spec
 
     def execute(self, session: Session, argv: list[bytes]) -> bytes:
-        spec = self.find(argv)
         state = self.state
         state.total_commands += 1
-        if type(spec) is bytes:
-            return spec
+        spec = self._pairs.get((argv[0], argv[1])) if len(argv) > 1 else None
+        if spec is None or not spec.fewest_args <= len(argv) <= spec.most_args:
+            spec = self.find(argv)
+            if type(spec) is bytes:
+                return spec
         if not session.authenticated and not spec.no_auth:
             return NOAUTH
         if spec.denyoom:
@@ -155,7 +161,8 @@ class Dispatcher:
         stats = state.command_stats[name]
         stats[0] += 1
         stats[1] += elapsed_us
-        stats[2] += failed
+        if failed:
+            stats[2] += 1
         if 0 <= state.slowlog_threshold_us <= elapsed_us:
             state.slowlog.record(session, redacted(name, argv), elapsed_us)
         return reply

@@ -149,12 +149,23 @@ class RequestParser:
                     if self._check_unfinished():
                         return NEED_DATA
                     continue
-                if not command or type(command) is not list or not self._check_items(command):
+                bad = type(command) is not list or not command
+                if not bad:
+                    for item in command:
+                        if type(item) is not bytes:
+                            bad = True
+                            break
+                if bad:
                     # `:1` where a request starts (an inline command), `*1\r\n:1\r\n` (an
                     # error), `*0` or `$-1` (skipped, or an inline command): the framer
                     # reads it, and all that follows, from its start
                     self._become_careful()
                     continue
+                limits = self.limits
+                held = self._held  # the request came in these bytes: no item or count is larger
+                if held > limits.max_bulk_len or held > limits.max_multibulk_len or \
+                        not self.authenticated:
+                    self._check_limits(command)
                 if not self._reader.has_data():
                     self._rebase([])
                     self._reader_busy = False
@@ -194,25 +205,18 @@ class RequestParser:
         self._walk_pos = 0
         self._walk_left = -1
 
-    def _check_items(self, command: list) -> bool:
-        """False if an item is not a bulk string; raises for a limit that it breaks."""
-        for item in command:
-            if type(item) is not bytes:
-                return False
+    def _check_limits(self, command: list[bytes]) -> None:
+        """Raise for a limit that a complete request breaks."""
         limits = self.limits
-        held = self._held  # the request came in these bytes: no item, no count is larger
-        if held > limits.max_bulk_len or held > limits.max_multibulk_len or \
-                not self.authenticated:
-            if max(map(len, command)) > limits.max_bulk_len:
-                raise ProtocolError("invalid bulk length")
-            if len(command) > limits.max_multibulk_len:
-                raise ProtocolError("invalid multibulk length")
-            if not self.authenticated:
-                if len(command) > limits.unauthenticated_multibulk_len:
-                    raise ProtocolError("unauthenticated multibulk length")
-                if max(map(len, command)) > limits.unauthenticated_bulk_len:
-                    raise ProtocolError("unauthenticated bulk length")
-        return True
+        if max(map(len, command)) > limits.max_bulk_len:
+            raise ProtocolError("invalid bulk length")
+        if len(command) > limits.max_multibulk_len:
+            raise ProtocolError("invalid multibulk length")
+        if not self.authenticated:
+            if len(command) > limits.unauthenticated_multibulk_len:
+                raise ProtocolError("unauthenticated multibulk length")
+            if max(map(len, command)) > limits.unauthenticated_bulk_len:
+                raise ProtocolError("unauthenticated bulk length")
 
     def _resync(self) -> None:
         """Drop the bytes of the requests already returned: `_chunks` becomes exactly the
