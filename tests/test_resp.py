@@ -269,3 +269,11 @@ def test_encoded_replies_are_valid_resp():
     assert got[:-2] == expected
     assert isinstance(error, hiredis.ReplyError) and str(error) == "ERR a  b"
     assert simple == b"x"
+
+
+@pytest.mark.parametrize("proto", [2, 3])
+def test_body_id_map_is_the_map_of_body_and_id(proto):
+    for body, message_id in [(b"", 1), (b"x" * 300, 2**64 - 1), (memoryview(b"job"), 42)]:
+        assert encode.body_id_map(body, message_id, proto) == encode.map_(
+            [encode.bulk(b"body"), encode.bulk(body), encode.bulk(b"id"),
+             encode.bulk_int(message_id)], proto)

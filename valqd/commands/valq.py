@@ -251,8 +251,7 @@ def valq_mpush(state: ServerState, session: Session, argv: list[bytes]) -> bytes
 
 def _message_map(d: Delivery, proto: int, withmeta: bool) -> bytes:
     if not withmeta:
-        return encode.map_([b"$4\r\nbody\r\n", encode.bulk(d.body), b"$2\r\nid\r\n",
-                            encode.bulk_int(d.id)], proto)
+        return encode.body_id_map(d.body, d.id, proto)
     return encode.map_([
         _b("attempts"), encode.bulk_int(d.attempts),
         _b("body"), encode.bulk(d.body),
@@ -305,8 +304,7 @@ def valq_pop(state: ServerState, session: Session, argv: list[bytes]) -> bytes |
         if delivered is None:
             return encode.EMPTY_BULK
         message_id, body = delivered
-        return encode.map_([b"$4\r\nbody\r\n", encode.bulk(body), b"$2\r\nid\r\n",
-                            encode.bulk_int(message_id)], session.proto)
+        return encode.body_id_map(body, message_id, session.proto)
     opts = _PopOptions(Args(argv, 3))
     proto = session.proto
 
