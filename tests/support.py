@@ -248,6 +248,10 @@ class Wire:
                 raise ConnectionError("closed by the server before a reply")
             self.reader.feed(data)
 
+    def replies(self, count: int) -> list:
+        """The next `count` replies, in order."""
+        return [self.reply() for _ in range(count)]
+
     def call(self, *args):
         self.send(encode_command(args))
         return self.reply()

@@ -4,12 +4,12 @@ Exact replies are checked on raw sockets (the bytes Valkey would send); the same
 also go through valkey-py over RESP2 and RESP3 (`client`), as applications send them.
 """
 
-import socket
 import time
 
 import hiredis
 import pytest
 import valkey
+from support import Wire, encode_command
 
 WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
 NO_PASSWORD = (b"-ERR AUTH <password> called without any password configured for the "
@@ -23,25 +23,15 @@ HELLO_KEYS = {"server", "version", "proto", "id", "mode", "role", "modules"}
 # -- helpers -----------------------------------------------------------------------------
 
 def command(*args) -> bytes:
-    out = b"*%d\r\n" % len(args)
-    for arg in args:
-        arg = arg if isinstance(arg, bytes) else str(arg).encode()
-        out += b"$%d\r\n%b\r\n" % (len(arg), arg)
-    return out
+    return encode_command(args)
 
 
 def arity(name: str) -> bytes:
     return b"-ERR wrong number of arguments for '%b' command\r\n" % name.encode()
 
 
-class Raw:
-    """One connection on a plain socket: exact reply bytes, or replies parsed by hiredis."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+class Raw(Wire):
+    """A raw connection whose `call` returns the exact bytes of one reply."""
 
     def read_reply(self) -> bytes:
         """The bytes of exactly one reply (only one is ever outstanding)."""
@@ -58,26 +48,13 @@ class Raw:
                 return data
 
     def call(self, *args) -> bytes:
-        self.send(command(*args))
+        self.send(encode_command(args))
         return self.read_reply()
 
     def parsed(self, *args):
         reader = hiredis.Reader()
         reader.feed(self.call(*args))
         return reader.gets()
-
-    def is_closed(self, timeout: float = 5.0) -> bool:
-        """True once the server has closed the connection (and sent nothing more)."""
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def as_dict(reply):
@@ -370,7 +347,7 @@ def test_client_kill_by_address(raw, open_raw):
     victim = open_raw()
     address = info_line(victim)["addr"]
     assert raw.call("CLIENT", "KILL", address) == b"+OK\r\n"
-    assert victim.is_closed()
+    assert victim.closed_by_server(5.0)
     assert raw.call("CLIENT", "KILL", address) == b"-ERR No such client\r\n"
     assert raw.call("CLIENT", "KILL", "10.1.2.3:4567") == b"-ERR No such client\r\n"
     assert raw.call("PING") == b"+PONG\r\n"
@@ -379,21 +356,21 @@ def test_client_kill_by_address(raw, open_raw):
 def test_client_kill_by_address_can_kill_itself(open_raw):
     me = open_raw()
     assert me.call("CLIENT", "KILL", info_line(me)["addr"]) == b"+OK\r\n"
-    assert me.is_closed()
+    assert me.closed_by_server(5.0)
 
 
 def test_client_kill_with_filters(raw, open_raw):
     victim, bystander = open_raw(), open_raw()
     victim_id = victim.parsed("CLIENT", "ID")
     assert raw.call("CLIENT", "KILL", "ID", victim_id) == b":1\r\n"
-    assert victim.is_closed()
+    assert victim.closed_by_server(5.0)
     assert raw.call("CLIENT", "KILL", "ID", victim_id) == b":0\r\n"
     assert bystander.call("PING") == b"+PONG\r\n"
 
     victim = open_raw()
     address = info_line(victim)["addr"]
     assert raw.call("client", "kill", "addr", address, "skipme", "yes") == b":1\r\n"
-    assert victim.is_closed()
+    assert victim.closed_by_server(5.0)
 
     laddr = info_line(raw)["laddr"]
     own = raw.parsed("CLIENT", "ID")
@@ -408,7 +385,7 @@ def test_client_kill_skipme_no_kills_the_caller_after_replying(open_raw):
     me = open_raw()
     own = me.parsed("CLIENT", "ID")
     assert me.call("CLIENT", "KILL", "ID", own, "SKIPME", "no") == b":1\r\n"
-    assert me.is_closed()
+    assert me.closed_by_server(5.0)
 
 
 def test_client_kill_errors(raw):
@@ -839,11 +816,11 @@ def test_time(client, raw):
 def test_quit(open_raw):
     conn = open_raw()
     assert conn.call("QUIT") == b"+OK\r\n"
-    assert conn.is_closed()
+    assert conn.closed_by_server(5.0)
     conn = open_raw()
     conn.send(command("QUIT") + command("PING"))  # nothing after QUIT is answered
     assert conn.sock.recv(100) == b"+OK\r\n"
-    assert conn.is_closed()
+    assert conn.closed_by_server(5.0)
 
 
 def test_reset(raw):
@@ -867,7 +844,7 @@ def test_shutdown(fresh_valqd):
         assert conn.call("SHUTDOWN", "ABORT", "BOGUS") == SYNTAX
         assert conn.call("PING") == b"+PONG\r\n"  # still up
         conn.send(command("SHUTDOWN"))
-        assert conn.is_closed(timeout=10)  # closed with no reply
+        assert conn.closed_by_server(10)  # closed with no reply
     finally:
         conn.close()
     assert fresh_valqd.proc.wait(timeout=10) == 0
