@@ -162,6 +162,21 @@ class _Resp(QueueClient):
             conn.send(b"".join([cmd(i) for i in ids]))
             conn.read(len(ids) * self.ACK_REPLIES)
 
+    def fill_in_batches(self, n: int, batch_command) -> None:
+        """Store n messages with `batch_command(k)` (k bodies, at most FILL_CHUNK), a few
+        commands per write."""
+        conn = self.conn
+        while n > 0:
+            sent = 0
+            for _ in range(8):
+                k = min(FILL_CHUNK, n)
+                if k <= 0:
+                    break
+                conn.send(batch_command(k))
+                n -= k
+                sent += 1
+            conn.read(sent)
+
     def ping(self) -> None:
         self.conn.send(b"*1\r\n$4\r\nPING\r\n")
         self.conn.read(1)
@@ -190,17 +205,7 @@ class ValqdClient(_Resp):
         return self.ACK_HEAD + b"$%d\r\n%b\r\n" % (len(message_id), message_id)
 
     def fill(self, n: int) -> None:
-        conn = self.conn
-        while n > 0:
-            sent = 0
-            for _ in range(8):  # a few MPUSH commands per write
-                k = min(FILL_CHUNK, n)
-                if k <= 0:
-                    break
-                conn.send(resp("VALQ", "MPUSH", QUEUE, *([BODY] * k)))
-                n -= k
-                sent += 1
-            conn.read(sent)
+        self.fill_in_batches(n, lambda k: resp("VALQ", "MPUSH", QUEUE, *([BODY] * k)))
 
     def lease_all(self, n: int) -> int:
         got = 0
@@ -277,19 +282,9 @@ class LuaClient(_Resp):
         return self.ack_head + b"$%d\r\n%b\r\n" % (len(message_id), message_id)
 
     def fill(self, n: int) -> None:
-        conn = self.conn
         sha = sha1(LUA_FILL)
-        while n > 0:
-            sent = 0
-            for _ in range(8):
-                k = min(FILL_CHUNK, n)
-                if k <= 0:
-                    break
-                conn.send(resp("EVALSHA", sha, 3, self.SEQ, self.MSGS, self.READY,
-                               *([BODY] * k)))
-                n -= k
-                sent += 1
-            conn.read(sent)
+        self.fill_in_batches(n, lambda k: resp("EVALSHA", sha, 3, self.SEQ, self.MSGS,
+                                               self.READY, *([BODY] * k)))
 
     def lease_all(self, n: int) -> int:
         got = 0

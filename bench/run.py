@@ -30,6 +30,30 @@ QUICK = dict(cycles_pipelined=3000, cycles_unpipelined=1000, time_limit=20.0,
              tool_requests=5000)
 
 
+# the sizes a run can be given on the command line: option -> what it sets
+SIZE_OPTIONS = {
+    "cycles_pipelined": "job cycles per pipelined run",
+    "cycles_unpipelined": "job cycles per unpipelined run",
+    "time_limit": "seconds any one measurement may take",
+    "latency_rate": "job cycles per second, in total, during the latency test",
+    "latency_seconds": "length of the latency test per target",
+    "scale_backlogs": "comma-separated backlogs of the scale test",
+    "scale_inflight": "messages in flight in the scale test",
+    "scale_cycles": "job cycles per scale measurement",
+    "storm_leases": "leases expiring together in the timer storm",
+    "memory_messages": "messages loaded for the memory test",
+    "persistence_messages": "messages in the AOF load and rewrite tests",
+    "fsync_pushes": "pushes per appendfsync run",
+    "tool_requests": "redis-benchmark -n",
+}
+
+
+def _shown(value: int | float | list[int]) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else f"{value:,}"
+
+
 def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -54,33 +78,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "(default: the system's temp dir)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     g = p.add_argument_group("sizes (defaults: full run / --quick)")
-    g.add_argument("--cycles-pipelined", type=int, help="job cycles per pipelined run "
-                   f"({FULL['cycles_pipelined']:,} / {QUICK['cycles_pipelined']:,})")
-    g.add_argument("--cycles-unpipelined", type=int, help="job cycles per unpipelined run "
-                   f"({FULL['cycles_unpipelined']:,} / {QUICK['cycles_unpipelined']:,})")
-    g.add_argument("--time-limit", type=float, help="seconds any one measurement may take "
-                   f"({FULL['time_limit']:g} / {QUICK['time_limit']:g})")
-    g.add_argument("--latency-rate", type=int, help="job cycles per second, in total, during "
-                   f"the latency test ({FULL['latency_rate']} / {QUICK['latency_rate']})")
-    g.add_argument("--latency-seconds", type=float, help="length of the latency test per "
-                   f"target ({FULL['latency_seconds']:g} / {QUICK['latency_seconds']:g})")
-    g.add_argument("--scale-backlogs", type=_int_list, help="comma-separated backlogs of the "
-                   "scale test (1000,100000,1000000 / 1000,5000,20000)")
-    g.add_argument("--scale-inflight", type=int, help="messages in flight in the scale test "
-                   f"({FULL['scale_inflight']:,} / {QUICK['scale_inflight']:,})")
-    g.add_argument("--scale-cycles", type=int, help="job cycles per scale measurement "
-                   f"({FULL['scale_cycles']:,} / {QUICK['scale_cycles']:,})")
-    g.add_argument("--storm-leases", type=int, help="leases expiring together in the timer "
-                   f"storm ({FULL['storm_leases']:,} / {QUICK['storm_leases']:,})")
-    g.add_argument("--memory-messages", type=int, help="messages loaded for the memory test "
-                   f"({FULL['memory_messages']:,} / {QUICK['memory_messages']:,})")
-    g.add_argument("--persistence-messages", type=int, help="messages in the AOF load and "
-                   f"rewrite tests ({FULL['persistence_messages']:,} / "
-                   f"{QUICK['persistence_messages']:,})")
-    g.add_argument("--fsync-pushes", type=int, help="pushes per appendfsync run "
-                   f"({FULL['fsync_pushes']:,} / {QUICK['fsync_pushes']:,})")
-    g.add_argument("--tool-requests", type=int, help="redis-benchmark -n "
-                   f"({FULL['tool_requests']:,} / {QUICK['tool_requests']:,})")
+    for key, what in SIZE_OPTIONS.items():
+        g.add_argument("--" + key.replace("_", "-"),
+                       type=_int_list if key == "scale_backlogs" else type(FULL[key]),
+                       help=f"{what} ({_shown(FULL[key])} / {_shown(QUICK[key])})")
     opts = p.parse_args(argv)
     for key, value in (QUICK if opts.quick else FULL).items():
         if getattr(opts, key, None) is None:
