@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 import hiredis
+import pytest
 import valkey
+from valkey.exceptions import ResponseError
 
 from valqd.config import Config
 from valqd.server import Server
@@ -155,6 +157,22 @@ def as_map(reply, keys=None) -> dict:
     return result
 
 
+def stats(c: valkey.Valkey, name="q", keys=None) -> dict:
+    """VALQ STATS as a dict of ints (backoff as its name); with `keys`, exactly those."""
+    m = as_map(valq(c, "STATS", name), keys)
+    return {k.decode(): (v.decode() if k == b"backoff" else int(v)) for k, v in m.items()}
+
+
+def valq_error(c: valkey.Valkey, args, code: str, message: str) -> None:
+    """VALQ `args` fails with exactly `-<code> <message>` (checked on the wire too), and
+    the connection goes on serving."""
+    with pytest.raises(ResponseError) as excinfo:
+        valq(c, *args)
+    assert str(excinfo.value) == (message if code == "ERR" else f"{code} {message}")
+    assert raw_reply_line(c, ("VALQ", *args)) == f"-{code} {message}\r\n".encode()
+    assert c.execute_command("PING") in (True, b"PONG")
+
+
 def encode_command(args) -> bytes:
     parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
@@ -209,6 +227,18 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def wait_blocked(c: valkey.Valkey, n: int, name="q") -> None:
+    wait_until(lambda: stats(c, name)["blocked"] == n, what=f"{n} blocked on {name}")
+
+
+def block(server, c: valkey.Valkey, proto: int, *args, name="q") -> Background:
+    """Start a blocking `VALQ args` and wait until the server has parked it."""
+    before = stats(c, name)["blocked"]
+    b = Background(server.port, proto, "VALQ", *args)
+    wait_blocked(c, before + 1, name)
+    return b
 
 
 # -- raw connections, for replies and closes that a client library would hide ---------------

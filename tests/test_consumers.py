@@ -14,8 +14,8 @@ import time
 
 import pytest
 import valkey
-from valkey.exceptions import ResponseError
-from support import Background, as_map, encode_command, raw_reply_line, valq, wait_until
+from support import (Background, as_map, block, encode_command, stats, valq, valq_error,
+                     wait_blocked, wait_until)
 
 NOT_INT = "value is not an integer or out of range"
 BAD_COUNT = "COUNT must be between 1 and 1000"
@@ -41,36 +41,10 @@ def meta(reply) -> dict:
     return {k.decode(): (v if k in (b"body", b"lease") else int(v)) for k, v in m.items()}
 
 
-def stats(c, name="q") -> dict:
-    m = as_map(valq(c, "STATS", name))
-    return {k.decode(): (v.decode() if k == b"backoff" else int(v)) for k, v in m.items()}
-
-
-def valq_error(c, args, code, message):
-    """VALQ `args` fails with exactly `-<code> <message>` (checked on the wire too)."""
-    with pytest.raises(ResponseError) as excinfo:
-        valq(c, *args)
-    assert str(excinfo.value) == (message if code == "ERR" else f"{code} {message}")
-    assert raw_reply_line(c, ("VALQ", *args)) == f"-{code} {message}\r\n".encode()
-    assert c.execute_command("PING") in (True, b"PONG")
-
-
 def connect(server, proto=2, timeout=20.0) -> valkey.Valkey:
     """A client of `server` (ValqdProcess or ThreadedServer) with its own socket timeout."""
     return valkey.Valkey(host="127.0.0.1", port=server.port, protocol=proto,
                          socket_timeout=timeout)
-
-
-def wait_blocked(c, n, name="q"):
-    wait_until(lambda: stats(c, name)["blocked"] == n, what=f"{n} blocked on {name}")
-
-
-def block(server, c, proto, *args, name="q"):
-    """Start a blocking `VALQ args` and wait until the server has parked it."""
-    before = stats(c, name)["blocked"]
-    b = Background(server.port, proto, "VALQ", *args)
-    wait_blocked(c, before + 1, name)
-    return b
 
 
 # -- POP COUNT -------------------------------------------------------------------------------

@@ -8,12 +8,11 @@ operation at `now`), then the real server's timer on a ManualClock via ThreadedS
 import asyncio
 import logging
 import random
-import threading
 
 import pytest
 import valkey
 
-from support import ManualClock, ThreadedServer
+from support import ManualClock, ThreadedServer, block
 from valqd.engine import MAX_DELAY, Engine, make_settings
 from valqd.engine import record
 from valqd.engine.engine import MAX_DUE_AT, due_time
@@ -347,27 +346,13 @@ def test_server_timer_wakes_a_blocked_consumer_after_jumps(clocked):
     client = clocked.client()
     client.execute_command("VALQ", "CREATE", "q")
     assert client.execute_command("VALQ", "PUSH", "q", "soon", 5) == b"1"
-    got: list = []
-    blocked = clocked.client()
-    waiter = threading.Thread(
-        target=lambda: got.append(blocked.execute_command("VALQ", "POP", "q", "BLOCK", 0)),
-        daemon=True)
-    waiter.start()
-    for _ in range(250):  # until the consumer is parked
-        stats = client.execute_command("VALQ", "STATS", "q")
-        if dict(zip(stats[::2], stats[1::2]))[b"blocked"] == b"1":
-            break
-        threading.Event().wait(0.02)
-    else:
-        raise AssertionError("the consumer never blocked")
+    waiter = block(clocked, client, 2, "POP", "q", "BLOCK", 0)
     jump(clocked, T0 - DAY)
     jump(clocked, T0 + 4 * SEC)
-    waiter.join(0.3)
-    assert not got  # not due yet, whatever the clock did meanwhile
+    waiter.thread.join(0.3)
+    assert not waiter.done()  # not due yet, whatever the clock did meanwhile
     jump(clocked, T0 + 5 * SEC)
-    waiter.join(10)
-    assert got == [[b"body", b"soon", b"id", b"1"]]
-    blocked.close()
+    assert waiter.get(10) == [b"body", b"soon", b"id", b"1"]
     client.close()
 
 
@@ -396,19 +381,7 @@ def test_server_notices_a_forward_jump_without_waiting_for_its_timer(clocked):
     client = clocked.client()
     client.execute_command("VALQ", "CREATE", "q")
     assert client.execute_command("VALQ", "PUSH", "q", "in two hours", 7200) == b"1"
-    got: list = []
-    blocked = clocked.client()
-    waiter = threading.Thread(
-        target=lambda: got.append(blocked.execute_command("VALQ", "POP", "q", "BLOCK", 0)),
-        daemon=True)
-    waiter.start()
-    for _ in range(250):
-        stats = client.execute_command("VALQ", "STATS", "q")
-        if dict(zip(stats[::2], stats[1::2]))[b"blocked"] == b"1":
-            break
-        threading.Event().wait(0.02)
+    waiter = block(clocked, client, 2, "POP", "q", "BLOCK", 0)
     clocked.clock.now = T0 + 7200 * SEC + 1  # no timer call: only the clock moves
-    waiter.join(3.0)
-    assert got == [[b"body", b"in two hours", b"id", b"1"]]
-    blocked.close()
+    assert waiter.get(3.0) == [b"body", b"in two hours", b"id", b"1"]
     client.close()

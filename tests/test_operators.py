@@ -17,8 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from valkey.exceptions import ResponseError
 
-from support import (Background, ManualClock, ThreadedServer, as_map, encode_command,
-                     raw_reply_line, valq, wait_until)
+from support import (Background, Error, ManualClock, ThreadedServer, Wire, as_map, valq,
+                     valq_error, wait_until)
+from support import stats as support_stats
 
 T0 = 1_700_000_000_000  # the ManualClock's start
 BAD_ID = "message id must be a positive integer"
@@ -54,43 +55,15 @@ def pop_ids(c, count=1000, name="q") -> list[int]:
 
 
 def stats(c, name="q") -> dict:
-    m = as_map(valq(c, "STATS", name), STATS_KEYS)
-    return {k.decode(): (v.decode() if k == b"backoff" else int(v)) for k, v in m.items()}
+    return support_stats(c, name, STATS_KEYS)
 
 
-def valq_error(c, args, code, message):
-    with pytest.raises(ResponseError) as excinfo:
-        valq(c, *args)
-    assert str(excinfo.value) == (message if code == "ERR" else f"{code} {message}")
-    assert raw_reply_line(c, ("VALQ", *args)) == f"-{code} {message}\r\n".encode()
-
-
-class Raw:
-    """A raw RESP connection read with hiredis: pub/sub messages exactly as sent."""
-
-    def __init__(self, port: int, proto: int = 2) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.reader = hiredis.Reader()
-        if proto == 3:
-            assert self.call("HELLO", "3")[b"proto"] == 3
-
-    def send(self, *args) -> None:
-        self.sock.sendall(encode_command(args))
-
-    def read(self):
-        while (reply := self.reader.gets()) is False:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("connection closed")
-            self.reader.feed(data)
-        return reply
-
-    def call(self, *args):
-        self.send(*args)
-        return self.read()
-
-    def close(self) -> None:
-        self.sock.close()
+def subscriber(port: int, proto: int = 2) -> Wire:
+    """A raw connection (RESP3 when `proto` is 3): pub/sub messages exactly as sent."""
+    wire = Wire(port)
+    if proto == 3:
+        assert wire.call("HELLO", "3")[b"proto"] == 3
+    return wire
 
 
 # -- GET -------------------------------------------------------------------------------------
@@ -499,7 +472,7 @@ def test_slowlog_get_len_reset(client):
 # -- live events -----------------------------------------------------------------------------
 
 def _expect_event(sub, proto, channel, payload, pattern=None):
-    reply = sub.read()
+    reply = sub.reply()
     if proto == 3:
         assert isinstance(reply, hiredis.PushNotification), reply
     else:
@@ -511,7 +484,7 @@ def _expect_event(sub, proto, channel, payload, pattern=None):
 
 
 def test_events_for_every_kind_in_order(timed_server, tc, proto):
-    sub = Raw(timed_server.port, proto)
+    sub = subscriber(timed_server.port, proto)
     assert sub.call("SUBSCRIBE", "valq:q") == [b"subscribe", b"valq:q", 1]
     assert sub.call("PSUBSCRIBE", "valq:*") == [b"psubscribe", b"valq:*", 2]
     valq(tc, "CREATE", "q", "VISIBILITY", "10", "MAXATTEMPTS", "2", "RETENTION", "60")
@@ -557,7 +530,7 @@ def test_events_for_every_kind_in_order(timed_server, tc, proto):
 
 def test_events_counts_match_stats(timed_server, tc, proto):
     """Every counted event kind arrives as often as STATS counts it."""
-    sub = Raw(timed_server.port, proto)
+    sub = subscriber(timed_server.port, proto)
     sub.call("SUBSCRIBE", "valq:q")
     valq(tc, "CREATE", "q", "VISIBILITY", "5", "MAXATTEMPTS", "2", "RETENTION", "60")
     valq(tc, "MPUSH", "q", *["m"] * 8)
@@ -579,7 +552,7 @@ def test_events_counts_match_stats(timed_server, tc, proto):
              "nacked": "nacked", "expired": "expired", "dead": "dead_lettered",
              "dropped": "dropped", "redriven": "redriven", "cancelled": "cancelled"}
     for _ in range(total):
-        kind = sub.read()[2].split()[0].decode()
+        kind = sub.reply()[2].split()[0].decode()
         counts[names[kind]] += 1
     assert counts == {k: (0 if k == "deduplicated" else s[k]) for k in COUNTER_NAMES}
     assert s["expired"] and s["dead_lettered"] and s["dropped"]
@@ -590,17 +563,17 @@ def test_unsubscribe_and_no_listener_without_subscribers(timed_server, tc, proto
     engine = timed_server.server.engine
     valq(tc, "CREATE", "q")
     assert engine.listener is None
-    sub = Raw(timed_server.port, proto)
+    sub = subscriber(timed_server.port, proto)
     sub.call("SUBSCRIBE", "valq:q", "valq:other")
-    assert sub.read() == [b"subscribe", b"valq:other", 2]
+    assert sub.reply() == [b"subscribe", b"valq:other", 2]
     sub.call("PSUBSCRIBE", "valq:q*")
     wait_until(lambda: engine.listener is not None)
     valq(tc, "PUSH", "q", "a")
-    assert sub.read() == [b"message", b"valq:q", b"pushed 1"]
-    assert sub.read() == [b"pmessage", b"valq:q*", b"valq:q", b"pushed 1"]
+    assert sub.reply() == [b"message", b"valq:q", b"pushed 1"]
+    assert sub.reply() == [b"pmessage", b"valq:q*", b"valq:q", b"pushed 1"]
     assert sub.call("UNSUBSCRIBE") in ([b"unsubscribe", b"valq:other", 2],
                                        [b"unsubscribe", b"valq:q", 2])
-    sub.read()
+    sub.reply()
     assert sub.call("PUNSUBSCRIBE") == [b"punsubscribe", b"valq:q*", 0]
     wait_until(lambda: engine.listener is None, what="listener detached")
     valq(tc, "PUSH", "q", "b")
@@ -611,13 +584,13 @@ def test_unsubscribe_and_no_listener_without_subscribers(timed_server, tc, proto
 
 
 def test_resp2_subscribed_mode_rejects_other_commands(timed_server):
-    sub = Raw(timed_server.port, 2)
+    sub = subscriber(timed_server.port, 2)
     sub.call("SUBSCRIBE", "valq:q")
     for args, name in ((("VALQ", "PUSH", "q", "x"), "valq|push"),
                        (("VALQ", "STATS", "q"), "valq|stats"), (("GET", "k"), None),
                        (("CLIENT", "ID"), "client|id"), (("ECHO", "x"), "echo")):
         reply = sub.call(*args)
-        assert isinstance(reply, hiredis.ReplyError), reply
+        assert isinstance(reply, Error), reply
         if name is None:
             assert str(reply).startswith("ERR unknown command 'GET'")
             continue
@@ -634,14 +607,14 @@ def test_resp2_subscribed_mode_rejects_other_commands(timed_server):
 
 
 def test_resp3_subscribed_connection_keeps_running_commands(timed_server):
-    sub = Raw(timed_server.port, 3)
+    sub = subscriber(timed_server.port, 3)
     sub.call("SUBSCRIBE", "valq:q")
     assert sub.call("VALQ", "CREATE", "q") == b"created q"
     # the event is published while PUSH runs, so it arrives before PUSH's reply
     event = sub.call("VALQ", "PUSH", "q", "x")
     assert isinstance(event, hiredis.PushNotification)
     assert event == [b"message", b"valq:q", b"pushed 1"]
-    assert sub.read() == b"1"
+    assert sub.reply() == b"1"
     assert sub.call("PING") == b"PONG"
     sub.close()
 
