@@ -313,3 +313,36 @@ class Wire:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def flushed_wires(port: int):
+    """For a fixture: yields `open_wire(nodelay=False)`, which opens raw connections to a
+    server whose queues were flushed first, and closes them all afterwards."""
+    opened: list[Wire] = []
+
+    def open_wire(nodelay: bool = False) -> Wire:
+        wire = Wire(port, nodelay)
+        opened.append(wire)
+        return wire
+
+    assert open_wire().call("FLUSHALL") == b"OK"
+    yield open_wire
+    for wire in opened:
+        wire.close()
+
+
+def send_in_thread(wire: Wire, data: bytes) -> threading.Thread:
+    """sendall() from a helper thread, so the test can read (or wait) meanwhile; an
+    OSError (the server closed first) lands in the thread's `errors`."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            wire.send(data)
+        except OSError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread

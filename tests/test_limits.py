@@ -7,13 +7,12 @@ time is used only by the `timeout` test, with waits of at most 3 s.
 
 import os
 import socket
-import threading
 import time
 
 import pytest
 import valkey
 
-from support import Error, ValqdProcess, Wire, encode_command
+from support import Error, ValqdProcess, Wire, encode_command, flushed_wires, send_in_thread
 
 TIMEOUT_S = 10
 MB = 1024 * 1024
@@ -41,18 +40,7 @@ def server(tmp_path_factory):
 def wires(server):
     """`wires()` opens a raw connection; all are closed, and the changed settings put
     back, after the test. The server's queues are flushed before it."""
-    opened: list[Wire] = []
-
-    def open_wire(nodelay: bool = False) -> Wire:
-        wire = Wire(server.port, nodelay)
-        opened.append(wire)
-        return wire
-
-    admin = open_wire()
-    assert admin.call("FLUSHALL") == b"OK"
-    yield open_wire
-    for wire in opened:
-        wire.close()
+    yield from flushed_wires(server.port)
     admin = Wire(server.port)
     for name, value in DEFAULTS.items():
         assert admin.call("CONFIG", "SET", name, value) == b"OK"
@@ -181,16 +169,7 @@ def test_query_buffer_limit(wires):
     wire = wires()
     # a PUSH of a 3 MB body (within proto-max-bulk-len), of which 2 MB are sent
     request = encode_command(("VALQ", "PUSH", "kept", b"x" * 3 * MB))[:2 * MB]
-    errors: list[OSError] = []
-
-    def send() -> None:
-        try:
-            wire.send(request)
-        except OSError as exc:  # the server closed while the rest was on its way
-            errors.append(exc)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    sender = send_in_thread(wire, request)  # the server may close while the rest is on its way
     assert wire.reply() == Error("ERR Protocol error: query buffer limit exceeded")
     assert wire.closed_by_server()
     sender.join(TIMEOUT_S)
@@ -215,16 +194,7 @@ def test_query_buffer_limit_applies_while_blocked(wires):
     wire = wires()
     wire.send(encode_command(("VALQ", "POP", "empty", "BLOCK", 0)))
     time.sleep(0.1)
-    errors: list[OSError] = []
-
-    def send() -> None:
-        try:
-            wire.send(encode_command(("ECHO", b"z" * 100_000)) * 20)
-        except OSError as exc:
-            errors.append(exc)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    sender = send_in_thread(wire, encode_command(("ECHO", b"z" * 100_000)) * 20)
     assert wire.reply() == Error("ERR Protocol error: query buffer limit exceeded")
     assert wire.closed_by_server()
     sender.join(TIMEOUT_S)
@@ -499,9 +469,8 @@ def test_client_that_reads_is_not_disconnected(own_server):
     assert wire.call("CONFIG", "SET", "client-output-buffer-limit",
                      "normal 1mb 512kb 1") == b"OK"
     body = os.urandom(200_000)
-    sender = threading.Thread(target=wire.send, args=(encode_command(("ECHO", body)) * 50,),
-                              daemon=True)
-    sender.start()  # 10 MB of replies, read as they come
+    sender = send_in_thread(wire, encode_command(("ECHO", body)) * 50)  # 10 MB of replies,
+    # read as they come
     for _ in range(50):
         assert wire.reply() == body
     sender.join(TIMEOUT_S)

@@ -7,10 +7,9 @@ point, the raw bytes are compared instead.
 
 import random
 import socket
-import threading
 
 import pytest
-from support import Error, Wire, encode_command
+from support import Error, encode_command, flushed_wires, send_in_thread
 
 TIMEOUT_S = 10
 
@@ -18,35 +17,7 @@ TIMEOUT_S = 10
 @pytest.fixture
 def connect(valqd):
     """`connect()` opens a raw connection to a server whose queues were flushed."""
-    wires: list[Wire] = []
-
-    def open_wire(nodelay: bool = False) -> Wire:
-        wire = Wire(valqd.port, nodelay)
-        wires.append(wire)
-        return wire
-
-    admin = open_wire()
-    admin.send(encode_command(("FLUSHALL",)))
-    assert admin.reply() == b"OK"
-    yield open_wire
-    for wire in wires:
-        wire.close()
-
-
-def send_in_thread(wire: Wire, data: bytes) -> threading.Thread:
-    """sendall() from a helper thread, so the test can read (or wait) meanwhile."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            wire.send(data)
-        except OSError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.errors = errors  # type: ignore[attr-defined]
-    thread.start()
-    return thread
+    yield from flushed_wires(valqd.port)
 
 
 # -- pipelining and partial reads ------------------------------------------------------------
