@@ -26,6 +26,24 @@ from valqd.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"ready to accept connections on .*? port (\d+)")
+# the environment of a `python -m valqd` child: this checkout's package first
+CHILD_ENV = dict(os.environ,
+                 PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def ready_port(proc: subprocess.Popen, log: Path, offset: int = 0,
+               timeout: float = 10.0) -> int | None:
+    """The port of valqd's startup line in `log` (written after `offset`); None when the
+    process exited first or `timeout` ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = READY.search(log.read_text(errors="replace")[offset:]) if log.exists() else None
+        if match:
+            return int(match.group(1))
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.02)
+    return None
 
 
 class ValqdProcess:
@@ -39,21 +57,14 @@ class ValqdProcess:
 
     def start(self, timeout: float = 10.0) -> "ValqdProcess":
         offset = self.logfile.stat().st_size if self.logfile.exists() else 0
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "valqd", "--port", "0", "--dir", str(self.directory),
              "--logfile", str(self.logfile), *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.logfile.exists():
-                match = READY.search(self.logfile.read_text(errors="replace")[offset:])
-                if match:
-                    self.port = int(match.group(1))
-                    return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV)
+        port = ready_port(self.proc, self.logfile, offset, timeout)
+        if port is not None:
+            self.port = port
+            return self
         out, err = self.proc.communicate(timeout=5) if self.proc.poll() is not None else (b"", b"")
         raise RuntimeError(f"valqd did not start: {err.decode(errors='replace')}\n{self.log()}")
 

@@ -2,20 +2,17 @@
 against valqd alone. Only that it runs and reports is checked, never a timing."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import CHILD_ENV, ROOT
 
 
 def test_bench_quick_writes_a_report(tmp_path):
     out = tmp_path / "results"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--workdir", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+        cwd=ROOT, env=CHILD_ENV, capture_output=True, text=True, timeout=170,
         stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

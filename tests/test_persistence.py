@@ -21,12 +21,11 @@ import hiredis
 import pytest
 import valkey
 
-from support import ROOT, ManualClock, ThreadedServer, ValqdProcess
+from support import CHILD_ENV, ManualClock, ThreadedServer, ValqdProcess
 from valqd.engine import Engine
 from valqd.persistence.format import AofCorruption, iter_batches
 from valqd.persistence.loader import load
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 AOF = "appendonly.aof"
 LONG = 3600  # a visibility timeout nothing in these tests outlives
 FAR = 100000  # a delay nothing in these tests outlives
@@ -129,7 +128,7 @@ def batches_of(path: Path) -> list[tuple[int, int]]:
 
 
 def run_valqd(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "valqd", *args], env=ENV,
+    return subprocess.run([sys.executable, "-m", "valqd", *args], env=CHILD_ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,21 +1,18 @@
 """valqd as a user runs it: `python -m valqd` with flags, a config file, signals and errors."""
 
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import valkey
 
 import valqd
-from support import READY, ROOT, ValqdProcess
+from support import CHILD_ENV, ValqdProcess, ready_port
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 # `pid:M 23 Nov 2026 07:40:00.123 * valqd 0.1.0 ready to accept connections on ADDR port N,
 # pid P, LOOP event loop`
@@ -28,7 +25,7 @@ STARTUP_LINE = re.compile(
 
 def run_valqd(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess:
     """Run `python -m valqd ARGS` to completion (for runs that must exit by themselves)."""
-    return subprocess.run([sys.executable, "-m", "valqd", *args], cwd=cwd, env=ENV,
+    return subprocess.run([sys.executable, "-m", "valqd", *args], cwd=cwd, env=CHILD_ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -39,20 +36,15 @@ class Launched:
         self.out_path, self.err_path = tmp / "stdout.txt", tmp / "stderr.txt"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "valqd", *args],
-                                         cwd=cwd or tmp, env=ENV, stdout=out, stderr=err)
+                                         cwd=cwd or tmp, env=CHILD_ENV, stdout=out, stderr=err)
         self.port = 0
 
     def wait_ready(self, log: Path | None = None, timeout: float = 10) -> "Launched":
         log = log or self.err_path
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = READY.search(log.read_text(errors="replace")) if log.exists() else None
-            if match:
-                self.port = int(match.group(1))
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
+        port = ready_port(self.proc, log, timeout=timeout)
+        if port is not None:
+            self.port = port
+            return self
         self.kill()
         raise AssertionError(f"valqd did not start:\n{self.stderr()}\n"
                              f"{log.read_text(errors='replace') if log.exists() else ''}")
