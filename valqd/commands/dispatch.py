@@ -103,22 +103,24 @@ class Dispatcher:
 
     def find(self, argv: list[bytes]) -> CommandSpec | bytes:
         """The spec that serves argv, or the error reply when there is none."""
-        name = argv[0]
-        spec = self._commands.get(name)
+        spec = self._pairs.get((argv[0], argv[1])) if len(argv) > 1 else None
         if spec is None:
-            name = name.lower()
+            name = argv[0]
             spec = self._commands.get(name)
             if spec is None:
-                return _unknown_command(argv)
-        if spec.subcommands and len(argv) > 1:
-            subcommands = self._subcommands[name]
-            sub = subcommands.get(argv[1]) or subcommands.get(argv[1].lower())
-            if sub is None:
-                return encode.error("ERR", "unknown subcommand '%s'. Try %s HELP." % (
-                    argv[1].decode("utf-8", "replace")[:128], spec.name.upper()))
-            spec = sub
-        elif spec.handler is None:
-            return arity_error(spec.name)
+                name = name.lower()
+                spec = self._commands.get(name)
+                if spec is None:
+                    return _unknown_command(argv)
+            if spec.subcommands and len(argv) > 1:
+                subcommands = self._subcommands[name]
+                sub = subcommands.get(argv[1]) or subcommands.get(argv[1].lower())
+                if sub is None:
+                    return encode.error("ERR", "unknown subcommand '%s'. Try %s HELP." % (
+                        argv[1].decode("utf-8", "replace")[:128], spec.name.upper()))
+                spec = sub
+            elif spec.handler is None:
+                return arity_error(spec.name)
         if not spec.fewest_args <= len(argv) <= spec.most_args:
             return arity_error(spec.name)
         return spec
@@ -126,11 +128,9 @@ class Dispatcher:
     def execute(self, session: Session, argv: list[bytes]) -> bytes:
         state = self.state
         state.total_commands += 1
-        spec = self._pairs.get((argv[0], argv[1])) if len(argv) > 1 else None
-        if spec is None or not spec.fewest_args <= len(argv) <= spec.most_args:
-            spec = self.find(argv)
-            if type(spec) is bytes:
-                return spec
+        spec = self.find(argv)
+        if type(spec) is bytes:
+            return spec
         if not session.authenticated and not spec.no_auth:
             return NOAUTH
         if spec.denyoom:

@@ -471,10 +471,7 @@ class Engine:
         if not isinstance(kind, str) or kind not in _KINDS:
             raise ValueError(f"unknown journal record {kind!r}")
         apply, on_queue, _, _ = _KINDS[kind]
-        if on_queue:
-            apply(self.queues[effect[1]], *effect[2:])
-        else:
-            apply(self, *effect[1:])
+        self._apply(effect, apply, on_queue)
 
     def rearm_timers(self) -> None:
         self._timers.clear()
@@ -486,15 +483,9 @@ class Engine:
     def _emit(self, effect: tuple) -> None:
         kind = effect[0]
         apply, on_queue, counter, readying = _KINDS[kind]
-        if on_queue:
-            q = self.queues[effect[1]]
-            apply(q, *effect[2:])
-            if counter is not None:
-                q.counters[counter] += 1
-        else:
-            apply(self, *effect[1:])
-            if counter is not None:
-                self.queues[effect[1]].counters[counter] += 1
+        self._apply(effect, apply, on_queue)
+        if counter is not None:
+            self.queues[effect[1]].counters[counter] += 1
         if self.journal is not None:
             self.journal(effect)
         if readying:
@@ -505,6 +496,13 @@ class Engine:
                 event = "paused" if effect[2] else "resumed"
             if event is not None:
                 self.listener(event, effect[1], effect[2] if kind != "pause" else None)
+
+    def _apply(self, effect: tuple, apply: Callable[..., object], on_queue: bool) -> None:
+        """Apply one record: a queue record to the queue named by its first field."""
+        if on_queue:
+            apply(self.queues[effect[1]], *effect[2:])
+        else:
+            apply(self, *effect[1:])
 
     def _notify(self, event: str, name: bytes, message_id: int) -> None:
         """Tell the listener of an event that has no effect record of its own (a NACK or a
