@@ -413,24 +413,26 @@ def valq_nack(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 # -- operating -----------------------------------------------------------------------------
 
+_TIME_FIELDS = {"inflight": "lease_deadline", "delayed": "due_at", "dlq": "dead_at"}
+
+
 def _message_info(q: Queue, message_id: int, proto: int) -> bytes:
     """GET's map: attempts, body, dead_at|due_at|lease_deadline (whichever applies),
     enqueued_at, id, last_reason (nil when none), priority, state; keys ascending."""
     rec = q.records[message_id]
     enqueued_at, _, _, attempts, priority = unpack(rec)
-    state = q.state_of(message_id)
-    when = {"inflight": ("lease_deadline", q.leases), "delayed": ("due_at", q.delayed),
-            "dlq": ("dead_at", q.dead)}.get(state)
+    state, at = q.state_at(message_id)
+    time_field = _TIME_FIELDS.get(state)
     fields: list[tuple[str, bytes]] = [
         ("attempts", encode.bulk_int(attempts)), ("body", encode.bulk(body_of(rec))),
         ("enqueued_at", encode.bulk_int(enqueued_at)), ("id", encode.bulk_int(message_id)),
-        ("priority", encode.bulk_int(priority)), ("state", encode.bulk_str(state or "")),
+        ("priority", encode.bulk_int(priority)), ("state", encode.bulk_str(state)),
     ]
     reason = q.reasons.get(message_id)
     fields.append(("last_reason", encode.bulk(reason) if reason is not None
                    else encode.null(proto)))
-    if when is not None:
-        fields.append((when[0], encode.bulk_int(when[1][message_id])))
+    if time_field is not None:
+        fields.append((time_field, encode.bulk_int(at)))
     pairs = []
     for key, value in sorted(fields):
         pairs += (_b(key), value)

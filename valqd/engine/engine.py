@@ -23,7 +23,7 @@ from ..errors import (BusyQueueError, CommandError, NoLeaseError, NoMessageError
                       NoQueueError, QueueFullError)
 from . import record
 from .queue import DEFAULT_EXTENSION, Queue, QueueSettings
-from .record import ID_BITS, ID_MASK
+from .record import ID_MASK
 
 VISIBILITY_RANGE = (1, 43200)
 ATTEMPTS_RANGE = (1, 20)
@@ -42,13 +42,12 @@ MESSAGE_OVERHEAD = 100  # bytes per stored message beyond its record, measured (
 Journal = Callable[[tuple], None]
 Listener = Callable[[str, bytes, int | None], None]
 
-# Effect kind -> the live event it publishes and the counter it bumps.
-EVENTS = {"push": "pushed", "lease": "delivered", "take": "delivered", "remove": "acked",
-          "nack": "nacked", "expire": "expired", "dead": "dead", "drop": "dropped",
-          "redrive": "redriven", "cancel": "cancelled"}
-COUNTED = {"push": "pushed", "lease": "delivered", "take": "delivered", "remove": "acked",
-           "nack": "nacked", "expire": "expired", "dead": "dead_lettered", "drop": "dropped",
-           "redrive": "redriven", "cancel": "cancelled"}
+# Effect kind -> (the live event it publishes, the counter it bumps).
+COUNTED = {"push": ("pushed", "pushed"), "lease": ("delivered", "delivered"),
+           "take": ("delivered", "delivered"), "remove": ("acked", "acked"),
+           "nack": ("nacked", "nacked"), "expire": ("expired", "expired"),
+           "dead": ("dead", "dead_lettered"), "drop": ("dropped", "dropped"),
+           "redrive": ("redriven", "redriven"), "cancel": ("cancelled", "cancelled")}
 # Effects after which a queue may have a message that blocked consumers can take.
 READYING = frozenset(("push", "expire", "nack", "promote", "redrive", "pause"))
 
@@ -157,6 +156,7 @@ class Engine:
                     settings.max_delivery_attempts, settings.retention_period))
         if settings.extension() != q.settings.extension():
             self._emit(("tune", name, *settings.extension()))
+        self._schedule(q)  # a new retention period moves the DLQ's deadline
 
     def delete_queue(self, name: bytes) -> None:
         self.queue(name)
@@ -217,8 +217,7 @@ class Engine:
         attempts = record.unpack(q.records[message_id])[3] + 1
         deadline_at = now + q.settings.visibility_timeout * 1000
         self._emit(("lease", name, message_id, deadline_at, attempts, q.lease_seq + 1))
-        if q.scheduled_at is None or deadline_at < q.scheduled_at:
-            self._schedule(q)
+        self._schedule_by(q, deadline_at)
         return message_id, record.body_of(q.records[message_id])
 
     def pop_many(self, name: bytes, now: int, count: int,
@@ -246,22 +245,24 @@ class Engine:
                                        attempts, lease_no, enqueued_at, deadline_at,
                                        priority))
         if deliveries and not noack:
-            self._schedule(q)
+            self._schedule_by(q, deadline_at)
         return deliveries
 
-    def _leased(self, q: Queue, message_id: int, lease_no: int | None) -> str | None:
-        """The message's state, after checking a LEASE receipt if one was given."""
+    def _leased(self, q: Queue, message_id: int, lease_no: int | None) -> str:
+        """The state of a main-queue message, "ready" or "inflight", after checking a LEASE
+        receipt if one was given; NoMessageError for a message in no other state."""
         state = q.state_of(message_id)
         if lease_no is not None and (state != "inflight" or record.unpack(
                 q.records[message_id])[2] != lease_no):
             raise NoLeaseError(q.name, message_id)
+        if state not in ("ready", "inflight"):
+            raise NoMessageError(q.name, message_id)
         return state
 
     def ack(self, name: bytes, message_id: int, lease_no: int | None = None) -> None:
         """Remove a message of the main queue, in flight or still visible."""
         q = self.queue(name)
-        if self._leased(q, message_id, lease_no) not in ("ready", "inflight"):
-            raise NoMessageError(name, message_id)
+        self._leased(q, message_id, lease_no)
         self._emit(("remove", name, message_id))
 
     def ack_many(self, name: bytes, message_ids: list[int]) -> int:
@@ -281,8 +282,6 @@ class Engine:
         q = self.queue(name)
         check_range("seconds", seconds, EXTEND_RANGE)
         state = self._leased(q, message_id, lease_no)
-        if state not in ("ready", "inflight"):
-            raise NoMessageError(name, message_id)
         _, _, current_lease, attempts, _ = record.unpack(q.records[message_id])
         if state == "ready":
             current_lease = q.lease_seq + 1
@@ -295,8 +294,6 @@ class Engine:
         queue's backoff; after its last attempt it goes to the DLQ at once."""
         q = self.queue(name)
         state = self._leased(q, message_id, lease_no)
-        if state not in ("ready", "inflight"):
-            raise NoMessageError(name, message_id)
         if state != "inflight":
             raise NoLeaseError(name, message_id, "is not in flight")
         if reason is not None:
@@ -395,17 +392,11 @@ class Engine:
         them; returns the budget left."""
         name = q.name
         while budget is None or budget > 0:
-            lease_at = q.lease_order[0] >> ID_BITS if q.lease_order else None
-            delay_at = q.delayed_order[0] >> ID_BITS if q.delayed_order else None
-            drop_at = ((q.dead_order[0] >> ID_BITS) + q.settings.retention_period * 1000
-                       if q.dead_order else None)
-            dedup_at = q.dedup_order[0][0] if q.dedup_order else None
-            candidates = [at for at in (lease_at, delay_at, drop_at, dedup_at)
-                          if at is not None]
-            if not candidates or min(candidates) > now:
+            due = q.next_due()
+            if due is None or due[0] > now:
                 return budget
-            at = min(candidates)
-            if at == lease_at:
+            at, which = due
+            if which == "lease":
                 message_id = q.lease_order[0] & ID_MASK
                 attempts = record.unpack(q.records[message_id])[3]
                 if attempts >= q.settings.max_delivery_attempts:
@@ -415,18 +406,24 @@ class Engine:
                 else:
                     wait = q.settings.backoff_ms(attempts)
                     self._emit(("expire", name, message_id, at + wait if wait else 0))
-            elif at == delay_at:
+            elif which == "delay":
                 message_id = q.delayed_order[0] & ID_MASK
                 delivered_before = record.unpack(q.records[message_id])[3] > 0
                 self._emit(("promote", name, message_id,
                             0 if delivered_before else q.promote_seq + 1))
-            elif at == drop_at:
+            elif which == "drop":
                 self._emit(("drop", name, q.dead_order[0] & ID_MASK))
             else:  # dedup keys expire without a record: replay ignores expired keys too
                 q.forget_expired_dedup(now)
             if budget is not None:
                 budget -= 1
         return budget
+
+    def _schedule_by(self, q: Queue, at: int) -> None:
+        """After a change that adds a deadline `at` and removes none: the queue's timer
+        entry only needs to move when `at` is earlier."""
+        if q.scheduled_at is None or at < q.scheduled_at:
+            self._schedule(q)
 
     def _schedule(self, q: Queue) -> None:
         at = q.next_deadline()
@@ -470,7 +467,7 @@ class Engine:
         kind = effect[0]
         if not isinstance(kind, str) or kind not in _KINDS:
             raise ValueError(f"unknown journal record {kind!r}")
-        apply, on_queue, _, _ = _KINDS[kind]
+        apply, on_queue, _, _, _ = _KINDS[kind]
         self._apply(effect, apply, on_queue)
 
     def rearm_timers(self) -> None:
@@ -482,7 +479,7 @@ class Engine:
 
     def _emit(self, effect: tuple) -> None:
         kind = effect[0]
-        apply, on_queue, counter, readying = _KINDS[kind]
+        apply, on_queue, event, counter, readying = _KINDS[kind]
         self._apply(effect, apply, on_queue)
         if counter is not None:
             self.queues[effect[1]].counters[counter] += 1
@@ -491,7 +488,6 @@ class Engine:
         if readying:
             self.readied.add(effect[3] if kind == "redrive" else effect[1])
         if self.listener is not None:
-            event = EVENTS.get(kind)
             if kind == "pause":
                 event = "paused" if effect[2] else "resumed"
             if event is not None:
@@ -518,7 +514,6 @@ class Engine:
         q.settings.visibility_timeout = vt
         q.settings.max_delivery_attempts = mda
         q.settings.retention_period = rp
-        self._schedule(q)
 
     def _apply_tune(self, name: bytes, backoff: str, backoff_base: int, backoff_max: int,
                     dedup_window: int, maxlen: int) -> None:
@@ -578,8 +573,8 @@ _QUEUE_APPLY: dict[str, Callable[..., object]] = {
     "restore": Queue.restore,
 }
 RECORD_KINDS = frozenset(_ENGINE_APPLY) | frozenset(_QUEUE_APPLY)
-# kind -> (apply function, whether it applies to a queue, the counter it bumps or None,
-# whether it can make a message visible)
-_KINDS = {kind: (apply, on_queue, COUNTED.get(kind), kind in READYING)
+# kind -> (apply function, whether it applies to a queue, the event it publishes and the
+# counter it bumps (or None), whether it can make a message visible)
+_KINDS = {kind: (apply, on_queue, *COUNTED.get(kind, (None, None)), kind in READYING)
           for on_queue, table in ((False, _ENGINE_APPLY), (True, _QUEUE_APPLY))
           for kind, apply in table.items()}

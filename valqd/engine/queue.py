@@ -106,25 +106,43 @@ class Queue:
             return "dlq"
         return "ready"
 
-    def next_deadline(self) -> int | None:
-        """The earliest time at which a lease, a delay, a DLQ retention or a dedup key runs
-        out."""
+    def next_due(self) -> tuple[int, str] | None:
+        """The earliest time at which a lease ("lease"), a delay ("delay"), a DLQ retention
+        ("drop") or a dedup key ("dedup") runs out, and which; on a tie, in that order."""
         best = None
         if self.lease_order:
-            best = self.lease_order[0] >> ID_BITS
+            best = (self.lease_order[0] >> ID_BITS, "lease")
         if self.delayed_order:
             at = self.delayed_order[0] >> ID_BITS
-            if best is None or at < best:
-                best = at
+            if best is None or at < best[0]:
+                best = (at, "delay")
         if self.dead_order:
             at = (self.dead_order[0] >> ID_BITS) + self.settings.retention_period * 1000
-            if best is None or at < best:
-                best = at
+            if best is None or at < best[0]:
+                best = (at, "drop")
         if self.dedup_order:
             at = self.dedup_order[0][0]
-            if best is None or at < best:
-                best = at
+            if best is None or at < best[0]:
+                best = (at, "dedup")
         return best
+
+    def next_deadline(self) -> int | None:
+        due = self.next_due()
+        return None if due is None else due[0]
+
+    def state_at(self, message_id: int) -> tuple[str, int]:
+        """(state, the time that state ends or began): lease deadline, due time or
+        dead_at; 0 for a ready message."""
+        at = self.leases.get(message_id)
+        if at is not None:
+            return "inflight", at
+        at = self.delayed.get(message_id)
+        if at is not None:
+            return "delayed", at
+        at = self.dead.get(message_id)
+        if at is not None:
+            return "dlq", at
+        return "ready", 0
 
     # -- transitions (each one is a journal record kind, see engine.py) -------------------
 
@@ -262,9 +280,7 @@ class Queue:
         yield ("counters", self.name, self.id_sequence, self.promote_seq, self.lease_seq)
         for message_id, rec in self.records.items():  # insertion order is id order
             enqueued_at, promote_seq, lease_no, attempts, priority = record.unpack(rec)
-            state = self.state_of(message_id)
-            at = {"inflight": self.leases, "delayed": self.delayed, "dlq": self.dead}.get(
-                state, {}).get(message_id, 0)
+            state, at = self.state_at(message_id)
             yield ("restore", self.name, message_id, state, at, enqueued_at, promote_seq,
                    lease_no, attempts, priority, bytes(record.body_of(rec)))
             reason = self.reasons.get(message_id)

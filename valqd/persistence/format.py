@@ -56,13 +56,24 @@ def _encode_push(e: tuple) -> bytes:
             % (len(e[1]), e[1], e[2], e[3], e[4], e[5], len(e[6]), e[6]))
 
 
-# One formatting step for the records written on every push, delivery and ack.
+def _lease_shaped(kind: str):
+    """(kind, queue, id, at, attempts, lease_no): a delivery or an EXTEND."""
+    head = b"*6\r\n$%d\r\n%b\r\n" % (len(kind), kind.encode())
+    return lambda e: head + b"$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n" % (
+        len(e[1]), e[1], e[2], e[3], e[4], e[5])
+
+
+def _removal_shaped(kind: str):
+    """(kind, queue, id): an ack, a NOACK delivery, a cancel or a DLQ drop."""
+    head = b"*3\r\n$%d\r\n%b\r\n" % (len(kind), kind.encode())
+    return lambda e: head + b"$%d\r\n%b\r\n:%d\r\n" % (len(e[1]), e[1], e[2])
+
+
+# One formatting step for the records written on every push, delivery and removal.
 _ENCODERS = {
     "push": _encode_push,
-    "lease": lambda e: b"*6\r\n$5\r\nlease\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n"
-                       % (len(e[1]), e[1], e[2], e[3], e[4], e[5]),
-    "remove": lambda e: b"*3\r\n$6\r\nremove\r\n$%d\r\n%b\r\n:%d\r\n" % (len(e[1]), e[1],
-                                                                             e[2]),
+    **{kind: _lease_shaped(kind) for kind in ("lease", "hold")},
+    **{kind: _removal_shaped(kind) for kind in ("remove", "take", "cancel", "drop")},
 }
 
 

@@ -47,8 +47,6 @@ def scan(path: str, apply=None, progress: bool = False) -> LoadResult:
                 if apply is not None:
                     apply(effect)
                 result.records += 1
-        except AofCorruption:
-            raise
         except Exception as exc:  # a record that does not fit the schema or the state
             raise AofCorruption(path, offset, f"bad record ({exc})") from None
         if progress and time.monotonic() - last_report >= PROGRESS_EVERY_S:
