@@ -203,12 +203,9 @@ class Server:
         self.limits = Limits(max_bulk_len=config.int("proto-max-bulk-len"),
                              max_query_buffer=config.int("client-query-buffer-limit"))
         self.state.baseline_memory = rss_bytes()
+        self.state.slowlog = SlowLog()
         self._follow_config()
         self.state.pubsub = PubSub(self.engine)
-        self.state.slowlog = SlowLog(config.int("slowlog-max-len"))
-        self.state.slowlog_threshold_us = config.int("slowlog-log-slower-than")
-        config.on_change["slowlog-max-len"] = lambda n: self.state.slowlog.resize(int(n))
-        config.on_change["slowlog-log-slower-than"] = self._set_slowlog_threshold
         self.dispatcher = Dispatcher(self.state, config.renames)
         self._client_ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
@@ -280,9 +277,6 @@ class Server:
         self.state.aof = self.aof
         self.config.on_change["appendfsync"] = self._set_fsync_policy
 
-    def _set_slowlog_threshold(self, value: object) -> None:
-        self.state.slowlog_threshold_us = int(str(value))
-
     def _follow_config(self) -> None:
         """Copy the settings the hot paths read into plain attributes, now and on CONFIG SET."""
         config, state, limits = self.config, self.state, self.limits
@@ -291,6 +285,8 @@ class Server:
             "client-query-buffer-limit": lambda v: setattr(limits, "max_query_buffer", v),
             "maxmemory": lambda v: setattr(state, "maxmemory", v),
             "max-message-size": lambda v: setattr(state, "max_message_size", v),
+            "slowlog-log-slower-than": lambda v: setattr(state, "slowlog_threshold_us", v),
+            "slowlog-max-len": lambda v: state.slowlog.resize(v),
         }
         for name, hook in hooks.items():
             hook(config[name])
@@ -460,19 +456,24 @@ class Server:
             return
         transport = connection.transport
         if transport is not None:
-            transport.write(data)
-            if close:
-                transport.close()
-            elif transport.get_write_buffer_size():
-                self._check_output(connection, transport)
+            self._send(connection, transport, data, close)
 
-    def _check_output(self, connection: Connection, transport: asyncio.Transport) -> None:
-        """Disconnect a client whose unread replies pass its class's output buffer limit."""
+    def _send(self, connection: Connection, transport: asyncio.Transport, data: bytes,
+              close: bool) -> None:
+        transport.write(data)
+        if close:
+            transport.close()
+        elif size := transport.get_write_buffer_size():
+            self._check_output(connection, transport, size)
+
+    def _check_output(self, connection: Connection, transport: asyncio.Transport,
+                      size: int) -> None:
+        """Disconnect a client whose unread replies (`size` bytes) pass its class's output
+        buffer limit."""
         session = connection.session
         kind = "pubsub" if session is not None and (session.channels or session.patterns) \
             else "normal"
         hard, soft, seconds = self.config["client-output-buffer-limit"][kind]  # type: ignore[index]
-        size = transport.get_write_buffer_size()
         now = time.monotonic()
         if soft and size > soft:
             if connection.over_soft_limit_since is None:
@@ -501,11 +502,7 @@ class Server:
             if not written:  # the outcome is unknown to the client, as after a crash
                 transport.abort()
                 continue
-            transport.write(data)
-            if close:
-                transport.close()
-            elif transport.get_write_buffer_size():
-                self._check_output(connection, transport)
+            self._send(connection, transport, data, close)
 
     def _housekeep(self) -> None:
         """Every 100 ms: finish a rewrite; every second: fsync, disk reserve, auto-rewrite."""

@@ -14,7 +14,7 @@ from .. import __version__
 from ..config import BY_NAME
 from ..errors import CommandError
 from ..resp import encode
-from .args import Args, parse_int
+from .args import U64_MAX, Args, parse_int
 from .context import ServerState, Session
 from .glob import glob_match
 from .observe import rss_bytes
@@ -469,7 +469,7 @@ def scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type] -> [next cursor, [names]].
     The cursor is the creation serial of the last queue returned: a queue that exists for the
     whole scan is returned exactly once."""
-    cursor = parse_int(argv[1], 0, 2**64 - 1, "invalid cursor")
+    cursor = parse_int(argv[1], 0, U64_MAX, "invalid cursor")
     args = Args(argv, 2)
     pattern, count, kind = None, 10, None
     while args.remaining():

@@ -54,13 +54,6 @@ class Args:
     def next_keyword(self) -> str:
         return self.next_bytes().decode("latin-1").upper()
 
-    def take_option(self, name: str) -> bool:
-        """Consume the next argument if it is the keyword `name` (case-insensitive)."""
-        if self.pos < len(self.argv) and self.argv[self.pos].upper() == name.encode():
-            self.pos += 1
-            return True
-        return False
-
     def finish(self) -> None:
         """No arguments may be left over."""
         if self.pos < len(self.argv):

@@ -89,13 +89,13 @@ def rss_bytes() -> int:
 
 
 QUEUE_GAUGES = (
-    ("ready", "Visible messages waiting for a consumer.", lambda q, s, now: len(q.ready)),
-    ("inflight", "Messages leased to a consumer.", lambda q, s, now: len(q.leases)),
-    ("delayed", "Messages waiting for their due time.", lambda q, s, now: len(q.delayed)),
-    ("dlq", "Messages in the dead-letter queue.", lambda q, s, now: len(q.dead)),
-    ("paused", "1 while the queue is paused.", lambda q, s, now: int(q.paused)),
+    ("ready", "Visible messages waiting for a consumer.", lambda q, s: len(q.ready)),
+    ("inflight", "Messages leased to a consumer.", lambda q, s: len(q.leases)),
+    ("delayed", "Messages waiting for their due time.", lambda q, s: len(q.delayed)),
+    ("dlq", "Messages in the dead-letter queue.", lambda q, s: len(q.dead)),
+    ("paused", "1 while the queue is paused.", lambda q, s: int(q.paused)),
     ("blocked_consumers", "Clients blocked in a pop on the queue.",
-     lambda q, s, now: s.blocked_consumers(q.name)),
+     lambda q, s: s.blocked_consumers(q.name)),
 )
 COUNTER_HELP = {
     "pushed": "Messages pushed.", "delivered": "Deliveries (pops).", "acked": "Messages acked.",
@@ -115,23 +115,18 @@ def _label(value: bytes) -> str:
 def render_metrics(state: ServerState, extra: dict[str, tuple[str, str, float]]) -> str:
     """The Prometheus text format (version 0.0.4). `extra` holds process figures:
     name -> (type, help, value)."""
-    from ..engine.record import ID_MASK, unpack
-
     lines = []
     queues = [state.engine.queues[name] for name in state.engine.queue_names()]
     for name, help_text, get in QUEUE_GAUGES:
         metric = f"valqd_queue_{name}"
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
-        lines += [f'{metric}{{queue="{_label(q.name)}"}} {get(q, state, state.now)}'
+        lines += [f'{metric}{{queue="{_label(q.name)}"}} {get(q, state)}'
                   for q in queues]
     metric = "valqd_queue_oldest_ready_age_seconds"
     lines += [f"# HELP {metric} Age of the next message to be delivered.",
               f"# TYPE {metric} gauge"]
-    for q in queues:
-        age = 0.0
-        if q.ready:
-            age = max(0, state.now - unpack(q.records[q.ready[0] & ID_MASK])[0]) / 1000
-        lines.append(f'{metric}{{queue="{_label(q.name)}"}} {age}')
+    lines += [f'{metric}{{queue="{_label(q.name)}"}} {q.next_ready_age_ms(state.now) / 1000}'
+              for q in queues]
     for counter, help_text in COUNTER_HELP.items():
         metric = f"valqd_queue_{counter}_total"  # text format 0.0.4: TYPE names the sample
         lines += [f"# HELP {metric} {help_text} Since the server started.",

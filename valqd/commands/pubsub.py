@@ -31,20 +31,16 @@ class PubSub:
                                                                          message_id)
         self.publish(CHANNEL_PREFIX + queue, payload)
 
-    def publish(self, channel: bytes, payload: bytes) -> int:
-        receivers = 0
+    def publish(self, channel: bytes, payload: bytes) -> None:
         for session in self.channels.get(channel, ()):
             session.send(encode.push([encode.bulk(b"message"), encode.bulk(channel),
                                       encode.bulk(payload)], session.proto))
-            receivers += 1
         for pattern, sessions in self.patterns.items():
             if glob_match(pattern, channel):
                 for session in sessions:
                     session.send(encode.push([encode.bulk(b"pmessage"), encode.bulk(pattern),
                                               encode.bulk(channel), encode.bulk(payload)],
                                              session.proto))
-                    receivers += 1
-        return receivers
 
     def subscribe(self, session: Session, names: list[bytes], pattern: bool) -> bytes:
         registry, mine = self._sides(session, pattern)

@@ -11,7 +11,7 @@ from ..engine import MAX_DELAY, PRIORITY_RANGE, Delivery, Queue, make_settings
 from ..engine.record import ID_MASK, body_of, unpack
 from ..errors import CommandError, NoMessageError
 from ..resp import encode
-from .args import Args, parse_int
+from .args import U64_MAX, Args, parse_int
 from .context import Blocked, ServerState, Session
 
 _PARTS = {b"main": "main", b"dlq": "dlq", b"delayed": "delayed"}
@@ -22,7 +22,7 @@ MAX_BLOCK_MS = 2**63 - 1
 
 
 def _message_id(raw: bytes) -> int:
-    return parse_int(raw, 1, 2**64 - 1, _ID_MESSAGE)
+    return parse_int(raw, 1, U64_MAX, _ID_MESSAGE)
 
 
 def _delay(raw: bytes) -> int:
@@ -169,15 +169,12 @@ def valq_stats(state: ServerState, session: Session, argv: list[bytes]) -> bytes
     s = q.settings
     backoff = {"none": "none", "fixed": f"fixed {s.backoff_base}",
                "exponential": f"exponential {s.backoff_base} {s.backoff_max}"}[s.backoff]
-    oldest = 0
-    if q.ready:
-        oldest = max(0, state.now - unpack(q.records[q.ready[0] & ID_MASK])[0])
     fields = dict(q.counters)
     fields.update(
         backoff=backoff, blocked=state.blocked_consumers(q.name), dedup_window=s.dedup_window,
         delayed=len(q.delayed), dlq=len(q.dead), id_sequence=q.id_sequence,
         inflight=len(q.leases), max_delivery_attempts=s.max_delivery_attempts,
-        maxlen=s.maxlen, oldest_ready_age_ms=oldest, paused=int(q.paused),
+        maxlen=s.maxlen, oldest_ready_age_ms=q.next_ready_age_ms(state.now), paused=int(q.paused),
         ready=len(q.ready), retention_period=s.retention_period,
         visibility_timeout=s.visibility_timeout)
     return _int_map(sorted(fields.items()), session.proto)

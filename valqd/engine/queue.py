@@ -106,6 +106,12 @@ class Queue:
             return "dlq"
         return "ready"
 
+    def next_ready_age_ms(self, now: int) -> int:
+        """How long ago the next message to be delivered was pushed; 0 with none ready."""
+        if not self.ready:
+            return 0
+        return max(0, now - record.unpack(self.records[self.ready[0] & ID_MASK])[0])
+
     def next_due(self) -> tuple[int, str] | None:
         """The earliest time at which a lease ("lease"), a delay ("delay"), a DLQ retention
         ("drop") or a dedup key ("dedup") runs out, and which; on a tie, in that order."""
