@@ -656,6 +656,11 @@ def test_config_set_errors(raw):
     assert raw.call("CONFIG", "SET", "loglevel", "debug", "port", "1").startswith(
         b"-ERR CONFIG SET failed (possibly related to argument 'port')")
     assert config_get(raw, "loglevel") == {"loglevel": "notice"}
+    # a bad value after a good one: the good one takes no effect either, not even its hook
+    assert raw.call("CONFIG", "SET", "maxmemory", "1", "proto-max-bulk-len", "bogus")\
+        .startswith(b"-ERR CONFIG SET failed (possibly related to argument 'proto-max-bulk-len')")
+    assert config_get(raw, "maxmemory") == {"maxmemory": "0"}
+    assert raw.call("VALQ", "CREATE", "after-bad-set").startswith(b"$")  # no OOM
     assert raw.call("CONFIG", "SET", "loglevel") == arity("config|set")
     assert raw.call("CONFIG", "SET", "loglevel", "debug", "port") == arity("config|set")
     assert raw.call("CONFIG", "FOO") == b"-ERR unknown subcommand 'FOO'. Try CONFIG HELP.\r\n"

@@ -185,22 +185,38 @@ class Config:
 
     def set(self, name: str, raw: str) -> None:
         """CONFIG SET one value; raises CommandError in Valkey's words."""
-        setting = BY_NAME.get(name.lower())
-        if setting is None:
-            raise CommandError(f"Unknown option or number of arguments for CONFIG SET - '{name}'")
-        if not setting.mutable:
-            raise CommandError(f"CONFIG SET failed (possibly related to argument '{name}') - "
-                               "can't set immutable config")
-        try:
-            value = (parse_output_limits(raw, self.values[setting.name])  # type: ignore[arg-type]
-                     if setting.kind == "buffers" else setting.parse(raw))
-        except ValueError as exc:
-            raise CommandError(f"CONFIG SET failed (possibly related to argument '{name}') - "
-                               f"{exc}") from None
-        self.values[setting.name] = value
-        hook = self.on_change.get(setting.name)
-        if hook is not None:
-            hook(value)
+        self.set_many([(name, raw)])
+
+    def set_many(self, pairs: list[tuple[str, str]]) -> None:
+        """CONFIG SET name value [name value ...]: every name is checked, then every value
+        parsed, before anything changes (as Valkey, all or nothing); CommandError in
+        Valkey's words."""
+        settings, seen = [], set()
+        for name, _ in pairs:
+            setting = BY_NAME.get(name.lower())
+            if setting is None:
+                raise CommandError(
+                    f"Unknown option or number of arguments for CONFIG SET - '{name}'")
+            problem = ("can't set immutable config" if not setting.mutable else
+                       "duplicate parameter" if setting.name in seen else None)
+            if problem:
+                raise CommandError(f"CONFIG SET failed (possibly related to argument "
+                                   f"'{name}') - {problem}")
+            seen.add(setting.name)
+            settings.append(setting)
+        values = []
+        for setting, (name, raw) in zip(settings, pairs):
+            try:
+                values.append(parse_output_limits(raw, self.values[setting.name])  # type: ignore[arg-type]
+                              if setting.kind == "buffers" else setting.parse(raw))
+            except ValueError as exc:
+                raise CommandError(f"CONFIG SET failed (possibly related to argument "
+                                   f"'{name}') - {exc}") from None
+        for setting, value in zip(settings, values):
+            self.values[setting.name] = value
+            hook = self.on_change.get(setting.name)
+            if hook is not None:
+                hook(value)
 
 
 def reference() -> str:

@@ -11,7 +11,6 @@ import sys
 import time
 
 from .. import __version__
-from ..config import BY_NAME
 from ..errors import CommandError
 from ..resp import encode
 from .args import U64_MAX, Args, parse_int
@@ -422,24 +421,7 @@ def config_set(state: ServerState, session: Session, argv: list[bytes]) -> bytes
         raise CommandError("wrong number of arguments for 'config|set' command")
     pairs = [(argv[i].decode("latin-1"), argv[i + 1].decode("utf-8", "replace"))
              for i in range(2, len(argv), 2)]
-    seen = set()
-    for name, _ in pairs:  # as Valkey: every name is checked before any value
-        setting = BY_NAME.get(name.lower())
-        if setting is None:
-            raise CommandError(f"Unknown option or number of arguments for CONFIG SET - '{name}'")
-        problem = ("can't set immutable config" if not setting.mutable else
-                   "duplicate parameter" if setting.name in seen else None)
-        if problem:
-            raise CommandError(f"CONFIG SET failed (possibly related to argument '{name}') - "
-                               f"{problem}")
-        seen.add(setting.name)
-    saved = dict(state.config.values)
-    try:
-        for name, value in pairs:
-            state.config.set(name, value)
-    except CommandError:
-        state.config.values = saved
-        raise
+    state.config.set_many(pairs)
     return encode.OK
 
 
