@@ -9,6 +9,7 @@ import os
 import resource
 import sys
 import time
+from typing import Callable
 
 from .. import __version__
 from ..errors import CommandError
@@ -329,50 +330,65 @@ def _escape_name(name: bytes) -> str:
     return "".join(chr(b) if 33 <= b < 127 and b not in b",=" else f"\\x{b:02x}" for b in name)
 
 
-def _info_sections(state: ServerState) -> dict[str, list[str]]:
+def _server_info(state: ServerState) -> list[str]:
     uptime = int(time.time() - state.started_at)
-    rss = rss_bytes()
-    used = state.used_memory()
+    system = os.uname()
+    return [f"redis_version:{VALKEY_COMPAT_VERSION}", f"valqd_version:{__version__}",
+            "redis_mode:standalone", f"os:{system.sysname} {system.release} {system.machine}",
+            "arch_bits:64", f"python_version:{sys.version.split()[0]}",
+            f"process_id:{state.pid}", f"tcp_port:{state.bound_port}",
+            f"uptime_in_seconds:{uptime}", f"uptime_in_days:{uptime // 86400}"]
+
+
+def _clients_info(state: ServerState) -> list[str]:
+    pubsub = sum(1 for c in state.clients.values() if c.channels or c.patterns)
+    return [f"connected_clients:{len(state.clients)}",
+            f"blocked_clients:{state.blocked_clients()}", f"pubsub_clients:{pubsub}",
+            f"maxclients:{state.config['maxclients']}"]
+
+
+def _memory_info(state: ServerState) -> list[str]:
+    rss, used = rss_bytes(), state.used_memory()
+    return [f"used_memory:{used}", f"used_memory_human:{_human(used)}",
+            f"used_memory_rss:{rss}", f"used_memory_rss_human:{_human(rss)}",
+            f"used_memory_dataset:{state.engine.dataset_bytes()}",
+            f"maxmemory:{state.maxmemory}", f"maxmemory_human:{_human(state.maxmemory)}",
+            "maxmemory_policy:noeviction", "mem_allocator:pymalloc"]
+
+
+def _cpu_info(state: ServerState) -> list[str]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    return [f"used_cpu_sys:{usage.ru_stime:.6f}", f"used_cpu_user:{usage.ru_utime:.6f}"]
+
+
+def _queues_info(state: ServerState) -> list[str]:
     engine = state.engine
-    names = engine.queue_names()
-    sections = {
-        "server": [
-            f"redis_version:{VALKEY_COMPAT_VERSION}", f"valqd_version:{__version__}",
-            "redis_mode:standalone", f"os:{os.uname().sysname} {os.uname().release} "
-            f"{os.uname().machine}", "arch_bits:64",
-            f"python_version:{sys.version.split()[0]}", f"process_id:{state.pid}",
-            f"tcp_port:{state.bound_port}", f"uptime_in_seconds:{uptime}",
-            f"uptime_in_days:{uptime // 86400}",
-        ],
-        "clients": [f"connected_clients:{len(state.clients)}",
-                    f"blocked_clients:{state.blocked_clients()}",
-                    f"pubsub_clients:{sum(1 for c in state.clients.values() if c.channels or c.patterns)}",
-                    f"maxclients:{state.config['maxclients']}"],
-        "memory": [f"used_memory:{used}", f"used_memory_human:{_human(used)}",
-                   f"used_memory_rss:{rss}", f"used_memory_rss_human:{_human(rss)}",
-                   f"used_memory_dataset:{engine.dataset_bytes()}",
-                   f"maxmemory:{state.maxmemory}", f"maxmemory_human:{_human(state.maxmemory)}",
-                   "maxmemory_policy:noeviction", "mem_allocator:pymalloc"],
-        "persistence": ["loading:0", "async_loading:0",
-                        *(state.aof.info_fields() if state.aof is not None
-                          else ["aof_enabled:0"])],
-        "stats": [f"total_connections_received:{state.total_connections}",
-                  f"total_commands_processed:{state.total_commands}",
-                  f"rejected_connections:{state.rejected_connections}"],
-        "replication": ["role:master", "connected_slaves:0"],
-        "cpu": [f"used_cpu_sys:{usage.ru_stime:.6f}", f"used_cpu_user:{usage.ru_utime:.6f}"],
-        "commandstats": [
-            f"cmdstat_{name}:calls={calls},usec={usec},usec_per_call={usec / calls:.2f},"
-            f"rejected_calls=0,failed_calls={failed}"
-            for name, (calls, usec, failed) in sorted(state.command_stats.items()) if calls],
-        "keyspace": [f"db0:keys={len(names)},expires=0,avg_ttl=0"] if names else [],
-        "queues": [f"queue{i}:name={_escape_name(name)},msgs={q.main_count()},"
-                   f"ready={len(q.ready)},inflight={len(q.leases)},delayed={len(q.delayed)},"
-                   f"dlq={len(q.dead)}"
-                   for i, (name, q) in enumerate((n, engine.queues[n]) for n in names)],
-    }
-    return sections
+    return [f"queue{i}:name={_escape_name(name)},msgs={q.main_count()},"
+            f"ready={len(q.ready)},inflight={len(q.leases)},delayed={len(q.delayed)},"
+            f"dlq={len(q.dead)}"
+            for i, (name, q) in enumerate((n, engine.queues[n]) for n in engine.queue_names())]
+
+
+# INFO's sections, in order: each built only when asked for
+_INFO_SECTIONS: dict[str, Callable[[ServerState], list[str]]] = {
+    "server": _server_info,
+    "clients": _clients_info,
+    "memory": _memory_info,
+    "persistence": lambda state: ["loading:0", "async_loading:0", *(
+        state.aof.info_fields() if state.aof is not None else ["aof_enabled:0"])],
+    "stats": lambda state: [f"total_connections_received:{state.total_connections}",
+                            f"total_commands_processed:{state.total_commands}",
+                            f"rejected_connections:{state.rejected_connections}"],
+    "replication": lambda state: ["role:master", "connected_slaves:0"],
+    "cpu": _cpu_info,
+    "commandstats": lambda state: [
+        f"cmdstat_{name}:calls={calls},usec={usec},usec_per_call={usec / calls:.2f},"
+        f"rejected_calls=0,failed_calls={failed}"
+        for name, (calls, usec, failed) in sorted(state.command_stats.items()) if calls],
+    "keyspace": lambda state: ([f"db0:keys={len(state.engine.queues)},expires=0,avg_ttl=0"]
+                               if state.engine.queues else []),
+    "queues": _queues_info,
+}
 
 
 _DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
@@ -383,7 +399,7 @@ def info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """INFO [section ...] -> text, `# Section` headers and `field:value` lines. Sections:
     server, clients, memory, persistence, stats, replication, cpu, commandstats, keyspace,
     queues; `default`, `all`, `everything`."""
-    sections = _info_sections(state)
+    sections = _INFO_SECTIONS
     wanted = [a.decode("latin-1").lower() for a in argv[1:]] or ["default"]
     chosen: list[str] = []
     for word in wanted:
@@ -396,7 +412,7 @@ def info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     blocks = []
     for name in dict.fromkeys(chosen):
         title = "CPU" if name == "cpu" else name.capitalize()
-        blocks.append("".join(f"{line}\r\n" for line in [f"# {title}", *sections[name]]))
+        blocks.append("".join(f"{line}\r\n" for line in [f"# {title}", *sections[name](state)]))
     return encode.verbatim("\r\n".join(blocks).encode(), session.proto)
 
 
