@@ -44,6 +44,9 @@ def resp(*args: bytes | str | int) -> bytes:
     return b"".join(out)
 
 
+PING = resp("PING")
+
+
 def connect(port: int, timeout: float = 60.0) -> socket.socket:
     sock = socket.create_connection((HOST, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,7 +60,7 @@ def ping_once(port: int, protocol: str = "resp") -> bool:
             if protocol == "beanstalk":
                 sock.sendall(b"stats\r\n")
                 return sock.recv(64).startswith(b"OK ")
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            sock.sendall(PING)
             data = b""
             while not data.endswith(b"\r\n"):
                 chunk = sock.recv(256)
@@ -77,17 +80,21 @@ class RespConn:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def next_reply(self):
+        """The next reply as hiredis gives it, an error reply as a hiredis.ReplyError."""
+        reader = self.reader
+        while (reply := reader.gets()) is False:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("server closed the connection")
+            reader.feed(data)
+        return reply
+
     def read(self, n: int) -> list:
         out = []
-        reader, recv = self.reader, self.sock.recv
+        next_reply = self.next_reply
         while len(out) < n:
-            reply = reader.gets()
-            if reply is False:
-                data = recv(1 << 20)
-                if not data:
-                    raise ConnectionError("server closed the connection")
-                reader.feed(data)
-                continue
+            reply = next_reply()
             if type(reply) is hiredis.ReplyError:
                 raise ServerReplyError(str(reply))
             out.append(reply)
@@ -100,14 +107,8 @@ class RespConn:
     def call_lenient(self, *args) -> object:
         """Like call, but an error reply is returned (as a string) instead of raised."""
         self.send(resp(*args))
-        while True:
-            reply = self.reader.gets()
-            if reply is not False:
-                return str(reply) if type(reply) is hiredis.ReplyError else reply
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            self.reader.feed(data)
+        reply = self.next_reply()
+        return str(reply) if type(reply) is hiredis.ReplyError else reply
 
     def close(self) -> None:
         self.sock.close()
@@ -117,8 +118,6 @@ class QueueClient:
     """The job cycle against one system; see the module docstring."""
 
     def __init__(self, port: int, index: int = 0, visibility: int = 300) -> None:
-        self.port = port
-        self.index = index
         self.visibility = visibility
 
     def setup(self) -> None: ...
@@ -129,11 +128,22 @@ class QueueClient:
 
     def ack(self, ids: list) -> None: ...
 
-    def fill(self, n: int) -> None: ...
+    def fill(self, n: int) -> None:
+        """Store n messages, FILL_CHUNK at a time."""
+        while n > 0:
+            k = min(FILL_CHUNK, n)
+            self.push(k)
+            n -= k
 
-    def lease_all(self, n: int) -> int: ...
-
-    def ping(self) -> None: ...
+    def lease_all(self, n: int) -> int:
+        """Lease up to n messages; how many were leased."""
+        got = 0
+        while got < n:
+            ids = self.pop(min(FILL_CHUNK, n - got))
+            if not ids:
+                break
+            got += len(ids)
+        return got
 
     def close(self) -> None: ...
 
@@ -176,10 +186,6 @@ class _Resp(QueueClient):
                 n -= k
                 sent += 1
             conn.read(sent)
-
-    def ping(self) -> None:
-        self.conn.send(b"*1\r\n$4\r\nPING\r\n")
-        self.conn.read(1)
 
     def close(self) -> None:
         self.conn.close()
@@ -286,17 +292,6 @@ class LuaClient(_Resp):
         self.fill_in_batches(n, lambda k: resp("EVALSHA", sha, 3, self.SEQ, self.MSGS,
                                                self.READY, *([BODY] * k)))
 
-    def lease_all(self, n: int) -> int:
-        got = 0
-        while got < n:
-            k = min(FILL_CHUNK, n - got)
-            ids = self.pop(k)
-            if not ids:
-                break
-            got += len(ids)
-        return got
-
-
 class StreamsClient(_Resp):
     STREAM, GROUP = b"bs", b"g"
     PUSH = resp("XADD", STREAM, "*", "b", BODY)
@@ -326,14 +321,6 @@ class StreamsClient(_Resp):
     def ack_command(self, message_id: bytes) -> bytes:
         arg = b"$%d\r\n%b\r\n" % (len(message_id), message_id)
         return self.xack_head + arg + self.xdel_head + arg
-
-    def fill(self, n: int) -> None:
-        conn = self.conn
-        while n > 0:
-            k = min(FILL_CHUNK, n)
-            conn.send(self.PUSH * k)
-            conn.read(k)
-            n -= k
 
     def lease_all(self, n: int) -> int:
         got = 0
@@ -396,10 +383,6 @@ class BeanstalkConn:
         self.sock.close()
 
 
-_BEANSTALK_ERRORS = (b"OUT_OF_MEMORY", b"INTERNAL_ERROR", b"BAD_FORMAT", b"UNKNOWN_COMMAND",
-                     b"EXPECTED_CRLF", b"JOB_TOO_BIG", b"DRAINING", b"BURIED")
-
-
 class BeanstalkClient(QueueClient):
     RESERVE = b"reserve-with-timeout 0\r\n"
 
@@ -433,25 +416,6 @@ class BeanstalkClient(QueueClient):
             self.conn.send(b"".join([b"delete %b\r\n" % i for i in ids]))
             self._check(self.conn.read(len(ids)), b"DELETED")
 
-    def fill(self, n: int) -> None:
-        while n > 0:
-            k = min(FILL_CHUNK, n)
-            self.push(k)
-            n -= k
-
-    def lease_all(self, n: int) -> int:
-        got = 0
-        while got < n:
-            ids = self.pop(min(FILL_CHUNK, n - got))
-            if not ids:
-                break
-            got += len(ids)
-        return got
-
-    def ping(self) -> None:
-        self.conn.send(b"stats\r\n")
-        self.conn.read(1)
-
     def close(self) -> None:
         self.conn.close()
 
@@ -472,10 +436,9 @@ class Pinger:
     is counted from when the PING was sent, or from `not_before` if that is later (set it
     when the server is resumed after SIGSTOP)."""
 
-    def __init__(self, port: int, protocol: str = "resp", limit_s: float = 300.0,
+    def __init__(self, port: int, limit_s: float = 300.0,
                  record_over: float = 0.05) -> None:
         self.port = port
-        self.protocol = protocol
         self.limit_s = limit_s
         self.record_over = record_over
         self.max_gap = 0.0
@@ -492,25 +455,19 @@ class Pinger:
 
     def run(self) -> None:
         try:
-            sock = connect(self.port, timeout=self.limit_s)
+            conn = RespConn(self.port, timeout=self.limit_s)
             self.connected = True
-            reader = hiredis.Reader()
             deadline = time.monotonic() + self.limit_s
-            ping = b"*1\r\n$4\r\nPING\r\n"
             while not self._stop and time.monotonic() < deadline:
                 sent = time.monotonic()
-                sock.sendall(ping)
-                while reader.gets() is False:
-                    data = sock.recv(4096)
-                    if not data:
-                        raise ConnectionError("server closed the connection")
-                    reader.feed(data)
+                conn.send(PING)
+                conn.next_reply()
                 gap = time.monotonic() - max(sent, self.not_before)
                 self.count += 1
                 if gap > self.max_gap:
                     self.max_gap, self.max_gap_at = gap, sent
                 if gap > self.record_over:
                     self.gaps.append((sent, gap))
-            sock.close()
+            conn.close()
         except Exception as exc:  # reported, not raised: the thread must end
             self.error = repr(exc)

