@@ -208,15 +208,33 @@ class RequestParser:
     def _check_limits(self, command: list[bytes]) -> None:
         """Raise for a limit that a complete request breaks."""
         limits = self.limits
-        if max(map(len, command)) > limits.max_bulk_len:
+        longest = max(map(len, command))
+        if longest > limits.max_bulk_len:
             raise ProtocolError("invalid bulk length")
-        if len(command) > limits.max_multibulk_len:
+        self._checked_count(len(command))
+        if longest > limits.unauthenticated_bulk_len and not self.authenticated:
+            raise ProtocolError("unauthenticated bulk length")
+
+    def _checked_count(self, count: int | None) -> int:
+        """The N of a `*N` header (None: not a number), within Valkey's limits."""
+        limits = self.limits
+        if count is None or count > limits.max_multibulk_len:
             raise ProtocolError("invalid multibulk length")
-        if not self.authenticated:
-            if len(command) > limits.unauthenticated_multibulk_len:
-                raise ProtocolError("unauthenticated multibulk length")
-            if max(map(len, command)) > limits.unauthenticated_bulk_len:
-                raise ProtocolError("unauthenticated bulk length")
+        if count > limits.unauthenticated_multibulk_len and not self.authenticated:
+            raise ProtocolError("unauthenticated multibulk length")
+        return count
+
+    def _bulk_header(self, buf: bytes, at: int, end: int) -> int:
+        """The length L of the `$L` header at buf[at:end], within Valkey's limits."""
+        if buf[at] != 36:  # b"$"
+            raise ProtocolError("expected '$', got '%s'" % chr(buf[at]))
+        length = _number(buf[at + 1:end])
+        limits = self.limits
+        if length is None or length < 0 or length > limits.max_bulk_len:
+            raise ProtocolError("invalid bulk length")
+        if length > limits.unauthenticated_bulk_len and not self.authenticated:
+            raise ProtocolError("unauthenticated bulk length")
+        return length
 
     def _resync(self) -> None:
         """Drop the bytes of the requests already returned: `_chunks` becomes exactly the
@@ -255,33 +273,20 @@ class RequestParser:
             self._become_careful()
             return False
         at = 0
-        authenticated = self.authenticated
         if left < 0:  # the count header, `*N\r\n`
             end = buf.find(b"\r\n")
             if end < 0:
                 if len(buf) > INLINE_MAX_SIZE:
                     raise ProtocolError("too big mbulk count string")
                 return True
-            count = _number(buf[1:end])
-            if count is None or count > limits.max_multibulk_len:
-                raise ProtocolError("invalid multibulk length")
-            if count > limits.unauthenticated_multibulk_len and not authenticated:
-                raise ProtocolError("unauthenticated multibulk length")
-            left, at = count, end + 2
+            left, at = self._checked_count(_number(buf[1:end])), end + 2
         while left > 0 and at < len(buf):
             end = buf.find(b"\r\n", at)
             if end < 0:
                 if len(buf) - at > INLINE_MAX_SIZE:
                     raise ProtocolError("too big bulk count string")
                 break
-            if buf[at] != 36:  # b"$"
-                raise ProtocolError("expected '$', got '%s'" % chr(buf[at]))
-            length = _number(buf[at + 1:end])
-            if length is None or length < 0 or length > limits.max_bulk_len:
-                raise ProtocolError("invalid bulk length")
-            if length > limits.unauthenticated_bulk_len and not authenticated:
-                raise ProtocolError("unauthenticated bulk length")
-            at = end + 2 + length + 2
+            at = end + 2 + self._bulk_header(buf, at, end) + 2
             left -= 1
         self._walk_pos, self._walk_left = pos + at, left
         return True
@@ -294,7 +299,6 @@ class RequestParser:
         if self._parts_len and not self._join_bulk():
             return NEED_DATA
         buf, pos = self._buf, self._pos
-        limits = self.limits
         while True:
             left = self._left
             if left < 0:  # between requests
@@ -323,11 +327,7 @@ class RequestParser:
                     if len(buf) - pos > INLINE_MAX_SIZE:
                         raise ProtocolError("too big mbulk count string")
                     return NEED_DATA
-                count = _number(buf[pos + 1:end])
-                if count is None or count > limits.max_multibulk_len:
-                    raise ProtocolError("invalid multibulk length")
-                if count > limits.unauthenticated_multibulk_len and not self.authenticated:
-                    raise ProtocolError("unauthenticated multibulk length")
+                count = self._checked_count(_number(buf[pos + 1:end]))
                 pos = end + 2
                 if count <= 0:  # `*0`, `*-1`, `*-5`: Valkey skips them
                     continue
@@ -346,13 +346,7 @@ class RequestParser:
                             raise ProtocolError("too big bulk count string")
                         self._check_query_buffer()
                         return NEED_DATA
-                    if buf[pos] != 36:  # b"$"
-                        raise ProtocolError("expected '$', got '%s'" % chr(buf[pos]))
-                    size = _number(buf[pos + 1:end])
-                    if size is None or size < 0 or size > limits.max_bulk_len:
-                        raise ProtocolError("invalid bulk length")
-                    if size > limits.unauthenticated_bulk_len and not self.authenticated:
-                        raise ProtocolError("unauthenticated bulk length")
+                    size = self._bulk_header(buf, pos, end)
                     pos = end + 2
                 if len(buf) - pos < size + 2:  # the bulk is still arriving
                     self._bulk = size
