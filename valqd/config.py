@@ -28,23 +28,22 @@ class Setting:
     high: int = 2**63 - 1
     mutable: bool = False  # CONFIG SET may change it while running
 
-    def parse(self, raw: str) -> object:
-        if self.kind == "int":
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ValueError("argument couldn't be parsed into an integer") from None
+    def parse(self, raw: str, current: object = None) -> object:
+        """The value of `raw`; ValueError in Valkey's words. `current` is the value it
+        replaces (output buffer limits change only the classes `raw` names)."""
+        if self.kind in ("int", "memory"):
+            if self.kind == "memory":
+                value = parse_memory(raw)
+            else:
+                try:
+                    value = int(raw)
+                except ValueError:
+                    raise ValueError("argument couldn't be parsed into an integer") from None
             if not self.low <= value <= self.high:
                 raise ValueError(f"argument must be between {self.low} and {self.high} inclusive")
             return value
-        if self.kind == "memory":
-            value = parse_memory(raw)
-            if not self.low <= value <= self.high:
-                raise ValueError(f"argument must be between {self.low} and {self.high} "
-                                 "inclusive")
-            return value
         if self.kind == "buffers":
-            return parse_output_limits(raw)
+            return parse_output_limits(raw, current)  # type: ignore[arg-type]
         if self.kind == "enum":
             if raw.lower() not in self.choices:
                 raise ValueError(f"argument(s) must be one of the following: "
@@ -207,8 +206,7 @@ class Config:
         values = []
         for setting, (name, raw) in zip(settings, pairs):
             try:
-                values.append(parse_output_limits(raw, self.values[setting.name])  # type: ignore[arg-type]
-                              if setting.kind == "buffers" else setting.parse(raw))
+                values.append(setting.parse(raw, self.values[setting.name]))
             except ValueError as exc:
                 raise CommandError(f"CONFIG SET failed (possibly related to argument "
                                    f"'{name}') - {exc}") from None
@@ -250,7 +248,8 @@ def read_config_file(path: str, renames: dict[str, str] | None = None) -> dict[s
             if len(words) == 3 and words[0].lower() == "rename-command" and renames is not None:
                 renames[words[1].lower()] = words[2].lower()
                 continue
-            if len(words) > 2 and BY_NAME.get(words[0].lower(), SETTINGS[0]).kind == "buffers":
+            setting = BY_NAME.get(words[0].lower())
+            if len(words) > 2 and setting is not None and setting.kind == "buffers":
                 words = [words[0], " ".join(words[1:])]
             if len(words) != 2 or words[0].lower() not in BY_NAME:
                 raise SystemExit(f"{path}:{number}: bad directive or wrong number of arguments: "
