@@ -261,12 +261,17 @@ def test_delete(client):
     assert pop(client) == (1, b"new")
 
 
-def test_delete_missing(client):
-    valq_error(client, ("DELETE", "nope"), "NOQUEUE", "no such queue 'nope'")
+def test_delete_missing_is_not_an_error(client):
+    """As in the module (deleting a missing key is not an error): `deleted <name>`, and
+    nothing else changes."""
+    valq(client, "CREATE", "other")
+    assert valq(client, "DELETE", "nope") == b"deleted nope"
     valq(client, "CREATE", "q")
-    valq(client, "DELETE", "q")
-    valq_error(client, ("DELETE", "q"), "NOQUEUE", "no such queue 'q'")
-    valq_error(client, ("DELETE", b"\xfe\x00"), "NOQUEUE", "no such queue '\\xfe\x00'")
+    assert valq(client, "DELETE", "q") == b"deleted q"
+    assert valq(client, "DELETE", "q") == b"deleted q"
+    assert valq(client, "DELETE", b"\xfe\x00") == b"deleted \xfe\x00"
+    assert valq(client, "LIST") == [b"other"]
+    assert client.dbsize() == 1
 
 
 # -- UPDATE ----------------------------------------------------------------------------------
@@ -284,6 +289,14 @@ def test_update(client):
     assert (got["visibility_timeout"], got["max_delivery_attempts"],
             got["retention_period"]) == (43200, 20, 604800)
     assert pop(client) == (1, b"m")
+
+
+def test_update_replies_the_literal_q_as_the_module(client):
+    """The module's update.rs replies `updated q` whatever the queue is called."""
+    valq(client, "CREATE", "jobs")
+    assert valq(client, "UPDATE", "jobs", "60", "7", "3600") == b"updated q"
+    assert valq(client, "UPDATE", "jobs", "VISIBILITY", "61") == b"updated q"
+    assert info(client, "jobs")["visibility_timeout"] == 61
 
 
 @pytest.mark.parametrize("values, message", [

@@ -18,6 +18,7 @@ _PARTS = {b"main": "main", b"dlq": "dlq", b"delayed": "delayed"}
 _ID_MESSAGE = "message id must be a positive integer"
 _DELAY_MESSAGE = "delay must be an integer between 0 and 18446744073709551615"
 MAX_COUNT = 1000
+UPDATED = encode.bulk(b"updated q")  # the module's reply, naming no queue
 MAX_BLOCK_MS = 2**63 - 1
 
 
@@ -113,7 +114,8 @@ def valq_create(state: ServerState, session: Session, argv: list[bytes]) -> byte
 def valq_update(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """VALQ UPDATE queue visibility_timeout max_delivery_attempts retention_period
     | VALQ UPDATE queue [VISIBILITY s] [MAXATTEMPTS n] ... (any subset)
-    -> bulk `updated <queue>`; ERR on a bad value, NOQUEUE."""
+    -> bulk `updated q`: the literal letter q whatever the queue is called, as the module
+    replies; ERR on a bad value, NOQUEUE."""
     args = Args(argv, 2)
     name = args.next_bytes()
     if not args.remaining() or argv[3].upper() not in SETTING_KEYWORDS:
@@ -124,12 +126,14 @@ def valq_update(state: ServerState, session: Session, argv: list[bytes]) -> byte
     else:
         settings = _settings_keywords(args, state.engine.queue(name).settings)
     state.engine.update_queue(name, settings)
-    return encode.bulk(b"updated " + name)
+    return UPDATED
 
 
 def valq_delete(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """VALQ DELETE queue -> bulk `deleted <queue>`; NOQUEUE."""
-    state.engine.delete_queue(argv[2])
+    """VALQ DELETE queue -> bulk `deleted <queue>`, also when there is no such queue (as in
+    the module: deleting a missing key is not an error)."""
+    if argv[2] in state.engine.queues:
+        state.engine.delete_queue(argv[2])
     return encode.bulk(b"deleted " + argv[2])
 
 
