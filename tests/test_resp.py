@@ -77,10 +77,13 @@ CASES = [
     pytest.param(b"*1\r\n#t\r\n", [Err("expected '$', got '#'")], id="bool-item"),
     pytest.param(b"*1\r\n%1\r\n$1\r\na\r\n$1\r\nb\r\n", [Err("expected '$', got '%'")],
                  id="map-item"),
-    pytest.param(b"*1\r\n+x\r\n", [Err("expected '$', got '+'")], id="simple-string-item",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "hiredis returns the same bytes for `+`, `$`, `=` and `(` items, so the "
-                     "parser cannot tell them apart; `_` is reported as a bad bulk length"))),
+    pytest.param(b"*1\r\n+x\r\n", [Err("expected '$', got '+'")], id="simple-string-item"),
+    pytest.param(b"*1\r\n=8\r\ntxt:PING\r\n", [Err("expected '$', got '='")],
+                 id="verbatim-item"),
+    pytest.param(b"*1\r\n(12\r\n", [Err("expected '$', got '('")], id="big-number-item"),
+    pytest.param(b"*1\r\n_\r\n", [Err("expected '$', got '_'")], id="null-item"),
+    pytest.param(PING + b"*2\r\n$4\r\nECHO\r\n+x\r\n" + PING,
+                 [[b"PING"], Err("expected '$', got '+'")], id="simple-string-in-pipeline"),
     pytest.param(b"*1\r\n$-1\r\n", [Err("invalid bulk length")], id="null-bulk-item"),
     pytest.param(b"*1\r\n$-2\r\n", [Err("invalid bulk length")], id="negative-bulk-length"),
     pytest.param(b"*abc\r\n", [Err("invalid multibulk length")], id="bad-multibulk-length"),
@@ -174,6 +177,37 @@ def test_any_split_of_a_stream_gives_the_same_commands(requests, data):
         parser.feed(wire[start:end])
         out += drain(parser)
     assert out == feed_whole(wire)
+
+
+def _push(body: bytes) -> bytes:
+    return b"*4\r\n$4\r\nVALQ\r\n$4\r\nPUSH\r\n$1\r\nq\r\n$%d\r\n%b\r\n" % (len(body), body)
+
+
+SMUGGLED = b"x\r\nFLUSHALL\r\nPING\r\n"
+
+
+@pytest.mark.parametrize("element", [b"+PING\r\n", b"=8\r\ntxt:PING\r\n", b"(12\r\n"],
+                         ids=["simple", "verbatim", "big-number"])
+@pytest.mark.parametrize("before", [b"", PING], ids=["first", "after-ping"])
+def test_non_bulk_element_is_an_error_at_every_split_point(element, before):
+    """A non-bulk element followed by a PUSH whose body holds an inline FLUSHALL: hiredis
+    alone returned the element as a bulk, the positions worked out from it were 3 bytes
+    off, and FLUSHALL ran from the middle of the body. Cut in two at every point, and fed
+    byte by byte, the stream gives what came before, then Valkey's error, and nothing
+    else."""
+    kind = chr(element[0])
+    wire = before + b"*2\r\n$4\r\nECHO\r\n" + element + _push(SMUGGLED) + b"PING\r\n"
+    expected = ([[b"PING"]] if before else []) + [Err(f"expected '$', got '{kind}'")]
+    for cut in range(1, len(wire)):
+        parser = RequestParser()
+        parser.feed(wire[:cut])
+        out = drain(parser)
+        if not out or not isinstance(out[-1], Err):
+            parser.feed(wire[cut:])
+            out += drain(parser)
+        assert out == expected, cut
+    assert feed_whole(wire) == expected
+    assert feed_bytewise(wire) == expected
 
 
 # -- encoding --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ answered with `-ERR internal error`, and the server keeps serving.
 """
 
 import logging
-from time import perf_counter_ns
+from time import monotonic, perf_counter_ns
 
 from ..config import BY_NAME
 from ..engine import TICK_BUDGET
@@ -61,6 +61,15 @@ def redacted(name: str, argv: list[bytes]) -> list[bytes]:
     return argv
 
 
+# An HTTP request sent to the RESP port (a web page's `fetch()` to 127.0.0.1) reads as
+# inline commands: its request line starts with POST, a header line with Host:. As Valkey's
+# securityWarningCommand: log (at most once a minute) and close before anything else runs.
+CROSS_PROTOCOL_WORDS = (b"post", b"host:")
+CROSS_PROTOCOL_WARNING = (
+    "Possible SECURITY ATTACK detected. It looks like somebody is sending POST or Host: "
+    "commands to valqd. This is likely due to an attacker attempting to use Cross Protocol "
+    "Scripting to compromise your valqd instance. Connection aborted.")
+CROSS_PROTOCOL_LOG_EVERY_S = 60.0
 REDACTED = b"(redacted)"
 NOAUTH = encode.error("NOAUTH", "Authentication required.")
 OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")
@@ -70,6 +79,7 @@ class Dispatcher:
     def __init__(self, state: ServerState, renames: dict[str, str] | None = None) -> None:
         """`renames` maps a command to the name it answers to ("" disables it)."""
         self.state = state
+        self._attack_logged_at: float | None = None
         self._commands: dict[bytes, CommandSpec] = {}
         self._subcommands: dict[bytes, dict[bytes, CommandSpec]] = {}
         # (command, subcommand) as clients usually spell them: one lookup on the hot path
@@ -130,6 +140,8 @@ class Dispatcher:
         state.total_commands += 1
         spec = self.find(argv)
         if type(spec) is bytes:
+            if argv[0].lower() in CROSS_PROTOCOL_WORDS:
+                return self._cross_protocol_attack(session)
             return spec
         if not session.authenticated and not spec.no_auth:
             return NOAUTH
@@ -166,3 +178,13 @@ class Dispatcher:
         if 0 <= state.slowlog_threshold_us <= elapsed_us:
             state.slowlog.record(session, redacted(name, argv), elapsed_us)
         return reply
+
+    def _cross_protocol_attack(self, session: Session) -> bytes:
+        """POST or Host: as a command: close the connection without a reply."""
+        now = monotonic()
+        if self._attack_logged_at is None or \
+                now - self._attack_logged_at > CROSS_PROTOCOL_LOG_EVERY_S:
+            self._attack_logged_at = now
+            log.warning("%s (client %s)", CROSS_PROTOCOL_WARNING, session.addr)
+        session.close_after_reply = True
+        return b""

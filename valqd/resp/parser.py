@@ -18,8 +18,10 @@ Two ways to read multibulk requests:
   any aggregate header it meets (`*N`, `~N`, ... nested ones included) before a single
   element arrives (`*4000000000\\r\\n` stalled the garbage collector for seconds); so a
   connection whose bytes contain what could be a header of 10,000 elements or more
-  (`_SUSPICIOUS`, rare in real traffic) is read by the framer from then on. The framer is
-  stricter where hiredis cannot tell: `*1\\r\\n+x\\r\\n` is an error there, as in Valkey.
+  (`_SUSPICIOUS`, rare in real traffic) is read by the framer from then on; so is one whose
+  bytes hold a CRLF then `+`, `=` or `(` (`_NON_BULK`): hiredis returns such an element
+  (`*1\\r\\n+x\\r\\n`) as if it were a bulk string, where Valkey, and the framer, answer
+  "expected '$', got '+'" and close.
 
 Inline commands are always read by the framer. Each byte is looked at about once: a bulk
 still arriving is kept as a list of chunks and joined once, when complete.
@@ -36,15 +38,24 @@ INLINE_MAX_SIZE = 64 * 1024  # Valkey's PROTO_INLINE_MAX_SIZE
 RESYNC_ABOVE = 1024 * 1024  # bytes kept for positions before they are worked out
 MAX_DIGITS = 19  # longer counts and lengths are out of range whatever their value
 
-# What could be a header for which hiredis allocates 10,000 elements or more (Valkey
-# allocates at most 1024 ahead): `*`, `~`, `>` or `|` and five digits (`%` makes a dict,
-# which grows as elements come). Every byte fed is mapped by _SCAN, to find _SUSPICIOUS
-# with one fast search; the last bytes of the previous feed are searched with the first
-# of the next, for a header split between two reads.
-_SCAN = bytes(ord("A") if c in b"*~>|" else ord("1") if c in b"0123456789" else ord(".")
-              for c in range(256))
+# Two things hiredis must not read, found with one translation of every byte fed (_SCAN)
+# and two fast searches; the last bytes of the previous feed are searched with the first
+# of the next, for a header split between two reads:
+# - what could be a header for which hiredis allocates 10,000 elements or more (Valkey
+#   allocates at most 1024 ahead): `*`, `~`, `>` or `|` and five digits (`%` makes a dict,
+#   which grows as elements come) (_SUSPICIOUS);
+# - what could be an element that hiredis returns as bytes although it is no bulk string:
+#   `+x`, `=3\r\ntxt:x`, `(12` after a CRLF (_NON_BULK). hiredis hands them out as if they
+#   were `$1\r\nx`, so positions worked out from the canonical size of what it returned
+#   would be wrong, and an inline command would then be read from the middle of a bulk (a
+#   PUSH body smuggling `FLUSHALL\r\n`). The framer answers them as Valkey does.
+_SCAN = bytes(ord("A") if c in b"*~>|" else ord("1") if c in b"0123456789" else
+              ord("R") if c == 13 else ord("N") if c == 10 else
+              ord("P") if c in b"+=(" else ord(".") for c in range(256))
 _SUSPICIOUS = b"A11111"
+_NON_BULK = b"RNP"
 _SUSPICIOUS_SPAN = len(_SUSPICIOUS) - 1
+_NON_BULK_TYPES = b"+=("
 _HANDOFF = object()  # the framer stopped where hiredis should read a multibulk request
 
 
@@ -82,7 +93,7 @@ class RequestParser:
         self._walk_pos = 0
         self._walk_left = -1
         self._careful = False  # True: the framer reads multibulk requests too
-        self._seen_tail = b""  # the last bytes fed, for _SUSPICIOUS across two feeds
+        self._seen_tail = b""  # the last bytes fed (of all feeds), for a header across feeds
         self._buf = b""
         self._pos = 0
         self._args: list[bytes] = []
@@ -101,13 +112,14 @@ class RequestParser:
             start = 0
             if self._reader_busy and not self._returned and self._walk_pos > self._held:
                 start = min(self._walk_pos - self._held, len(data))
-            if (data[start:] if start else data).translate(_SCAN).find(_SUSPICIOUS) >= 0 or (
+            if _suspicious(data[start:] if start else data) or (
+                    0 < start < len(data) and data[start] in _NON_BULK_TYPES) or (
                     not start and self._seen_tail and
-                    (self._seen_tail + data[:_SUSPICIOUS_SPAN]).translate(_SCAN).find(
-                        _SUSPICIOUS) >= 0):
+                    _suspicious(self._seen_tail + data[:_SUSPICIOUS_SPAN])):
                 self._become_careful()
             else:
-                self._seen_tail = data[-_SUSPICIOUS_SPAN:]
+                self._seen_tail = data[-_SUSPICIOUS_SPAN:] if len(data) >= _SUSPICIOUS_SPAN \
+                    else (self._seen_tail + data)[-_SUSPICIOUS_SPAN:]
                 if self._reader_busy:
                     self._reader.feed(data)
                     self._chunks.append(data)
@@ -382,6 +394,12 @@ class RequestParser:
     def _check_query_buffer(self) -> None:
         if self.buffered() > self.limits.max_query_buffer:
             raise ProtocolError("query buffer limit exceeded")
+
+
+def _suspicious(data: bytes) -> bool:
+    """Whether `data` holds _SUSPICIOUS or _NON_BULK (see _SCAN)."""
+    classes = data.translate(_SCAN)
+    return classes.find(_SUSPICIOUS) >= 0 or classes.find(_NON_BULK) >= 0
 
 
 def _number(raw: bytes) -> int | None:
