@@ -47,7 +47,8 @@ def ready_port(proc: subprocess.Popen, log: Path, offset: int = 0,
 
 
 class ValqdProcess:
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(self, directory: Path, *args: str, preexec_fn=None) -> None:
+        self.preexec_fn = preexec_fn  # run in the child before valqd (e.g. to set a ulimit)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.logfile = self.directory / "valqd.log"
@@ -58,9 +59,10 @@ class ValqdProcess:
     def start(self, timeout: float = 10.0) -> "ValqdProcess":
         offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "valqd", "--port", "0", "--dir", str(self.directory),
+            [sys.executable, "-m", "valqd", "--port", "auto", "--dir", str(self.directory),
              "--logfile", str(self.logfile), *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV,
+            preexec_fn=self.preexec_fn)
         port = ready_port(self.proc, self.logfile, offset, timeout)
         if port is not None:
             self.port = port
@@ -94,6 +96,28 @@ class ValqdProcess:
             self.proc.wait()
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` holds listening sockets on (Linux /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 class ManualClock:
     """Unix milliseconds that move only when a test moves them."""
 
@@ -112,7 +136,7 @@ class ThreadedServer:
 
     def __init__(self, clock: ManualClock | None = None, **settings: str) -> None:
         self.clock = clock or ManualClock()
-        self.config = Config({"port": "0", "appendonly": "no", **settings})
+        self.config = Config({"port": "auto", "appendonly": "no", **settings})
         self.loop = asyncio.new_event_loop()
         self.server = Server(self.config, clock=self.clock)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -134,7 +134,7 @@ def run_valqd(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
 
 def start_expecting_failure(directory: Path, *args: str) -> tuple[int, str]:
     logfile = directory / "failed-start.log"
-    done = run_valqd("--port", "0", "--dir", str(directory), "--logfile", str(logfile), *args)
+    done = run_valqd("--port", "auto", "--dir", str(directory), "--logfile", str(logfile), *args)
     return done.returncode, logfile.read_text(errors="replace") if logfile.exists() else ""
 
 

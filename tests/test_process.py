@@ -182,7 +182,7 @@ def test_config_file_is_honoured(tmp_path, launched):
         "# valqd configuration, valkey.conf style\n"
         "\n"
         "   # an indented comment\n"
-        "Port 0\n"                       # names are case-insensitive
+        "Port auto\n"                       # names are case-insensitive
         "bind '127.0.0.1'\n"
         f'dir "{data}"\n'                 # quoted: the path has a space
         f"logfile '{log}'\n"
@@ -205,7 +205,7 @@ def test_flags_override_config_file(tmp_path, busy_port):
                     "loglevel warning\n"         # would hide the ready line if it won
                     "bind 127.0.0.1\n")
     server = ValqdProcess(tmp_path / "flag dir", "--config", str(conf), "--loglevel", "debug")
-    server.start()  # passes --port 0 --dir --logfile after --config: the flags must win
+    server.start()  # passes --port auto --dir --logfile after --config: the flags must win
     try:
         assert server.port != busy_port
         assert config_get(server.port, "loglevel") == "debug"
@@ -248,7 +248,7 @@ def test_startup_log_line(tmp_path):
 
 
 def test_logs_to_stderr_without_logfile(tmp_path, launched):
-    server = launched(tmp_path, "--port", "0").wait_ready()
+    server = launched(tmp_path, "--port", "auto").wait_ready()
     match = STARTUP_LINE.search(server.stderr())
     assert match and int(match["pid"]) == server.proc.pid
     assert int(match["port"]) == server.port
@@ -296,7 +296,7 @@ def test_signal_stops_cleanly(tmp_path, sig):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stderr_has_no_traceback(tmp_path, launched, sig):
-    server = launched(tmp_path, "--port", "0", "--logfile", "valqd.log")
+    server = launched(tmp_path, "--port", "auto", "--logfile", "valqd.log")
     server.wait_ready(tmp_path / "valqd.log")
     server.proc.send_signal(sig)
     assert server.proc.wait(10) == 0
@@ -343,7 +343,7 @@ def test_port_in_use_by_another_valqd(tmp_path):
 
 @pytest.mark.parametrize("address", ["256.1.1.1", "no-such-host.invalid"])
 def test_bad_bind_address(tmp_path, address):
-    result = run_valqd("--port", "0", "--bind", address, cwd=tmp_path)
+    result = run_valqd("--port", "auto", "--bind", address, cwd=tmp_path)
     assert result.returncode != 0
     assert "Could not start" in result.stderr
     assert_no_traceback(result.stderr, result.stdout)
@@ -356,7 +356,7 @@ def test_dir_is_created_and_used(tmp_path, launched):
     data = tmp_path / "a" / "b" / "c"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    server = launched(tmp_path, "--port", "0", "--dir", str(data), cwd=cwd).wait_ready()
+    server = launched(tmp_path, "--port", "auto", "--dir", str(data), cwd=cwd).wait_ready()
     assert data.is_dir()
     assert config_get(server.port, "dir") == str(data)
     with valkey.Valkey(host="127.0.0.1", port=server.port, socket_timeout=10) as client:
@@ -369,7 +369,7 @@ def test_dir_is_created_and_used(tmp_path, launched):
 
 
 def test_relative_dir_is_relative_to_the_working_directory(tmp_path, launched):
-    server = launched(tmp_path, "--port", "0", "--dir", "rel/data").wait_ready()
+    server = launched(tmp_path, "--port", "auto", "--dir", "rel/data").wait_ready()
     assert (tmp_path / "rel" / "data").is_dir()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(10) == 0
@@ -377,7 +377,7 @@ def test_relative_dir_is_relative_to_the_working_directory(tmp_path, launched):
 
 def test_dir_that_is_a_file(tmp_path):
     (tmp_path / "afile").write_text("")
-    result = run_valqd("--port", "0", "--dir", str(tmp_path / "afile"), cwd=tmp_path)
+    result = run_valqd("--port", "auto", "--dir", str(tmp_path / "afile"), cwd=tmp_path)
     assert result.returncode != 0
     assert "afile" in result.stderr
     assert_no_traceback(result.stderr, result.stdout)

@@ -6,6 +6,7 @@ with throwaway certificates made by the openssl command line, and rename-command
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -15,7 +16,7 @@ import sys
 import pytest
 import valkey
 
-from support import Error, ValqdProcess, Wire, encode_command
+from support import Error, ValqdProcess, Wire, encode_command, listening_ports
 from valqd.commands.context import Session
 from valqd.commands.table import TABLE
 from valqd.config import Config
@@ -511,26 +512,21 @@ def certs(tmp_path_factory):
     return directory
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+TLS_PORT = re.compile(r"ready to accept connections on .*TLS port (\d+)")
 
 
-def start_tls(directory, certs, auth_clients: str) -> tuple[ValqdProcess, int]:
-    for _ in range(5):  # the port picked may be taken by someone else meanwhile
-        port = free_port()
-        process = ValqdProcess(directory, "--tls-port", str(port),
-                               "--tls-cert-file", str(certs / "server.crt"),
-                               "--tls-key-file", str(certs / "server.key"),
-                               "--tls-ca-cert-file", str(certs / "ca.crt"),
-                               "--tls-auth-clients", auth_clients)
-        try:
-            return process.start(), port
-        except RuntimeError:
-            if "in use" not in process.log():
-                raise
-    raise AssertionError("no free port for TLS")
+def start_tls(directory, certs, auth_clients: str, *args: str) -> tuple[ValqdProcess, int]:
+    """valqd with TLS on a port the system picks; with client certificates required, TLS
+    only (`--port 0`), as no listener may then serve a client without one."""
+    plain = ("--port", "0") if auth_clients == "yes" else ()
+    process = ValqdProcess(directory, "--tls-port", "auto", *plain,
+                           "--tls-cert-file", str(certs / "server.crt"),
+                           "--tls-key-file", str(certs / "server.key"),
+                           "--tls-ca-cert-file", str(certs / "ca.crt"),
+                           "--tls-auth-clients", auth_clients, *args).start()
+    match = TLS_PORT.search(process.log())
+    assert match, process.log()
+    return process, int(match.group(1))
 
 
 def tls_client(port: int, certs, identity: str | None = "client", protocol: int = 2):
@@ -568,7 +564,9 @@ def test_tls_with_client_certificate(tmp_path, certs, protocol):
         assert (popped[b"body"] if protocol == 3 else popped[1]) == b"\x00tls\xff"
         client.close()
         assert raw_tls_ping(port, certs, "client") == b"+PONG\r\n"
-        assert Wire(process.port).call("VALQ", "LIST") == [b"secure"]  # plain port too
+        # TLS only: no plain TCP listener serves a client without a certificate
+        assert listening_ports(process.proc.pid) == {port}
+        assert tls_client(port, certs).info("server")["tcp_port"] == 0
     finally:
         process.stop()
     assert "Traceback" not in process.log()
@@ -605,8 +603,36 @@ def test_tls_without_client_certificate_when_not_required(tmp_path, certs, mode)
         # optional still checks a certificate that is shown; no does not ask for one
         assert raw_tls_ping(port, certs, "stranger") == (b"" if mode == "optional"
                                                          else b"+PONG\r\n")
+        assert listening_ports(process.proc.pid) == {process.port, port}
     finally:
         process.stop()
+
+
+def test_port_0_serves_tls_only(tmp_path, certs):
+    """As in Valkey, `--port 0` turns plain TCP off (it once picked a random port)."""
+    process, port = start_tls(tmp_path / "tls-only", certs, "optional", "--port", "0")
+    try:
+        assert process.port == port
+        assert listening_ports(process.proc.pid) == {port}
+        assert tls_client(port, certs, identity=None).ping() is True
+        assert tls_client(port, certs).config_get("port") == {"port": "0"}
+    finally:
+        process.stop()
+    assert "ready to accept connections on 127.0.0.1 TLS port %d, pid" % port in process.log()
+
+
+def test_required_client_certificates_and_a_plain_port_refuse_to_start(tmp_path, certs):
+    log = start_must_fail(ValqdProcess(tmp_path / "tls-and-plain", "--tls-port", "auto",
+                                       "--tls-cert-file", str(certs / "server.crt"),
+                                       "--tls-key-file", str(certs / "server.key"),
+                                       "--tls-ca-cert-file", str(certs / "ca.crt")))
+    assert "tls-auth-clients yes: every client must show a certificate, but port auto " \
+        "would serve plain TCP without one; set port 0 to serve TLS only" in log
+
+
+def test_no_listener_at_all_refuses_to_start(tmp_path):
+    log = start_must_fail(ValqdProcess(tmp_path / "none", "--port", "0"))
+    assert "port 0 turns plain TCP off, and tls-port is 0: no listener left" in log
 
 
 def start_must_fail(process: ValqdProcess) -> str:
@@ -624,7 +650,7 @@ def start_must_fail(process: ValqdProcess) -> str:
 
 
 def test_tls_needs_a_ca_to_check_clients(tmp_path, certs):
-    log = start_must_fail(ValqdProcess(tmp_path / "tls-noca", "--tls-port", str(free_port()),
+    log = start_must_fail(ValqdProcess(tmp_path / "tls-noca", "--tls-port", "auto",
                                        "--tls-cert-file", str(certs / "server.crt"),
                                        "--tls-key-file", str(certs / "server.key")))
     assert "tls-auth-clients needs tls-ca-cert-file" in log
@@ -632,7 +658,7 @@ def test_tls_needs_a_ca_to_check_clients(tmp_path, certs):
 
 def test_tls_bad_certificate_file_fails_start_up(tmp_path, certs):
     (tmp_path / "bad.crt").write_text("not a certificate\n")
-    log = start_must_fail(ValqdProcess(tmp_path / "tls-bad", "--tls-port", str(free_port()),
+    log = start_must_fail(ValqdProcess(tmp_path / "tls-bad", "--tls-port", "auto",
                                        "--tls-cert-file", str(tmp_path / "bad.crt"),
                                        "--tls-key-file", str(certs / "server.key"),
                                        "--tls-auth-clients", "no"))
@@ -659,7 +685,7 @@ def test_rename_config_to_myconfig(tmp_path):
     process = ValqdProcess(tmp_path / "ren2", "--rename-command", "CONFIG", "MYCONFIG").start()
     try:
         wire = Wire(process.port)
-        assert wire.call("MYCONFIG", "GET", "port") == [b"port", b"0"]
+        assert wire.call("MYCONFIG", "GET", "port") == [b"port", str(process.port).encode()]
         assert wire.call("myconfig", "SET", "maxclients", "50") == b"OK"
         assert wire.call("MyConfig", "GET", "maxclients") == [b"maxclients", b"50"]
         assert wire.call("CONFIG", "GET", "port") == Error(

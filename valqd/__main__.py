@@ -45,10 +45,11 @@ def setup_logging(config: Config) -> None:
 async def run(config: Config, loop_name: str) -> None:
     server = Server(config)
     await server.start()
-    tls = f", TLS port {config['tls-port']}" if config["tls-port"] else ""
+    ports = ([f"port {server.port}"] if server.port else []) + \
+        ([f"TLS port {server.tls_port}"] if server.tls_port else [])
     logging.getLogger("valqd").info(
-        "valqd %s ready to accept connections on %s port %d%s, pid %d, %s event loop",
-        __version__, config["bind"], server.port, tls, os.getpid(), loop_name)
+        "valqd %s ready to accept connections on %s %s, pid %d, %s event loop",
+        __version__, config["bind"], ", ".join(ports), os.getpid(), loop_name)
     await server.serve_until_stopped()
 
 

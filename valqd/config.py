@@ -22,7 +22,7 @@ class Setting:
     name: str
     default: str
     help: str
-    kind: str = "str"  # str | int | enum | memory (bytes, Valkey's units) | secret | buffers
+    kind: str = "str"  # str | int | port | enum | memory (bytes, Valkey's units) | secret | buffers
     choices: tuple[str, ...] = ()
     low: int = 0
     high: int = 2**63 - 1
@@ -31,7 +31,9 @@ class Setting:
     def parse(self, raw: str, current: object = None) -> object:
         """The value of `raw`; ValueError in Valkey's words. `current` is the value it
         replaces (output buffer limits change only the classes `raw` names)."""
-        if self.kind in ("int", "memory"):
+        if self.kind == "port" and raw.strip().lower() == "auto":
+            return AUTO_PORT
+        if self.kind in ("int", "memory", "port"):
             if self.kind == "memory":
                 value = parse_memory(raw)
             else:
@@ -96,8 +98,10 @@ def render_output_limits(limits: dict[str, tuple[int, int, int]]) -> str:
 OUTPUT_LIMIT_DEFAULTS = {"normal": (256 << 20, 64 << 20, 60), "replica": (256 << 20, 64 << 20, 60),
                          "pubsub": (32 << 20, 8 << 20, 60)}
 YES_NO = ("yes", "no")
+AUTO_PORT = -1  # `auto`: the system picks a free port; the startup line and INFO show it
 SETTINGS: tuple[Setting, ...] = (
-    Setting("port", "7400", "TCP port to listen on (0 picks a free port)", "int", high=65535),
+    Setting("port", "7400", "TCP port for plain RESP (0: none, TLS only, as in Valkey; auto: "
+            "a free port the system picks, named in the startup line)", "port", high=65535),
     Setting("bind", "127.0.0.1", "address to listen on"),
     Setting("dir", ".", "working directory, where persistence files live"),
     Setting("loglevel", "notice", "how much to log", "enum", LOGLEVELS, mutable=True),
@@ -110,6 +114,8 @@ SETTINGS: tuple[Setting, ...] = (
             "loopback interface", "enum", YES_NO, mutable=True),
     Setting("maxclients", "10000", "most client connections at once", "int", low=1,
             mutable=True),
+    Setting("tcp-backlog", "511", "connections the kernel queues before valqd accepts them "
+            "(as Valkey; the kernel caps it at net.core.somaxconn)", "int", high=65535),
     Setting("timeout", "0", "close a client idle for this many seconds (0: never; blocked "
             "and subscribed clients are never idle)", "int", mutable=True),
     Setting("client-output-buffer-limit", render_output_limits(OUTPUT_LIMIT_DEFAULTS),
@@ -124,8 +130,8 @@ SETTINGS: tuple[Setting, ...] = (
             mutable=True),
     Setting("maxmemory", "0", "refuse commands that add data above this much memory (0: no "
             "limit); pops, acks and deletes keep working", "memory", mutable=True),
-    Setting("tls-port", "0", "also accept TLS connections on this port (0: off)", "int",
-            high=65535),
+    Setting("tls-port", "0", "also accept TLS connections on this port (0: off; auto: a "
+            "free port the system picks)", "port", high=65535),
     Setting("tls-cert-file", "", "server certificate (PEM) for TLS"),
     Setting("tls-key-file", "", "private key (PEM) of the server certificate"),
     Setting("tls-ca-cert-file", "", "CA certificates (PEM) that sign client certificates"),
@@ -180,6 +186,8 @@ class Config:
             return "********" if value else ""
         if kind == "buffers":
             return render_output_limits(value)  # type: ignore[arg-type]
+        if kind == "port" and value == AUTO_PORT:
+            return "auto"
         return str(value)
 
     def set(self, name: str, raw: str) -> None:

@@ -17,16 +17,18 @@ import ipaddress
 import itertools
 import logging
 import os
+import resource
 import signal
 import ssl
 import time
+from typing import Callable
 
 from .commands.context import Blocked, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
 from .commands.observe import SlowLog, render_metrics, rss_bytes
 from .commands.pubsub import PubSub
 from .commands.table import TABLE
-from .config import Config
+from .config import AUTO_PORT, Config
 from .engine import TICK_BUDGET, Engine
 from .errors import CommandError, ProtocolError
 from .persistence.aof import AppendOnlyFile
@@ -54,6 +56,8 @@ PROTECTED_MODE_DENIED = (
     b"\r\n")
 MAX_CLIENTS_REACHED = b"-ERR max number of clients reached\r\n"
 QUERY_BUFFER_EXCEEDED = b"-ERR Protocol error: query buffer limit exceeded\r\n"
+REFUSAL_LOG_EVERY_S = 1.0
+RESERVED_FDS = 32  # descriptors kept for files and listeners, as Valkey's CONFIG_MIN_RESERVED_FDS
 REPLY_SLICE = 1 << 20  # replies of one read sent before the rest of the read is executed
 
 
@@ -179,6 +183,39 @@ class MetricsHttp(asyncio.Protocol):
         self.transport.close()
 
 
+def fit_maxclients(config: Config) -> None:
+    """Raise the descriptor limit to what `maxclients` needs, or lower `maxclients` to what
+    the limit allows, with Valkey's log lines (adjustOpenFilesLimit): clients past the limit
+    would otherwise fail in accept() while they still count as allowed."""
+    maxclients = config.int("maxclients")
+    wanted = maxclients + RESERVED_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    best = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    problem = f"the hard limit is {hard}"
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (best, hard))
+    except (OSError, ValueError) as exc:
+        problem, best = str(exc), soft
+    if best >= wanted:
+        log.info("Increased maximum number of open files to %d (it was originally set to %d).",
+                 best, soft)
+        return
+    if best <= RESERVED_FDS:
+        raise ValueError(f"Your current 'ulimit -n' of {best} is not enough for the server to "
+                         f"start. Please increase your open file limit to at least "
+                         f"{RESERVED_FDS + 1}.")
+    config.values["maxclients"] = best - RESERVED_FDS
+    log.warning("You requested maxclients of %d requiring at least %d max file descriptors.",
+                maxclients, wanted)
+    log.warning("Server can't set maximum open files to %d because of OS error: %s.",
+                wanted, problem)
+    log.warning("Current maximum open files is %d. maxclients has been reduced to %d to "
+                "compensate for low ulimit. If you need higher maxclients increase "
+                "'ulimit -n'.", best, best - RESERVED_FDS)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host.split("%")[0])
@@ -210,6 +247,9 @@ class Server:
         self._client_ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
         self._listeners: list[asyncio.AbstractServer] = []
+        self._refusal_logged_at = -REFUSAL_LOG_EVERY_S
+        self._refused_unlogged = 0
+        self.tls_port = 0  # the TLS port bound (0: none)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._stopping = asyncio.Event()
@@ -228,22 +268,26 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        fit_maxclients(self.config)
         if self.config["appendonly"] == "yes":
             self._open_aof()
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
-        port = self.config.int("port")
-        for host in str(self.config["bind"]).split():
-            listener = await loop.create_server(lambda: Connection(self), host, port,
-                                                reuse_address=True)
-            self._listeners.append(listener)
-            port = port or listener.sockets[0].getsockname()[1]
+        config = self.config
+        port, tls_port = config.int("port"), config.int("tls-port")
+        if not port and not tls_port:
+            raise ValueError("port 0 turns plain TCP off, and tls-port is 0: no listener left")
+        context = self._tls_context() if tls_port else None
+        if port and tls_port and config.str("tls-auth-clients") == "yes":
+            raise ValueError(
+                "tls-auth-clients yes: every client must show a certificate, but port "
+                f"{config.render('port')} would serve plain TCP without one; set port 0 "
+                "to serve TLS only, or tls-auth-clients optional")
+        if port:
+            port = config.values["port"] = await self._listen(Connection, port)
         self.state.bound_port = port
-        tls_port = self.config.int("tls-port")
         if tls_port:
-            context = self._tls_context()
-            for host in str(self.config["bind"]).split():
-                self._listeners.append(await loop.create_server(
-                    lambda: Connection(self), host, tls_port, ssl=context, reuse_address=True))
+            self.tls_port = config.values["tls-port"] = await self._listen(
+                Connection, tls_port, context)
         metrics_port = self.config.int("metrics-port")
         if metrics_port:
             for host in str(self.config["bind"]).split():
@@ -252,6 +296,21 @@ class Server:
         self.engine.tick(self.clock())  # whatever fell due while the server was down
         self.after_commands()
         self._commit()
+
+    async def _listen(self, protocol: Callable[["Server"], asyncio.BaseProtocol], port: int,
+                      context: ssl.SSLContext | None = None) -> int:
+        """Listen on `port` (AUTO_PORT: one the system picks) at every `bind` address; the
+        port bound."""
+        loop = asyncio.get_running_loop()
+        if port == AUTO_PORT:
+            port = 0
+        for host in str(self.config["bind"]).split():
+            listener = await loop.create_server(
+                lambda: protocol(self), host, port, ssl=context, reuse_address=True,
+                backlog=self.config.int("tcp-backlog"))
+            self._listeners.append(listener)
+            port = port or listener.sockets[0].getsockname()[1]
+        return port
 
     def _tls_context(self) -> ssl.SSLContext:
         config = self.config
@@ -356,13 +415,27 @@ class Server:
     def refusal(self, peer_host: str) -> bytes | None:
         """The reply that turns a new connection away, or None to accept it."""
         if len(self.state.clients) >= self.config.int("maxclients"):
-            self.state.rejected_connections += 1
+            self._refused(peer_host, f"max number of clients reached "
+                                     f"(maxclients {self.config.int('maxclients')})")
             return MAX_CLIENTS_REACHED
         if self.config["protected-mode"] == "yes" and not self.config["requirepass"] \
                 and not _is_loopback(peer_host):
-            self.state.rejected_connections += 1
+            self._refused(peer_host, "protected mode (no password, not from loopback)")
             return PROTECTED_MODE_DENIED
         return None
+
+    def _refused(self, peer_host: str, reason: str) -> None:
+        """Count a refusal and log it: at most one line a second, which says how many more
+        there were since the last line (a flood of refusals must not flood the log)."""
+        self.state.rejected_connections += 1
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_EVERY_S:
+            more = self._refused_unlogged - 1
+            log.info("Client %s refused: %s%s", peer_host or "?", reason,
+                     f" ({more} more refused since the last such line)" if more else "")
+            self._refusal_logged_at = now
+            self._refused_unlogged = 0
 
     def register(self, connection: Connection, addr: str, laddr: str) -> Session:
         session = Session(next(self._client_ids), addr, laddr)
