@@ -134,10 +134,11 @@ class ManualClock:
 class ThreadedServer:
     """The real Server class on a background event loop, driven by a ManualClock."""
 
-    def __init__(self, clock: ManualClock | None = None, **settings: str) -> None:
+    def __init__(self, clock: ManualClock | None = None, loop_factory=asyncio.new_event_loop,
+                 **settings: str) -> None:
         self.clock = clock or ManualClock()
         self.config = Config({"port": "auto", "appendonly": "no", **settings})
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()
         self.server = Server(self.config, clock=self.clock)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

@@ -59,6 +59,12 @@ QUERY_BUFFER_EXCEEDED = b"-ERR Protocol error: query buffer limit exceeded\r\n"
 REFUSAL_LOG_EVERY_S = 1.0
 RESERVED_FDS = 32  # descriptors kept for files and listeners, as Valkey's CONFIG_MIN_RESERVED_FDS
 REPLY_SLICE = 1 << 20  # replies of one read sent before the rest of the read is executed
+# Commands one client may run per turn of the event loop: the rest of a long pipeline waits
+# for the next turn, after every other client's turn, so one greedy client delays another's
+# PING by about this many commands, not by its whole pipeline (Valkey bounds a turn by one
+# 16 KB read). Large enough that a turn's fixed costs (a poll, a write, an AOF commit) stay
+# small beside the commands.
+COMMANDS_PER_TURN = 1000
 
 
 class Waiter:
@@ -81,6 +87,11 @@ class Connection(asyncio.Protocol):
         self.session: Session | None = None
         self.waiter: Waiter | None = None  # set while blocked; input is only buffered then
         self.over_soft_limit_since: float | None = None  # unread replies past the soft limit
+        # A pipeline longer than one turn: the rest runs in a later turn (`continue_soon`),
+        # and reading stops until it has, so that what a client sends waits in its socket,
+        # not in memory (uvloop otherwise reads up to 32 times per turn).
+        self.continuation: asyncio.Handle | None = None
+        self.reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -97,14 +108,17 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
         if self.waiter is None:
-            self.process()
+            if self.continuation is None:  # else this turn's commands ran already
+                self.process()
         elif self.parser.buffered() > self.server.limits.max_query_buffer and \
                 self.transport is not None and not self.transport.is_closing():
             # blocked: what it sends waits unparsed, but not beyond the query buffer limit
             self.server.reply(self, QUERY_BUFFER_EXCEEDED, True)
 
     def process(self) -> None:
-        """Execute every complete command buffered, until one blocks or asks to close."""
+        """Execute the complete commands buffered, until one blocks or asks to close, or
+        until this turn's share (COMMANDS_PER_TURN, or REPLY_SLICE bytes of replies) is used:
+        then the rest runs in a later turn."""
         session, transport = self.session, self.transport
         if session is None or transport is None or transport.is_closing() or \
                 self.waiter is not None:  # a call scheduled before the client blocked again
@@ -115,6 +129,7 @@ class Connection(asyncio.Protocol):
         parser = self.parser
         replies = []
         size = 0
+        turn_left = COMMANDS_PER_TURN
         close = False
         try:
             while (argv := parser.next_command()) is not None:
@@ -125,17 +140,24 @@ class Connection(asyncio.Protocol):
                     parser.authenticated = session.authenticated
                 if type(reply) is not bytes:
                     server.block(self, reply)  # type: ignore[arg-type]
+                    self._resume_reading(transport)  # to notice a disconnect while blocked
                     break
                 replies.append(reply)
                 if session.close_after_reply:
                     close = True
                     break
                 size += len(reply)
-                if size > REPLY_SLICE:
+                turn_left -= 1
+                if size > REPLY_SLICE or not turn_left:
                     # send these first: the output buffer limit applies before the rest of
                     # a pipeline of large replies is built, and other clients get a turn
-                    asyncio.get_running_loop().call_soon(self.process)
+                    self.continue_soon()
+                    if not self.reading_paused:
+                        transport.pause_reading()
+                        self.reading_paused = True
                     break
+            else:
+                self._resume_reading(transport)
         except ProtocolError as exc:
             replies.append(encode.error("ERR", f"Protocol error: {exc}"))
             close = True
@@ -143,6 +165,20 @@ class Connection(asyncio.Protocol):
         server.after_commands()
         if replies or close:
             server.reply(self, b"".join(replies), close)
+
+    def continue_soon(self) -> None:
+        """Run the buffered commands in the next turn of the event loop (once)."""
+        if self.continuation is None:
+            self.continuation = asyncio.get_running_loop().call_soon(self._continue)
+
+    def _continue(self) -> None:
+        self.continuation = None
+        self.process()
+
+    def _resume_reading(self, transport: asyncio.Transport) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.waiter is not None:
@@ -485,7 +521,7 @@ class Server:
         connection.waiter = None
         if reply is not None:
             self.reply(connection, reply, False)
-            asyncio.get_running_loop().call_soon(connection.process)
+            connection.continue_soon()
 
     def serve_waiters(self) -> None:
         """Give newly visible messages to parked clients, first come first served."""
