@@ -433,8 +433,12 @@ def test_info_queues_and_commandstats(client):
     assert "usec" in stats_["cmdstat_valq|push"]
     everything = client.info("everything")
     assert "queue1" in everything and "cmdstat_valq|push" in everything
-    assert "queue1" in client.info()  # the queues section is in the default INFO
-    assert "cmdstat_valq|push" not in client.info()
+    default = client.info()
+    assert "queue1" not in default and "cmdstat_valq|push" not in default
+    assert "queue1" not in client.info("all")  # a line per queue only when asked by name
+    assert default["queues"] == 2 and default["messages"] == 5
+    assert (default["messages_ready"], default["messages_inflight"],
+            default["messages_delayed"], default["messages_dlq"]) == (2, 1, 1, 1)
 
 
 def test_slowlog_get_len_reset(client):
@@ -698,6 +702,39 @@ def test_metrics_endpoint_matches_stats():
         valq(c, "PUSH", "idle", "wake")
         blocked.get()
         assert _sample(_scrape(port), "valqd_queue_blocked_consumers", "idle") == 0
+        c.close()
+
+
+def test_metrics_stay_bounded_with_many_queues():
+    """Totals over every queue always; series per queue for the first metrics-queue-series
+    queues in name order only, so the page is as long with 500 queues as with 5."""
+    port = _free_port()
+    with ThreadedServer(**{"metrics-port": str(port), "metrics-queue-series": "3"}) as server:
+        c = server.client()
+        for i in range(5):
+            valq(c, "CREATE", f"q{i}")
+            valq(c, "PUSH", f"q{i}", "x")
+        small = len(server.server.metrics())
+        pipe = c.pipeline(transaction=False)
+        for i in range(5, 500):
+            pipe.execute_command("VALQ", "CREATE", f"q{i}")
+            pipe.execute_command("VALQ", "PUSH", f"q{i}", "x")
+        pipe.execute()
+        valq(c, "POP", "q7")
+        families = _scrape(port)
+        assert len(server.server.metrics()) <= small + 64  # longer numbers only
+        assert {s.labels["queue"] for s in families["valqd_queue_ready"].samples} == \
+            {"q0", "q1", "q10"}
+        assert _sample(families, "valqd_queues") == 500
+        assert _sample(families, "valqd_queues_without_series") == 497
+        by_state = {s.labels["state"]: s.value for s in families["valqd_messages"].samples}
+        assert by_state == {"ready": 499, "inflight": 1, "delayed": 0, "dlq": 0}
+        assert _sample(families, "valqd_pushed") == 500
+        assert _sample(families, "valqd_delivered") == 1
+        c.config_set("metrics-queue-series", "0")
+        families = _scrape(port)
+        assert not families["valqd_queue_ready"].samples
+        assert _sample(families, "valqd_queues_without_series") == 500
         c.close()
 
 

@@ -142,6 +142,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slowlog-max-len", "128", "entries the slow log keeps", "int", mutable=True),
     Setting("metrics-port", "0", "serve Prometheus metrics over HTTP on this port (0: off)",
             "int", high=65535),
+    Setting("metrics-queue-series", "100", "/metrics has series per queue for at most this "
+            "many queues, the first in name order (totals always)", "int", mutable=True),
     Setting("save", "", "snapshot rules; valqd persists with the AOF only, so always empty "
             "(Valkey tools read it)", "enum", ("",)),
     Setting("appendonly", "yes", "persist every change to the append-only file", "enum",

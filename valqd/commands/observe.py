@@ -112,30 +112,48 @@ def _label(value: bytes) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _family(metric: str, kind: str, help_text: str, samples: list[str]) -> list[str]:
+    return [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}", *samples]
+
+
 def render_metrics(state: ServerState, extra: dict[str, tuple[str, str, float]]) -> str:
     """The Prometheus text format (version 0.0.4). `extra` holds process figures:
-    name -> (type, help, value)."""
-    lines = []
-    queues = [state.engine.queues[name] for name in state.engine.queue_names()]
+    name -> (type, help, value).
+
+    Totals over every queue always; series per queue only for the first
+    `metrics-queue-series` queues in name order, so that a scrape costs the same with
+    100,000 queues as with 100 (`valqd_queues_without_series` says how many were left out).
+    """
+    engine = state.engine
+    totals = engine.totals
+    lines = _family("valqd_queues", "gauge", "Queues.", [f"valqd_queues {len(engine.queues)}"])
+    lines += _family("valqd_messages", "gauge", "Messages of every queue, by state.", [
+        f'valqd_messages{{state="{name}"}} {value}' for name, value in (
+            ("ready", totals.ready), ("inflight", totals.inflight),
+            ("delayed", totals.delayed), ("dlq", totals.dead))])
+    for counter, help_text in COUNTER_HELP.items():
+        metric = f"valqd_{counter}_total"
+        lines += _family(metric, "counter", f"{help_text} Every queue, since the server "
+                         "started.", [f"{metric} {engine.counters[counter]}"])
+    limit = max(0, state.config.int("metrics-queue-series"))
+    queues = list(engine.queues.values()[:limit]) if limit else []
+    lines += _family("valqd_queues_without_series", "gauge",
+                     "Queues left out of the per-queue series (metrics-queue-series).",
+                     [f"valqd_queues_without_series {len(engine.queues) - len(queues)}"])
     for name, help_text, get in QUEUE_GAUGES:
         metric = f"valqd_queue_{name}"
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
-        lines += [f'{metric}{{queue="{_label(q.name)}"}} {get(q, state)}'
-                  for q in queues]
+        lines += _family(metric, "gauge", help_text, [
+            f'{metric}{{queue="{_label(q.name)}"}} {get(q, state)}' for q in queues])
     metric = "valqd_queue_oldest_ready_age_seconds"
-    lines += [f"# HELP {metric} Age of the next message to be delivered.",
-              f"# TYPE {metric} gauge"]
-    lines += [f'{metric}{{queue="{_label(q.name)}"}} {q.next_ready_age_ms(state.now) / 1000}'
-              for q in queues]
+    lines += _family(metric, "gauge", "Age of the next message to be delivered.", [
+        f'{metric}{{queue="{_label(q.name)}"}} {q.next_ready_age_ms(state.now) / 1000}'
+        for q in queues])
     for counter, help_text in COUNTER_HELP.items():
         metric = f"valqd_queue_{counter}_total"  # text format 0.0.4: TYPE names the sample
-        lines += [f"# HELP {metric} {help_text} Since the server started.",
-                  f"# TYPE {metric} counter"]
-        lines += [f'{metric}{{queue="{_label(q.name)}"}} {q.counters[counter]}'
-                  for q in queues]
-    lines += ["# HELP valqd_info Build information.", "# TYPE valqd_info gauge",
-              f'valqd_info{{version="{__version__}"}} 1']
+        lines += _family(metric, "counter", f"{help_text} Since the server started.", [
+            f'{metric}{{queue="{_label(q.name)}"}} {q.counters[counter]}' for q in queues])
+    lines += _family("valqd_info", "gauge", "Build information.",
+                     [f'valqd_info{{version="{__version__}"}} 1'])
     for metric, (kind, help_text, value) in extra.items():
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}",
-                  f"{metric} {value}"]
+        lines += _family(metric, kind, help_text, [f"{metric} {value}"])
     return "\n".join(lines) + "\n"

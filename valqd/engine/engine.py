@@ -19,10 +19,12 @@ import heapq
 import itertools
 from typing import Callable, NamedTuple
 
+from sortedcontainers import SortedDict
+
 from ..errors import (BusyQueueError, CommandError, NoLeaseError, NoMessageError,
                       NoQueueError, QueueFullError)
 from . import record
-from .queue import DEFAULT_EXTENSION, Queue, QueueSettings
+from .queue import COUNTERS, DEFAULT_EXTENSION, Queue, QueueSettings, Totals
 from .record import ID_MASK
 
 VISIBILITY_RANGE = (1, 43200)
@@ -109,7 +111,12 @@ def make_settings(visibility_timeout: int | None = None,
 
 class Engine:
     def __init__(self, journal: Journal | None = None) -> None:
-        self.queues: dict[bytes, Queue] = {}
+        # name -> queue, iterated in name order (VALQ LIST, KEYS, INFO queues need no sort)
+        self.queues: SortedDict = SortedDict()
+        # creation serial -> queue: SCAN walks it from a cursor, O(log n + COUNT) per call
+        self.by_serial: SortedDict = SortedDict()
+        self.totals = Totals()
+        self.counters = dict.fromkeys(COUNTERS, 0)  # over every queue, deleted ones too
         self.journal = journal
         self.listener: Listener | None = None
         self.readied: set[bytes] = set()  # queues that may have new visible messages
@@ -129,16 +136,27 @@ class Engine:
         return q
 
     def queue_names(self) -> list[bytes]:
-        return sorted(self.queues)
+        return list(self.queues)
 
     def message_count(self) -> int:
-        return sum(len(q.records) for q in self.queues.values())
+        return self.totals.messages
 
     def dataset_bytes(self) -> int:
         """Memory the messages hold: their records plus the measured cost of indexing one
-        (dict entry, id, sorted-list slot). O(queues), no walk over messages."""
-        return sum(q.data_bytes + len(q.records) * MESSAGE_OVERHEAD
-                   for q in self.queues.values())
+        (dict entry, id, sorted-list slot). O(1): the totals are kept as messages change."""
+        totals = self.totals
+        return totals.bytes + totals.messages * MESSAGE_OVERHEAD
+
+    def scan(self, cursor: int, count: int) -> tuple[list[Queue], int]:
+        """Up to `count` queues created after the one whose serial is `cursor` (0: from the
+        start), in creation order, and the cursor that continues after them (0: done). A
+        queue that exists for a whole scan is returned exactly once: serials never change
+        and new queues get larger ones."""
+        serials = self.by_serial
+        start = serials.bisect_right(cursor)
+        batch = [serials[serial] for serial in serials.islice(start, start + count)]
+        more = start + count < len(serials)
+        return batch, batch[-1].serial if more else 0
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -180,7 +198,7 @@ class Engine:
         if dedup_key is not None:
             seen = q.dedup.get(dedup_key)
             if seen is not None and seen[1] > now:
-                q.counters["deduplicated"] += 1
+                self._count(q, "deduplicated")
                 return seen[0]
         maxlen = q.settings.maxlen
         if maxlen and q.stored_count() >= maxlen:
@@ -300,7 +318,7 @@ class Engine:
             self._emit(("reason", name, message_id, reason))
         attempts = record.unpack(q.records[message_id])[3]
         if attempts >= q.settings.max_delivery_attempts:
-            q.counters["nacked"] += 1
+            self._count(q, "nacked")
             self._notify("nacked", name, message_id)
             self._emit(("dead", name, message_id, now))
         else:
@@ -400,7 +418,7 @@ class Engine:
                 message_id = q.lease_order[0] & ID_MASK
                 attempts = record.unpack(q.records[message_id])[3]
                 if attempts >= q.settings.max_delivery_attempts:
-                    q.counters["expired"] += 1
+                    self._count(q, "expired")
                     self._notify("expired", name, message_id)
                     self._emit(("dead", name, message_id, at))
                 else:
@@ -437,7 +455,7 @@ class Engine:
 
     def snapshot(self):
         """Effect records that rebuild the whole state, queues in creation order."""
-        for q in sorted(self.queues.values(), key=lambda q: q.serial):
+        for q in self.by_serial.values():
             yield from q.snapshot()
 
     def digest(self) -> str:
@@ -446,7 +464,7 @@ class Engine:
         if not self.queues:
             return "0" * 40
         h = hashlib.sha1()
-        for name in sorted(self.queues):
+        for name in self.queues:
             for effect in self.queues[name].snapshot(with_dedup=False):
                 h.update(repr(effect).encode())
         return h.hexdigest()
@@ -483,6 +501,7 @@ class Engine:
         self._apply(effect, apply, on_queue)
         if counter is not None:
             self.queues[effect[1]].counters[counter] += 1
+            self.counters[counter] += 1
         if self.journal is not None:
             self.journal(effect)
         if readying:
@@ -500,6 +519,11 @@ class Engine:
         else:
             apply(self, *effect[1:])
 
+    def _count(self, q: Queue, counter: str) -> None:
+        """Count an event that has no effect record of its own."""
+        q.counters[counter] += 1
+        self.counters[counter] += 1
+
     def _notify(self, event: str, name: bytes, message_id: int) -> None:
         """Tell the listener of an event that has no effect record of its own (a NACK or a
         lease running out on the last attempt: the record is the move to the DLQ)."""
@@ -507,7 +531,9 @@ class Engine:
             self.listener(event, name, message_id)
 
     def _apply_create(self, name: bytes, vt: int, mda: int, rp: int) -> None:
-        self.queues[name] = Queue(name, QueueSettings(vt, mda, rp), next(self._queue_serial))
+        q = self.queues[name] = Queue(name, QueueSettings(vt, mda, rp),
+                                      next(self._queue_serial), self.totals)
+        self.by_serial[q.serial] = q
 
     def _apply_update(self, name: bytes, vt: int, mda: int, rp: int) -> None:
         q = self.queues[name]
@@ -522,10 +548,14 @@ class Engine:
         s.dedup_window, s.maxlen = dedup_window, maxlen
 
     def _apply_delete(self, name: bytes) -> None:
-        del self.queues[name]
+        q = self.queues.pop(name)
+        del self.by_serial[q.serial]
+        self.totals.drop(q)
 
     def _apply_flush(self) -> None:
         self.queues.clear()
+        self.by_serial.clear()
+        self.totals.clear()
         self._timers.clear()
         self.due_at = NEVER
 

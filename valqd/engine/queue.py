@@ -56,13 +56,44 @@ class QueueSettings:
 DEFAULT_EXTENSION = QueueSettings().extension()
 
 
+class Totals:
+    """Figures over every queue of one engine, kept up to date by the queues as messages
+    come, move and go, so that INFO, /metrics, maxmemory and the disk reserve never walk the
+    queues. Ready messages are the rest: messages - inflight - delayed - dead."""
+
+    __slots__ = ("messages", "bytes", "inflight", "delayed", "dead")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.messages = 0
+        self.bytes = 0  # total size of the records
+        self.inflight = 0
+        self.delayed = 0
+        self.dead = 0
+
+    @property
+    def ready(self) -> int:
+        return self.messages - self.inflight - self.delayed - self.dead
+
+    def drop(self, q: "Queue") -> None:
+        """Forget a queue that is deleted with everything in it."""
+        self.messages -= len(q.records)
+        self.bytes -= sum(map(len, q.records.values()))
+        self.inflight -= len(q.leases)
+        self.delayed -= len(q.delayed)
+        self.dead -= len(q.dead)
+
+
 class Queue:
     __slots__ = ("name", "serial", "settings", "id_sequence", "promote_seq", "lease_seq",
                  "records", "ready", "leases", "lease_order", "delayed", "delayed_order",
                  "dead", "dead_order", "dedup", "dedup_order", "reasons", "paused",
-                 "counters", "data_bytes", "scheduled_at")
+                 "counters", "totals", "scheduled_at")
 
-    def __init__(self, name: bytes, settings: QueueSettings, serial: int = 0) -> None:
+    def __init__(self, name: bytes, settings: QueueSettings, serial: int = 0,
+                 totals: Totals | None = None) -> None:
         self.name = name
         self.serial = serial  # creation order, for SCAN cursors
         self.settings = settings
@@ -82,7 +113,7 @@ class Queue:
         self.reasons: dict[int, bytes] = {}  # the last NACK reason of a message
         self.paused = False
         self.counters = dict.fromkeys(COUNTERS, 0)  # since start-up, not persisted
-        self.data_bytes = 0  # total size of the records, for maxmemory
+        self.totals = Totals() if totals is None else totals  # shared by the engine's queues
         self.scheduled_at: int | None = None  # the engine's timer entry for this queue
 
     # -- state queries -------------------------------------------------------------------
@@ -155,10 +186,13 @@ class Queue:
     def add(self, message_id: int, enqueued_at: int, due_at: int, priority: int,
             body: bytes) -> None:
         rec = self.records[message_id] = record.pack(enqueued_at, 0, 0, 0, priority, body)
-        self.data_bytes += len(rec)
+        totals = self.totals
+        totals.messages += 1
+        totals.bytes += len(rec)
         if message_id > self.id_sequence:
             self.id_sequence = message_id
         if due_at:
+            totals.delayed += 1
             self.delayed[message_id] = due_at
             self.delayed_order.add(time_key(due_at, message_id))
         else:
@@ -175,12 +209,13 @@ class Queue:
                 self.ready.pop(0)
             else:
                 self.ready.remove(key)
+            self.totals.inflight += 1
         else:
             self.lease_order.remove(time_key(old_deadline, message_id))
         if attempts != old_attempts or lease_no != old_lease_no:
             new = self.records[message_id] = record.pack(
                 enqueued_at, promote_seq, lease_no, attempts, priority, record.body_of(rec))
-            self.data_bytes += len(new) - len(rec)
+            self.totals.bytes += len(new) - len(rec)
         if lease_no > self.lease_seq:
             self.lease_seq = lease_no
         self.leases[message_id] = deadline_at
@@ -191,7 +226,10 @@ class Queue:
         `due_at`, delayed until then (backoff)."""
         deadline = self.leases.pop(message_id)
         self.lease_order.remove(time_key(deadline, message_id))
+        totals = self.totals
+        totals.inflight -= 1
         if due_at:
+            totals.delayed += 1
             self.delayed[message_id] = due_at
             self.delayed_order.add(time_key(due_at, message_id))
         else:
@@ -200,6 +238,7 @@ class Queue:
     def defer(self, message_id: int, due_at: int) -> None:
         """A ready or delayed message gets a new due time."""
         self._unlink(message_id)
+        self.totals.delayed += 1
         self.delayed[message_id] = due_at
         self.delayed_order.add(time_key(due_at, message_id))
 
@@ -208,6 +247,7 @@ class Queue:
         every waiting plain message; with 0 (it was delivered before) it takes its place."""
         due_at = self.delayed.pop(message_id)
         self.delayed_order.remove(time_key(due_at, message_id))
+        self.totals.delayed -= 1
         if promote_seq:
             self._rewrite(message_id, promote_seq=promote_seq)
             if promote_seq > self.promote_seq:
@@ -217,6 +257,7 @@ class Queue:
     def bury(self, message_id: int, dead_at: int) -> None:
         """Move a message, in whatever state, to the DLQ."""
         self._unlink(message_id)
+        self.totals.dead += 1
         self.dead[message_id] = dead_at
         self.dead_order.add(time_key(dead_at, message_id))
 
@@ -224,12 +265,15 @@ class Queue:
         """A DLQ message returns to the main queue with its attempts reset (REDRIVE)."""
         dead_at = self.dead.pop(message_id)
         self.dead_order.remove(time_key(dead_at, message_id))
+        self.totals.dead -= 1
         self._rewrite(message_id, attempts=0)
         self.ready.add(self._order_key(message_id))
 
     def remove(self, message_id: int) -> None:
         self._unlink(message_id)
-        self.data_bytes -= len(self.records.pop(message_id))
+        totals = self.totals
+        totals.messages -= 1
+        totals.bytes -= len(self.records.pop(message_id))
         self.reasons.pop(message_id, None)
 
     def set_paused(self, paused: int) -> None:
@@ -257,22 +301,27 @@ class Queue:
                 promote_seq: int, lease_no: int, attempts: int, priority: int,
                 body: bytes) -> None:
         """Put back one message exactly as a snapshot described it."""
+        if state not in ("ready", "inflight", "delayed", "dlq"):
+            raise ValueError(f"unknown message state {state!r}")
         rec = self.records[message_id] = record.pack(enqueued_at, promote_seq, lease_no,
                                                      attempts, priority, body)
-        self.data_bytes += len(rec)
+        totals = self.totals
         if state == "ready":
             self.ready.add(record.order_key(message_id, promote_seq, priority))
         elif state == "inflight":
             self.leases[message_id] = at
             self.lease_order.add(time_key(at, message_id))
+            totals.inflight += 1
         elif state == "delayed":
             self.delayed[message_id] = at
             self.delayed_order.add(time_key(at, message_id))
-        elif state == "dlq":
+            totals.delayed += 1
+        else:
             self.dead[message_id] = at
             self.dead_order.add(time_key(at, message_id))
-        else:
-            raise ValueError(f"unknown message state {state!r}")
+            totals.dead += 1
+        totals.messages += 1
+        totals.bytes += len(rec)
 
     def snapshot(self, with_dedup: bool = True):
         """Effect records that rebuild this queue: settings, counters, then every message."""
@@ -297,24 +346,31 @@ class Queue:
                 yield ("dedup", self.name, key, message_id, expires_at)
 
     def purge(self, which: str) -> int:
+        totals = self.totals
         if which == "main":
             ids = [key & ID_MASK for key in self.ready] + list(self.leases)
+            totals.inflight -= len(self.leases)
             self.ready.clear()
             self.leases.clear()
             self.lease_order.clear()
         elif which == "delayed":
             ids = list(self.delayed)
+            totals.delayed -= len(ids)
             self.delayed.clear()
             self.delayed_order.clear()
         else:
             ids = list(self.dead)
+            totals.dead -= len(ids)
             self.dead.clear()
             self.dead_order.clear()
         records, reasons = self.records, self.reasons
+        removed = 0
         for message_id in ids:
-            self.data_bytes -= len(records.pop(message_id))
+            removed += len(records.pop(message_id))
             if reasons:
                 reasons.pop(message_id, None)
+        totals.messages -= len(ids)
+        totals.bytes -= removed
         return len(ids)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -326,7 +382,7 @@ class Queue:
             enqueued_at, changes.get("promote_seq", promote_seq),
             changes.get("lease_no", lease_no), changes.get("attempts", attempts), priority,
             record.body_of(rec))
-        self.data_bytes += len(new) - len(rec)
+        self.totals.bytes += len(new) - len(rec)
 
     def _order_key(self, message_id: int) -> int:
         _, promote_seq, _, _, priority = record.unpack(self.records[message_id])
@@ -337,13 +393,16 @@ class Queue:
         at = self.leases.pop(message_id, None)
         if at is not None:
             self.lease_order.remove(time_key(at, message_id))
+            self.totals.inflight -= 1
             return
         at = self.delayed.pop(message_id, None)
         if at is not None:
             self.delayed_order.remove(time_key(at, message_id))
+            self.totals.delayed -= 1
             return
         at = self.dead.pop(message_id, None)
         if at is not None:
             self.dead_order.remove(time_key(at, message_id))
+            self.totals.dead -= 1
             return
         self.ready.remove(self._order_key(message_id))
