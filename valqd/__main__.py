@@ -45,11 +45,12 @@ def setup_logging(config: Config) -> None:
 async def run(config: Config, loop_name: str) -> None:
     server = Server(config)
     await server.start()
-    ports = ([f"port {server.port}"] if server.port else []) + \
-        ([f"TLS port {server.tls_port}"] if server.tls_port else [])
+    if server.stopping:  # asked to stop while loading
+        await server.serve_until_stopped()
+        return
     logging.getLogger("valqd").info(
         "valqd %s ready to accept connections on %s %s, pid %d, %s event loop",
-        __version__, config["bind"], ", ".join(ports), os.getpid(), loop_name)
+        __version__, config["bind"], server.ports_text(), os.getpid(), loop_name)
     await server.serve_until_stopped()
 
 

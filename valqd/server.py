@@ -32,7 +32,7 @@ from .config import AUTO_PORT, Config
 from .engine import TICK_BUDGET, Engine
 from .errors import CommandError, ProtocolError
 from .persistence.aof import AppendOnlyFile
-from .persistence.loader import load
+from .persistence.loader import LoadResult, load_steps
 from .resp import RequestParser, encode
 from .resp.parser import Limits
 
@@ -303,11 +303,23 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen first (a port that is taken fails at once), then load the AOF a slice at a
+        time: meanwhile clients connect and get `-LOADING` for what needs the data, as in
+        Valkey. Returns early, without opening the AOF, if a shutdown comes while loading."""
         loop = asyncio.get_running_loop()
+        self._capture_signals(loop)
         fit_maxclients(self.config)
-        if self.config["appendonly"] == "yes":
-            self._open_aof()
+        await self._listen_all(loop)
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
+        if self.config["appendonly"] == "yes":
+            if not await self._load_aof():
+                return
+            self._open_aof()
+        self.engine.tick(self.clock())  # whatever fell due while the server was down
+        self.after_commands()
+        self._commit()
+
+    async def _listen_all(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.config
         port, tls_port = config.int("port"), config.int("tls-port")
         if not port and not tls_port:
@@ -329,9 +341,30 @@ class Server:
             for host in str(self.config["bind"]).split():
                 self._listeners.append(await loop.create_server(
                     lambda: MetricsHttp(self), host, metrics_port, reuse_address=True))
-        self.engine.tick(self.clock())  # whatever fell due while the server was down
-        self.after_commands()
-        self._commit()
+        log.info("Listening on %s %s", config["bind"], self.ports_text())
+
+    def ports_text(self) -> str:
+        """`port 7400, TLS port 7401`: the ports bound, for the log."""
+        return ", ".join(([f"port {self.port}"] if self.port else []) +
+                         ([f"TLS port {self.tls_port}"] if self.tls_port else []))
+
+    async def _load_aof(self) -> bool:
+        """Replay the AOF through the engine, giving the event loop a turn after every slice
+        of records; False if a shutdown was asked for meanwhile."""
+        path = os.path.join(str(self.config["dir"]), str(self.config["appendfilename"]))
+        state = self.state
+        state.loading, state.loading_progress = True, LoadResult()
+        state.loading_started_at = int(time.time())
+        try:
+            for _ in load_steps(path, self.engine, self.config["aof-load-truncated"] == "yes",
+                                state.loading_progress):
+                await asyncio.sleep(0)
+                if self._stopping.is_set():
+                    log.warning("Shutdown asked for while loading: the AOF is left as it is")
+                    return False
+        finally:
+            state.loading = False
+        return True
 
     async def _listen(self, protocol: Callable[["Server"], asyncio.BaseProtocol], port: int,
                       context: ssl.SSLContext | None = None) -> int:
@@ -363,7 +396,6 @@ class Server:
 
     def _open_aof(self) -> None:
         path = os.path.join(str(self.config["dir"]), str(self.config["appendfilename"]))
-        load(path, self.engine, self.config["aof-load-truncated"] == "yes")
         self.aof = AppendOnlyFile(path, str(self.config["appendfsync"]))
         self.aof.open()
         self.aof.ensure_reserve(self.engine.message_count())
@@ -398,13 +430,18 @@ class Server:
     def request_shutdown(self) -> None:
         self._stopping.set()
 
-    async def serve_until_stopped(self) -> None:
-        loop = asyncio.get_running_loop()
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _capture_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(signum, self._on_signal, signum)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
+
+    async def serve_until_stopped(self) -> None:
         await self._stopping.wait()
         await self.stop()
 

@@ -378,12 +378,23 @@ def _queues_info(state: ServerState) -> list[str]:
             for i, (name, q) in enumerate(state.engine.queues.items())]
 
 
+def _loading_info(state: ServerState) -> list[str]:
+    """Valkey's loading fields; the progress ones only while the AOF loads."""
+    progress = state.loading_progress
+    if not state.loading or progress is None:
+        return ["loading:0", "async_loading:0"]
+    total, done = progress.file_size, progress.loaded_size
+    return ["loading:1", "async_loading:0", f"loading_start_time:{state.loading_started_at}",
+            f"loading_total_bytes:{total}", f"loading_loaded_bytes:{done}",
+            f"loading_loaded_perc:{100 * done / total if total else 0:.2f}"]
+
+
 # INFO's sections, in order: each built only when asked for
 _INFO_SECTIONS: dict[str, Callable[[ServerState], list[str]]] = {
     "server": _server_info,
     "clients": _clients_info,
     "memory": _memory_info,
-    "persistence": lambda state: ["loading:0", "async_loading:0", *(
+    "persistence": lambda state: [*_loading_info(state), *(
         state.aof.info_fields() if state.aof is not None else ["aof_enabled:0"])],
     "stats": lambda state: [f"total_connections_received:{state.total_connections}",
                             f"total_commands_processed:{state.total_commands}",

@@ -90,3 +90,6 @@ class ServerState:
         counted as messages are stored and removed (no walk over the messages)."""
         return self.baseline_memory + self.engine.dataset_bytes()
     aof: Any = None  # valqd.persistence.aof.AppendOnlyFile when appendonly is on
+    loading: bool = False  # the AOF is being replayed: only `loading` commands are served
+    loading_progress: Any = None  # valqd.persistence.loader.LoadResult while loading
+    loading_started_at: int = 0  # Unix seconds

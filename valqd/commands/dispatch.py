@@ -72,6 +72,7 @@ CROSS_PROTOCOL_WARNING = (
 CROSS_PROTOCOL_LOG_EVERY_S = 60.0
 REDACTED = b"(redacted)"
 NOAUTH = encode.error("NOAUTH", "Authentication required.")
+LOADING = encode.error("LOADING", "valqd is loading the dataset in memory")
 OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")
 
 
@@ -145,6 +146,8 @@ class Dispatcher:
             return spec
         if not session.authenticated and not spec.no_auth:
             return NOAUTH
+        if state.loading and not spec.loading_ok:
+            return LOADING
         if spec.denyoom:
             if state.aof is not None and state.aof.write_error is not None:
                 return encode.error("MISCONF", "Errors writing to the AOF file: "

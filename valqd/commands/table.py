@@ -76,6 +76,7 @@ class CommandSpec:
         # read on every command: plain attributes rather than a search of `flags`
         self.denyoom = "denyoom" in self.flags
         self.no_auth = "no-auth" in self.flags
+        self.loading_ok = "loading" in self.flags  # served while the AOF loads
         # arity n > 0: exactly n words, command name included; -n: at least n
         self.fewest_args = abs(self.arity)
         self.most_args = self.arity if self.arity > 0 else 2**62

@@ -9,11 +9,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 from .format import AofCorruption, iter_batches, parse_records
 
 log = logging.getLogger("valqd")
 PROGRESS_EVERY_S = 1.0
+LOAD_SLICE_RECORDS = 2000  # records replayed between two turns of the server's event loop
 
 
 @dataclass
@@ -21,6 +23,7 @@ class LoadResult:
     records: int = 0
     good_size: int = 0  # bytes up to the end of the last intact batch
     file_size: int = 0
+    loaded_size: int = 0  # bytes replayed so far
     seconds: float = 0.0
 
     @property
@@ -28,14 +31,20 @@ class LoadResult:
         return self.file_size - self.good_size
 
 
-def scan(path: str, apply=None, progress: bool = False) -> LoadResult:
-    """Check (and with `apply`, load) every batch; raises AofCorruption."""
+def scan_steps(path: str, apply=None, progress: bool = False,
+               result: LoadResult | None = None) -> Iterator[LoadResult]:
+    """Check (and with `apply`, load) every batch, yielding `result` after every
+    LOAD_SLICE_RECORDS records so that a caller can do other work between slices; raises
+    AofCorruption."""
     started = time.monotonic()
     with open(path, "rb") as f:
         data = f.read()
-    result = LoadResult(file_size=len(data))
+    if result is None:
+        result = LoadResult()
+    result.file_size = len(data)
     batches = iter_batches(data, path)
     last_report = started
+    slice_left = LOAD_SLICE_RECORDS
     while True:
         try:
             offset, end, payload = next(batches)
@@ -47,20 +56,38 @@ def scan(path: str, apply=None, progress: bool = False) -> LoadResult:
                 if apply is not None:
                     apply(effect)
                 result.records += 1
+                slice_left -= 1
+                if not slice_left:
+                    slice_left = LOAD_SLICE_RECORDS
+                    result.loaded_size = offset
+                    yield result
         except Exception as exc:  # a record that does not fit the schema or the state
             raise AofCorruption(path, offset, f"bad record ({exc})") from None
+        result.loaded_size = end
         if progress and time.monotonic() - last_report >= PROGRESS_EVERY_S:
             last_report = time.monotonic()
             log.info("Loading AOF: %d records, %.0f%%", result.records, 100 * end / len(data))
+    result.loaded_size = result.good_size
     result.seconds = time.monotonic() - started
+
+
+def scan(path: str, apply=None, progress: bool = False) -> LoadResult:
+    """Check (and with `apply`, load) every batch at once; raises AofCorruption."""
+    result = LoadResult()
+    for _ in scan_steps(path, apply, progress, result):
+        pass
     return result
 
 
-def load(path: str, engine, allow_truncated: bool = True) -> LoadResult:
-    """Replay the AOF at `path` into `engine`; cut off a truncated tail if allowed."""
+def load_steps(path: str, engine, allow_truncated: bool = True,
+               result: LoadResult | None = None) -> Iterator[LoadResult]:
+    """Replay the AOF at `path` into `engine`, a slice of records per step (the server
+    serves clients between steps); cut off a truncated tail if allowed."""
+    if result is None:
+        result = LoadResult()
     if not os.path.exists(path):
-        return LoadResult()
-    result = scan(path, engine.replay, progress=True)
+        return
+    yield from scan_steps(path, engine.replay, True, result)
     engine.rearm_timers()
     if result.truncated_bytes:
         if not allow_truncated:
@@ -74,6 +101,13 @@ def load(path: str, engine, allow_truncated: bool = True) -> LoadResult:
             os.fsync(f.fileno())
     log.info("DB loaded from append only file: %.3f seconds, %d records",
              result.seconds, result.records)
+
+
+def load(path: str, engine, allow_truncated: bool = True) -> LoadResult:
+    """Replay the AOF at `path` into `engine` at once; cut off a truncated tail if allowed."""
+    result = LoadResult()
+    for _ in load_steps(path, engine, allow_truncated, result):
+        pass
     return result
 
 
