@@ -23,8 +23,9 @@ def imports_of(path: Path, package: str) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: resolve against valqd.<package>
-                base = ["valqd", package][:max(0, 2 - node.level + 1)]
+            if node.level:  # relative: resolve against valqd.<package> (or valqd)
+                base = ["valqd", package] if package else ["valqd"]
+                base = base[:max(0, len(base) - node.level + 1)]
                 found.add(".".join(base + ([node.module] if node.module else [])))
             else:
                 found.add(node.module or "")
@@ -42,3 +43,28 @@ def test_imports_point_one_way(package):
                     f"{path.name} imports {name}"
             else:
                 assert top not in forbidden, f"{path.name} imports {name}"
+
+
+CLIENT_LIBRARY = {"valqd.client", "valqd.worker"}
+
+
+def test_the_server_never_imports_the_client_library():
+    """valqd.client and valqd.worker need the optional `valkey` package; the server runs
+    without it. Only __main__ reaches the worker, inside `valqd worker`."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.name in ("client.py", "worker.py", "__main__.py") and \
+                relative.parent == Path("."):
+            continue
+        package = relative.parts[0] if len(relative.parts) > 1 else ""
+        for name in imports_of(path, package):
+            assert name.split(".")[0] != "valkey", f"{relative} imports {name}"
+            assert not any(name == m or name.startswith(m + ".") for m in CLIENT_LIBRARY), \
+                f"{relative} imports {name}"
+
+
+def test_the_client_library_imports_nothing_of_the_server():
+    for name in ("client", "worker"):
+        for imported in imports_of(PACKAGE / f"{name}.py", ""):
+            if imported.split(".")[0] == "valqd":
+                assert imported in CLIENT_LIBRARY, f"{name}.py imports {imported}"

@@ -1,15 +1,17 @@
 """README.md stays true: its references are generated from the tables, its commands exist."""
 
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import CHILD_ENV, as_map, valq
+from support import CHILD_ENV, as_map, valq, wait_until
 from valqd.docs import render
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -37,7 +39,8 @@ def test_ci_runs_the_readme_test_command():
 # -- the README's examples, run ----------------------------------------------------------------
 
 def fenced_blocks(language: str) -> list[str]:
-    """The README's code blocks in `language`, in order."""
+    """The README's code blocks in `language`, in order. A block whose fence also names a
+    file (```python tasks.py) is not one of them: a test of its own runs it."""
     return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), re.M | re.S)
 
 
@@ -107,3 +110,30 @@ def test_redis_cli_transcript_is_what_redis_cli_prints(fresh_valqd):
                 values = [re.findall(r'"[^"]*"', line) for line in expected]
                 assert [v for line in values for v in line] == \
                     re.findall(r'"[^"]*"', result.stdout), (argv, shown)
+
+
+def test_the_worker_quick_start_runs_as_written(tmp_path, valqd):
+    """The `tasks.py` block and the shell line after it ("Workers in Python"), against a
+    real valqd named by $VALQD_URL (the example leaves the URL to its default): the
+    producer pushes, `valqd worker` handles the job, SIGTERM stops it cleanly."""
+    text = README.read_text()
+    (python,) = re.findall(r"^```python tasks.py\n(.*?)^```", text, re.M | re.S)
+    section = text[text.index("```python tasks.py"):]
+    shell = re.search(r"^```sh\n(.*?)^```", section, re.M | re.S).group(1)
+    assert len(python.splitlines()) + len(shell.splitlines()) <= 10
+    (tmp_path / "tasks.py").write_text(python)
+    env = {**CHILD_ENV, "VALQD_URL": f"valkey://127.0.0.1:{valqd.port}",
+           "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "out.txt"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen(["bash", "-c", shell], cwd=tmp_path, env=env, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: "sending to ada@example.com" in out.read_text(), timeout=30,
+                   what="the job handled")
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0, out.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "worker stopped: 1 done" in out.read_text()

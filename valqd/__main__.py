@@ -1,5 +1,7 @@
-"""`valqd` / `python -m valqd`: parse the configuration, run the server until stopped."""
+"""`valqd` / `python -m valqd`: parse the configuration, run the server until stopped.
+`valqd check-aof` and `valqd worker` are subcommands."""
 
+import argparse
 import asyncio
 import logging
 import os
@@ -20,11 +22,16 @@ _MARKS = {logging.DEBUG: ".", logging.INFO: "*", logging.WARNING: "#", logging.E
 
 
 class _ValkeyStyle(logging.Formatter):
-    """`pid:M 23 Nov 2026 07:40:00.123 * message`, the shape of Valkey's log lines."""
+    """`pid:M 23 Nov 2026 07:40:00.123 * message`, the shape of Valkey's log lines; the
+    role letter is M for the server, W for a worker."""
+
+    def __init__(self, role: str = "M") -> None:
+        super().__init__()
+        self.role = role
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%d %b %Y %H:%M:%S", time.localtime(record.created))
-        text = (f"{record.process}:M {stamp}.{int(record.msecs):03d} "
+        text = (f"{record.process}:{self.role} {stamp}.{int(record.msecs):03d} "
                 f"{_MARKS.get(record.levelno, '*')} {record.getMessage()}")
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
@@ -78,10 +85,57 @@ def check_aof_main(args: list[str]) -> int:
     return check_aof(files[0], fix)
 
 
+def worker_main(args: list[str]) -> int:
+    """valqd worker MODULE:NAME [--queue Q ...] [--concurrency N] [--url URL] [--grace S]
+    [--loglevel L]: exit code 0 after a clean stop, 1 after a forced one or an error, 2 on
+    bad usage."""
+    parser = argparse.ArgumentParser(
+        prog="valqd worker", description="Run handlers over the messages of valqd queues.")
+    parser.add_argument("target", metavar="MODULE:NAME",
+                        help="a handler function (handles every --queue) or a Worker")
+    parser.add_argument("--queue", action="append", default=[], metavar="Q",
+                        help="a queue to serve (repeat for more; the first with a message "
+                             "is served first); with a Worker, only these of its queues")
+    parser.add_argument("--concurrency", type=int, metavar="N",
+                        help="messages in flight at once, over every queue (default 8)")
+    parser.add_argument("--url", help="valkey://[user:password@]host:port/db, valkeys:// for "
+                                      "TLS (default $VALQD_URL or valkey://127.0.0.1:7400)")
+    parser.add_argument("--grace", type=float, metavar="S",
+                        help="seconds a stop waits for running handlers (default 30)")
+    parser.add_argument("--loglevel", choices=list(_LEVELS), default="notice")
+    options = parser.parse_args(args)
+    if options.concurrency is not None and options.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    try:
+        from .worker import WorkerError, load_worker
+    except ImportError as exc:
+        print(f"valqd worker: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ValkeyStyle("W"))
+    logger = logging.getLogger("valqd.worker")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(_LEVELS[options.loglevel])
+    try:
+        worker = load_worker(options.target, options.queue, url=options.url,
+                             concurrency=options.concurrency, grace=options.grace)
+    except (WorkerError, ValueError) as exc:
+        print(f"valqd worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return worker.run()
+    except (WorkerError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["check-aof"]:
         return check_aof_main(args[1:])
+    if args[:1] == ["worker"]:
+        return worker_main(args[1:])
     values, renames = parse_command_line(args)
     config = Config(values, renames)
     directory = str(config["dir"])
