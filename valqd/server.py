@@ -657,6 +657,8 @@ class Server:
         fsync_running = self._fsync_future is not None and not self._fsync_future.done()
         if aof is not None and not fsync_running:
             aof.poll_rewrite()
+            if aof.rewrite_scheduled:
+                aof.start_rewrite(self.engine.snapshot)
             if self._housekeeping_round % 10 == 0:
                 aof.ensure_reserve(self.engine.message_count())
                 if aof.needs_fsync():

@@ -17,6 +17,7 @@ from ..resp import encode
 from .args import U64_MAX, Args, parse_int
 from .context import ServerState, Session
 from .glob import glob_match
+from .multi import discard_transaction
 from .observe import rss_bytes
 
 VALKEY_COMPAT_VERSION = "7.2.4"  # the Valkey whose replies valqd follows, for client checks
@@ -130,8 +131,9 @@ def quit_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 
 def reset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """RESET -> +RESET: back to RESP2, no name, no subscriptions, and no longer
-    authenticated when a password is required."""
+    """RESET -> +RESET: back to RESP2, no name, no subscriptions, no transaction or WATCH,
+    and no longer authenticated when a password is required."""
+    discard_transaction(session)
     session.proto = 2
     session.name = b""
     state.pubsub.drop(session)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..engine import Engine
+from ..resp import encode
 
 
 @dataclass(eq=False)
@@ -42,14 +43,21 @@ class Session:
     send: Callable[[bytes], None] = lambda data: None  # set by the server: out-of-band data
     channels: set[bytes] = field(default_factory=set)  # pub/sub subscriptions
     patterns: set[bytes] = field(default_factory=set)
+    db: int = 0  # the selected database
+    multi: list[tuple[Any, list[bytes]]] | None = None  # (spec, argv) queued in MULTI
+    multi_failed: bool = False  # a command was refused while queuing: EXEC aborts
+    # (db, queue) -> (creation serial, version) when WATCH ran, None for a missing queue
+    watched: dict[tuple[int, bytes], tuple[int, int] | None] = field(default_factory=dict)
 
     def info_line(self, now: float) -> str:
         """One line of CLIENT LIST, in Valkey's field order."""
         return (f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 "
                 f"name={self.name.decode('utf-8', 'replace')} "
                 f"age={int(now - self.created_at)} idle={int(now - self.last_command_at)} "
-                f"flags={'P' if self.channels or self.patterns else 'N'} db=0 "
-                f"sub={len(self.channels)} psub={len(self.patterns)} ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 "
+                f"flags={'P' if self.channels or self.patterns else 'N'} db={self.db} "
+                f"sub={len(self.channels)} psub={len(self.patterns)} ssub=0 "
+                f"multi={-1 if self.multi is None else len(self.multi)} "
+                f"watch={len(self.watched)} qbuf=0 qbuf-free=0 "
                 f"argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 "
                 f"events=r cmd={self.last_command} user=default redir=-1 resp={self.proto} "
                 f"lib-name={self.lib_name.decode('utf-8', 'replace')} "
@@ -84,12 +92,32 @@ class ServerState:
     maxmemory: int = 0  # bytes; 0: no limit
     max_message_size: int = 1 << 20  # bytes of a message body
     baseline_memory: int = 0  # resident bytes of the process before any data
+    aof: Any = None  # valqd.persistence.aof.AppendOnlyFile when appendonly is on
+    loading: bool = False  # the AOF is being replayed: only `loading` commands are served
+    loading_progress: Any = None  # valqd.persistence.loader.LoadResult while loading
+    loading_started_at: int = 0  # Unix seconds
+    databases: list[Engine] = field(default_factory=list)  # by index; [engine] by default
+    # set by the dispatcher: run one command (stats, slow log, errors), for EXEC
+    call: Callable[[Session, Any, list[bytes]], Any] = lambda session, spec, argv: b""
+    in_exec: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.databases:
+            self.databases = [self.engine]
 
     def used_memory(self) -> int:
         """What maxmemory is compared with: the process's baseline plus the queues' data,
         counted as messages are stored and removed (no walk over the messages)."""
         return self.baseline_memory + self.engine.dataset_bytes()
-    aof: Any = None  # valqd.persistence.aof.AppendOnlyFile when appendonly is on
-    loading: bool = False  # the AOF is being replayed: only `loading` commands are served
-    loading_progress: Any = None  # valqd.persistence.loader.LoadResult while loading
-    loading_started_at: int = 0  # Unix seconds
+
+    def write_refusal(self) -> bytes | None:
+        """The error a command that adds data gets now (MISCONF, OOM), or None."""
+        if self.aof is not None and self.aof.write_error is not None:
+            return encode.error("MISCONF", "Errors writing to the AOF file: "
+                                f"{self.aof.write_error}")
+        if self.maxmemory and self.used_memory() > self.maxmemory:
+            return OOM
+        return None
+
+
+OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")

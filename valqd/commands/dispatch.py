@@ -13,7 +13,8 @@ from ..config import BY_NAME
 from ..engine import TICK_BUDGET
 from ..errors import CommandError
 from ..resp import encode
-from .context import ServerState, Session
+from .context import Blocked, ServerState, Session
+from .multi import NOT_IN_MULTI, QUEUED, RUN_IN_MULTI
 from .pubsub import check_subscribed_mode
 from .table import CommandSpec
 
@@ -73,7 +74,13 @@ CROSS_PROTOCOL_LOG_EVERY_S = 60.0
 REDACTED = b"(redacted)"
 NOAUTH = encode.error("NOAUTH", "Authentication required.")
 LOADING = encode.error("LOADING", "valqd is loading the dataset in memory")
-OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")
+
+
+def _refused(session: Session, reply: bytes) -> bytes:
+    """A command refused before it ran; in MULTI, that makes EXEC abort."""
+    if session.multi is not None:
+        session.multi_failed = True
+    return reply
 
 
 class Dispatcher:
@@ -81,6 +88,7 @@ class Dispatcher:
         """`renames` maps a command to the name it answers to ("" disables it)."""
         self.state = state
         self._attack_logged_at: float | None = None
+        state.call = self.call
         self._commands: dict[bytes, CommandSpec] = {}
         self._subcommands: dict[bytes, dict[bytes, CommandSpec]] = {}
         # (command, subcommand) as clients usually spell them: one lookup on the hot path
@@ -143,21 +151,37 @@ class Dispatcher:
         if type(spec) is bytes:
             if argv[0].lower() in CROSS_PROTOCOL_WORDS:
                 return self._cross_protocol_attack(session)
-            return spec
+            return _refused(session, spec)
         if not session.authenticated and not spec.no_auth:
-            return NOAUTH
+            return _refused(session, NOAUTH)
         if state.loading and not spec.loading_ok:
-            return LOADING
+            return _refused(session, LOADING)
+        if session.multi is not None and spec.name not in RUN_IN_MULTI:
+            return self._queue(session, spec, argv)
         if spec.denyoom:
-            if state.aof is not None and state.aof.write_error is not None:
-                return encode.error("MISCONF", "Errors writing to the AOF file: "
-                                    f"{state.aof.write_error}")
-            if state.maxmemory and state.used_memory() > state.maxmemory:
-                return OOM
+            refusal = state.write_refusal()
+            if refusal is not None:
+                return refusal
         now = state.now = state.clock()
         engine = state.engine
         if now >= engine.due_at:
             engine.tick(now, TICK_BUDGET)
+        return self.call(session, spec, argv)  # type: ignore[return-value]
+
+    def _queue(self, session: Session, spec: CommandSpec, argv: list[bytes]) -> bytes:
+        """In MULTI: queue the command for EXEC, or refuse it and make EXEC abort."""
+        refusal = NOT_IN_MULTI if spec.no_multi else \
+            self.state.write_refusal() if spec.denyoom else None
+        if refusal is not None:
+            return _refused(session, refusal)
+        session.multi.append((spec, argv))  # type: ignore[union-attr]
+        session.last_command = spec.name
+        return QUEUED
+
+    def call(self, session: Session, spec: CommandSpec, argv: list[bytes]) -> bytes | Blocked:
+        """Run one command whose checks passed, at `state.now`: the handler's reply or an
+        error reply, counted in the command statistics and the slow log."""
+        state = self.state
         name = session.last_command = spec.name
         started = perf_counter_ns()
         try:
@@ -178,9 +202,9 @@ class Dispatcher:
         stats[1] += elapsed_us
         if failed:
             stats[2] += 1
-        if 0 <= state.slowlog_threshold_us <= elapsed_us:
-            state.slowlog.record(session, redacted(name, argv), elapsed_us)
-        return reply
+        if 0 <= state.slowlog_threshold_us <= elapsed_us and name != "exec":
+            state.slowlog.record(session, redacted(name, argv), elapsed_us)  # as Valkey:
+        return reply  # the commands of an EXEC are logged, not the EXEC
 
     def _cross_protocol_attack(self, session: Session) -> bytes:
         """POST or Host: as a command: close the connection without a reply."""

@@ -12,8 +12,12 @@ def _aof(state: ServerState):
 
 
 def bgrewriteaof(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """BGREWRITEAOF -> +Background append only file rewriting started. ERR if one is
-    already running or appendonly is off."""
+    """BGREWRITEAOF -> +Background append only file rewriting started (scheduled inside
+    EXEC: the fork commits the AOF, which would split the transaction's batch). ERR if one
+    is already running or appendonly is off."""
+    if state.in_exec and not _aof(state).rewriting:
+        state.aof.rewrite_scheduled = True
+        return encode.simple(b"Background append only file rewriting scheduled")
     if not _aof(state).start_rewrite(state.engine.snapshot):
         raise CommandError("Background append only file rewriting already in progress")
     return encode.simple(b"Background append only file rewriting started")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..resp import encode
-from . import admin, observe, persist, pubsub, valq
+from . import admin, multi, observe, persist, pubsub, valq
 
 Handler = Callable[..., bytes]
 
@@ -77,6 +77,7 @@ class CommandSpec:
         self.denyoom = "denyoom" in self.flags
         self.no_auth = "no-auth" in self.flags
         self.loading_ok = "loading" in self.flags  # served while the AOF loads
+        self.no_multi = "no_multi" in self.flags  # refused while a transaction is queued
         # arity n > 0: exactly n words, command name included; -n: at least n
         self.fewest_args = abs(self.arity)
         self.most_args = self.arity if self.arity > 0 else 2**62
@@ -295,7 +296,10 @@ SLOWLOG = container("slowlog", -2, "A container for slow log commands.", "server
     CommandSpec("help", 2, ("loading", "stale"), "Show helpful text about the different "
                 "subcommands.", "server", observe.slowlog_help),
 ])
-PUBSUB = ("pubsub", "noscript", "loading", "stale")
+# valqd refuses (un)subscribing inside MULTI: Valkey 7.2 queues it, and its EXEC reply then
+# holds one confirmation per channel, more items than commands
+PUBSUB = ("pubsub", "noscript", "loading", "stale", "no_multi")
+TRANSACTION = ("noscript", "loading", "stale", F, "allow_busy")
 
 NO_AUTH = ("noscript", "loading", "stale", "fast", "no-auth")
 COMMANDS: list[CommandSpec] = [
@@ -318,6 +322,18 @@ COMMANDS: list[CommandSpec] = [
                 "connection.", "connection", admin.quit_),
     CommandSpec("reset", 1, ("noscript", "loading", "stale", F, "no-auth"), "Resets the "
                 "connection.", "connection", admin.reset),
+    CommandSpec("multi", 1, TRANSACTION, "Starts a transaction.", "transactions", multi.multi),
+    CommandSpec("exec", 1, ("noscript", "loading", "stale", "skip_slowlog"), "Executes all "
+                "commands in a transaction.", "transactions", multi.exec_,
+                complexity="Depends on commands in the transaction"),
+    CommandSpec("discard", 1, TRANSACTION, "Discards a transaction.", "transactions",
+                multi.discard, complexity="O(N), when N is the number of queued commands"),
+    CommandSpec("watch", -2, TRANSACTION, "Monitors changes to queues to determine the "
+                "execution of a transaction.", "transactions", multi.watch,
+                (Arg("key", "key", multiple=True),), keys=(1, -1, 1)),
+    CommandSpec("unwatch", 1, TRANSACTION, "Forgets about watched queues of a transaction.",
+                "transactions", multi.unwatch,
+                complexity="O(N) where N is the number of queues watched"),
     CLIENT,
     COMMAND,
     CommandSpec("info", -1, ("loading", "stale"), "Returns information and statistics about "
@@ -361,13 +377,13 @@ COMMANDS: list[CommandSpec] = [
                 "O(N) where N is the number of patterns"),
     CommandSpec("bgrewriteaof", 1, (A, "noscript"), "Asynchronously rewrites the "
                 "append-only file to a minimal log.", "server", persist.bgrewriteaof),
-    CommandSpec("save", 1, (A, "noscript"), "Synchronously rewrites the append-only file to "
-                "a minimal log.", "server", persist.save, complexity="O(N)"),
+    CommandSpec("save", 1, (A, "noscript", "no_multi"), "Synchronously rewrites the "
+                "append-only file to a minimal log.", "server", persist.save, complexity="O(N)"),
     DEBUG,
     CommandSpec("time", 1, ("loading", "stale", F), "Returns the server time.", "server",
                 admin.time_),
-    CommandSpec("shutdown", -1, (A, "noscript", "loading", "stale"), "Stops the server after "
-                "writing everything to disk.", "server", admin.shutdown, (
+    CommandSpec("shutdown", -1, (A, "noscript", "loading", "stale", "no_multi"), "Stops the "
+                "server after writing everything to disk.", "server", admin.shutdown, (
                     Arg("save-selector", "oneof", optional=True, args=(
                         Arg("nosave", "pure-token", "NOSAVE"),
                         Arg("save", "pure-token", "SAVE"))),

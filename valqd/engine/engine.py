@@ -515,7 +515,9 @@ class Engine:
     def _apply(self, effect: tuple, apply: Callable[..., object], on_queue: bool) -> None:
         """Apply one record: a queue record to the queue named by its first field."""
         if on_queue:
-            apply(self.queues[effect[1]], *effect[2:])
+            q = self.queues[effect[1]]
+            apply(q, *effect[2:])
+            q.version += 1
         else:
             apply(self, *effect[1:])
 
@@ -537,13 +539,16 @@ class Engine:
 
     def _apply_update(self, name: bytes, vt: int, mda: int, rp: int) -> None:
         q = self.queues[name]
+        q.version += 1
         q.settings.visibility_timeout = vt
         q.settings.max_delivery_attempts = mda
         q.settings.retention_period = rp
 
     def _apply_tune(self, name: bytes, backoff: str, backoff_base: int, backoff_max: int,
                     dedup_window: int, maxlen: int) -> None:
-        s = self.queues[name].settings
+        q = self.queues[name]
+        q.version += 1
+        s = q.settings
         s.backoff, s.backoff_base, s.backoff_max = backoff, backoff_base, backoff_max
         s.dedup_window, s.maxlen = dedup_window, maxlen
 
@@ -562,13 +567,16 @@ class Engine:
     def _apply_redrive(self, name: bytes, message_id: int, target: bytes, new_id: int,
                        enqueued_at: int) -> None:
         q = self.queues[name]
+        q.version += 1
         if target == name:
             q.revive(message_id)
             return
         priority = record.unpack(q.records[message_id])[4]
         body = bytes(record.body_of(q.records[message_id]))
         q.remove(message_id)
-        self.queues[target].add(new_id, enqueued_at, 0, priority, body)
+        other = self.queues[target]
+        other.version += 1
+        other.add(new_id, enqueued_at, 0, priority, body)
 
 
 # Records that create, delete or span queues: applied by the engine, fields as they are.

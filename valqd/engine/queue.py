@@ -90,7 +90,7 @@ class Queue:
     __slots__ = ("name", "serial", "settings", "id_sequence", "promote_seq", "lease_seq",
                  "records", "ready", "leases", "lease_order", "delayed", "delayed_order",
                  "dead", "dead_order", "dedup", "dedup_order", "reasons", "paused",
-                 "counters", "totals", "scheduled_at")
+                 "counters", "totals", "scheduled_at", "version")
 
     def __init__(self, name: bytes, settings: QueueSettings, serial: int = 0,
                  totals: Totals | None = None) -> None:
@@ -115,6 +115,7 @@ class Queue:
         self.counters = dict.fromkeys(COUNTERS, 0)  # since start-up, not persisted
         self.totals = Totals() if totals is None else totals  # shared by the engine's queues
         self.scheduled_at: int | None = None  # the engine's timer entry for this queue
+        self.version = 0  # bumped by every change, for WATCH
 
     # -- state queries -------------------------------------------------------------------
 

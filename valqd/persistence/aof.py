@@ -87,6 +87,7 @@ class AppendOnlyFile:
         self.synced_size = 0
         self.write_error: str | None = None
         self.rewrite_pid = 0
+        self.rewrite_scheduled = False  # BGREWRITEAOF inside EXEC: started by housekeeping
         self.rewrite_started = 0.0
         self.rewrite_batches: list[bytes] | None = None
         self.snapshot_covers = 0  # leading bytes of `unwritten` the rewrite's snapshot holds
@@ -241,6 +242,7 @@ class AppendOnlyFile:
         """Fork a child that writes `snapshot()` to a temporary file; False if running."""
         if self.rewrite_pid:
             return False
+        self.rewrite_scheduled = False
         self.commit()  # everything up to the fork belongs to the snapshot, not after it
         self.snapshot_covers = len(self.unwritten)  # applied, so in the snapshot, if unwritten
         self.rewrite_started = time.monotonic()
@@ -346,7 +348,7 @@ class AppendOnlyFile:
         return [
             "aof_enabled:1",
             f"aof_rewrite_in_progress:{in_progress}",
-            "aof_rewrite_scheduled:0",
+            f"aof_rewrite_scheduled:{int(self.rewrite_scheduled)}",
             f"aof_last_rewrite_time_sec:{self.last_rewrite_seconds}",
             f"aof_current_rewrite_time_sec:"
             f"{int(time.monotonic() - self.rewrite_started) if in_progress else -1}",
