@@ -1,5 +1,6 @@
 """Imports point one way: resp and engine know nothing of valqd but the error types; the
-command layer knows resp and engine but no sockets, files or event loop."""
+command layer knows resp and engine but no sockets, files or event loop; the HTTP layer
+knows the command layer but no sockets or event loop either."""
 
 import ast
 from pathlib import Path
@@ -14,6 +15,8 @@ RULES = {
     "engine": ({"valqd.errors", "valqd.engine"}, NO_IO | {"os", "time"}),
     "commands": ({"valqd", "valqd.errors", "valqd.resp", "valqd.engine", "valqd.commands",
                   "valqd.config"}, NO_IO),
+    # HTTP requests in, responses out; commands run through the dispatcher like RESP ones
+    "http": ({"valqd", "valqd.errors", "valqd.resp", "valqd.commands", "valqd.http"}, NO_IO),
 }
 
 

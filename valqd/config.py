@@ -140,8 +140,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slowlog-log-slower-than", "10000", "log commands slower than this many "
             "microseconds (negative: none, 0: all)", "int", low=-1, mutable=True),
     Setting("slowlog-max-len", "128", "entries the slow log keeps", "int", mutable=True),
-    Setting("metrics-port", "0", "serve Prometheus metrics over HTTP on this port (0: off)",
-            "int", high=65535),
+    Setting("http-port", "0", "serve the JSON API, the dashboard and Prometheus /metrics "
+            "over HTTP on this port (0: off); `metrics-port` is another name for it", "int",
+            high=65535),
+    Setting("http-bind", "127.0.0.1", "addresses the HTTP listener binds (loopback unless "
+            "told otherwise)"),
+    Setting("http-timeout", "10", "seconds a client may take to send a whole HTTP request, "
+            "and may stay idle between requests, before it is disconnected", "int", low=1,
+            high=86400, mutable=True),
+    Setting("http-max-request-size", "8mb", "largest HTTP request body", "memory",
+            low=1024, mutable=True),
     Setting("metrics-queue-series", "100", "/metrics has series per queue for at most this "
             "many queues, the first in name order (totals always)", "int", mutable=True),
     Setting("save", "", "snapshot rules; valqd persists with the AOF only, so always empty "
@@ -158,6 +166,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auto-aof-rewrite-min-size", "64mb", "no automatic rewrite below this size",
             "memory", mutable=True),
 )
+ALIASES = {"metrics-port": "http-port"}  # older names a flag or config file may use
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
@@ -168,7 +177,8 @@ class Config:
         self.on_change: dict[str, Callable[[object], None]] = {}
         self.renames = dict(renames or {})  # command -> new name ("" disables it)
         for name, raw in (overrides or {}).items():
-            self.values[name] = BY_NAME[name].parse(raw)
+            setting = BY_NAME[ALIASES.get(name, name)]
+            self.values[setting.name] = setting.parse(raw)
 
     def __getitem__(self, name: str) -> object:
         return self.values[name]
@@ -258,6 +268,7 @@ def read_config_file(path: str, renames: dict[str, str] | None = None) -> dict[s
             if len(words) == 3 and words[0].lower() == "rename-command" and renames is not None:
                 renames[words[1].lower()] = words[2].lower()
                 continue
+            words[0] = ALIASES.get(words[0].lower(), words[0])
             setting = BY_NAME.get(words[0].lower())
             if len(words) > 2 and setting is not None and setting.kind == "buffers":
                 words = [words[0], " ".join(words[1:])]
@@ -280,7 +291,8 @@ def parse_command_line(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]
                         help="rename a command; an empty new name disables it")
     for s in SETTINGS:
         choices = f" ({'|'.join(s.choices)})" if s.choices else ""
-        parser.add_argument(f"--{s.name}", metavar="VALUE", dest=s.name,
+        aliases = [f"--{alias}" for alias, name in ALIASES.items() if name == s.name]
+        parser.add_argument(f"--{s.name}", *aliases, metavar="VALUE", dest=s.name,
                             help=f"{s.help}{choices}; default {s.default!r}")
     options = parser.parse_args(argv)
     renames: dict[str, str] = {}

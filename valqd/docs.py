@@ -1,5 +1,5 @@
-"""`python -m valqd.docs`: regenerate README.md's command and settings references from the
-command table and the settings table, so each command and setting is described once."""
+"""`python -m valqd.docs`: regenerate README.md's command, settings and HTTP route references
+from the command table, the settings table and the route table, so each is described once."""
 
 import re
 import sys
@@ -7,8 +7,10 @@ from pathlib import Path
 
 from .commands.table import reference as command_reference
 from .config import reference as settings_reference
+from .http.routes import reference as http_reference
 
-SECTIONS = {"commands": command_reference, "settings": settings_reference}
+SECTIONS = {"commands": command_reference, "settings": settings_reference,
+            "http": http_reference}
 
 
 def render(readme: str) -> str:

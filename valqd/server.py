@@ -31,6 +31,10 @@ from .commands.table import TABLE
 from .config import AUTO_PORT, Config
 from .engine import TICK_BUDGET, Engine
 from .errors import CommandError, ProtocolError
+from .http import HttpApp, HttpError, Waiting
+from .http import RequestParser as HttpRequestParser
+from .http.parser import MAX_HEAD, Request
+from .http.response import Response, error_response
 from .persistence.aof import AppendOnlyFile
 from .persistence.loader import LoadResult, load_steps
 from .resp import RequestParser, encode
@@ -58,6 +62,7 @@ MAX_CLIENTS_REACHED = b"-ERR max number of clients reached\r\n"
 QUERY_BUFFER_EXCEEDED = b"-ERR Protocol error: query buffer limit exceeded\r\n"
 REFUSAL_LOG_EVERY_S = 1.0
 RESERVED_FDS = 32  # descriptors kept for files and listeners, as Valkey's CONFIG_MIN_RESERVED_FDS
+RESP_REFUSALS = {"maxclients": MAX_CLIENTS_REACHED, "protected": PROTECTED_MODE_DENIED}
 REPLY_SLICE = 1 << 20  # replies of one read sent before the rest of the read is executed
 # Commands one client may run per turn of the event loop: the rest of a long pipeline waits
 # for the next turn, after every other client's turn, so one greedy client delays another's
@@ -72,7 +77,7 @@ class Waiter:
 
     __slots__ = ("connection", "blocked", "timer", "done")
 
-    def __init__(self, connection: "Connection", blocked: Blocked) -> None:
+    def __init__(self, connection: "Connection | HttpConnection", blocked: Blocked) -> None:
         self.connection = connection
         self.blocked = blocked
         self.timer: asyncio.TimerHandle | None = None
@@ -180,6 +185,12 @@ class Connection(asyncio.Protocol):
             self.reading_paused = False
             transport.resume_reading()
 
+    def unblocked(self, reply: bytes) -> None:
+        """A blocking pop was served (or timed out): send `reply`, then run what the client
+        sent meanwhile."""
+        self.server.reply(self, reply, False)
+        self.continue_soon()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.waiter is not None:
             self.server.unblock(self.waiter, None)
@@ -187,36 +198,114 @@ class Connection(asyncio.Protocol):
             self.server.unregister(self.session)
 
 
-class MetricsHttp(asyncio.Protocol):
-    """`GET /metrics` over plain HTTP: one Prometheus text response, then close."""
-
-    MAX_REQUEST = 8192
+class HttpConnection(asyncio.Protocol):
+    """One HTTP client (valqd.http parses and answers): requests are answered one at a time,
+    in order. The connection counts against maxclients, and a client has http-timeout
+    seconds to send each whole request, or to start the next one, before it is closed."""
 
     def __init__(self, server: "Server") -> None:
         self.server = server
-        self.request = b""
+        self.parser = HttpRequestParser(server.config.int("http-max-request-size"))
         self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None  # sessions are per request, in the app
+        self.waiter: Waiter | None = None  # set while a pop waits
+        self.over_soft_limit_since: float | None = None
+        self.waiting: tuple[Request, Waiting] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.addr = self.laddr = ""
+        self.counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        reason = self.server.refusal_reason(peer[0])
+        if reason is not None:
+            status, message = HTTP_REFUSALS[reason]
+            transport.write(error_response(status, "ERR", message).encode(False))
+            transport.close()
+            return
+        self.server.http_clients += 1
+        self.counted = True
+        self.addr, self.laddr = _addr(peer), _addr(local)
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.request += data
-        if b"\r\n\r\n" not in self.request and b"\n\n" not in self.request:
-            if len(self.request) > self.MAX_REQUEST:
-                self.transport.close()
+        self.parser.feed(data)
+        if self.waiting is None:
+            self.process()
+        elif self.parser.buffered() > MAX_HEAD + self.parser.max_body and \
+                self.transport is not None:
+            self.transport.abort()  # pipelined behind a waiting pop, beyond any request
+
+    def process(self) -> None:
+        """Answer every complete request buffered, until a pop waits."""
+        server, transport = self.server, self.transport
+        while self.waiting is None and transport is not None and not transport.is_closing():
+            try:
+                request = self.parser.next_request()
+            except HttpError as exc:
+                server.reply(self, error_response(exc.status, "ERR", exc.message).encode(
+                    False), True)
+                return
+            if request is None:
+                return
+            self._disarm()
+            outcome = server.http_app.handle(request, self.addr, self.laddr)
+            if server.engine.readied:
+                server.serve_waiters()
+            server.after_commands()
+            if isinstance(outcome, Waiting):
+                self.waiting = (request, outcome)
+                server.block(self, outcome.blocked)
+                return
+            self._respond(request, outcome)
+
+    def _respond(self, request: Request, response: Response) -> None:
+        close = not request.keep_alive
+        self.server.reply(self, response.encode(request.keep_alive, request.method == "HEAD"),
+                          close)
+        if not close:
+            self._arm()
+
+    def unblocked(self, reply: bytes) -> None:
+        assert self.waiting is not None
+        (request, waiting), self.waiting = self.waiting, None
+        self._respond(request, waiting.finish(reply))
+        asyncio.get_running_loop().call_soon(self.process)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self.timer = asyncio.get_running_loop().call_later(
+            self.server.config.int("http-timeout"), self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.transport is None or self.transport.is_closing():
             return
-        words = self.request.split(b"\n", 1)[0].split()
-        if len(words) >= 2 and words[0] in (b"GET", b"HEAD") and \
-                words[1].split(b"?")[0] == b"/metrics":
-            status, body = b"200 OK", self.server.metrics().encode()
+        if self.parser.buffered():  # half sent: say why before closing
+            self.server.reply(self, error_response(
+                408, "ERR", "the request took longer than http-timeout").encode(False), True)
         else:
-            status, body = b"404 Not Found", b"not found; try /metrics\n"
-        head = (b"HTTP/1.1 %b\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, len(body)))
-        self.transport.write(head if words[:1] == [b"HEAD"] else head + body)
-        self.transport.close()
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.waiter is not None:
+            self.server.unblock(self.waiter, None)
+        if self.counted:
+            self.server.http_clients -= 1
+            self.counted = False
+
+
+HTTP_REFUSALS = {"maxclients": (503, "max number of clients reached"),
+                 "protected": (403, "valqd is running in protected mode: with no password "
+                               "set, only clients on the loopback interface are served")}
 
 
 def fit_maxclients(config: Config) -> None:
@@ -280,17 +369,21 @@ class Server:
         self._follow_config()
         self.state.pubsub = PubSub(self.engine)
         self.dispatcher = Dispatcher(self.state, config.renames)
+        self.http_app = HttpApp(self.dispatcher.execute, self.new_session, self.metrics,
+                                lambda: self.state.loading)
+        self.http_clients = 0  # open HTTP connections, counted against maxclients
         self._client_ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
         self._listeners: list[asyncio.AbstractServer] = []
         self._refusal_logged_at = -REFUSAL_LOG_EVERY_S
         self._refused_unlogged = 0
         self.tls_port = 0  # the TLS port bound (0: none)
+        self.http_port = 0  # the HTTP port bound (0: none)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._stopping = asyncio.Event()
         self.aof: AppendOnlyFile | None = None
-        self._held: list[tuple[Connection, bytes, bool]] = []
+        self._held: list[tuple[Connection | HttpConnection, bytes, bool]] = []
         self._commit_scheduled = False
         self._housekeeping: asyncio.TimerHandle | None = None
         self._housekeeping_round = 0
@@ -336,17 +429,17 @@ class Server:
         if tls_port:
             self.tls_port = config.values["tls-port"] = await self._listen(
                 Connection, tls_port, context)
-        metrics_port = self.config.int("metrics-port")
-        if metrics_port:
-            for host in str(self.config["bind"]).split():
-                self._listeners.append(await loop.create_server(
-                    lambda: MetricsHttp(self), host, metrics_port, reuse_address=True))
+        http_port = config.int("http-port")
+        if http_port:
+            self.http_port = config.values["http-port"] = await self._listen(
+                HttpConnection, http_port, hosts=config.str("http-bind"))
         log.info("Listening on %s %s", config["bind"], self.ports_text())
 
     def ports_text(self) -> str:
-        """`port 7400, TLS port 7401`: the ports bound, for the log."""
+        """`port 7400, TLS port 7401, HTTP port 7480`: the ports bound, for the log."""
         return ", ".join(([f"port {self.port}"] if self.port else []) +
-                         ([f"TLS port {self.tls_port}"] if self.tls_port else []))
+                         ([f"TLS port {self.tls_port}"] if self.tls_port else []) +
+                         ([f"HTTP port {self.http_port}"] if self.http_port else []))
 
     async def _load_aof(self) -> bool:
         """Replay the AOF through the engine, giving the event loop a turn after every slice
@@ -367,13 +460,13 @@ class Server:
         return True
 
     async def _listen(self, protocol: Callable[["Server"], asyncio.BaseProtocol], port: int,
-                      context: ssl.SSLContext | None = None) -> int:
-        """Listen on `port` (AUTO_PORT: one the system picks) at every `bind` address; the
-        port bound."""
+                      context: ssl.SSLContext | None = None, hosts: str | None = None) -> int:
+        """Listen on `port` (AUTO_PORT: one the system picks) at every address of `hosts`
+        (default: `bind`); the port bound."""
         loop = asyncio.get_running_loop()
         if port == AUTO_PORT:
             port = 0
-        for host in str(self.config["bind"]).split():
+        for host in (hosts or str(self.config["bind"])).split():
             listener = await loop.create_server(
                 lambda: protocol(self), host, port, ssl=context, reuse_address=True,
                 backlog=self.config.int("tcp-backlog"))
@@ -486,15 +579,21 @@ class Server:
     # -- clients ---------------------------------------------------------------------------
 
     def refusal(self, peer_host: str) -> bytes | None:
-        """The reply that turns a new connection away, or None to accept it."""
-        if len(self.state.clients) >= self.config.int("maxclients"):
+        """The reply that turns a new RESP connection away, or None to accept it."""
+        reason = self.refusal_reason(peer_host)
+        return None if reason is None else RESP_REFUSALS[reason]
+
+    def refusal_reason(self, peer_host: str) -> str | None:
+        """Why a new connection (RESP or HTTP) is turned away: `maxclients`, `protected`,
+        or None to accept it."""
+        if len(self.state.clients) + self.http_clients >= self.config.int("maxclients"):
             self._refused(peer_host, f"max number of clients reached "
                                      f"(maxclients {self.config.int('maxclients')})")
-            return MAX_CLIENTS_REACHED
+            return "maxclients"
         if self.config["protected-mode"] == "yes" and not self.config["requirepass"] \
                 and not _is_loopback(peer_host):
             self._refused(peer_host, "protected mode (no password, not from loopback)")
-            return PROTECTED_MODE_DENIED
+            return "protected"
         return None
 
     def _refused(self, peer_host: str, reason: str) -> None:
@@ -510,9 +609,14 @@ class Server:
             self._refusal_logged_at = now
             self._refused_unlogged = 0
 
-    def register(self, connection: Connection, addr: str, laddr: str) -> Session:
+    def new_session(self, addr: str, laddr: str) -> Session:
+        """A client's session, not yet registered: an HTTP request gets one of its own."""
         session = Session(next(self._client_ids), addr, laddr)
         session.authenticated = not self.config["requirepass"]
+        return session
+
+    def register(self, connection: Connection, addr: str, laddr: str) -> Session:
+        session = self.new_session(addr, laddr)
         transport = connection.transport
         session.closer = transport.close if transport is not None else None
         session.send = lambda data: self.reply(connection, data, False)
@@ -528,7 +632,7 @@ class Server:
 
     # -- blocking pops ------------------------------------------------------------------------
 
-    def block(self, connection: Connection, blocked: Blocked) -> None:
+    def block(self, connection: "Connection | HttpConnection", blocked: Blocked) -> None:
         waiter = Waiter(connection, blocked)
         connection.waiter = waiter
         for name in blocked.queues:
@@ -557,8 +661,7 @@ class Server:
         connection = waiter.connection
         connection.waiter = None
         if reply is not None:
-            self.reply(connection, reply, False)
-            connection.continue_soon()
+            connection.unblocked(reply)
 
     def serve_waiters(self) -> None:
         """Give newly visible messages to parked clients, first come first served."""
@@ -589,7 +692,7 @@ class Server:
 
     # -- replies and group commit -------------------------------------------------------------
 
-    def reply(self, connection: Connection, data: bytes, close: bool) -> None:
+    def reply(self, connection: "Connection | HttpConnection", data: bytes, close: bool) -> None:
         """Send `data` once the records it depends on are written: while records wait,
         replies are held, and one commit at the end of the event-loop turn writes the
         records of every client of the turn (fsynced under `appendfsync always`) before
@@ -604,7 +707,7 @@ class Server:
         if transport is not None:
             self._send(connection, transport, data, close)
 
-    def _send(self, connection: Connection, transport: asyncio.Transport, data: bytes,
+    def _send(self, connection: "Connection | HttpConnection", transport: asyncio.Transport, data: bytes,
               close: bool) -> None:
         transport.write(data)
         if close:
@@ -612,7 +715,7 @@ class Server:
         elif size := transport.get_write_buffer_size():
             self._check_output(connection, transport, size)
 
-    def _check_output(self, connection: Connection, transport: asyncio.Transport,
+    def _check_output(self, connection: "Connection | HttpConnection", transport: asyncio.Transport,
                       size: int) -> None:
         """Disconnect a client whose unread replies (`size` bytes) pass its class's output
         buffer limit."""
