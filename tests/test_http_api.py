@@ -442,3 +442,28 @@ def test_static_files_never_build_html_from_data():
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
                  "new Function"):
         assert sink not in script, sink
+
+
+def test_healthz_and_the_api_answer_503_while_the_aof_loads():
+    """Sans-IO: the app over a real dispatcher whose state is still loading."""
+    from support import ThreadedServer
+    from valqd.http.parser import Request
+
+    with ThreadedServer() as threaded:
+        server = threaded.server
+        server.state.loading = True
+        try:
+            def ask(method, path):
+                request = Request(method, path, {}, {"host": "127.0.0.1",
+                                                     "content-type": "application/json"},
+                                  b"", True)
+                response = server.http_app.handle(request, "127.0.0.1:1", "127.0.0.1:2")
+                return response.status, json.loads(response.body)
+
+            assert ask("GET", "/healthz") == \
+                (503, {"error": "LOADING", "message": "valqd is loading the dataset in memory"})
+            status, body = ask("GET", "/api/queues/q")
+            assert (status, body["error"]) == (503, "LOADING")
+        finally:
+            server.state.loading = False
+        assert ask("GET", "/healthz") == (200, {"status": "ok"})
