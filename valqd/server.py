@@ -531,8 +531,8 @@ class Server:
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(signum, self._on_signal, signum)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (uvloop says so with a ValueError)
 
     async def serve_until_stopped(self) -> None:
         await self._stopping.wait()
