@@ -393,8 +393,16 @@ def test_check_aof_reports_and_fixes_corruption(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"ok_up_to={start}" in out and "--fix" in out
     assert os.path.getsize(history.path) == len(data)  # reporting changes nothing
-    assert check_aof(history.path, fix=True) == 0
-    assert f"to {start} bytes" in capsys.readouterr().out
+    assert check_aof(history.path, fix=True, ask=lambda prompt: "n") == 1  # asked: no
+    assert os.path.getsize(history.path) == len(data)
+    prompts = []
+    assert check_aof(history.path, fix=True, ask=lambda p: prompts.append(p) or "y") == 0
+    assert prompts == [f"This will shrink the AOF from {len(data)} bytes, with "
+                       f"{len(data) - start} bytes, to {start} bytes\nContinue? [y/N]: "]
+    out = capsys.readouterr().out
+    assert f"to {start} bytes" in out and f"kept in {history.path}.cut-at-{start}" in out
+    with open(f"{history.path}.cut-at-{start}", "rb") as f:
+        assert f.read() == _flipped(data, end - 3)[start:]  # the bytes cut, kept
     engine, result = loaded(history.path)
     _, records, digest = history.after[2]
     assert (result.records, engine.digest()) == (records, digest)
@@ -409,8 +417,9 @@ def test_check_aof_reports_and_fixes_truncation(tmp_path, capsys):
         f.truncate(end - 1)
     assert check_aof(history.path, fix=False) == 1
     assert f"ok_up_to={start}" in capsys.readouterr().out
-    assert check_aof(history.path, fix=True) == 0
+    assert check_aof(history.path, fix=True, yes=True) == 0
     assert os.path.getsize(history.path) == start
+    assert os.path.getsize(f"{history.path}.cut-at-{start}") == end - 1 - start
 
 
 def test_check_aof_missing_file(tmp_path, capsys):

@@ -1,15 +1,22 @@
 """What protects an operator from a bad day: listener limits (tcp-backlog, maxclients
-against the descriptor limit, refusals in the log), and the `--port auto` way to ask for an
-ephemeral port now that `--port 0` means no plain TCP, as in Valkey.
+against the descriptor limit, refusals in the log), the `--port auto` way to ask for an
+ephemeral port now that `--port 0` means no plain TCP (as in Valkey), one server per data
+directory, a rewrite child that holds nothing of its parent's, and check-aof.
 """
 
+import os
+import re
 import resource
 import shutil
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from support import ValqdProcess, Wire, listening_ports, wait_until
+from support import CHILD_ENV, ValqdProcess, Wire, listening_ports, stats, wait_until
+from valqd.persistence.format import MAGIC, encode_batch, encode_effects
 
 
 def listen_backlog(port: int) -> int:
@@ -103,3 +110,163 @@ def test_port_auto_picks_a_free_port_and_reports_it(tmp_path):
             assert client.info("server")["tcp_port"] == process.port
     finally:
         process.stop()
+
+
+# -- one server per data directory ---------------------------------------------------------------
+
+def run_valqd(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "valqd", *args], env=CHILD_ENV, input=input,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_second_server_on_the_same_directory_refuses_to_start(tmp_path):
+    directory = tmp_path / "shared"
+    first = ValqdProcess(directory).start()
+    try:
+        with first.client() as client:
+            client.execute_command("VALQ", "CREATE", "q")
+            client.execute_command("VALQ", "PUSH", "q", "acknowledged")
+        second = run_valqd("--port", "auto", "--dir", str(directory))
+        assert second.returncode == 1
+        assert f"Could not start: the data directory {directory} is in use by another valqd " \
+            f"(pid {first.proc.pid}, which holds the lock on {directory}/valqd.lock)" \
+            in second.stderr
+        assert "Traceback" not in second.stderr
+        with first.client() as client:
+            assert client.execute_command("VALQ", "POP", "q")[1] == b"acknowledged"
+    finally:
+        first.stop()
+    again = ValqdProcess(directory).start()  # the lock goes with the process
+    again.stop()
+
+
+def aof_of(*effects: tuple) -> bytes:
+    return MAGIC + b"".join(encode_batch(encode_effects([e])) for e in effects)
+
+
+CREATE = ("create", b"q", 30000, 3, 86400000)
+
+
+@pytest.mark.parametrize("effects, reason", [
+    ((CREATE, ("push", b"q", 1, 1, 0, 0, b"a"), CREATE),
+     "queue b'q' created twice"),
+    ((CREATE, ("push", b"q", 1, 1, 0, 0, b"a"), ("push", b"q", 1, 2, 0, 0, b"b")),
+     "message id 1 of queue b'q' given out again (the last was 1)"),
+    ((CREATE, ("push", b"q", 1, 1, 0, 0, b"a"), ("remove", b"q", 1),
+      ("push", b"q", 1, 2, 0, 0, b"b")),  # the other server's push, after this one's ack
+     "message id 1 of queue b'q' given out again (the last was 1)"),
+], ids=["queue-twice", "id-twice", "id-after-ack"])
+def test_what_two_writers_leave_is_corruption(tmp_path, effects, reason):
+    """Two servers that loaded the same file and appended to it each give the next id to a
+    different message: that file is refused at start-up, and check-aof says where."""
+    directory = tmp_path / "d"
+    directory.mkdir()
+    path = directory / "appendonly.aof"
+    data = aof_of(*effects)
+    path.write_bytes(data)
+    bad_offset = len(aof_of(*effects[:-1]))
+    logfile = directory / "start.log"
+    started = run_valqd("--port", "auto", "--dir", str(directory), "--logfile", str(logfile))
+    assert started.returncode == 1
+    assert f"at offset {bad_offset}: bad record ({reason})" in logfile.read_text()
+    checked = run_valqd("check-aof", str(path))
+    assert checked.returncode == 1
+    assert f"ok_up_to={bad_offset}" in checked.stdout and reason in checked.stdout
+    assert path.read_bytes() == data
+
+
+def test_check_aof_replays_through_the_engine(tmp_path):
+    """A well-formed file the server refuses (an ack of a message never pushed) used to
+    pass check-aof as OK."""
+    path = tmp_path / "appendonly.aof"
+    path.write_bytes(aof_of(CREATE, ("remove", b"q", 7)))
+    checked = run_valqd("check-aof", str(path))
+    assert checked.returncode == 1
+    assert f"ok_up_to={len(aof_of(CREATE))}" in checked.stdout
+
+
+def test_check_aof_fix_asks_and_keeps_what_it_cuts(tmp_path):
+    path = tmp_path / "appendonly.aof"
+    good = aof_of(CREATE)
+    data = aof_of(CREATE, CREATE)
+    path.write_bytes(data)
+    refused = run_valqd("check-aof", "--fix", str(path), input="n\n")
+    assert refused.returncode == 1 and "Continue? [y/N]" in refused.stdout
+    assert path.read_bytes() == data
+    nothing_typed = run_valqd("check-aof", "--fix", str(path), input="")
+    assert nothing_typed.returncode == 1 and path.read_bytes() == data
+    fixed = run_valqd("check-aof", "--fix", str(path), input="y\n")
+    assert fixed.returncode == 0, fixed.stdout
+    assert path.read_bytes() == good
+    backup = tmp_path / f"appendonly.aof.cut-at-{len(good)}"
+    assert backup.read_bytes() == data[len(good):]
+    assert f"kept in {backup}" in fixed.stdout
+    assert run_valqd("check-aof", str(path)).returncode == 0
+    assert run_valqd("check-aof", "--yes", str(path)).returncode == 2  # --yes needs --fix
+
+
+# -- the rewrite child --------------------------------------------------------------------------
+
+REWRITE_STARTED = re.compile(r"Background append only file rewriting started by pid (\d+)")
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process `pid` (None: gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_killing_the_parent_during_a_rewrite_frees_the_port(tmp_path):
+    directory = tmp_path / "d"
+    server = ValqdProcess(directory).start()
+    port, child = server.port, 0
+    try:
+        with server.client() as client:
+            client.execute_command("VALQ", "CREATE", "q")
+            pipe = client.pipeline(transaction=False)
+            for _ in range(100):  # enough that the child is still writing when stopped
+                pipe.execute_command("VALQ", "MPUSH", "q", *[b"x" * 100] * 1000)
+            pipe.execute()
+            client.execute_command("BGREWRITEAOF")
+        wait_until(lambda: REWRITE_STARTED.search(server.log()), what="the rewrite child")
+        child = int(REWRITE_STARTED.search(server.log()).group(1))
+        os.kill(child, signal.SIGSTOP)  # keep it alive, whatever it inherited, for the check
+        if process_state(child) not in (None, "Z"):
+            held = {os.readlink(f) for f in Path(f"/proc/{child}/fd").iterdir()}
+            assert not [h for h in held if h.startswith("socket:")], held
+            assert str(directory / "valqd.lock") not in held
+        server.kill()
+        restarted = ValqdProcess(directory, "--port", str(port)).start()
+        try:
+            assert restarted.port == port
+            with restarted.client() as client:
+                assert stats(client, "q")["ready"] == 100_000
+        finally:
+            restarted.stop()
+        os.kill(child, signal.SIGCONT)  # an orphan: it stops writing and leaves
+        wait_until(lambda: process_state(child) in (None, "Z"), what="the orphan to exit")
+    finally:
+        server.kill()
+        if child and process_state(child) not in (None, "Z"):
+            os.kill(child, signal.SIGKILL)
+    assert not list(directory.glob("temp-rewriteaof-*"))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_no_thread_alive_after_start_or_fsync(tmp_path, loop):
+    """A rewrite forks: no thread may be alive then (resolving the bind address on a thread
+    pool, uvloop's way, or an idle fsync thread pool left some)."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    server = ValqdProcess(tmp_path / "v", "--event-loop", loop, "--bind", "localhost").start()
+    try:
+        with server.client() as client:
+            client.execute_command("VALQ", "CREATE", "q")
+            client.execute_command("VALQ", "PUSH", "q", "x")  # the everysec fsync follows
+            wait_until(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0)
+        wait_until(lambda: "Threads:\t1\n" in Path(f"/proc/{server.proc.pid}/status").read_text(),
+                   timeout=5, what="a single thread")
+    finally:
+        server.stop()

@@ -446,7 +446,7 @@ def test_corruption_stops_startup_and_check_aof_fixes_it(tmp_path, where):
     checked = run_valqd("check-aof", str(path))
     assert checked.returncode == 1
     assert f"ok_up_to={start}" in checked.stdout
-    fixed = run_valqd("check-aof", "--fix", str(path))
+    fixed = run_valqd("check-aof", "--fix", "--yes", str(path))
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert path.stat().st_size == start
     assert run_valqd("check-aof", str(path)).returncode == 0

@@ -3,6 +3,7 @@
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import sys
@@ -76,13 +77,34 @@ def loop_factory(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] |
 
 
 def check_aof_main(args: list[str]) -> int:
-    """valqd check-aof [--fix] FILE"""
-    fix = "--fix" in args
-    files = [a for a in args if a != "--fix"]
-    if len(files) != 1 or any(a.startswith("-") for a in files):
-        print("Usage: valqd check-aof [--fix] FILE", file=sys.stderr)
+    """valqd check-aof [--fix [--yes]] FILE"""
+    fix, yes = "--fix" in args, "--yes" in args
+    files = [a for a in args if a not in ("--fix", "--yes")]
+    if len(files) != 1 or any(a.startswith("-") for a in files) or (yes and not fix):
+        print("Usage: valqd check-aof [--fix [--yes]] FILE", file=sys.stderr)
         return 2
-    return check_aof(files[0], fix)
+    return check_aof(files[0], fix, yes)
+
+
+LOCK_FILE = "valqd.lock"
+
+
+def lock_directory(directory: str) -> int:
+    """Hold an exclusive lock on `directory`'s lock file for the life of the process (two
+    servers appending to one AOF corrupt it); the lock file says which pid holds it.
+    Raises OSError naming the holder when another process has it."""
+    path = os.path.join(directory, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise OSError(f"the data directory {directory} is in use by another valqd "
+                      f"(pid {holder}, which holds the lock on {path})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, b"%d\n" % os.getpid())
+    return fd
 
 
 def worker_main(args: list[str]) -> int:
@@ -148,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config)
     factory, loop_name = loop_factory(str(config["event-loop"]))
     try:
+        if config["appendonly"] == "yes":  # with no AOF, valqd writes nothing there
+            lock_directory(str(config["dir"]))
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(run(config, loop_name))
     except (OSError, ValueError) as exc:  # the port is taken, TLS files that do not work, ...
@@ -155,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except AofCorruption as exc:
         logging.getLogger("valqd").error("%s. Run 'valqd check-aof --fix %s' to cut the file "
-                                         "at that offset (what follows is lost).", exc, exc.path)
+                                         "at that offset (it asks first, and keeps what it "
+                                         "cuts in a backup file).", exc, exc.path)
         return 1
     return 0
 

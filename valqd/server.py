@@ -19,6 +19,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import time
 from typing import Callable
@@ -308,6 +309,39 @@ HTTP_REFUSALS = {"maxclients": (503, "max number of clients reached"),
                                "set, only clients on the loopback interface are served")}
 
 
+def listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` names, as asyncio's create_server makes
+    them, but resolved here, in this thread: the event loop would resolve on a thread pool
+    (uvloop always does), and no thread may be alive when a rewrite forks."""
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(exc.errno, f"error while attempting to bind on address "
+                              f"{address!r}: {(exc.strerror or str(exc)).lower()}") from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+            if not port:  # `auto`: the other addresses take the port the first one got
+                port = sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def fit_maxclients(config: Config) -> None:
     """Raise the descriptor limit to what `maxclients` needs, or lower `maxclients` to what
     the limit allows, with Valkey's log lines (adjustOpenFilesLimit): clients past the limit
@@ -387,7 +421,6 @@ class Server:
         self._commit_scheduled = False
         self._housekeeping: asyncio.TimerHandle | None = None
         self._housekeeping_round = 0
-        self._fsync_future: asyncio.Future | None = None
         self._waiters: dict[bytes, collections.deque[Waiter]] = {}
         self.state.blocked_consumers = self.blocked_consumers
         self.state.blocked_clients = lambda: sum(
@@ -466,12 +499,12 @@ class Server:
         loop = asyncio.get_running_loop()
         if port == AUTO_PORT:
             port = 0
+        backlog = self.config.int("tcp-backlog")
         for host in (hosts or str(self.config["bind"])).split():
-            listener = await loop.create_server(
-                lambda: protocol(self), host, port, ssl=context, reuse_address=True,
-                backlog=self.config.int("tcp-backlog"))
-            self._listeners.append(listener)
-            port = port or listener.sockets[0].getsockname()[1]
+            for sock in listening_sockets(host, port, backlog):
+                self._listeners.append(await loop.create_server(
+                    lambda: protocol(self), sock=sock, ssl=context, backlog=backlog))
+                port = port or sock.getsockname()[1]
         return port
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -555,8 +588,6 @@ class Server:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         self._commit()
-        if self._fsync_future is not None:
-            await self._fsync_future
         if self.aof is not None:
             log.warning("Calling fsync() on the AOF file.")
             self.aof.close()
@@ -757,16 +788,14 @@ class Server:
         """Every 100 ms: finish a rewrite; every second: fsync, disk reserve, auto-rewrite."""
         self._housekeeping_round += 1
         aof = self.aof
-        fsync_running = self._fsync_future is not None and not self._fsync_future.done()
-        if aof is not None and not fsync_running:
+        if aof is not None and not aof.fsync_running:
             aof.poll_rewrite()
             if aof.rewrite_scheduled:
                 aof.start_rewrite(self.engine.snapshot)
             if self._housekeeping_round % 10 == 0:
                 aof.ensure_reserve(self.engine.message_count())
                 if aof.needs_fsync():
-                    self._fsync_future = asyncio.get_running_loop().run_in_executor(
-                        None, self._fsync, aof)
+                    aof.fsync_in_background()
                 if aof.should_auto_rewrite(int(self.config["auto-aof-rewrite-percentage"]),
                                            int(self.config["auto-aof-rewrite-min-size"])):
                     aof.start_rewrite(self.engine.snapshot)
@@ -794,13 +823,6 @@ class Server:
                 continue
             if now - session.last_command_at > limit:
                 connection.transport.close()
-
-    @staticmethod
-    def _fsync(aof: AppendOnlyFile) -> None:
-        try:
-            aof.fsync()
-        except OSError as exc:
-            log.warning("Background AOF fsync failed: %s", exc.strerror)
 
     # -- timer -----------------------------------------------------------------------------
 

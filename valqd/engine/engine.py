@@ -486,7 +486,32 @@ class Engine:
         if not isinstance(kind, str) or kind not in _KINDS:
             raise ValueError(f"unknown journal record {kind!r}")
         apply, on_queue, _, _, _ = _KINDS[kind]
+        if kind in _IDENTITY_CHECKED:
+            self._check_identity(effect)
         self._apply(effect, apply, on_queue)
+
+    def _check_identity(self, effect: tuple) -> None:
+        """Raise ValueError for a record no single server writes: a queue created twice, or
+        a message id given out twice (two servers appending to one file: each gives the
+        next id to a different message). The live server never writes one, so a log that
+        holds one is corrupt, as a log with a bad checksum is."""
+        kind = effect[0]
+        if kind == "create":
+            if effect[1] in self.queues:
+                raise ValueError(f"queue {effect[1]!r} created twice")
+            return
+        if kind == "restore":
+            q = self.queues.get(effect[1])
+            if q is not None and effect[2] in q.records:
+                raise ValueError(f"message {effect[2]} of queue {effect[1]!r} restored twice")
+            return
+        if kind == "redrive" and effect[3] == effect[1]:
+            return  # back into its own queue: the same id, no new one
+        name, message_id = (effect[1], effect[2]) if kind == "push" else (effect[3], effect[4])
+        q = self.queues.get(name)
+        if q is not None and message_id <= q.id_sequence:
+            raise ValueError(f"message id {message_id} of queue {name!r} given out again "
+                             f"(the last was {q.id_sequence})")
 
     def rearm_timers(self) -> None:
         self._timers.clear()
@@ -611,6 +636,7 @@ _QUEUE_APPLY: dict[str, Callable[..., object]] = {
     "restore": Queue.restore,
 }
 RECORD_KINDS = frozenset(_ENGINE_APPLY) | frozenset(_QUEUE_APPLY)
+_IDENTITY_CHECKED = frozenset(("create", "push", "redrive", "restore"))  # at replay
 # kind -> (apply function, whether it applies to a queue, the event it publishes and the
 # counter it bumps (or None), whether it can make a message visible)
 _KINDS = {kind: (apply, on_queue, *COUNTED.get(kind, (None, None)), kind in READYING)

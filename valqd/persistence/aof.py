@@ -20,6 +20,7 @@ records of every stored message; when the disk fills, the reserve is given back 
 records still fit.
 """
 
+import contextlib
 import errno
 import glob
 import logging
@@ -44,8 +45,13 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def write_snapshot(path: str, effects) -> int:
-    """Write a complete AOF holding `effects` to `path`, fsynced; returns its size."""
+class Abandoned(Exception):
+    """The rewrite child's parent is gone: nobody will swap the new file in."""
+
+
+def write_snapshot(path: str, effects, parent_pid: int = 0) -> int:
+    """Write a complete AOF holding `effects` to `path`, fsynced; returns its size. With
+    `parent_pid`, raise Abandoned when that process has gone (checked per batch)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(fd, MAGIC)
@@ -54,6 +60,8 @@ def write_snapshot(path: str, effects) -> int:
         for effect in effects:
             payload += encode_effect(effect)
             if len(payload) >= SNAPSHOT_BATCH_BYTES:
+                if parent_pid and os.getppid() != parent_pid:
+                    raise Abandoned
                 size += _write_all(fd, encode_batch(payload))
                 payload.clear()
         if payload:
@@ -81,6 +89,7 @@ class AppendOnlyFile:
         self.append = self.pending.append  # the engine's journal: no Python frame per record
         self.unwritten = bytearray()  # records of a failed write, written before anything newer
         self._fd_lock = threading.Lock()
+        self._fsync_thread: threading.Thread | None = None
         self.fd = -1
         self.size = 0  # bytes of the file known to be written completely
         self.base_size = 0  # size right after the last rewrite (for the automatic trigger)
@@ -117,6 +126,7 @@ class AppendOnlyFile:
 
     def close(self) -> None:
         """Write what is pending, fsync and close (SHUTDOWN, SIGTERM)."""
+        self._join_fsync()
         if self.fd < 0:
             return
         if not self.commit():
@@ -196,6 +206,28 @@ class AppendOnlyFile:
             os.fsync(self.fd)
             self.synced_size = size
 
+    def fsync_in_background(self) -> None:
+        """The `everysec` fsync on a thread of its own, which ends with it: a thread pool's
+        idle threads would still be alive when a rewrite forks."""
+        self._fsync_thread = threading.Thread(target=self._background_fsync,
+                                              name="aof-fsync", daemon=True)
+        self._fsync_thread.start()
+
+    @property
+    def fsync_running(self) -> bool:
+        return self._fsync_thread is not None and self._fsync_thread.is_alive()
+
+    def _background_fsync(self) -> None:
+        try:
+            self.fsync()
+        except OSError as exc:
+            log.warning("Background AOF fsync failed: %s", exc.strerror)
+
+    def _join_fsync(self) -> None:
+        if self._fsync_thread is not None:
+            self._fsync_thread.join()
+            self._fsync_thread = None
+
     def needs_fsync(self) -> bool:
         return self.fsync_policy == "everysec" and self.synced_size != self.size
 
@@ -246,12 +278,22 @@ class AppendOnlyFile:
         self.commit()  # everything up to the fork belongs to the snapshot, not after it
         self.snapshot_covers = len(self.unwritten)  # applied, so in the snapshot, if unwritten
         self.rewrite_started = time.monotonic()
+        self._join_fsync()  # no thread may be alive at the fork (at most one short fsync)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: write and leave, touching nothing of the parent's
             code = 1
+            temp = self.temp_path(os.getpid())
             try:
-                write_snapshot(self.temp_path(os.getpid()), snapshot())
+                # first let go of every inherited descriptor but stdio: listening and client
+                # sockets (if the parent dies, a restart must find its port free and clients
+                # must see the close), the data directory's lock, the AOF itself
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+                write_snapshot(temp, snapshot(), parent)
                 code = 0
+            except Abandoned:
+                with contextlib.suppress(OSError):  # a restarted server may have removed it
+                    os.unlink(temp)
             finally:
                 os._exit(code)
         self.rewrite_pid = pid

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+from ..engine import Engine
 from .format import AofCorruption, iter_batches, parse_records
 
 log = logging.getLogger("valqd")
@@ -111,10 +112,13 @@ def load(path: str, engine, allow_truncated: bool = True) -> LoadResult:
     return result
 
 
-def check_aof(path: str, fix: bool) -> int:
-    """`valqd check-aof [--fix] FILE`: report, and optionally cut the file at the damage."""
+def check_aof(path: str, fix: bool, yes: bool = False, ask=input) -> int:
+    """`valqd check-aof [--fix [--yes]] FILE`: replay the file through the server's engine,
+    as start-up does (so a file the server would refuse never passes), report, and with
+    `--fix` cut it at the damage, after asking (`ask`, unless `yes`), keeping the bytes cut
+    off in a backup file next to it."""
     try:
-        result = scan(path)
+        result = scan(path, Engine().replay)
         bad_offset, reason = (result.good_size, "truncated") if result.truncated_bytes \
             else (None, "")
     except AofCorruption as exc:
@@ -133,8 +137,33 @@ def check_aof(path: str, fix: bool) -> int:
     if not fix:
         print("AOF is not valid. Use the --fix option to try fixing it.")
         return 1
+    if not yes:
+        try:
+            answer = ask(f"This will shrink the AOF from {result.file_size} bytes, with "
+                         f"{dropped} bytes, to {bad_offset} bytes\nContinue? [y/N]: ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing changed.")
+            return 1
+    backup = _backup_path(path, bad_offset)
     with open(path, "r+b") as f:
+        f.seek(bad_offset)
+        with open(backup, "xb") as saved:
+            while chunk := f.read(1 << 20):
+                saved.write(chunk)
+            saved.flush()
+            os.fsync(saved.fileno())
         f.truncate(bad_offset)
         os.fsync(f.fileno())
-    print(f"Successfully truncated AOF {path} to {bad_offset} bytes ({dropped} bytes dropped)")
+    print(f"Successfully truncated AOF {path} to {bad_offset} bytes ({dropped} bytes dropped, "
+          f"kept in {backup})")
     return 0
+
+
+def _backup_path(path: str, offset: int) -> str:
+    """A file name next to `path` that is not taken, for the bytes cut off at `offset`."""
+    backup, n = f"{path}.cut-at-{offset}", 1
+    while os.path.exists(backup):
+        backup, n = f"{path}.cut-at-{offset}.{n}", n + 1
+    return backup
