@@ -467,3 +467,18 @@ def test_healthz_and_the_api_answer_503_while_the_aof_loads():
         finally:
             server.state.loading = False
         assert ask("GET", "/healthz") == (200, {"status": "ok"})
+
+
+def test_the_dashboard_files_go_into_the_wheel():
+    """pyproject's package data names every static file (a wheel without them serves 500s)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["valqd.http"]
+    static = root / "valqd" / "http" / "static"
+    for path in static.iterdir():
+        relative = str(path.relative_to(static.parent))
+        assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative

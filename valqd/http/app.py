@@ -143,7 +143,7 @@ class HttpApp:
             else:
                 raise api.ApiError("NOAUTH", "Authorization must be Bearer or Basic")
             try:
-                api.decode(self.execute(session, argv))  # type: ignore[arg-type]
+                api.Call(self.execute, session)(*argv)
             except api.ApiError as exc:
                 # credentials a server without a password does not need are ignored
                 if not (open_server and exc.code == "ERR"):
