@@ -175,3 +175,23 @@ def test_dashboard_in_a_browser(browser, server, tmp_path):
     wait(lambda: text("queue-state") == "paused", "paused")
     assert valq(c, "STATS", "emails")[b"paused"] == b"1"
     c.close()
+
+
+def test_dashboard_behind_a_password(browser, tmp_path):
+    """With requirepass the browser needs Basic credentials (it asks for them; here they are
+    in the URL), and the page's own requests carry them."""
+    process, port = http_valqd(tmp_path / "locked", "--requirepass", "s3cret")
+    try:
+        c = process.client(protocol=3, password="s3cret")
+        valq(c, "CREATE", "private")
+        browser.get(f"http://127.0.0.1:{port}/")
+        # no credentials: the browser asks for them (a blank page meanwhile), nothing shown
+        assert "private" not in browser.page_source and "queues" not in browser.page_source
+        browser.get(f"http://default:s3cret@127.0.0.1:{port}/")
+        from selenium.webdriver.support.ui import WebDriverWait
+        WebDriverWait(browser, 15, poll_frequency=0.1).until(lambda _: browser.execute_script(
+            "return [...document.querySelectorAll('#queues tbody tr')]"
+            ".map(r => r.dataset.queue)") == ["private"], message="the queue behind AUTH")
+        c.close()
+    finally:
+        process.stop()

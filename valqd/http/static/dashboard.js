@@ -28,7 +28,9 @@ async function api(method, path, body) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body || {});
   }
-  const response = await fetch(path, init);
+  // location.origin, not a relative URL: a page opened as http://user:pass@host/ has
+  // credentials in its own URL, which fetch() refuses; the browser sends them anyway
+  const response = await fetch(location.origin + path, init);
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }
   if (!response.ok) {
