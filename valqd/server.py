@@ -166,6 +166,7 @@ class Connection(asyncio.Protocol):
                 self._resume_reading(transport)
         except ProtocolError as exc:
             replies.append(encode.error("ERR", f"Protocol error: {exc}"))
+            server.state.count_error(replies[-1])
             close = True
         session.last_command_at = time.monotonic()
         server.after_commands()
@@ -651,6 +652,12 @@ class Server:
         transport = connection.transport
         session.closer = transport.close if transport is not None else None
         session.send = lambda data: self.reply(connection, data, False)
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            session.fd = sock.fileno() if sock is not None else -1
+            session.io = lambda: (connection.parser.buffered(),
+                                  transport.get_write_buffer_size(),
+                                  connection.waiter is not None)
         self._connections[session.id] = connection
         self.state.clients[session.id] = session
         self.state.total_connections += 1
@@ -716,7 +723,9 @@ class Server:
         try:
             return waiter.blocked.attempt()
         except CommandError as exc:  # the queue was deleted meanwhile
-            return encode.error(exc.code, exc.message)
+            reply = encode.error(exc.code, exc.message)
+            state.count_error(reply)
+            return reply
 
     def blocked_consumers(self, name: bytes) -> int:
         return len(self._waiters.get(name, ()))

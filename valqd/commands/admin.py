@@ -400,13 +400,17 @@ _INFO_SECTIONS: dict[str, Callable[[ServerState], list[str]]] = {
         state.aof.info_fields() if state.aof is not None else ["aof_enabled:0"])],
     "stats": lambda state: [f"total_connections_received:{state.total_connections}",
                             f"total_commands_processed:{state.total_commands}",
-                            f"rejected_connections:{state.rejected_connections}"],
+                            f"rejected_connections:{state.rejected_connections}",
+                            f"total_error_replies:{state.total_error_replies}"],
     "replication": lambda state: ["role:master", "connected_slaves:0"],
     "cpu": _cpu_info,
     "commandstats": lambda state: [
-        f"cmdstat_{name}:calls={calls},usec={usec},usec_per_call={usec / calls:.2f},"
-        f"rejected_calls=0,failed_calls={failed}"
-        for name, (calls, usec, failed) in sorted(state.command_stats.items()) if calls],
+        f"cmdstat_{name}:calls={calls},usec={usec},usec_per_call={usec / calls if calls else 0:.2f},"
+        f"rejected_calls={rejected},failed_calls={failed}"
+        for name, (calls, usec, failed, rejected) in sorted(state.command_stats.items())
+        if calls or rejected],
+    "errorstats": lambda state: [f"errorstat_{code}:count={count}"
+                                 for code, count in sorted(state.error_stats.items())],
     "messages": _messages_info,
     "keyspace": lambda state: ([f"db0:keys={len(state.engine.queues)},expires=0,avg_ttl=0"]
                                if state.engine.queues else []),
@@ -415,14 +419,14 @@ _INFO_SECTIONS: dict[str, Callable[[ServerState], list[str]]] = {
 
 # Every section but `queues` costs the same with 10 queues or 100,000.
 _DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
-                     "cpu", "messages", "keyspace")
+                     "cpu", "messages", "errorstats", "keyspace")
 _ALL_SECTIONS = tuple(name for name in _INFO_SECTIONS if name != "queues")
 
 
 def info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """INFO [section ...] -> text, `# Section` headers and `field:value` lines. Sections:
-    server, clients, memory, persistence, stats, replication, cpu, commandstats, messages,
-    keyspace, queues; `default` (without commandstats and queues), `all` (without queues),
+    server, clients, memory, persistence, stats, replication, cpu, commandstats, errorstats,
+    messages, keyspace, queues; `default` (without commandstats and queues), `all` (without queues),
     `everything`."""
     sections = _INFO_SECTIONS
     wanted = [a.decode("latin-1").lower() for a in argv[1:]] or ["default"]
@@ -468,10 +472,20 @@ def config_set(state: ServerState, session: Session, argv: list[bytes]) -> bytes
     return encode.OK
 
 
+def config_rewrite(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CONFIG REWRITE -> +OK once the config file the server started with holds the current
+    settings (comments and other lines kept). ERR when it started without one, or the file
+    cannot be written."""
+    state.config.rewrite()
+    return encode.OK
+
+
 def config_resetstat(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """CONFIG RESETSTAT -> +OK; command statistics and counters start again from zero."""
     for stats in state.command_stats.values():
-        stats[:] = [0, 0, 0]
+        stats[:] = [0, 0, 0, 0]
+    state.error_stats.clear()
+    state.total_error_replies = 0
     state.total_commands = 0
     state.total_connections = 0
     state.rejected_connections = 0

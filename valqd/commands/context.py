@@ -41,6 +41,10 @@ class Session:
     close_after_reply: bool = False  # QUIT: send the reply, then close
     closer: Callable[[], None] | None = None  # set by the server: close this connection
     send: Callable[[bytes], None] = lambda data: None  # set by the server: out-of-band data
+    fd: int = -1  # the connection's socket descriptor, set by the server
+    # set by the server: (request bytes received and not yet run, reply bytes not yet sent,
+    # whether the client is parked in a blocking pop)
+    io: Callable[[], tuple[int, int, bool]] = lambda: (0, 0, False)
     channels: set[bytes] = field(default_factory=set)  # pub/sub subscriptions
     patterns: set[bytes] = field(default_factory=set)
     db: int = 0  # the selected database
@@ -51,15 +55,23 @@ class Session:
 
     def info_line(self, now: float) -> str:
         """One line of CLIENT LIST, in Valkey's field order."""
-        return (f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 "
+        qbuf, omem, blocked = self.io()
+        multi_mem = sum(len(arg) for _, argv in self.multi for arg in argv) \
+            if self.multi is not None else 0
+        flags = "".join(flag for flag, on in (
+            ("b", blocked), ("P", self.channels or self.patterns),
+            ("x", self.multi is not None)) if on) or "N"
+        return (f"id={self.id} addr={self.addr} laddr={self.laddr} fd={self.fd} "
                 f"name={self.name.decode('utf-8', 'replace')} "
                 f"age={int(now - self.created_at)} idle={int(now - self.last_command_at)} "
-                f"flags={'P' if self.channels or self.patterns else 'N'} db={self.db} "
+                f"flags={flags} db={self.db} "
                 f"sub={len(self.channels)} psub={len(self.patterns)} ssub=0 "
                 f"multi={-1 if self.multi is None else len(self.multi)} "
-                f"watch={len(self.watched)} qbuf=0 qbuf-free=0 "
-                f"argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 "
-                f"events=r cmd={self.last_command} user=default redir=-1 resp={self.proto} "
+                f"watch={len(self.watched)} qbuf={qbuf} qbuf-free=0 "
+                f"argv-mem=0 multi-mem={multi_mem} rbs=0 rbp=0 obl=0 oll={1 if omem else 0} "
+                f"omem={omem} tot-mem={qbuf + omem + multi_mem} "
+                f"events={'rw' if omem else 'r'} cmd={self.last_command} user=default "
+                f"redir=-1 resp={self.proto} "
                 f"lib-name={self.lib_name.decode('utf-8', 'replace')} "
                 f"lib-ver={self.lib_ver.decode('utf-8', 'replace')}")
 
@@ -81,7 +93,10 @@ class ServerState:
     total_connections: int = 0
     total_commands: int = 0
     rejected_connections: int = 0
-    command_stats: dict[str, list[int]] = field(default_factory=dict)  # [calls, usec, failed]
+    # [calls, usec, failed, rejected]: failed ran and replied an error, rejected never ran
+    command_stats: dict[str, list[int]] = field(default_factory=dict)
+    error_stats: dict[str, int] = field(default_factory=dict)  # error code -> replies
+    total_error_replies: int = 0
     request_shutdown: Callable[[], None] = lambda: None
     bound_port: int = 0
     blocked_consumers: Callable[[bytes], int] = lambda name: 0
@@ -110,6 +125,17 @@ class ServerState:
         counted as messages are stored and removed (no walk over the messages)."""
         return self.baseline_memory + self.engine.dataset_bytes()
 
+    def count_error(self, reply: bytes) -> None:
+        """INFO errorstats: one more error reply with the code `reply` starts with (at most
+        MAX_ERROR_CODES different codes are kept, as in Valkey)."""
+        self.total_error_replies += 1
+        end = reply.find(b" ")
+        code = reply[1:end if end > 0 else len(reply) - 2].decode("latin-1")
+        if code in self.error_stats:
+            self.error_stats[code] += 1
+        elif len(self.error_stats) < MAX_ERROR_CODES:
+            self.error_stats[code] = 1
+
     def write_refusal(self) -> bytes | None:
         """The error a command that adds data gets now (MISCONF, OOM), or None."""
         if self.aof is not None and self.aof.write_error is not None:
@@ -120,4 +146,5 @@ class ServerState:
         return None
 
 
+MAX_ERROR_CODES = 128  # Valkey's ERROR_STATS_NUMBER
 OOM = encode.error("OOM", "command not allowed when used memory > 'maxmemory'.")

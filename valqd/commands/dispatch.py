@@ -76,10 +76,15 @@ NOAUTH = encode.error("NOAUTH", "Authentication required.")
 LOADING = encode.error("LOADING", "valqd is loading the dataset in memory")
 
 
-def _refused(session: Session, reply: bytes) -> bytes:
-    """A command refused before it ran; in MULTI, that makes EXEC abort."""
+def _refused(state: ServerState, session: Session, reply: bytes,
+             spec: CommandSpec | None = None) -> bytes:
+    """A command refused before it ran (counted as `rejected_calls` of the command when it
+    is known, and in errorstats); in MULTI, that makes EXEC abort."""
     if session.multi is not None:
         session.multi_failed = True
+    if spec is not None:
+        state.command_stats[spec.name][3] += 1
+    state.count_error(reply)
     return reply
 
 
@@ -118,7 +123,7 @@ class Dispatcher:
                 for sub_name, sub in subcommands.items():
                     self._pairs[variant, sub_name] = sub
             for each in (spec, *spec.subcommands.values()):  # calls, usec, failed calls
-                state.command_stats.setdefault(each.name, [0, 0, 0])
+                state.command_stats.setdefault(each.name, [0, 0, 0, 0])
 
     def find(self, argv: list[bytes]) -> CommandSpec | bytes:
         """The spec that serves argv, or the error reply when there is none."""
@@ -151,17 +156,17 @@ class Dispatcher:
         if type(spec) is bytes:
             if argv[0].lower() in CROSS_PROTOCOL_WORDS:
                 return self._cross_protocol_attack(session)
-            return _refused(session, spec)
+            return _refused(state, session, spec)
         if not session.authenticated and not spec.no_auth:
-            return _refused(session, NOAUTH)
+            return _refused(state, session, NOAUTH, spec)
         if state.loading and not spec.loading_ok:
-            return _refused(session, LOADING)
+            return _refused(state, session, LOADING, spec)
         if session.multi is not None and spec.name not in RUN_IN_MULTI:
             return self._queue(session, spec, argv)
         if spec.denyoom:
             refusal = state.write_refusal()
             if refusal is not None:
-                return refusal
+                return _refused(state, session, refusal, spec)
         now = state.now = state.clock()
         engine = state.engine
         if now >= engine.due_at:
@@ -173,7 +178,7 @@ class Dispatcher:
         refusal = NOT_IN_MULTI if spec.no_multi else \
             self.state.write_refusal() if spec.denyoom else None
         if refusal is not None:
-            return _refused(session, refusal)
+            return _refused(self.state, session, refusal, spec)
         session.multi.append((spec, argv))  # type: ignore[union-attr]
         session.last_command = spec.name
         return QUEUED
@@ -192,10 +197,12 @@ class Dispatcher:
         except CommandError as exc:
             reply = encode.error(exc.code, exc.message)
             failed = 1
+            state.count_error(reply)
         except Exception:
             log.exception("bug: unexpected error in %s", name)
             reply = encode.error("ERR", "internal error")
             failed = 1
+            state.count_error(reply)
         elapsed_us = (perf_counter_ns() - started) // 1000
         stats = state.command_stats[name]
         stats[0] += 1

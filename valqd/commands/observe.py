@@ -68,15 +68,6 @@ def slowlog_reset(state: ServerState, session: Session, argv: list[bytes]) -> by
     return encode.OK
 
 
-def slowlog_help(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """SLOWLOG HELP -> the subcommands."""
-    return encode.bulk_array([b"SLOWLOG <subcommand> [<arg> ...]. Subcommands are:",
-                              b"GET [<count>]", b"    Return top <count> entries (-1: all).",
-                              b"LEN", b"    Return the length of the slowlog.",
-                              b"RESET", b"    Reset the slowlog.",
-                              b"HELP", b"    Print this help."])
-
-
 # -- Prometheus ----------------------------------------------------------------------------
 
 def rss_bytes() -> int:

@@ -32,10 +32,3 @@ def save(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 def debug_digest(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """DEBUG DIGEST -> 40 hex digits summarising every queue, setting and message."""
     return encode.bulk(state.engine.digest().encode())
-
-
-def debug_help(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """DEBUG HELP -> the subcommands."""
-    return encode.bulk_array([b"DEBUG <subcommand> [<arg> ...]. Subcommands are:",
-                              b"DIGEST", b"    Output a hex digest of the whole state.",
-                              b"HELP", b"    Print this help."])

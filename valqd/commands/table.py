@@ -24,17 +24,21 @@ class Arg:
     multiple: bool = False
     args: tuple["Arg", ...] = ()
 
-    def syntax(self) -> str:
+    def syntax(self, placeholders: bool = False) -> str:
+        """The argument as the reference shows it; with `placeholders`, values as `<name>`
+        (the style of Valkey's HELP replies)."""
         if self.type == "oneof":
-            text = " | ".join(a.syntax() for a in self.args)
+            text = " | ".join(a.syntax(placeholders) for a in self.args)
             if self.token:
                 text = f"{self.token} {text}"
         elif self.type == "block":
-            text = " ".join(([self.token] if self.token else []) + [a.syntax() for a in self.args])
+            text = " ".join(([self.token] if self.token else []) +
+                            [a.syntax(placeholders) for a in self.args])
         elif self.type == "pure-token":
             text = self.token or self.name
         else:
-            text = f"{self.token} {self.name}" if self.token else self.name
+            value = f"<{self.name}>" if placeholders else self.name
+            text = f"{self.token} {value}" if self.token else value
         if self.multiple:
             text = f"{text} [{text} ...]"
         return f"[{text}]" if self.optional else text
@@ -117,11 +121,33 @@ class CommandSpec:
 
 def container(name: str, arity: int, summary: str, group: str, subs: list[CommandSpec],
               handler: Handler | None = None, flags: tuple[str, ...] = ()) -> CommandSpec:
+    """A command made of subcommands; it gets a HELP subcommand (last, as in Valkey's
+    replies) unless it brings its own."""
     spec = CommandSpec(name, arity, flags, summary, group, handler)
+    if not any(sub.name == "help" for sub in subs):
+        subs = [*subs, CommandSpec("help", 2, ("loading", "stale"), "Returns helpful text "
+                                   "about the different subcommands.", group,
+                                   lambda state, session, argv: help_reply(spec))]
     for sub in subs:
         sub.name = f"{name}|{sub.name}"
         spec.subcommands[sub.name] = sub
     return spec
+
+
+def help_reply(spec: CommandSpec) -> bytes:
+    """`<CONTAINER> HELP`: Valkey's shape (status lines: a header, then per subcommand its
+    syntax and its summary indented), from the table."""
+    container = spec.name.upper()
+    lines = [f"{container} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"]
+    if spec.handler is not None:  # the container alone does something (COMMAND)
+        lines += ("(no subcommand)", f"    {spec.summary}")
+    for sub in spec.subcommands.values():
+        if sub.name.endswith("|help"):
+            continue
+        words = [sub.name.split("|")[1].upper(), *(a.syntax(True) for a in sub.args)]
+        lines += (" ".join(words), f"    {sub.summary}")
+    lines += ("HELP", "    Print this help.")
+    return encode.array([encode.simple(line.encode()) for line in lines])
 
 
 QUEUE = Arg("queue", "key")
@@ -275,14 +301,14 @@ CONFIG = container("config", -2, "A container for server configuration commands.
                 (Arg("data", "block", multiple=True, args=(Arg("parameter"), Arg("value"))),)),
     CommandSpec("resetstat", 2, (A, "noscript", "loading", "stale"), "Resets the server's "
                 "statistics.", "server", admin.config_resetstat),
+    CommandSpec("rewrite", 2, (A, "noscript", "loading", "stale"), "Persists the effective "
+                "configuration to file.", "server", admin.config_rewrite),
 ])
 
 DEBUG = container("debug", -2, "A container for debugging commands.", "server", [
     CommandSpec("digest", 2, (A, "noscript", "loading", "stale"), "Returns a hex digest of "
                 "the whole state.", "server", persist.debug_digest,
                 complexity="O(N) where N is the number of messages"),
-    CommandSpec("help", 2, ("loading", "stale"), "Returns helpful text about the different "
-                "subcommands.", "server", persist.debug_help),
 ], flags=(A, "noscript", "loading", "stale"))
 
 SLOWLOG = container("slowlog", -2, "A container for slow log commands.", "server", [
@@ -293,8 +319,6 @@ SLOWLOG = container("slowlog", -2, "A container for slow log commands.", "server
                 "slow log.", "server", observe.slowlog_len),
     CommandSpec("reset", 2, (A, "loading", "stale"), "Clears all entries from the slow log.",
                 "server", observe.slowlog_reset),
-    CommandSpec("help", 2, ("loading", "stale"), "Show helpful text about the different "
-                "subcommands.", "server", observe.slowlog_help),
 ])
 # valqd refuses (un)subscribing inside MULTI: Valkey 7.2 queues it, and its EXEC reply then
 # holds one confirmation per channel, more items than commands
