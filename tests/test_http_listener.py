@@ -17,7 +17,7 @@ from test_security import netns, remote  # noqa: F401 - the fixture and its clie
 
 def test_http_port_and_its_old_name():
     assert Config({"metrics-port": "9100"})["http-port"] == 9100
-    values, _ = parse_command_line(["--metrics-port", "9101"])
+    values, *_ = parse_command_line(["--metrics-port", "9101"])
     assert values == {"http-port": "9101"}
     assert Config()["http-port"] == 0  # off unless asked for
     assert Config()["http-bind"] == "127.0.0.1"
