@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         return check_aof_main(args[1:])
     if args[:1] == ["worker"]:
         return worker_main(args[1:])
-    values, renames, config_file = parse_command_line(args)
-    config = Config(values, renames, config_file)
+    users: list[tuple[str, int, list[bytes]]] = []
+    values, renames, config_file = parse_command_line(args, users)
+    config = Config(values, renames, config_file, users)
     directory = str(config["dir"])
     try:
         os.makedirs(directory, exist_ok=True)

@@ -2,8 +2,9 @@
 
 A config file holds `name value` lines as valkey.conf does (`#` starts a comment; values
 may be quoted), plus `rename-command NAME NEWNAME` lines (an empty new name disables the
-command). Flags use the same names (`--port 7400`, `--rename-command FLUSHALL ""`); flags
-win over the file.
+command) and `user NAME RULE ...` lines (ACL users, as in valkey.conf). Flags use the same
+names (`--port 7400`, `--rename-command FLUSHALL ""`, `--user "alice on >pw +@read"`);
+flags win over the file.
 """
 
 import argparse
@@ -111,6 +112,10 @@ SETTINGS: tuple[Setting, ...] = (
             "uvloop when it is installed", "enum", ("auto", "asyncio", "uvloop")),
     Setting("requirepass", "", "password every client must give with AUTH (empty: none); "
             "never shown by CONFIG GET", "secret", mutable=True),
+    Setting("aclfile", "", "file of ACL users (`user alice on #<sha256> ~jobs:* +@read`) that "
+            "ACL LOAD reads and ACL SAVE writes; loaded at start (empty: users come from "
+            "`user` lines of the config file)"),
+    Setting("acllog-max-len", "128", "entries the ACL LOG keeps", "int", mutable=True),
     Setting("protected-mode", "yes", "with no password, refuse clients that are not on the "
             "loopback interface", "enum", YES_NO, mutable=True),
     Setting("maxclients", "10000", "most client connections at once", "int", low=1,
@@ -173,11 +178,14 @@ BY_NAME = {s.name: s for s in SETTINGS}
 
 class Config:
     def __init__(self, overrides: dict[str, str] | None = None,
-                 renames: dict[str, str] | None = None, path: str = "") -> None:
+                 renames: dict[str, str] | None = None, path: str = "",
+                 users: list[tuple[str, int, list[bytes]]] | None = None) -> None:
         self.values: dict[str, object] = {s.name: s.parse(s.default) for s in SETTINGS}
         self.on_change: dict[str, Callable[[object], None]] = {}
         self.renames = dict(renames or {})  # command -> new name ("" disables it)
         self.path = os.path.abspath(path) if path else ""  # the config file, for REWRITE
+        # `user` lines of the config file and --user flags: (source, line number, words)
+        self.users = list(users or [])
         for name, raw in (overrides or {}).items():
             setting = BY_NAME[ALIASES.get(name, name)]
             self.values[setting.name] = setting.parse(raw)
@@ -343,8 +351,10 @@ def reference() -> str:
     return "\n".join(lines)
 
 
-def read_config_file(path: str, renames: dict[str, str] | None = None) -> dict[str, str]:
-    """The file's settings; `rename-command` lines go into `renames`."""
+def read_config_file(path: str, renames: dict[str, str] | None = None,
+                     users: list[tuple[str, int, list[bytes]]] | None = None) -> dict[str, str]:
+    """The file's settings; `rename-command` lines go into `renames`, `user` lines (as
+    (path, line number, words)) into `users`."""
     values: dict[str, str] = {}
     try:
         f = open(path, "rb")
@@ -356,9 +366,13 @@ def read_config_file(path: str, renames: dict[str, str] | None = None) -> dict[s
             if not line or line.startswith(b"#"):
                 continue
             try:
-                words = [w.decode() for w in split_inline(line)]
+                raw_words = split_inline(line)
+                words = [w.decode() for w in raw_words]
             except Exception:
                 raise SystemExit(f"{path}:{number}: unbalanced quotes") from None
+            if words[0].lower() == "user" and users is not None:
+                users.append((path, number, [b"user", *raw_words[1:]]))
+                continue
             if len(words) == 3 and words[0].lower() == "rename-command" and renames is not None:
                 renames[words[1].lower()] = words[2].lower()
                 continue
@@ -373,9 +387,11 @@ def read_config_file(path: str, renames: dict[str, str] | None = None) -> dict[s
     return values
 
 
-def parse_command_line(argv: list[str]) -> tuple[dict[str, str], dict[str, str], str]:
+def parse_command_line(argv: list[str], users: list[tuple[str, int, list[bytes]]] | None = None
+                       ) -> tuple[dict[str, str], dict[str, str], str]:
     """Flags and `--config FILE` merged: ({setting: raw value}, {command: new name}, the
-    config file or "")."""
+    config file or ""); the config file's `user` lines and `--user` flags go into `users`,
+    as (source, line number, words)."""
     parser = argparse.ArgumentParser(
         prog="valqd", description="A job-queue server speaking RESP and the VALQ commands.")
     parser.add_argument("--version", action="version", version=f"valqd {__version__}")
@@ -384,6 +400,9 @@ def parse_command_line(argv: list[str]) -> tuple[dict[str, str], dict[str, str],
     parser.add_argument("--rename-command", nargs=2, action="append", default=[],
                         metavar=("COMMAND", "NEWNAME"),
                         help="rename a command; an empty new name disables it")
+    parser.add_argument("--user", action="append", default=[], metavar="RULES",
+                        help='an ACL user, as a config file\'s user line: "alice on >pw '
+                        '~jobs:* +@read"')
     for s in SETTINGS:
         choices = f" ({'|'.join(s.choices)})" if s.choices else ""
         aliases = [f"--{alias}" for alias, name in ALIASES.items() if name == s.name]
@@ -391,7 +410,14 @@ def parse_command_line(argv: list[str]) -> tuple[dict[str, str], dict[str, str],
                             help=f"{s.help}{choices}; default {s.default!r}")
     options = parser.parse_args(argv)
     renames: dict[str, str] = {}
-    values = read_config_file(options.config, renames) if options.config else {}
+    if users is None:
+        users = []
+    values = read_config_file(options.config, renames, users) if options.config else {}
+    for number, rules in enumerate(options.user, 1):
+        try:
+            users.append(("--user", number, [b"user", *split_inline(rules.encode())]))
+        except Exception:
+            parser.error(f"--user: unbalanced quotes in {rules!r}")
     for command, new_name in options.rename_command:
         renames[command.lower()] = new_name.lower()
     for s in SETTINGS:
@@ -403,4 +429,7 @@ def parse_command_line(argv: list[str]) -> tuple[dict[str, str], dict[str, str],
             BY_NAME[name].parse(raw)
         except ValueError as exc:
             parser.error(f"{name}: {exc}")
+    if users and values.get("aclfile"):
+        parser.error("Configuring users in the config file and an ACL file is not "
+                     "supported: use one or the other")
     return values, renames, options.config or ""

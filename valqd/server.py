@@ -24,6 +24,8 @@ import ssl
 import time
 from typing import Callable
 
+from .commands import acl
+from .commands.acl import load_acl_file
 from .commands.context import Blocked, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
 from .commands.observe import SlowLog, render_metrics, rss_bytes
@@ -37,6 +39,7 @@ from .http import RequestParser as HttpRequestParser
 from .http.parser import MAX_HEAD, Request
 from .http.response import Response, error_response
 from .persistence.aof import AppendOnlyFile
+from .persistence.files import read_file, replace_file
 from .persistence.loader import LoadResult, load_steps
 from .resp import RequestParser, encode
 from .resp.parser import Limits
@@ -402,6 +405,8 @@ class Server:
         self.state.baseline_memory = rss_bytes()
         self.state.slowlog = SlowLog()
         self._follow_config()
+        self.state.read_file = read_file
+        self.state.write_file = replace_file
         self.state.pubsub = PubSub(self.engine)
         self.dispatcher = Dispatcher(self.state, config.renames)
         self.http_app = HttpApp(self.dispatcher.execute, self.new_session, self.metrics,
@@ -434,6 +439,7 @@ class Server:
         time: meanwhile clients connect and get `-LOADING` for what needs the data, as in
         Valkey. Returns early, without opening the AOF, if a shutdown comes while loading."""
         loop = asyncio.get_running_loop()
+        self._load_users()
         self._capture_signals(loop)
         fit_maxclients(self.config)
         await self._listen_all(loop)
@@ -508,6 +514,18 @@ class Server:
                 port = port or sock.getsockname()[1]
         return port
 
+    def _load_users(self) -> None:
+        """The ACL users of `aclfile`, or of the config file's `user` lines; ValueError (the
+        server does not start) on the first bad one, as in Valkey."""
+        state = self.state
+        try:
+            if self.config.str("aclfile"):
+                load_acl_file(state, self.config.str("aclfile"), "valqd did not start")
+            elif self.config.users:
+                acl.replace_users(state, state.acl.parse_users(self.config.users))
+        except CommandError as exc:
+            raise ValueError(f"ACL error: {exc.message}") from None
+
     def _tls_context(self) -> ssl.SSLContext:
         config = self.config
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -541,10 +559,17 @@ class Server:
             "max-message-size": lambda v: setattr(state, "max_message_size", v),
             "slowlog-log-slower-than": lambda v: setattr(state, "slowlog_threshold_us", v),
             "slowlog-max-len": lambda v: state.slowlog.resize(v),
+            "acllog-max-len": state.acl.log.resize,
+            "requirepass": self._set_default_password,
         }
         for name, hook in hooks.items():
             hook(config[name])
             config.on_change[name] = hook
+
+    def _set_default_password(self, password: object) -> None:
+        """`requirepass` is the default user's password, as in Valkey."""
+        self.state.acl.set_default_password(str(password))
+        acl.refresh_sessions(self.state, [self.state.acl.default])
 
     def _set_fsync_policy(self, policy: object) -> None:
         if self.aof is not None:
@@ -622,7 +647,7 @@ class Server:
             self._refused(peer_host, f"max number of clients reached "
                                      f"(maxclients {self.config.int('maxclients')})")
             return "maxclients"
-        if self.config["protected-mode"] == "yes" and not self.config["requirepass"] \
+        if self.config["protected-mode"] == "yes" and self.state.acl.default.nopass \
                 and not _is_loopback(peer_host):
             self._refused(peer_host, "protected mode (no password, not from loopback)")
             return "protected"
@@ -642,10 +667,9 @@ class Server:
             self._refused_unlogged = 0
 
     def new_session(self, addr: str, laddr: str) -> Session:
-        """A client's session, not yet registered: an HTTP request gets one of its own."""
-        session = Session(next(self._client_ids), addr, laddr)
-        session.authenticated = not self.config["requirepass"]
-        return session
+        """A client's session, not yet registered (an HTTP request gets one of its own): the
+        default user, authenticated when that user needs no password."""
+        return acl.open_session(self.state, next(self._client_ids), addr, laddr)
 
     def register(self, connection: Connection, addr: str, laddr: str) -> Session:
         session = self.new_session(addr, laddr)

@@ -4,7 +4,6 @@ Queues are the keys of valqd's single database: DEL, EXISTS, TYPE, KEYS, SCAN, D
 FLUSHALL work on them as they did when queues were keys inside Valkey.
 """
 
-import hmac
 import os
 import resource
 import sys
@@ -14,6 +13,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import CommandError
 from ..resp import encode
+from .acl import authenticate, bind
 from .args import U64_MAX, Args, parse_int
 from .context import ServerState, Session
 from .glob import glob_match
@@ -44,23 +44,17 @@ def echo(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return encode.bulk(argv[1])
 
 
-def _check_credentials(state: ServerState, username: bytes, password: bytes) -> None:
-    """valqd has one user, `default`; its password is `requirepass` (none when empty)."""
-    required = str(state.config["requirepass"]).encode()
-    if username != b"default" or (required and not hmac.compare_digest(password, required)):
-        raise CommandError("invalid username-password pair or user is disabled.", "WRONGPASS")
-
-
 def auth(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """AUTH [username] password -> +OK. WRONGPASS for a wrong password or a user other than
-    `default`; with no password configured, the one-argument form gets Valkey's error."""
+    """AUTH [username] password -> +OK; the connection runs as that user from now on.
+    WRONGPASS for no such user, a user that is off or a wrong password; with no password
+    set for the default user, the one-argument form gets Valkey's error."""
     if len(argv) > 3:
         raise CommandError("syntax error")
-    if len(argv) == 2 and not state.config["requirepass"]:
+    if len(argv) == 2 and state.acl.default.nopass:
         raise CommandError("AUTH <password> called without any password configured for the "
                            "default user. Are you sure your configuration is correct?")
-    _check_credentials(state, *([b"default"] + argv[1:])[-2:])
-    session.authenticated = True
+    username, password = ([b"default"] + argv[1:])[-2:]
+    authenticate(state, session, username, password)
     return encode.OK
 
 
@@ -91,8 +85,7 @@ def hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
             raise CommandError("Syntax error in HELLO option "
                                f"'{raw_option.decode('utf-8', 'replace')}'")
     if credentials is not None:
-        _check_credentials(state, *credentials)
-        session.authenticated = True
+        authenticate(state, session, *credentials, via="HELLO")
     if not session.authenticated:  # as Valkey: before the name or the protocol changes
         raise CommandError("HELLO must be called with the client already authenticated, "
                            "otherwise the HELLO <proto> AUTH <user> <pass> option can be used "
@@ -132,12 +125,14 @@ def quit_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 def reset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """RESET -> +RESET: back to RESP2, no name, no subscriptions, no transaction or WATCH,
-    and no longer authenticated when a password is required."""
+    and the default user again (not authenticated when it has a password)."""
     discard_transaction(session)
     session.proto = 2
     session.name = b""
     state.pubsub.drop(session)
-    session.authenticated = not state.config["requirepass"]
+    default = state.acl.default
+    bind(session, default)
+    session.authenticated = default.nopass and default.enabled
     return encode.simple(b"RESET")
 
 
@@ -234,8 +229,9 @@ def client_kill(state: ServerState, session: Session, argv: list[bytes]) -> byte
         elif option == b"LADDR":
             filters.append(lambda c, value=value: c.laddr == value)
         elif option == b"USER":
-            if raw != b"default":
+            if state.acl.get(raw) is None:
                 raise CommandError(f"No such user '{raw.decode('utf-8', 'replace')}'")
+            filters.append(lambda c, raw=raw: c.user.name == raw)
         elif option == b"SKIPME" and value.lower() in ("yes", "no"):
             skip_me = value.lower() == "yes"
         else:

@@ -11,6 +11,14 @@ from typing import Any, Callable
 
 from ..engine import Engine
 from ..resp import encode
+from .users import Acl, User
+
+
+def _internal_user() -> User:
+    """The user of a session no connection opened (AOF replay, tests): may do anything.
+    Connections get theirs from `acl.open_session`."""
+    return User(b"default", enabled=True, nopass=True, all_keys=True, all_channels=True,
+                unrestricted=True)
 
 
 @dataclass(eq=False)
@@ -35,6 +43,8 @@ class Session:
     lib_name: bytes = b""
     lib_ver: bytes = b""
     authenticated: bool = True
+    user: User = field(default_factory=_internal_user)
+    restricted: bool = False  # its user may not run everything: check each command
     created_at: float = field(default_factory=time.monotonic)
     last_command_at: float = field(default_factory=time.monotonic)
     last_command: str = "NULL"
@@ -70,7 +80,8 @@ class Session:
                 f"watch={len(self.watched)} qbuf={qbuf} qbuf-free=0 "
                 f"argv-mem=0 multi-mem={multi_mem} rbs=0 rbp=0 obl=0 oll={1 if omem else 0} "
                 f"omem={omem} tot-mem={qbuf + omem + multi_mem} "
-                f"events={'rw' if omem else 'r'} cmd={self.last_command} user=default "
+                f"events={'rw' if omem else 'r'} cmd={self.last_command} "
+                f"user={self.user.name.decode('utf-8', 'replace')} "
                 f"redir=-1 resp={self.proto} "
                 f"lib-name={self.lib_name.decode('utf-8', 'replace')} "
                 f"lib-ver={self.lib_ver.decode('utf-8', 'replace')}")
@@ -115,10 +126,20 @@ class ServerState:
     # set by the dispatcher: run one command (stats, slow log, errors), for EXEC
     call: Callable[[Session, Any, list[bytes]], Any] = lambda session, spec, argv: b""
     in_exec: bool = False
+    acl: Acl = field(init=False)
+    # set by the server: whole-file reads and atomic replacement (ACL LOAD and SAVE)
+    read_file: Callable[[str], bytes] = lambda path: b""
+    write_file: Callable[[str, bytes], None] = lambda path, data: None
 
     def __post_init__(self) -> None:
         if not self.databases:
             self.databases = [self.engine]
+        specs = {}
+        for spec in self.commands.values():
+            specs[spec.name] = spec
+            specs.update(spec.subcommands)
+        self.acl = Acl(specs, self.config.int("acllog-max-len"))
+        self.acl.set_default_password(self.config.str("requirepass"))
 
     def used_memory(self) -> int:
         """What maxmemory is compared with: the process's baseline plus the queues' data,

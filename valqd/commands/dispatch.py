@@ -1,6 +1,7 @@
 """The dispatcher: argv in, reply bytes out, for every command in the table.
 
-It finds the command (and subcommand), checks arity, reads the clock once, lets the engine
+It finds the command (and subcommand), checks arity, authentication and the user's ACL
+permissions (only for a restricted user), reads the clock once, lets the engine
 apply whatever fell due by then, runs the handler and turns errors into `-CODE message`
 replies. Nothing raised by a handler escapes: an unexpected exception is logged as a bug and
 answered with `-ERR internal error`, and the server keeps serving.
@@ -13,6 +14,7 @@ from ..config import BY_NAME
 from ..engine import TICK_BUDGET
 from ..errors import CommandError
 from ..resp import encode
+from . import acl
 from .context import Blocked, ServerState, Session
 from .multi import NOT_IN_MULTI, QUEUED, RUN_IN_MULTI
 from .pubsub import check_subscribed_mode
@@ -159,6 +161,10 @@ class Dispatcher:
             return _refused(state, session, spec)
         if not session.authenticated and not spec.no_auth:
             return _refused(state, session, NOAUTH, spec)
+        if session.restricted and not spec.no_auth:  # the default user is never restricted
+            denied = acl.check(state, session, spec, argv)
+            if denied is not None:
+                return _refused(state, session, denied, spec)
         if state.loading and not spec.loading_ok:
             return _refused(state, session, LOADING, spec)
         if session.multi is not None and spec.name not in RUN_IN_MULTI:

@@ -7,7 +7,8 @@ answer EXECABORT and apply nothing. EXEC runs the queued commands one after the 
 one synchronous call, after the dispatcher read the clock and applied what fell due once:
 no other client's command and no timer event comes in between, so the AOF records of one
 EXEC are committed in one checksummed batch, which loads all or nothing. Errors at run time
-are replies inside EXEC's array; a blocking pop that finds nothing answers at once.
+are replies inside EXEC's array; a blocking pop that finds nothing answers at once. The ACL
+is checked when a command is queued and again at EXEC (the user's rules may have changed).
 
 WATCH remembers each queue's creation serial and version (every change to a queue bumps
 its version, a change driven by time too); EXEC answers nil when a watched queue was
@@ -17,6 +18,7 @@ O(watched queues) per EXEC, with no registry of watchers to update on writes.
 
 from ..errors import CommandError
 from ..resp import encode
+from .acl import check
 from .context import ServerState, Session
 
 QUEUED = encode.simple(b"QUEUED")
@@ -72,6 +74,11 @@ def exec_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     state.in_exec = True
     try:
         for spec, queued_argv in queued:
+            denied = check(state, session, spec, queued_argv, "multi") \
+                if session.restricted else None
+            if denied is not None:
+                replies.append(denied)
+                continue
             reply = state.call(session, spec, queued_argv)
             replies.append(reply if type(reply) is bytes else reply.timeout_reply)
     finally:
