@@ -627,3 +627,33 @@ def test_users_from_the_config_file_and_flags(tmp_path):
     both = ValqdProcess(tmp_path / "both", "--config", str(conf), "--aclfile", "x.acl")
     with pytest.raises(RuntimeError, match="users in the config file and an ACL file"):
         both.start(timeout=5)
+
+
+# -- transactions: checked when queued and again at EXEC ------------------------------------------
+
+def test_acl_in_a_transaction(server):
+    admin, wire = server.client(), Wire(server.port)
+    admin.execute_command("ACL", "SETUSER", "tx", "on", ">pw", "+@all", "-flushall", "~jobs:*")
+    assert wire.call("AUTH", "tx", "pw") == b"OK"
+    assert wire.call("MULTI") == b"OK"
+    assert wire.call("FLUSHALL") == Error(noperm("tx", "flushall"))
+    assert wire.call("VALQ", "PUSH", "billing", "x") == Error(KEY_NOPERM)
+    assert wire.call("EXEC").startswith("EXECABORT")
+    admin.execute_command("ACL", "LOG", "RESET")
+    assert wire.call("MULTI") == b"OK"
+    assert wire.call("VALQ", "STATS", "jobs:email") == b"QUEUED"
+    assert wire.call("VALQ", "PEEK", "jobs:email") == b"QUEUED"
+    assert wire.call("PING") == b"QUEUED"
+    admin.execute_command("ACL", "SETUSER", "tx", "-valq|peek", "resetkeys", "~other")
+    reason = ("NOPERM ACLs rules changed between the moment the transaction was accumulated "
+              "and the EXEC call. This command is no longer allowed for the following reason: ")
+    replies = wire.call("EXEC")
+    assert [str(r) for r in replies[:2]] == [
+        reason + "no permission to touch the specified keys",
+        reason + "no permission to execute the command or subcommand"]
+    assert replies[2] == b"PONG"
+    entries = [dict(zip(e[::2], e[1::2])) for e in admin.execute_command("ACL", "LOG")]
+    assert [(e[b"reason"], e[b"context"], e[b"object"]) for e in entries] == [
+        (b"command", b"multi", b"valq|peek"), (b"key", b"multi", b"jobs:email")]
+    admin.execute_command("ACL", "DELUSER", "tx")
+    wire.close()
