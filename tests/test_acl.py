@@ -657,3 +657,25 @@ def test_acl_in_a_transaction(server):
         (b"command", b"multi", b"valq|peek"), (b"key", b"multi", b"jobs:email")]
     admin.execute_command("ACL", "DELUSER", "tx")
     wire.close()
+
+
+# -- the HTTP API authenticates with the same users ------------------------------------------------
+
+def test_http_requests_run_as_the_acl_user_they_name(tmp_path):
+    from http_support import Api, http_valqd
+    process, port = http_valqd(tmp_path, "--requirepass", "admin-pw", "--user",
+                               "producer on >p-pw ~jobs:* +valq|push")
+    try:
+        admin = Api(port, "admin-pw")
+        assert admin.put("/api/queues/jobs:email", {}).status == 201
+        assert admin.put("/api/queues/billing", {}).status == 201
+        producer = Api(port, ("producer", "p-pw"))
+        assert producer.post("/api/queues/jobs:email/messages", {"body": "hi"}).status == 201
+        refused = producer.post("/api/queues/billing/messages", {"body": "hi"})
+        assert refused.status == 403 and refused.json["error"] == "NOPERM"
+        assert producer.post("/api/queues/jobs:email/pop", {}).status == 403
+        assert Api(port, ("producer", "wrong")).get("/api/queues").status == 401
+        for api in (admin, producer):
+            api.close()
+    finally:
+        process.stop()
