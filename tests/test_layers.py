@@ -71,3 +71,13 @@ def test_the_client_library_imports_nothing_of_the_server():
         for imported in imports_of(PACKAGE / f"{name}.py", ""):
             if imported.split(".")[0] == "valqd":
                 assert imported in CLIENT_LIBRARY, f"{name}.py imports {imported}"
+
+
+def test_nothing_outside_the_store_package_imports_it_yet():
+    """valqd/store is the seed of issue 13's stores: the server does not use it yet."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        if parts[0] == "store":
+            continue
+        for name in imports_of(path, parts[0] if len(parts) > 1 else ""):
+            assert not name.startswith("valqd.store"), f"{path} imports {name}"

@@ -1,0 +1,345 @@
+"""The Valkey Functions library (valqd/store/valkey/valq.lua) against the embedded engine.
+
+The differential test sends the same random VALQ operations, on one moving manual clock, to
+an in-process valqd (ThreadedServer: the real command layer and engine) and, through FCALL,
+to the library loaded in a real valkey-server (its test build, which takes the clock as an
+argument). Every reply (RESP2, as hiredis reads it) and every queue's canonical dump
+(valqd/engine/dump.py) must be equal after every step. VALQD_DIFF_SEEDS=N runs N seeds
+(default 20) and VALQD_DIFF_STEPS=N as many steps per seed (default 400).
+"""
+
+import asyncio
+import os
+import random
+
+import pytest
+
+from support import Error, ThreadedServer, ValkeyServerProcess, Wire, encode_command
+from valqd.engine.dump import dump_queue
+from valqd.store import valkey as store
+
+SEEDS = int(os.environ.get("VALQD_DIFF_SEEDS", "20"))
+STEPS = int(os.environ.get("VALQD_DIFF_STEPS", "400"))
+QUEUES = [b"a", b"b", b"c d"]
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def valkey_server(tmp_path_factory):
+    server = ValkeyServerProcess(tmp_path_factory.mktemp("valkey")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def library(valkey_server):
+    c = valkey_server.client()
+    store.load(c, test_clock=True)
+    c.close()
+    wire = valkey_server.wire()
+    yield wire
+    wire.close()
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    with ThreadedServer() as server:
+        wire = Wire(server.port)
+        yield server, wire
+        wire.close()
+
+
+class Pair:
+    """The two stores, driven in step on one clock."""
+
+    def __init__(self, embedded, library) -> None:
+        self.server, self.valqd = embedded
+        self.library = library
+        self.clock = self.server.clock
+
+    def flush(self) -> None:
+        assert self.valqd.call("FLUSHALL") == b"OK"
+        assert self.library.call("FLUSHALL") == b"OK"
+
+    def both(self, subcommand: str, name: bytes, *args):
+        """Run one VALQ command on both stores; returns both replies."""
+        self.valqd.send(encode_command(("VALQ", subcommand, name, *args)))
+        embedded = self.valqd.reply()
+        self.library.send(encode_command(store.fcall_args(subcommand, name, args,
+                                                          self.clock.now)))
+        return embedded, self.library.reply()
+
+    def same(self, subcommand: str, name: bytes, *args):
+        embedded, library = self.both(subcommand, name, *args)
+        assert library == embedded, (subcommand, name, args)
+        return embedded
+
+    def engine_dump(self, name: bytes) -> list[bytes]:
+        async def read() -> list[bytes]:
+            q = self.server.server.engine.queues.get(name)
+            return [] if q is None else [line.encode() for line in dump_queue(q)]
+        return asyncio.run_coroutine_threadsafe(read(), self.server.loop).result(10)
+
+    def library_dump(self, name: bytes) -> list[bytes]:
+        self.library.send(encode_command(store.fcall_args("DUMP", name, (), self.clock.now)))
+        return self.library.reply()
+
+
+@pytest.fixture
+def pair(embedded, library):
+    p = Pair(embedded, library)
+    p.flush()
+    yield p
+    p.flush()
+
+
+# -- random operations ----------------------------------------------------------------------
+
+class Generator:
+    """Random VALQ operations over a few queues: mostly valid, some wrong on purpose."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.receipts: list[bytes] = []
+        self.delivered: list[int] = []
+        self.top_id = 0
+
+    def message_id(self):
+        rng = self.rng
+        if rng.random() < 0.03:
+            return rng.choice(["0", "-1", "x", "18446744073709551615", "18446744073709551616"])
+        if self.delivered and rng.random() < 0.6:
+            return rng.choice(self.delivered)
+        return rng.randint(1, self.top_id + 2)
+
+    def delay(self):
+        rng = self.rng
+        if rng.random() < 0.03:
+            return rng.choice(["-1", "1.5", "18446744073709551616"])
+        return rng.choice([0, 0, 1, 2, 5, 10, 30, 90])
+
+    def lease(self, message_id) -> list:
+        rng = self.rng
+        if rng.random() < 0.6:
+            return []
+        if self.receipts and rng.random() < 0.7:
+            return ["LEASE", rng.choice(self.receipts)]
+        return ["LEASE", rng.choice([f"{message_id}-1", f"{message_id}-2", "x", "1-",
+                                     " 1_0-+3 ", f"{message_id}-0"])]
+
+    def settings(self, positional: bool) -> list:
+        rng = self.rng
+        words: list = []
+        if positional:
+            for value in (rng.choice([1, 2, 5, 30, 30, 30, 0]), rng.choice([1, 2, 3, 3, 21]),
+                          rng.choice([60, 61, 120, 120, 59])):
+                if rng.random() < 0.5:
+                    break
+                words.append(value)
+        for _ in range(rng.randint(0, 3)):
+            choice = rng.randrange(7)
+            if choice == 0:
+                words += ["VISIBILITY", rng.choice([1, 2, 5, 10, 10, 10, 0, 43201])]
+            elif choice == 1:
+                words += ["MAXATTEMPTS", rng.choice([1, 2, 3, 3, 3, 0])]
+            elif choice == 2:
+                words += ["RETENTION", rng.choice([60, 90, 90, 30])]
+            elif choice == 3:
+                words += rng.choice([["BACKOFF", "NONE"], ["BACKOFF", "FIXED", 3],
+                                     ["BACKOFF", "exponential", 1, 8],
+                                     ["BACKOFF", "exponential", 1, 8], ["BACKOFF", "FIXED", 1],
+                                     ["BACKOFF", "EXPONENTIAL", 5, 2], ["BACKOFF", "LINEAR"]])
+            elif choice == 4:
+                words += ["DEDUPWINDOW", rng.choice([1, 5, 60, 60, 0])]
+            elif choice == 5:
+                words += ["MAXLEN", rng.choice([0, 3, 6, 6, 6, -1])]
+            elif rng.random() < 0.3:
+                words += [rng.choice(["BOGUS", "VISIBILITY"])]
+        return words
+
+    def operation(self) -> tuple[str, bytes, list]:
+        rng = self.rng
+        name = rng.choice(QUEUES)
+        kind = rng.choices(
+            ["CREATE", "DELETE", "UPDATE", "INFO", "STATS", "PURGE", "PUSH", "MPUSH", "POP",
+             "ACK", "MACK", "EXTEND", "NACK", "GET", "PEEK", "CANCEL", "RESCHEDULE",
+             "REDRIVE", "PAUSE", "RESUME"],
+            [4, 1, 3, 2, 3, 1, 25, 3, 22, 10, 2, 4, 10, 3, 3, 2, 2, 3, 1, 2])[0]
+        if kind == "CREATE":
+            return kind, name, self.settings(positional=True)
+        if kind == "UPDATE":
+            if rng.random() < 0.4:
+                return kind, name, [rng.choice([1, 5, 30]), rng.choice([1, 2, 4]),
+                                    rng.choice([60, 100])]
+            return kind, name, self.settings(positional=False) or ["VISIBILITY", 7]
+        if kind == "PURGE":
+            return kind, name, rng.choice([[], ["main"], ["DLQ"], ["delayed"], ["other"]])
+        if kind == "PUSH":
+            args: list = [b"m%d %s" % (rng.randrange(1000), rng.choice([b"", b"\xff%\n"]))]
+            if rng.random() < 0.3:
+                args.append(self.delay())
+            if rng.random() < 0.3:
+                args += ["PRIORITY", rng.choice([-1, 0, 1, 2, 2147483648])]
+            if rng.random() < 0.2:
+                args += ["DEDUP", rng.choice([b"k1", b"k2", b"k 3"])]
+            return kind, name, args
+        if kind == "MPUSH":
+            return kind, name, [b"b%d" % i for i in range(rng.randint(1, 3))]
+        if kind == "POP":
+            args = []
+            if rng.random() < 0.5:
+                args += ["COUNT", rng.choice([1, 2, 3, 0])]
+            if rng.random() < 0.5:
+                args.append("WITHMETA")
+            if rng.random() < 0.1:
+                args.append("NOACK")
+            return kind, name, args
+        if kind == "ACK":
+            message_id = self.message_id()
+            return kind, name, [message_id, *self.lease(message_id)]
+        if kind == "MACK":
+            return kind, name, [self.message_id() for _ in range(rng.randint(1, 3))]
+        if kind == "EXTEND":
+            message_id = self.message_id()
+            return kind, name, [message_id, rng.choice([0, 5, 60, 43201]),
+                                *self.lease(message_id)]
+        if kind == "NACK":
+            message_id = self.message_id()
+            args = [message_id]
+            if rng.random() < 0.3:
+                args.append(self.delay())
+            args += self.lease(message_id)
+            if rng.random() < 0.3:
+                args += ["REASON", rng.choice([b"boom", b"bad\r\nthing", b""])]
+            return kind, name, args
+        if kind in ("GET", "CANCEL"):
+            return kind, name, [self.message_id()]
+        if kind == "PEEK":
+            args = []
+            if rng.random() < 0.7:
+                args.append(rng.choice(["READY", "inflight", "DELAYED", "DLQ"]))
+            if rng.random() < 0.4:
+                args += ["COUNT", rng.choice([1, 3, 1001])]
+            return kind, name, args
+        if kind == "RESCHEDULE":
+            return kind, name, [self.message_id(), self.delay()]
+        if kind == "REDRIVE":
+            args = []
+            if rng.random() < 0.5:
+                args += ["COUNT", rng.choice([1, 2, 0])]
+            if rng.random() < 0.4:
+                args += ["TO", rng.choice(QUEUES)]
+            return kind, name, args
+        return kind, name, []
+
+    def learn(self, kind: str, reply) -> None:
+        """Remember ids and lease receipts that replies showed, to aim at them."""
+        if isinstance(reply, bytes) and kind == "PUSH" and reply.isdigit():
+            self.top_id = max(self.top_id, int(reply))
+        elif kind == "MPUSH" and isinstance(reply, list):
+            self.top_id = max([self.top_id, *map(int, reply)])
+        elif kind == "POP" and isinstance(reply, list):
+            maps = reply if reply and isinstance(reply[0], list) else [reply]
+            for fields in maps:
+                meta = dict(zip(fields[0::2], fields[1::2]))
+                if meta.get(b"lease"):
+                    self.receipts = (self.receipts + [meta[b"lease"]])[-8:]
+                if b"id" in meta:
+                    self.delivered = (self.delivered + [int(meta[b"id"])])[-8:]
+
+
+ADVANCES_MS = [0, 0, 0, 0, 100, 1000, 2000, 5000, 31_000, 61_000]
+
+
+def run_seed(pair: Pair, seed: int, steps: int) -> None:
+    rng = random.Random(seed)
+    gen = Generator(rng)
+    for step in range(steps):
+        pair.clock.now += rng.choice(ADVANCES_MS)
+        kind, name, args = gen.operation()
+        embedded, library = pair.both(kind, name, *args)
+        context = f"seed {seed} step {step}: VALQ {kind} {name!r} {args}"
+        assert library == embedded, context
+        gen.learn(kind, embedded)
+        # the queues the step touched, every queue now and then
+        touched = QUEUES if step % 10 == 9 else [name, *(a for a in args if a in QUEUES)]
+        for queue in touched:
+            assert pair.library_dump(queue) == pair.engine_dump(queue), context
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_random_operations_give_the_same_replies_and_state(pair, seed):
+    run_seed(pair, seed, STEPS)
+
+
+# -- the library's own contract -------------------------------------------------------------
+
+def test_load_refuses_to_downgrade_a_newer_library(valkey_server):
+    c = valkey_server.client()
+    newer = store.library_source().replace(f"local VERSION = {store.VERSION}",
+                                           f"local VERSION = {store.VERSION + 1}")
+    c.execute_command("FUNCTION", "LOAD", "REPLACE", newer)
+    try:
+        with pytest.raises(store.LibraryError, match="newer"):
+            store.load(c)
+        assert store.loaded_version(c) == store.VERSION + 1
+    finally:
+        c.execute_command("FUNCTION", "LOAD", "REPLACE", store.library_source(True))
+        c.close()
+
+
+def test_the_production_build_reads_the_servers_clock(valkey_server):
+    """Without the test build, a call has no clock argument: an extra leading argument is
+    a VALQ argument like any other, never a time."""
+    c = valkey_server.client()
+    try:
+        store.load(c)
+        assert store.loaded_version(c) == store.VERSION
+        key = store.queue_key(b"prod")
+        c.delete(key)
+        assert c.fcall("valq_create", 1, key) == b"created prod"
+        assert c.fcall("valq_push", 1, key, b"hello") == b"1"
+        before_ms = c.time()[0] * 1000
+        meta = dict(zip(*[iter(c.fcall("valq_pop", 1, key, "WITHMETA"))] * 2))
+        deadline = int(meta[b"lease_deadline"])
+        assert before_ms + 29_000 <= deadline <= before_ms + 32_000
+        c.fcall("valq_delete", 1, key)
+    finally:
+        store.load(c, test_clock=True)
+        c.close()
+
+
+def test_a_queues_clock_never_goes_backwards(pair):
+    pair.clock.now = T0 + 10_000
+    pair.same("CREATE", b"a")
+    pair.same("PUSH", b"a", b"x")
+    pair.library.send(encode_command(store.fcall_args("POP", b"a", ("WITHMETA",), T0)))
+    meta = dict(zip(*[iter(pair.library.reply())] * 2))
+    assert meta[b"lease_deadline"] == b"%d" % (T0 + 40_000)  # the queue's clock, not T0
+
+
+def test_a_call_declares_its_queues_key(pair):
+    pair.same("CREATE", b"a")
+    library = pair.library
+    library.send(encode_command(["FCALL", "valq_info", 1, "q", T0]))
+    assert library.reply() == Error("ERR the key must be valq:{<queue>}")
+    library.send(encode_command(["FCALL", "valq_redrive", 1, "valq:{a}", T0, "TO", "b"]))
+    reply = library.reply()
+    assert isinstance(reply, Error) and "second key" in reply
+
+
+def test_due_events_beyond_the_budget_wait_for_the_next_call(pair):
+    """A storm of expiries is applied TICK_BUDGET (1000) at a time per call."""
+    pair.clock.now = T0
+    pair.same("CREATE", b"a", 1)
+    pair.same("MPUSH", b"a", *[b"m"] * 1500)
+    assert len(pair.same("POP", b"a", "COUNT", 1000)) == 1000
+    assert len(pair.same("POP", b"a", "COUNT", 500)) == 500
+    pair.clock.now += 2000  # 1500 leases ran out
+    pair.library.send(encode_command(store.fcall_args("INFO", b"a", (), pair.clock.now)))
+    pair.library.reply()
+    assert pair.library.call("ZCARD", "valq:{a}:lease") == 500  # 1000 applied
+    pair.library.send(encode_command(store.fcall_args("INFO", b"a", (), pair.clock.now)))
+    pair.library.reply()
+    assert pair.library.call("ZCARD", "valq:{a}:lease") == 0  # the next call: the rest
+    assert pair.library_dump(b"a") == pair.engine_dump(b"a")
