@@ -75,8 +75,11 @@ class Pair:
         return embedded
 
     def engine_dump(self, name: bytes) -> list[bytes]:
+        """The engine's dump at the clock, after what fell due, as the library's DUMP."""
         async def read() -> list[bytes]:
-            q = self.server.server.engine.queues.get(name)
+            engine = self.server.server.engine
+            engine.tick(self.clock.now)
+            q = engine.queues.get(name)
             return [] if q is None else [line.encode() for line in dump_queue(q)]
         return asyncio.run_coroutine_threadsafe(read(), self.server.loop).result(10)
 
