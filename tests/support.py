@@ -68,7 +68,9 @@ class ValqdProcess:
         if port is not None:
             self.port = port
             return self
-        out, err = self.proc.communicate(timeout=5) if self.proc.poll() is not None else (b"", b"")
+        if self.proc.poll() is None:  # still starting when the wait ran out: leave no orphan
+            self.proc.kill()
+        out, err = self.proc.communicate(timeout=5)
         raise RuntimeError(f"valqd did not start: {err.decode(errors='replace')}\n{self.log()}")
 
     def client(self, protocol: int = 2, **kwargs) -> valkey.Valkey:
