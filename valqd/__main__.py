@@ -8,46 +8,37 @@ import logging
 import os
 import sys
 from typing import Callable
-import time
 
-from . import __version__
-from .config import Config, parse_command_line
+from . import __version__, logs
+from .config import SETTINGS, Config, parse_command_line
 from .persistence.format import AofCorruption
 from .persistence.loader import check_aof
 from .server import Server
 
-_LEVELS = {"debug": logging.DEBUG, "verbose": logging.INFO, "notice": logging.INFO,
-           "warning": logging.WARNING, "nothing": logging.CRITICAL + 1}
-_MARKS = {logging.DEBUG: ".", logging.INFO: "*", logging.WARNING: "#", logging.ERROR: "#",
-          logging.CRITICAL: "#"}
-
-
-class _ValkeyStyle(logging.Formatter):
-    """`pid:M 23 Nov 2026 07:40:00.123 * message`, the shape of Valkey's log lines; the
-    role letter is M for the server, W for a worker."""
-
-    def __init__(self, role: str = "M") -> None:
-        super().__init__()
-        self.role = role
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%d %b %Y %H:%M:%S", time.localtime(record.created))
-        text = (f"{record.process}:{self.role} {stamp}.{int(record.msecs):03d} "
-                f"{_MARKS.get(record.levelno, '*')} {record.getMessage()}")
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
 def setup_logging(config: Config) -> None:
-    logfile = str(config["logfile"])
-    handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ValkeyStyle())
-    logger = logging.getLogger("valqd")
-    logger.handlers[:] = [handler]
-    logger.propagate = False
-    logger.setLevel(_LEVELS[str(config["loglevel"])])
-    config.on_change["loglevel"] = lambda level: logger.setLevel(_LEVELS[str(level)])
+    logger = logs.setup("valqd", str(config["loglevel"]), str(config["log-format"]),
+                        str(config["logfile"]))
+    config.on_change["loglevel"] = lambda level: logger.setLevel(logs.LEVELS[str(level)])
+
+
+def log_configuration(config: Config) -> None:
+    """Which file the settings came from (notice), those that differ from the defaults
+    (verbose) and every setting (debug), secrets masked."""
+    log = logging.getLogger("valqd")
+    log.info("Configuration loaded from %s" % config.path if config.path else
+             "No config file specified, using the defaults and the command line")
+    if log.isEnabledFor(logs.VERBOSE):
+        defaults = Config()
+        changed = [f"{s.name}={config.render(s.name)}" for s in SETTINGS
+                   if config.render(s.name) != defaults.render(s.name)]
+        log.log(logs.VERBOSE, "Settings that differ from the defaults: %s",
+                " ".join(changed) or "none")
+        if config.renames:
+            log.log(logs.VERBOSE, "Renamed commands: %s", " ".join(
+                f"{old}->{new or '(disabled)'}" for old, new in config.renames.items()))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("Every setting: %s",
+                  " ".join(f"{s.name}={config.render(s.name)}" for s in SETTINGS))
 
 
 async def run(config: Config, loop_name: str) -> None:
@@ -124,7 +115,7 @@ def worker_main(args: list[str]) -> int:
                                       "TLS (default $VALQD_URL or valkey://127.0.0.1:7400)")
     parser.add_argument("--grace", type=float, metavar="S",
                         help="seconds a stop waits for running handlers (default 30)")
-    parser.add_argument("--loglevel", choices=list(_LEVELS), default="notice")
+    parser.add_argument("--loglevel", choices=list(logs.LEVELS), default="notice")
     options = parser.parse_args(args)
     if options.concurrency is not None and options.concurrency < 1:
         parser.error("--concurrency must be at least 1")
@@ -133,12 +124,7 @@ def worker_main(args: list[str]) -> int:
     except ImportError as exc:
         print(f"valqd worker: {exc}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ValkeyStyle("W"))
-    logger = logging.getLogger("valqd.worker")
-    logger.handlers[:] = [handler]
-    logger.propagate = False
-    logger.setLevel(_LEVELS[options.loglevel])
+    logger = logs.setup("valqd.worker", options.loglevel, role="W")
     try:
         worker = load_worker(options.target, options.queue, url=options.url,
                              concurrency=options.concurrency, grace=options.grace)
@@ -169,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"valqd: can't use dir {directory!r}: {exc.strerror}", file=sys.stderr)
         return 1
     setup_logging(config)
+    log_configuration(config)
     factory, loop_name = loop_factory(str(config["event-loop"]))
     try:
         if config["appendonly"] == "yes":  # with no AOF, valqd writes nothing there

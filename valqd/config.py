@@ -108,6 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dir", ".", "working directory, where persistence files live"),
     Setting("loglevel", "notice", "how much to log", "enum", LOGLEVELS, mutable=True),
     Setting("logfile", "", "log to this file instead of standard error"),
+    Setting("log-format", "valkey", "log lines as Valkey writes them, or as JSON objects "
+            "(ts, pid, role, level, msg), one a line", "enum", ("valkey", "json")),
     Setting("event-loop", "auto", "asyncio, or uvloop (`pip install valqd[fast]`); auto takes "
             "uvloop when it is installed", "enum", ("auto", "asyncio", "uvloop")),
     Setting("requirepass", "", "password every client must give with AUTH (empty: none); "

@@ -34,6 +34,7 @@ from .commands.table import TABLE
 from .config import AUTO_PORT, Config
 from .engine import TICK_BUDGET, Engine
 from .errors import CommandError, ProtocolError
+from .logs import VERBOSE
 from .http import HttpApp, HttpError, Waiting
 from .http import RequestParser as HttpRequestParser
 from .http.parser import MAX_HEAD, Request
@@ -113,6 +114,8 @@ class Connection(asyncio.Protocol):
             return
         self.session = self.server.register(self, _addr(peer), _addr(local))
         self.parser.authenticated = self.session.authenticated
+        if log.isEnabledFor(VERBOSE):
+            log.log(VERBOSE, "Accepted %s (client id=%d)", self.session.addr, self.session.id)
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
@@ -171,6 +174,9 @@ class Connection(asyncio.Protocol):
             replies.append(encode.error("ERR", f"Protocol error: {exc}"))
             server.state.count_error(replies[-1])
             close = True
+            if log.isEnabledFor(VERBOSE):
+                log.log(VERBOSE, "Protocol error (%s) from client: id=%d addr=%s laddr=%s",
+                        exc, session.id, session.addr, session.laddr)
         session.last_command_at = time.monotonic()
         server.after_commands()
         if replies or close:
@@ -201,6 +207,9 @@ class Connection(asyncio.Protocol):
             self.server.unblock(self.waiter, None)
         if self.session is not None:
             self.server.unregister(self.session)
+            if log.isEnabledFor(VERBOSE):
+                log.log(VERBOSE, "Client closed connection id=%d addr=%s%s", self.session.id,
+                        self.session.addr, f" ({exc})" if exc else "")
 
 
 class HttpConnection(asyncio.Protocol):
@@ -659,7 +668,7 @@ class Server:
         self.state.rejected_connections += 1
         self._refused_unlogged += 1
         now = time.monotonic()
-        if now - self._refusal_logged_at >= REFUSAL_LOG_EVERY_S:
+        if log.isEnabledFor(VERBOSE) or now - self._refusal_logged_at >= REFUSAL_LOG_EVERY_S:
             more = self._refused_unlogged - 1
             log.info("Client %s refused: %s%s", peer_host or "?", reason,
                      f" ({more} more refused since the last such line)" if more else "")

@@ -13,6 +13,7 @@ from time import monotonic, perf_counter_ns
 from ..config import BY_NAME
 from ..engine import TICK_BUDGET
 from ..errors import CommandError
+from ..logs import VERBOSE
 from ..resp import encode
 from . import acl
 from .context import Blocked, ServerState, Session
@@ -74,6 +75,15 @@ CROSS_PROTOCOL_WARNING = (
     "Scripting to compromise your valqd instance. Connection aborted.")
 CROSS_PROTOCOL_LOG_EVERY_S = 60.0
 REDACTED = b"(redacted)"
+SHOWN_ARGS = 8  # a slow command's log line shows this many arguments, each cut at 64 bytes
+
+
+def _shown_argv(argv: list[bytes]) -> str:
+    words = [repr(arg[:64])[2:-1] + ("..." if len(arg) > 64 else "")
+             for arg in argv[:SHOWN_ARGS]]
+    if len(argv) > SHOWN_ARGS:
+        words.append(f"... ({len(argv) - SHOWN_ARGS} more arguments)")
+    return " ".join(words)
 NOAUTH = encode.error("NOAUTH", "Authentication required.")
 LOADING = encode.error("LOADING", "valqd is loading the dataset in memory")
 
@@ -216,8 +226,12 @@ class Dispatcher:
         if failed:
             stats[2] += 1
         if 0 <= state.slowlog_threshold_us <= elapsed_us and name != "exec":
-            state.slowlog.record(session, redacted(name, argv), elapsed_us)  # as Valkey:
-        return reply  # the commands of an EXEC are logged, not the EXEC
+            shown = redacted(name, argv)
+            state.slowlog.record(session, shown, elapsed_us)  # as Valkey: the commands of
+            if log.isEnabledFor(VERBOSE):  # an EXEC are logged, not the EXEC
+                log.log(VERBOSE, "Slow command (%d us) from client id=%d addr=%s: %s",
+                        elapsed_us, session.id, session.addr, _shown_argv(shown))
+        return reply
 
     def _cross_protocol_attack(self, session: Session) -> bytes:
         """POST or Host: as a command: close the connection without a reply."""
