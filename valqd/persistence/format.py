@@ -181,9 +181,22 @@ def _is_cut_off(view: memoryview, offset: int, size: int) -> bool:
     return tail.count(0) == len(tail) or (b"\n" not in tail and tail.startswith(b"B"))
 
 
+PARSE_FEED_BYTES = 16 * 1024
+
+
 def parse_records(payload: memoryview):
-    """Yield the effect tuples of one intact batch payload."""
+    """Yield the effect tuples of one intact batch payload. The reader is fed a slice at a
+    time: hiredis moves what it holds to the front of its buffer after every kilobyte it
+    returns, so a whole batch of a big pipeline fed at once cost time quadratic in its size
+    (100k records in 1,000-record batches loaded in 8.9 s instead of 1 s)."""
     reader = hiredis.Reader()
-    reader.feed(payload)
-    while (fields := reader.gets()) is not False:
+    at, size = 0, len(payload)
+    while True:
+        fields = reader.gets()
+        if fields is False:
+            if at >= size:
+                return
+            reader.feed(payload[at:at + PARSE_FEED_BYTES])
+            at += PARSE_FEED_BYTES
+            continue
         yield decode_effect(fields)
