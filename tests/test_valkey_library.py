@@ -20,7 +20,7 @@ from valqd.store import valkey as store
 
 SEEDS = int(os.environ.get("VALQD_DIFF_SEEDS", "20"))
 STEPS = int(os.environ.get("VALQD_DIFF_STEPS", "400"))
-QUEUES = [b"a", b"b", b"c d"]
+QUEUES = [b"a", b"b", b"c d\xff\xc3\xa9{x}\r"]  # the third: spaces, braces, bad UTF-8
 T0 = 1_700_000_000_000
 
 
