@@ -630,6 +630,17 @@ def test_required_client_certificates_and_a_plain_port_refuse_to_start(tmp_path,
         "would serve plain TCP without one; set port 0 to serve TLS only" in log
 
 
+def test_required_client_certificates_and_an_http_port_refuse_to_start(tmp_path, certs):
+    log = start_must_fail(ValqdProcess(tmp_path / "tls-and-http", "--port", "0",
+                                       "--tls-port", "auto", "--http-port", "auto",
+                                       "--tls-cert-file", str(certs / "server.crt"),
+                                       "--tls-key-file", str(certs / "server.key"),
+                                       "--tls-ca-cert-file", str(certs / "ca.crt")))
+    assert "tls-auth-clients yes: every client must show a certificate, but http-port " \
+        "auto would serve HTTP without one; set http-port 0, or tls-auth-clients optional" \
+        in log
+
+
 def test_no_listener_at_all_refuses_to_start(tmp_path):
     log = start_must_fail(ValqdProcess(tmp_path / "none", "--port", "0"))
     assert "port 0 turns plain TCP off, and tls-port is 0: no listener left" in log

@@ -149,8 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             "microseconds (negative: none, 0: all)", "int", low=-1, mutable=True),
     Setting("slowlog-max-len", "128", "entries the slow log keeps", "int", mutable=True),
     Setting("http-port", "0", "serve the JSON API, the dashboard and Prometheus /metrics "
-            "over HTTP on this port (0: off); `metrics-port` is another name for it", "int",
-            high=65535),
+            "over HTTP on this port (0: off; auto: a free port the system picks); "
+            "`metrics-port` is another name for it", "port", high=65535),
     Setting("http-bind", "127.0.0.1", "addresses the HTTP listener binds (loopback unless "
             "told otherwise)"),
     Setting("http-timeout", "10", "seconds a client may take to send a whole HTTP request, "

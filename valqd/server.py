@@ -467,11 +467,15 @@ class Server:
         if not port and not tls_port:
             raise ValueError("port 0 turns plain TCP off, and tls-port is 0: no listener left")
         context = self._tls_context() if tls_port else None
-        if port and tls_port and config.str("tls-auth-clients") == "yes":
-            raise ValueError(
-                "tls-auth-clients yes: every client must show a certificate, but port "
-                f"{config.render('port')} would serve plain TCP without one; set port 0 "
-                "to serve TLS only, or tls-auth-clients optional")
+        if tls_port and config.str("tls-auth-clients") == "yes":
+            # no listener may serve a client without a certificate
+            for name, serves, fix in (("port", "plain TCP", "set port 0 to serve TLS only"),
+                                      ("http-port", "HTTP", "set http-port 0")):
+                if config.int(name):
+                    raise ValueError(
+                        f"tls-auth-clients yes: every client must show a certificate, but "
+                        f"{name} {config.render(name)} would serve {serves} without one; "
+                        f"{fix}, or tls-auth-clients optional")
         if port:
             port = config.values["port"] = await self._listen(Connection, port)
         self.state.bound_port = port
