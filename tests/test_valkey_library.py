@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from support import Error, ThreadedServer, ValkeyServerProcess, Wire, encode_command
+from support import Error, ThreadedServer, Wire, encode_command
 from valqd.engine.dump import dump_queue
 from valqd.store import valkey as store
 
@@ -22,13 +22,6 @@ SEEDS = int(os.environ.get("VALQD_DIFF_SEEDS", "20"))
 STEPS = int(os.environ.get("VALQD_DIFF_STEPS", "400"))
 QUEUES = [b"a", b"b", b"c d\xff\xc3\xa9{x}\r"]  # the third: spaces, braces, bad UTF-8
 T0 = 1_700_000_000_000
-
-
-@pytest.fixture(scope="module")
-def valkey_server(tmp_path_factory):
-    server = ValkeyServerProcess(tmp_path_factory.mktemp("valkey")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
