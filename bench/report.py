@@ -138,6 +138,7 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
     lines += _memory(results.get("memory"))
     lines += _persistence(results.get("persistence"))
     lines += _tools(results.get("tools"))
+    lines += _worker(results.get("worker"))
 
     lines += ["## Charts", ""]
     if chart_files:
@@ -181,7 +182,11 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
               "doing the same INCR + HSET + RPUSH per message, Streams with XADD, beanstalkd "
               "with put.",
               "- Pauses (timer storm, rewrite): a client sends PING, waits for the reply, and "
-              "repeats; the longest wait is reported.", ""]
+              "repeats; the longest wait is reported.",
+              "- Worker library: `valqd.worker` in a process of its own pops with MPOP COUNT "
+              "(free slots) BLOCK WITHMETA and acks each job with its lease receipt; its "
+              "connections are the most `INFO clients` counted during its run. Its time runs "
+              "from the start of `serve()` to the last handler call.", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -401,6 +406,32 @@ def _tools(t) -> list[str]:
         if mine and theirs:
             out.append(f"- `{mine['command']}` / `{theirs['command']}`: "
                        f"{_x(_ratio(mine['rps'], theirs['rps']))}")
+    out.append("")
+    return out
+
+
+def _worker(w) -> list[str]:
+    if not w:
+        return []
+    out = ["## Worker library (valqd)", ""]
+    if w.get("skipped"):
+        return out + [f"Skipped: {w['skipped']}.", ""]
+    out += [f"{w['jobs']:,} jobs through `valqd.worker` (concurrency {w['concurrency']}, "
+            "a no-op handler, `valkey` client library) beside raw commands from as many "
+            "connections, one request at a time each (raw sockets, hiredis.Reader). The "
+            "worker's and the raw POP/ACK's messages are loaded first; raw PUSH/POP/ACK "
+            "pushes its own. One valqd, AOF everysec.", ""]
+    out += _table(["what", "connections", "jobs/s", "server CPU µs/job"],
+                  [[r["what"], r["connections"], _n(r["throughput"]),
+                    _n(r["cpu_us_per_job"], 1)] for r in w["rows"]])
+    out.append("")
+    raw = _find(w["rows"], kind="raw-pop-ack")
+    for kind in ("async", "sync"):
+        mine = _find(w["rows"], kind=kind)
+        if mine and raw:
+            out.append(f"- {mine['what']} / raw POP/ACK: "
+                       f"{_x(_ratio(mine['throughput'], raw['throughput']))} the jobs per "
+                       "second")
     out.append("")
     return out
 

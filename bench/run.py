@@ -15,19 +15,19 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from . import report, workloads  # noqa: E402
 from .targets import SYSTEMS, available, machine_info  # noqa: E402
 
-SECTIONS = ("job-cycle", "latency", "scale", "memory", "persistence", "tools")
+SECTIONS = ("job-cycle", "latency", "scale", "memory", "persistence", "tools", "worker")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 FULL = dict(cycles_pipelined=200_000, cycles_unpipelined=50_000, time_limit=120.0,
             latency_rate=1000, latency_seconds=15.0, scale_backlogs=[1000, 100_000, 1_000_000],
             scale_inflight=100_000, scale_cycles=50_000, storm_leases=100_000,
             storm_watch_s=10.0, memory_messages=1_000_000, persistence_messages=1_000_000,
-            fsync_pushes=100_000, tool_requests=200_000)
+            fsync_pushes=100_000, tool_requests=200_000, worker_jobs=20_000)
 QUICK = dict(cycles_pipelined=3000, cycles_unpipelined=1000, time_limit=20.0,
              latency_rate=400, latency_seconds=1.0, scale_backlogs=[1000, 5000, 20_000],
              scale_inflight=5000, scale_cycles=2000, storm_leases=5000, storm_watch_s=3.0,
              memory_messages=20_000, persistence_messages=20_000, fsync_pushes=2000,
-             tool_requests=5000)
+             tool_requests=5000, worker_jobs=1000)
 
 
 # the sizes a run can be given on the command line: option -> what it sets
@@ -45,6 +45,7 @@ SIZE_OPTIONS = {
     "persistence_messages": "messages in the AOF load and rewrite tests",
     "fsync_pushes": "pushes per appendfsync run",
     "tool_requests": "redis-benchmark -n",
+    "worker_jobs": "jobs per worker-library measurement",
 }
 
 
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         if "valqd" in opts.systems:
             results["tools"] = workloads.tools(opts.systems, opts, log)
 
+    def worker():
+        if "valqd" in opts.systems:
+            results["worker"] = workloads.worker(opts, log)
+
     section("job-cycle", job_cycle)
     section("latency", latency)
     section("scale", scale)
@@ -163,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     section("memory", memory)
     section("persistence", persistence)
     section("tools", tools)
+    section("worker", worker)
 
     results["meta"]["seconds"] = time.time() - started
     with open(os.path.join(opts.out, "results.json"), "w") as f:

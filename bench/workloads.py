@@ -20,7 +20,7 @@ import time
 import traceback
 from array import array
 
-from .clients import BODY, Pinger, RespConn, make_client, resp
+from .clients import BODY, HOST, QUEUE, Pinger, RespConn, make_client, resp
 from .targets import LABELS, PERSISTENCE_LABELS, BenchError, Server, server_for
 
 CTX = multiprocessing.get_context("fork")
@@ -619,3 +619,157 @@ def tools(systems: list[str], opts, log) -> dict:
                              "command": " ".join(command), "rps": rps})
                 log(f"redis-benchmark -P 16 valkey {' '.join(command)}: {rps:,.0f} requests/s")
     return {"rows": rows, "requests": n}
+
+
+# -- the worker library ---------------------------------------------------------------------
+
+WORKER_CONCURRENCY = 8
+
+
+def _run_worker(port: int, jobs: int, kind: str, results) -> None:
+    """In a child process: valqd.worker with a no-op handler (`async def`, or a plain
+    function run in the worker's threads) over the bench queue, until `jobs` were handled."""
+    import asyncio
+
+    from valqd.worker import Worker
+
+    try:
+        worker = Worker(f"valkey://{HOST}:{port}", concurrency=WORKER_CONCURRENCY)
+        lock = threading.Lock()
+        handled = 0
+        last = 0.0
+
+        def count() -> None:
+            nonlocal handled, last
+            with lock:
+                handled += 1
+                if handled == jobs:
+                    last = time.monotonic()
+                    worker.stop()
+
+        async def noop_async(job) -> None:
+            count()
+
+        def noop(job) -> None:
+            count()
+
+        worker.add(QUEUE.decode(), noop_async if kind == "async" else noop)
+        start = time.monotonic()
+        summary = asyncio.run(worker.serve())
+        # the last handler's time, not serve()'s end: a stop waits out the MPOP in flight
+        results.put(("ok", {"jobs": summary.done, "seconds": last - start}))
+    except Exception:
+        results.put(("error", traceback.format_exc()))
+
+
+def _peak_connections(port: int, stop: threading.Event, peak: list[int]) -> None:
+    """The most clients connected while the worker runs, this sampler's own left out."""
+    conn = RespConn(port)
+    try:
+        while not stop.is_set():
+            peak[0] = max(peak[0], int(_info(conn, "clients")["connected_clients"]) - 1)
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def _load(server: Server, jobs: int) -> None:
+    filler = make_client("valqd", server.port, 0, 300)
+    filler.setup()
+    filler.fill(jobs)
+    filler.close()
+
+
+def _through_worker(server: Server, jobs: int, kind: str, time_limit: float) -> dict:
+    _load(server, jobs)
+    results = CTX.Queue()
+    stop = threading.Event()
+    peak = [0]
+    cpu0 = server.cpu_times()
+    proc = CTX.Process(target=_run_worker, args=(server.port, jobs, kind, results),
+                       daemon=True)
+    proc.start()  # before the sampler thread: fork a process without threads
+    sampler = threading.Thread(target=_peak_connections, args=(server.port, stop, peak),
+                               daemon=True)
+    sampler.start()
+    try:
+        status, value = results.get(timeout=time_limit + 60)
+    except queue_module.Empty:
+        raise BenchError("the worker did not finish in time") from None
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        stop.set()
+        sampler.join(10)
+    cpu1 = server.cpu_times()
+    if status != "ok":
+        raise BenchError("the worker failed:\n" + value)
+    cpu = (cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1])
+    return {"jobs": value["jobs"], "seconds": round(value["seconds"], 3),
+            "throughput": value["jobs"] / value["seconds"], "connections": peak[0],
+            "cpu_us_per_job": cpu / value["jobs"] * 1e6}
+
+
+def _pop_ack_body(client, index, args):
+    """pop one, ack it, until `jobs` acks or the queue is empty or the time limit."""
+    jobs = args["cycles"]
+    pop, ack = client.pop, client.ack
+    start = time.monotonic()
+    deadline = start + args["time_limit"]
+    done = 0
+    while done < jobs and time.monotonic() < deadline:
+        ids = pop(1)
+        if not ids:
+            break
+        ack(ids)
+        done += 1
+    return {"cycles": done, "start": start, "end": time.monotonic()}
+
+
+def _raw(server: Server, jobs: int, connections: int, prefilled: bool,
+         time_limit: float) -> dict:
+    """`connections` client processes, one request at a time each: PUSH/POP/ACK cycles, or
+    (prefilled) POP/ACK of messages loaded first, as the worker gets them."""
+    if not prefilled:
+        m = measure_cycles(server, "valqd", jobs, 1, connections, time_limit)
+        return {"jobs": m["cycles"], "seconds": m["seconds"], "throughput": m["throughput"],
+                "connections": connections, "cpu_us_per_job": m["cpu_us_per_cycle"]}
+    _load(server, jobs)
+    args = {"cycles": math.ceil(jobs / connections), "time_limit": time_limit}
+    run = run_clients(server, "valqd", connections, _pop_ack_body, args, time_limit)
+    done = sum(r["cycles"] for r in run["results"])
+    seconds = max(r["end"] for r in run["results"]) - min(r["start"] for r in run["results"])
+    return {"jobs": done, "seconds": round(seconds, 3), "throughput": done / seconds,
+            "connections": connections, "cpu_us_per_job": run["cpu"] / done * 1e6}
+
+
+def worker(opts, log) -> dict:
+    """Jobs per second through valqd.worker with a no-op handler, and beside it raw POP/ACK
+    (of messages loaded first, as the worker's are) and raw PUSH/POP/ACK from as many
+    connections as the worker used: the library's overhead. One valqd, AOF everysec."""
+    try:
+        import valqd.worker  # noqa: F401 -- only to know it can run
+    except ImportError as exc:
+        return {"skipped": f"{exc}", "rows": []}
+    rows = []
+    jobs = opts.worker_jobs
+    with server_for("valqd", True, opts.workdir) as server:
+        _through_worker(server, max(200, jobs // 20), "async", opts.time_limit)  # warm up
+        for kind in ("async", "sync"):
+            m = _through_worker(server, jobs, kind, opts.time_limit)
+            what = ("valqd.worker, async no-op handler" if kind == "async"
+                    else "valqd.worker, plain no-op handler (in threads)")
+            rows.append({"what": what, "kind": kind, **m})
+            log(f"worker {kind}: {m['throughput']:,.0f} jobs/s over {m['connections']} "
+                f"connections, {m['cpu_us_per_job']:.1f} us server CPU/job")
+        connections = max(r["connections"] for r in rows) or WORKER_CONCURRENCY + 1
+        for prefilled, what in ((True, "raw POP/ACK, messages loaded first"),
+                                (False, "raw PUSH/POP/ACK")):
+            m = _raw(server, jobs, connections, prefilled, opts.time_limit)
+            rows.append({"what": what, "kind": "raw-pop-ack" if prefilled else "raw-cycle",
+                         **m})
+            log(f"{what}: {m['throughput']:,.0f} jobs/s over {connections} connections, "
+                f"{m['cpu_us_per_job']:.1f} us server CPU/job")
+    return {"rows": rows, "jobs": jobs, "concurrency": WORKER_CONCURRENCY}

@@ -21,7 +21,7 @@ def test_bench_quick_writes_a_report(tmp_path):
     assert "python -m bench --quick" in report
     assert "## Targets (issue 7)" in report
     for section in ("## Job cycle", "## Latency", "## Scale", "### Timer storm", "## Memory",
-                    "## Persistence", "## redis-benchmark"):
+                    "## Persistence", "## redis-benchmark", "## Worker library (valqd)"):
         assert section in report
     assert "| valqd (AOF everysec) |" in report
     assert "| valqd (AOF off) |" in report
@@ -34,5 +34,8 @@ def test_bench_quick_writes_a_report(tmp_path):
         ("pipelined", True), ("pipelined", False), ("unpipelined", True), ("unpipelined", False)}
     assert all(r["system"] == "valqd" and r["cycles"] > 0 for r in rows)
     assert results["memory"][0]["messages"] > 0
+    worker = results["worker"]["rows"]
+    assert [r["kind"] for r in worker] == ["async", "sync", "raw-pop-ack", "raw-cycle"]
+    assert all(r["jobs"] == 1000 and r["connections"] > 0 for r in worker)
     # the servers' temporary directories are gone
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("valq-bench-")]
