@@ -1,5 +1,6 @@
-"""The Dockerfile: it can't be built here (no Docker engine), so check what it says, run its
-HEALTHCHECK command, and run its entrypoint from a fresh virtual environment."""
+"""The Dockerfile: check what it says, run its HEALTHCHECK command (with and without a
+password), run its entrypoint from a fresh virtual environment and, where a Docker engine
+runs, build the image and wait for it to turn healthy with a password."""
 
 import json
 import os
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from support import READY, ROOT
+from support import CHILD_ENV, READY, ROOT, ValqdProcess, ready_port
+from valqd import healthcheck
+from valqd.config import parse_command_line
 
 DOCKERFILE = ROOT / "Dockerfile"
 PIP_TIMEOUT_S = 90
@@ -129,7 +132,10 @@ def test_installs_the_package(dockerfile):
     for needed in ("pyproject.toml", "README.md"):
         assert needed in copied
     assert any(c.rstrip("/") == "valqd" for c in copied)
-    assert any(re.search(r"\bpip install\b", rest) for rest in all_of(dockerfile, "RUN"))
+    installs = [rest for rest in all_of(dockerfile, "RUN") if re.search(r"\bpip install\b", rest)]
+    assert installs
+    # the `fast` extra: uvloop, the event loop the README's figures were measured with
+    assert any(re.search(r"pip install \S*\[fast\]", rest) for rest in installs), installs
 
 
 def test_copy_sources_exist(dockerfile):
@@ -148,24 +154,27 @@ def test_entrypoint_binds_all_interfaces_with_data_dir(dockerfile):
     assert "--port" not in argv  # the default, 7400, which EXPOSE and HEALTHCHECK assume
 
 
-def test_healthcheck_pings_with_python_only(dockerfile):
+def test_healthcheck_is_valqds_own_check(dockerfile):
     rest = last(dockerfile, "HEALTHCHECK")
     assert not rest.upper().startswith("NONE")
-    argv = healthcheck_command(dockerfile)
-    assert "redis-cli" not in " ".join(argv)  # not in the slim image
-    assert "PING" in " ".join(argv) and "+PONG" in " ".join(argv)
-    assert "VALQD_PORT" in " ".join(argv) and "7400" in " ".join(argv)
+    assert healthcheck_command(dockerfile) == ["valqd", "healthcheck"]
+    start_period = re.search(r"--start-period=(\d+)s", rest)
+    assert start_period and int(start_period.group(1)) >= 30  # AOF loading answers -LOADING
 
 
 # -- the HEALTHCHECK command, run --------------------------------------------------------------
 
 def run_healthcheck(dockerfile, port: int, python: str = sys.executable,
-                    timeout: float = 20) -> subprocess.CompletedProcess:
+                    timeout: float = 20, **env: str) -> subprocess.CompletedProcess:
+    """The HEALTHCHECK's command (`valqd` run as `python -m valqd`), with VALQD_PORT and
+    any other environment variables given."""
     argv = healthcheck_command(dockerfile)
-    if argv[0] in ("python", "python3"):
-        argv = [python, *argv[1:]]
-    env = dict(os.environ, VALQD_PORT=str(port))
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    if argv[0] == "valqd":
+        argv = [python, "-m", "valqd", *argv[1:]]
+    base = CHILD_ENV if python == sys.executable else os.environ
+    environ = {k: v for k, v in base.items() if not k.startswith("VALQD_")}
+    environ.update(VALQD_PORT=str(port), **env)
+    return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=timeout)
 
 
 def test_healthcheck_passes_against_valqd(dockerfile, valqd):
@@ -182,6 +191,58 @@ def free_port() -> int:
 def test_healthcheck_fails_when_nothing_listens(dockerfile):
     result = run_healthcheck(dockerfile, free_port())
     assert result.returncode != 0
+
+
+@pytest.fixture(scope="module")
+def valqd_with_password(tmp_path_factory):
+    server = ValqdProcess(tmp_path_factory.mktemp("pw"), "--requirepass", "s3cret pass")
+    yield server.start()
+    server.stop()
+
+
+def test_healthcheck_authenticates_with_the_password_from_env(dockerfile, valqd_with_password):
+    port = valqd_with_password.port
+    ok = run_healthcheck(dockerfile, port, VALQD_REQUIREPASS="s3cret pass")
+    assert ok.returncode == 0, ok.stderr
+    missing = run_healthcheck(dockerfile, port)
+    assert missing.returncode == 1 and "NOAUTH" in missing.stderr, missing.stderr
+    wrong = run_healthcheck(dockerfile, port, VALQD_REQUIREPASS="nope")
+    assert wrong.returncode == 1 and "WRONGPASS" in wrong.stderr, wrong.stderr
+
+
+def test_healthcheck_reads_a_password_file(dockerfile, valqd_with_password, tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret pass\n")
+    ok = run_healthcheck(dockerfile, valqd_with_password.port,
+                         VALQD_REQUIREPASS_FILE=str(secret))
+    assert ok.returncode == 0, ok.stderr
+    unreadable = run_healthcheck(dockerfile, valqd_with_password.port,
+                                 VALQD_REQUIREPASS_FILE=str(tmp_path / "missing"))
+    assert unreadable.returncode == 1 and "can't read" in unreadable.stderr
+
+
+def test_healthcheck_finds_port_and_password_on_the_servers_command_line(tmp_path):
+    """In the container the server is process 1: the check reads its flags from
+    /proc/1/cmdline. Here, the command line of a real valqd started with them."""
+    secret = tmp_path / "password"
+    secret.write_text("from a file\n")
+    server = ValqdProcess(tmp_path / "data", "--requirepass-file", str(secret)).start()
+    try:
+        cmdline = f"/proc/{server.proc.pid}/cmdline"
+        assert healthcheck.server_flags(cmdline)["requirepass-file"] == str(secret)
+        with pytest.raises(ValueError, match="'auto' is not a number: set VALQD_PORT"):
+            healthcheck.target({}, cmdline)  # the test server asked for any free port
+        port, password = healthcheck.target({"VALQD_PORT": str(server.port)}, cmdline)
+        assert (port, password) == (server.port, "from a file")
+        assert healthcheck.check(port, password) is None
+        assert "WRONGPASS" in healthcheck.check(port, "nope")
+    finally:
+        server.stop()
+    flags = tmp_path / "cmdline"
+    flags.write_bytes(b"python\0/usr/local/bin/valqd\0--port=7411\0--requirepass\0pw\0")
+    assert healthcheck.target({}, str(flags)) == (7411, "pw")
+    assert healthcheck.target({"VALQD_PORT": "7412"}, str(flags)) == (7412, "pw")
+    assert healthcheck.target({}, str(tmp_path / "none")) == (7400, "")
 
 
 class FakeServer:
@@ -252,7 +313,7 @@ def test_entrypoint_in_fresh_venv(dockerfile, tmp_path):
     env["PATH"] = str(bindir) + os.pathsep + env.get("PATH", "")
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     try:
-        pip = subprocess.run([str(python), "-m", "pip", "install", str(context)],
+        pip = subprocess.run([str(python), "-m", "pip", "install", f"{context}[fast]"],
                              capture_output=True, text=True, timeout=PIP_TIMEOUT_S, env=env,
                              cwd=tmp_path)
     except subprocess.TimeoutExpired:
@@ -294,3 +355,133 @@ def test_entrypoint_in_fresh_venv(dockerfile, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- the password from a file or the environment, not the command line ---------------------
+
+def test_password_sources(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_bytes(b"two words\r\nsecond line ignored\n")
+    values, *_ = parse_command_line(["--requirepass-file", str(secret)], environ={})
+    assert values["requirepass"] == "two words"
+    values, *_ = parse_command_line([], environ={"VALQD_REQUIREPASS": "from env"})
+    assert values["requirepass"] == "from env"
+    values, *_ = parse_command_line(["--requirepass", "flag"],
+                                    environ={"VALQD_REQUIREPASS": "env"})
+    assert values["requirepass"] == "flag"  # a flag or the config file wins over the env
+    values, *_ = parse_command_line(["--requirepass-file", str(secret)],
+                                    environ={"VALQD_REQUIREPASS": "env"})
+    assert values["requirepass"] == "two words"
+    assert "requirepass" not in parse_command_line([], environ={})[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--requirepass-file", "/nonexistent/pw"], "requirepass-file: can't read /nonexistent/pw: "
+                                                "No such file or directory"),
+    (["--requirepass-file", "EMPTY"], "holds no password (its first line is empty)"),
+    (["--requirepass-file", "EMPTY", "--requirepass", "x"], "requirepass and requirepass-file "
+                                                            "both give the password"),
+], ids=["missing", "empty", "both"])
+def test_password_file_errors_stop_start_up(tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    argv = [str(empty) if a == "EMPTY" else a for a in args]
+    result = subprocess.run([sys.executable, "-m", "valqd", "--port", "auto", "--dir",
+                             str(tmp_path), *argv], capture_output=True, text=True,
+                            timeout=30, env=CHILD_ENV)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_server_takes_the_password_from_the_environment(tmp_path):
+    env = dict(CHILD_ENV, VALQD_REQUIREPASS="env pass")
+    logfile = tmp_path / "valqd.log"
+    proc = subprocess.Popen([sys.executable, "-m", "valqd", "--port", "auto", "--dir",
+                             str(tmp_path), "--logfile", str(logfile)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port = ready_port(proc, logfile)
+        assert port, logfile.read_text()
+        assert "env pass" not in open(f"/proc/{proc.pid}/cmdline").read()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"PING\r\n")
+            assert conn.recv(100).startswith(b"-NOAUTH")
+            conn.sendall(b'AUTH "env pass"\r\n')
+            assert conn.recv(100) == b"+OK\r\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# -- the image, built and run by a real Docker engine ---------------------------------------
+
+def docker_engine() -> str | None:
+    """Why no image can be built here, or None when a Docker engine answers."""
+    if shutil.which("docker") is None:
+        return "needs Docker: the docker command is not installed"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                          capture_output=True, text=True, timeout=30)
+    if info.returncode != 0:
+        reason = (info.stderr.strip().splitlines() or ["no reason given"])[-1]
+        return f"needs a running Docker engine (docker info failed: {reason})"
+    return None
+
+
+def test_image_builds_and_turns_healthy_with_a_password(tmp_path):
+    """docker build, then docker run with the password in a mounted file (as a secret) and
+    with the password in the environment: the HEALTHCHECK turns healthy, a client that
+    authenticates is served, one that does not is refused."""
+    missing = docker_engine()
+    if missing:
+        pytest.skip(missing)
+    tag = f"valqd-test:{os.getpid()}"
+    build = subprocess.run(["docker", "build", "-t", tag, str(ROOT)], capture_output=True,
+                           text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    runs = {
+        "file": ["-v", f"{secret}:/run/secrets/valqd-password:ro", tag,
+                 "--requirepass-file", "/run/secrets/valqd-password"],
+        "env": ["-e", "VALQD_REQUIREPASS=s3cret", tag],
+    }
+    try:
+        for how, args in runs.items():
+            started = subprocess.run(["docker", "run", "-d", "-p", "127.0.0.1::7400",
+                                      "--health-interval=1s", *args],
+                                     capture_output=True, text=True, timeout=60)
+            assert started.returncode == 0, started.stderr
+            container = started.stdout.strip()
+            try:
+                deadline = time.monotonic() + 90
+                while True:
+                    health = subprocess.run(
+                        ["docker", "inspect", "--format", "{{.State.Health.Status}}",
+                         container], capture_output=True, text=True, timeout=30).stdout.strip()
+                    if health == "healthy":
+                        break
+                    assert health in ("starting", ""), (how, health)
+                    assert time.monotonic() < deadline, (how, health)
+                    time.sleep(1)
+                mapped = subprocess.run(["docker", "port", container, "7400/tcp"],
+                                        capture_output=True, text=True, timeout=30).stdout
+                port = int(mapped.strip().splitlines()[0].rsplit(":", 1)[1])
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                    conn.sendall(b"PING\r\n")
+                    assert conn.recv(100).startswith(b"-NOAUTH")
+                    conn.sendall(b"AUTH s3cret\r\nPING\r\n")
+                    answer = b""
+                    while answer.count(b"\r\n") < 2:
+                        chunk = conn.recv(100)
+                        assert chunk, answer
+                        answer += chunk
+                    assert answer == b"+OK\r\n+PONG\r\n"
+                ps = subprocess.run(["docker", "inspect", "--format", "{{.Args}}", container],
+                                    capture_output=True, text=True, timeout=30).stdout
+                assert "s3cret" not in ps  # the command line does not show the password
+            finally:
+                subprocess.run(["docker", "rm", "-f", container], capture_output=True,
+                               timeout=60)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)

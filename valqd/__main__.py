@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Callable
 
-from . import __version__, logs
+from . import __version__, healthcheck, logs
 from .config import SETTINGS, Config, parse_command_line
 from .persistence.format import AofCorruption
 from .persistence.loader import check_aof
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_aof_main(args[1:])
     if args[:1] == ["worker"]:
         return worker_main(args[1:])
+    if args[:1] == ["healthcheck"]:
+        return healthcheck.main(args[1:])
     users: list[tuple[str, int, list[bytes]]] = []
     values, renames, config_file = parse_command_line(args, users)
     config = Config(values, renames, config_file, users)

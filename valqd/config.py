@@ -10,7 +10,7 @@ flags win over the file.
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from . import __version__
 from .errors import CommandError
@@ -113,7 +113,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("event-loop", "auto", "asyncio, or uvloop (`pip install valqd[fast]`); auto takes "
             "uvloop when it is installed", "enum", ("auto", "asyncio", "uvloop")),
     Setting("requirepass", "", "password every client must give with AUTH (empty: none); "
-            "never shown by CONFIG GET", "secret", mutable=True),
+            "never shown by CONFIG GET; also from the environment variable "
+            "VALQD_REQUIREPASS", "secret", mutable=True),
+    Setting("requirepass-file", "", "read requirepass from this file, its first line (a "
+            "Docker or Kubernetes secret), so that no command line shows it"),
     Setting("aclfile", "", "file of ACL users (`user alice on #<sha256> ~jobs:* +@read`) that "
             "ACL LOAD reads and ACL SAVE writes; loaded at start (empty: users come from "
             "`user` lines of the config file)"),
@@ -272,6 +275,8 @@ class Config:
             elif name not in written:
                 written.add(name)
                 lines.append(self._file_line(name))
+        if self.values["requirepass-file"]:  # the password stays in its own file
+            written.add("requirepass")
         added = [s.name for s in SETTINGS if s.name not in written
                  and self.values[s.name] != s.parse(s.default)]
         if added and REWRITE_MARK not in lines:
@@ -389,11 +394,13 @@ def read_config_file(path: str, renames: dict[str, str] | None = None,
     return values
 
 
-def parse_command_line(argv: list[str], users: list[tuple[str, int, list[bytes]]] | None = None
+def parse_command_line(argv: list[str], users: list[tuple[str, int, list[bytes]]] | None = None,
+                       environ: Mapping[str, str] = os.environ,
                        ) -> tuple[dict[str, str], dict[str, str], str]:
     """Flags and `--config FILE` merged: ({setting: raw value}, {command: new name}, the
     config file or ""); the config file's `user` lines and `--user` flags go into `users`,
-    as (source, line number, words)."""
+    as (source, line number, words). The password comes from `requirepass`, else from the
+    file `requirepass-file` names, else from VALQD_REQUIREPASS in `environ`."""
     parser = argparse.ArgumentParser(
         prog="valqd", description="A job-queue server speaking RESP and the VALQ commands.")
     parser.add_argument("--version", action="version", version=f"valqd {__version__}")
@@ -426,6 +433,12 @@ def parse_command_line(argv: list[str], users: list[tuple[str, int, list[bytes]]
         given = getattr(options, s.name)
         if given is not None:
             values[s.name] = given
+    if values.get("requirepass-file"):
+        if "requirepass" in values:
+            parser.error("requirepass and requirepass-file both give the password: keep one")
+        values["requirepass"] = _read_secret(values["requirepass-file"], parser)
+    elif "requirepass" not in values and environ.get(REQUIREPASS_ENV):
+        values["requirepass"] = environ[REQUIREPASS_ENV]
     for name, raw in values.items():
         try:
             BY_NAME[name].parse(raw)
@@ -435,3 +448,27 @@ def parse_command_line(argv: list[str], users: list[tuple[str, int, list[bytes]]
         parser.error("Configuring users in the config file and an ACL file is not "
                      "supported: use one or the other")
     return values, renames, options.config or ""
+
+
+REQUIREPASS_ENV = "VALQD_REQUIREPASS"
+
+
+def read_secret_file(path: str) -> str:
+    """A password file's first line, without its line end; ValueError when it cannot be read
+    or holds no password."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 16)
+    except OSError as exc:
+        raise ValueError(f"can't read {path}: {exc.strerror}") from None
+    password = first.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+    if not password:
+        raise ValueError(f"{path} holds no password (its first line is empty)")
+    return password
+
+
+def _read_secret(path: str, parser: argparse.ArgumentParser) -> str:
+    try:
+        return read_secret_file(path)
+    except ValueError as exc:
+        parser.error(f"requirepass-file: {exc}")
