@@ -100,3 +100,11 @@ def test_non_bulk_element_closes_the_connection(valqd, wire, how):
     assert_untouched(valqd)
     with valqd.client() as client:
         assert stats(client, "jobs")["ready"] == 1
+
+
+def test_post_inside_a_transaction_closes_it_unrun(valqd, wire):
+    wire.send(b"MULTI\r\nFLUSHALL\r\nPOST / HTTP/1.1\r\nEXEC\r\n")
+    assert wire.reply() == b"OK"
+    assert wire.reply() == b"QUEUED"
+    assert wire.closed_by_server()
+    assert_untouched(valqd)

@@ -49,6 +49,13 @@ def test_maxclients_lowered_to_the_descriptor_limit(tmp_path):
     try:
         with process.client() as client:
             assert client.config_get("maxclients") == {"maxclients": "68"}
+        probe = Wire(process.port)
+        assert probe.call("CONFIG", "SET", "maxclients", "1000") == (
+            "ERR CONFIG SET failed (possibly related to argument 'maxclients') - The operating "
+            "system is not able to handle the specified number of clients, try with 68")
+        assert probe.call("CONFIG", "SET", "maxclients", "50") == b"OK"
+        assert probe.call("CONFIG", "SET", "maxclients", "68") == b"OK"
+        probe.close()
         log = process.log()
         assert "You requested maxclients of 10000 requiring at least 10032 max file " \
             "descriptors." in log

@@ -187,6 +187,8 @@ class Config:
                  users: list[tuple[str, int, list[bytes]]] | None = None) -> None:
         self.values: dict[str, object] = {s.name: s.parse(s.default) for s in SETTINGS}
         self.on_change: dict[str, Callable[[object], None]] = {}
+        # CONFIG SET asks these before it changes anything: ValueError refuses the value
+        self.checks: dict[str, Callable[[object], None]] = {}
         self.renames = dict(renames or {})  # command -> new name ("" disables it)
         self.path = os.path.abspath(path) if path else ""  # the config file, for REWRITE
         # `user` lines of the config file and --user flags: (source, line number, words)
@@ -242,6 +244,9 @@ class Config:
         for setting, (name, raw) in zip(settings, pairs):
             try:
                 values.append(setting.parse(raw, self.values[setting.name]))
+                check = self.checks.get(setting.name)
+                if check is not None:
+                    check(values[-1])
             except ValueError as exc:
                 raise CommandError(f"CONFIG SET failed (possibly related to argument "
                                    f"'{name}') - {exc}") from None

@@ -355,24 +355,42 @@ def listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]
     return sockets
 
 
-def fit_maxclients(config: Config) -> None:
-    """Raise the descriptor limit to what `maxclients` needs, or lower `maxclients` to what
-    the limit allows, with Valkey's log lines (adjustOpenFilesLimit): clients past the limit
-    would otherwise fail in accept() while they still count as allowed."""
-    maxclients = config.int("maxclients")
-    wanted = maxclients + RESERVED_FDS
+def raise_file_limit(wanted: int) -> tuple[int, int, str]:
+    """Raise the soft descriptor limit towards `wanted`: (the limit now, the limit before,
+    why it could not reach `wanted`)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return
+        return wanted, soft, ""
     best = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     problem = f"the hard limit is {hard}"
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (best, hard))
     except (OSError, ValueError) as exc:
         problem, best = str(exc), soft
+    return best, soft, problem
+
+
+def check_maxclients(value: object) -> None:
+    """CONFIG SET maxclients: refused, in Valkey's words, when the descriptor limit cannot
+    be raised to fit it."""
+    assert isinstance(value, int)
+    best, _, _ = raise_file_limit(value + RESERVED_FDS)
+    if best < value + RESERVED_FDS:
+        raise ValueError("The operating system is not able to handle the specified number "
+                         f"of clients, try with {max(best - RESERVED_FDS, 1)}")
+
+
+def fit_maxclients(config: Config) -> None:
+    """Raise the descriptor limit to what `maxclients` needs, or lower `maxclients` to what
+    the limit allows, with Valkey's log lines (adjustOpenFilesLimit): clients past the limit
+    would otherwise fail in accept() while they still count as allowed."""
+    maxclients = config.int("maxclients")
+    wanted = maxclients + RESERVED_FDS
+    best, soft, problem = raise_file_limit(wanted)
     if best >= wanted:
-        log.info("Increased maximum number of open files to %d (it was originally set to %d).",
-                 best, soft)
+        if soft < wanted:
+            log.info("Increased maximum number of open files to %d (it was originally set "
+                     "to %d).", best, soft)
         return
     if best <= RESERVED_FDS:
         raise ValueError(f"Your current 'ulimit -n' of {best} is not enough for the server to "
@@ -451,6 +469,7 @@ class Server:
         self._load_users()
         self._capture_signals(loop)
         fit_maxclients(self.config)
+        self.config.checks["maxclients"] = check_maxclients
         await self._listen_all(loop)
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
         if self.config["appendonly"] == "yes":
