@@ -56,8 +56,11 @@ local ID_MESSAGE = 'message id must be a positive integer'
 local DELAY_MESSAGE = 'delay must be an integer between 0 and 18446744073709551615'
 local MAX_DELAY_MS = 18446744073709551615 * 1000
 
+-- `due`: no event of the queue falls due before it (a lower bound, so that a call finds
+-- nothing due without looking at four indexes); 0 when unknown
 local SETTINGS = {'vt', 'mda', 'rp', 'backoff', 'bbase', 'bmax', 'dedupw', 'maxlen',
-                  'paused', 'ids', 'pseq', 'lseq', 'clock'}
+                  'paused', 'ids', 'pseq', 'lseq', 'clock', 'due'}
+local NEVER = 2 ^ 80  -- later than any due time
 local COUNTERS = {'pushed', 'delivered', 'acked', 'nacked', 'expired', 'dead_lettered',
                   'dropped', 'deduplicated', 'redriven', 'cancelled'}
 local SETTING_KEYWORDS = {VISIBILITY = true, MAXATTEMPTS = true, RETENTION = true,
@@ -208,22 +211,28 @@ local function name_of(key)
 end
 
 local Queue = {}
-Queue.__index = Queue
+-- the queue's other keys, made from its key when first used
+local SUFFIXES = {msgs = ':msgs', ready = ':ready', lease = ':lease', delay = ':delay',
+                  dlq = ':dlq', dedup = ':dedup', dedupx = ':dedupx', why = ':why'}
+Queue.__index = function(q, field)
+  local method = Queue[field]
+  if method ~= nil then return method end
+  local suffix = SUFFIXES[field]
+  if suffix == nil then return nil end
+  local key = rawget(q, 'key') .. suffix
+  rawset(q, field, key)
+  return key
+end
+local NUMERIC = {'vt', 'mda', 'rp', 'bbase', 'bmax', 'dedupw', 'ids', 'pseq', 'lseq', 'clock'}
 
 local function queue_at(key)
-  local q = setmetatable({key = key, name = name_of(key), msgs = key .. ':msgs',
-                          ready = key .. ':ready', lease = key .. ':lease',
-                          delay = key .. ':delay', dlq = key .. ':dlq',
-                          dedup = key .. ':dedup', dedupx = key .. ':dedupx',
-                          why = key .. ':why'}, Queue)
+  local q = setmetatable({key = key, name = name_of(key)}, Queue)
   local values = redis.call('HMGET', key, unpack(SETTINGS))
   q.exists = values[1] ~= false
   if q.exists then
-    for i, field in ipairs(SETTINGS) do q[field] = values[i] end
-    for _, field in ipairs({'vt', 'mda', 'rp', 'bbase', 'bmax', 'dedupw', 'ids',
-                            'pseq', 'lseq', 'clock'}) do
-      q[field] = tonumber(q[field])
-    end
+    for i = 1, #SETTINGS do q[SETTINGS[i]] = values[i] end
+    for i = 1, #NUMERIC do q[NUMERIC[i]] = tonumber(q[NUMERIC[i]]) end
+    q.due = tonumber(q.due) or 0
     q.paused = q.paused == '1'
   end
   return q
@@ -238,6 +247,11 @@ end
 function Queue:set(field, value)
   self[field] = value
   redis.call('HSET', self.key, field, type(value) == 'number' and fmt(value) or value)
+end
+
+-- an event at `at` was added to one of the indexes: keep `due` a lower bound
+function Queue:note_due(at)
+  if at < self.due then self:set('due', at) end
 end
 
 function Queue:count(counter, by)
@@ -329,6 +343,7 @@ function Queue:lease_message(id, r, state, deadline, attempts, lease_no)
   end
   if lease_no > self.lseq then self:set('lseq', lease_no) end
   redis.call('ZADD', self.lease, deadline, pad(id))
+  self:note_due(deadline)
 end
 
 -- an in-flight message returns: visible now, or delayed until due (backoff)
@@ -336,6 +351,7 @@ function Queue:release(id, r, due)
   redis.call('ZREM', self.lease, pad(id))
   if due > 0 then
     redis.call('ZADD', self.delay, due, pad(id))
+    self:note_due(due)
   else
     self:make_ready(id, r)
   end
@@ -344,6 +360,7 @@ end
 function Queue:bury(id, state, r, dead_at)
   self:unlink(id, state, r)
   redis.call('ZADD', self.dlq, dead_at, pad(id))
+  self:note_due(dead_at + self.rp * 1000)
 end
 
 -- due events ------------------------------------------------------------------------------
@@ -422,7 +439,10 @@ end
 local function opened(q, now)
   if q.exists then
     if q.clock > now then now = q.clock else q:set('clock', now) end
-    q:run_due(now, TICK_BUDGET)
+    if q.due <= now then
+      local done = q:run_due(now, TICK_BUDGET)
+      q:set('due', done < TICK_BUDGET and (q:next_due() or NEVER) or 0)
+    end
   end
   return now
 end
@@ -541,7 +561,7 @@ function commands.create(keys, argv, now)
   if q.exists then fail('BUSYQUEUE', "queue '" .. show(q.name) .. "' already exists") end
   store_settings(q, s)
   redis.call('HSET', q.key, 'paused', '0', 'ids', '0', 'pseq', '0', 'lseq', '0',
-             'clock', fmt(now))
+             'clock', fmt(now), 'due', fmt(NEVER))
   for _, counter in ipairs(COUNTERS) do redis.call('HSET', q.key, 'c_' .. counter, '0') end
   return 'created ' .. q.name
 end
@@ -563,6 +583,7 @@ function commands.update(keys, argv, now)
   end
   opened(q, now)
   store_settings(q, s)
+  q:set('due', 0)  -- a new retention period moves the DLQ's deadlines
   return 'updated q'
 end
 
@@ -687,6 +708,7 @@ function Queue:add(now, body, delay, priority, redriven)
                   body = body})
   if delay > 0 then
     redis.call('ZADD', self.delay, due_time(now, delay), pad(id))
+    self:note_due(due_time(now, delay))
   else
     redis.call('ZADD', self.ready, -priority, '1' .. pad(id))
   end
@@ -740,6 +762,7 @@ function commands.push(keys, argv, now)
     local expires = now + q.dedupw * 1000
     redis.call('HSET', q.dedup, dedup, fmt(id) .. ' ' .. fmt(expires))
     redis.call('ZADD', q.dedupx, expires, dedup)
+    q:note_due(expires)
   end
   return fmt(id)
 end
@@ -990,6 +1013,7 @@ function commands.reschedule(keys, argv, now)
   end
   q:unlink(id, state, r)
   redis.call('ZADD', q.delay, due_time(now, delay), pad(id))
+  q:note_due(due_time(now, delay))
   return 'rescheduled ' .. text
 end
 
@@ -1099,12 +1123,13 @@ local function call_now(args)
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
+local function run(handler, keys, args)
+  return handler(keys, args, call_now(args))
+end
+
 local function wrap(handler)
   return function(keys, args)
-    local ok, result = pcall(function()
-      local now = call_now(args)
-      return handler(keys, args, now)
-    end)
+    local ok, result = pcall(run, handler, keys, args)
     if ok then return result end
     if getmetatable(result) == Failure then
       local text = (result.code .. ' ' .. result.message):gsub('[\r\n]', ' ')
