@@ -322,6 +322,9 @@ def test_a_call_declares_its_queues_key(pair):
     library.send(encode_command(["FCALL", "valq_redrive", 1, "valq:{a}", T0, "TO", "b"]))
     reply = library.reply()
     assert isinstance(reply, Error) and "second key" in reply
+    library.send(encode_command(["FCALL", "valq_info", 1, "valq:{a}"]))  # no clock
+    assert library.reply() == Error(
+        "ERR the test build takes the clock (Unix ms) as its first argument")
 
 
 def test_due_events_beyond_the_budget_wait_for_the_next_call(pair):
@@ -339,3 +342,14 @@ def test_due_events_beyond_the_budget_wait_for_the_next_call(pair):
     pair.library.reply()
     assert pair.library.call("ZCARD", "valq:{a}:lease") == 0  # the next call: the rest
     assert pair.library_dump(b"a") == pair.engine_dump(b"a")
+
+
+def test_block_is_left_to_a_front_end(pair):
+    """The library never waits: POP ... BLOCK is refused with a reason, after the same
+    argument checks as valqd's."""
+    pair.same("CREATE", b"a")
+    pair.library.send(encode_command(store.fcall_args("POP", b"a", ("BLOCK", 100),
+                                                      pair.clock.now)))
+    assert pair.library.reply() == Error(
+        "ERR BLOCK is not served by the library: a front end waits and calls again")
+    pair.same("POP", b"a", "BLOCK", -1)  # the same error as valqd's

@@ -1115,7 +1115,8 @@ end
 -- the clock of a call: the server's TIME, or in the test build the caller's
 local function call_now(args)
   if TEST_CLOCK then
-    local clock = tonumber(table.remove(args, 1))
+    local raw = table.remove(args, 1)
+    local clock = raw and tonumber(raw)
     if clock == nil then err('the test build takes the clock (Unix ms) as its first argument') end
     return clock
   end
