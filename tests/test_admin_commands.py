@@ -107,6 +107,7 @@ def test_config_rewrite_keeps_comments_and_other_lines_and_survives_a_restart(tm
         assert "slowlog-log-slower-than 77" in tail
         assert 'requirepass "pa ss\\"word"' in tail
         assert f"dir {tmp_path / 'data'}" in tail  # flags are part of the running config
+        assert "port auto" in tail  # asked for any free port: not the one it got this time
         assert "timeout" not in " ".join(tail)  # nothing twice
         assert os.stat(path).st_mode & 0o777 == 0o640
         assert not [p for p in os.listdir(tmp_path) if "rewrite" in p]

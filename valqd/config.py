@@ -196,6 +196,7 @@ class Config:
         for name, raw in (overrides or {}).items():
             setting = BY_NAME[ALIASES.get(name, name)]
             self.values[setting.name] = setting.parse(raw)
+        self.asked = dict(self.values)  # as started, before the server fills in `auto` ports
 
     def __getitem__(self, name: str) -> object:
         return self.values[name]
@@ -295,8 +296,11 @@ class Config:
 
     def _file_line(self, name: str) -> str:
         """`name value` as the config file holds it (output buffer limits as several words,
-        the password in clear, as Valkey writes them)."""
+        the password in clear, as Valkey writes them; a port asked for as `auto` stays
+        `auto`, not the port it got this time)."""
         value = self.values[name]
+        if BY_NAME[name].kind == "port" and self.asked.get(name) == AUTO_PORT:
+            return f"{name} auto"
         if BY_NAME[name].kind == "buffers":
             return f"{name} {render_output_limits(value)}"  # type: ignore[arg-type]
         return f"{name} {_quoted(str(value))}"
