@@ -18,7 +18,7 @@ from valqd.commands.context import ServerState, Session
 from valqd.commands.dispatch import Dispatcher
 from valqd.commands.table import TABLE
 from valqd.config import Config
-from valqd.engine import Engine, make_settings
+from valqd.engine import Databases, Engine, make_settings
 from valqd.engine.engine import RECORD_KINDS
 from valqd.persistence import aof as aof_module
 from valqd.persistence.aof import AppendOnlyFile, write_snapshot
@@ -553,8 +553,11 @@ def test_misconf_from_the_dispatcher(tmp_path):
     """The command layer over an AppendOnlyFile with an injected fault, no sockets."""
     aof = AppendOnlyFile(str(tmp_path / "a.aof"))
     aof.open()
-    engine = Engine(journal=aof.append)
-    state = ServerState(engine, Config({"appendonly": "yes"}), TABLE, lambda: T0)
+    databases = Databases()
+    engine = databases[0]
+    engine.journal = aof.append
+    state = ServerState(engine, Config({"appendonly": "yes"}), TABLE, lambda: T0,
+                        databases=databases)
     state.aof = aof
     run = Dispatcher(state).execute
     session = Session(1)

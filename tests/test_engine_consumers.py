@@ -768,7 +768,7 @@ def test_redrive_to_another_queue_gives_new_ids_in_dlq_order():
         e.nack(Q, message_id, T0 + at, reason=b"r%d" % message_id)
     e.readied.clear()
     assert e.redrive(Q, T0 + 50, to=b"other") == 4
-    assert b"other" in e.readied
+    assert (0, b"other") in e.readied  # (database, queue)
     assert not e.queue(Q).records and not e.queue(Q).reasons
     other = e.queue(b"other")
     assert sorted(other.records) == [1, 2, 3, 4, 5]
@@ -809,7 +809,7 @@ def test_redrive_into_the_same_queue_readies_it():
     _fill_dlq(e, 2)
     e.readied.clear()
     e.redrive(Q, T0)
-    assert e.readied == {Q}
+    assert e.readied == {(0, Q)}
 
 
 # -- PAUSE / RESUME ------------------------------------------------------------------------
@@ -832,7 +832,7 @@ def test_pause_stops_delivery_only():
     assert state(e, 1) == "ready"
     e.readied.clear()
     e.pause(Q, False)
-    assert e.readied == {Q}
+    assert e.readied == {(0, Q)}
     assert drain(e, T0 + 10 * SEC) == [1, 3]
     e.pause(Q, False)
     with pytest.raises(NoQueueError):

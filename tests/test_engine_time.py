@@ -304,7 +304,7 @@ def test_random_clock_walk(seed):
 
 def timer_state(server: ThreadedServer) -> tuple:
     async def read():
-        return server.server._timer_at, server.server.engine.next_deadline()
+        return server.server._timer_at, server.server.databases.next_deadline()
     return asyncio.run_coroutine_threadsafe(read(), server.loop).result(10)
 
 

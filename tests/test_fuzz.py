@@ -34,7 +34,7 @@ RECONNECT_EVERY = 40  # sends
 FUZZ_QUEUES = [f"fz{i}" for i in range(6)]
 # Commands the fuzzers never send by name: they would change what the well-behaved client
 # relies on (every queue, the settings, its connection, the process).
-DENIED = {"flushall", "shutdown", "config", "client|kill", "bgrewriteaof", "save", "debug"}
+DENIED = {"flushall", "flushdb", "swapdb", "shutdown", "config", "client|kill", "bgrewriteaof", "save", "debug"}
 WORDS = [
     "COUNT", "BLOCK", "WITHMETA", "NOACK", "LEASE", "PRIORITY", "DEDUP", "REASON", "TO",
     "MAIN", "DLQ", "DELAYED", "READY", "INFLIGHT", "VISIBILITY", "MAXATTEMPTS", "RETENTION",

@@ -564,7 +564,7 @@ def test_events_counts_match_stats(timed_server, tc, proto):
 
 
 def test_unsubscribe_and_no_listener_without_subscribers(timed_server, tc, proto):
-    engine = timed_server.server.engine
+    engine = timed_server.server.databases[0]
     valq(tc, "CREATE", "q")
     assert engine.listener is None
     sub = subscriber(timed_server.port, proto)

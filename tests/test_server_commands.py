@@ -235,9 +235,9 @@ def test_auth(client, raw):
 def test_select(client, raw):
     assert client.select(0) in (True, b"OK")
     assert raw.call("SELECT", "0") == b"+OK\r\n"
-    assert raw.call("SELECT", "1") == b"-ERR DB index is out of range\r\n"
+    assert raw.call("SELECT", "15") == b"+OK\r\n"  # databases 16
     assert raw.call("SELECT", "-1") == b"-ERR DB index is out of range\r\n"
-    assert raw.call("SELECT", "15") == b"-ERR DB index is out of range\r\n"
+    assert raw.call("SELECT", "16") == b"-ERR DB index is out of range\r\n"
     assert raw.call("SELECT", "x") == NOT_INT
     assert raw.call("SELECT", "0.0") == NOT_INT
     assert raw.call("SELECT", "99999999999") == \
@@ -245,7 +245,7 @@ def test_select(client, raw):
     assert raw.call("SELECT") == arity("select")
     assert raw.call("SELECT", "0", "1") == arity("select")
     with pytest.raises(valkey.ResponseError, match="^DB index is out of range$"):
-        client.select(1)
+        client.select(16)
 
 
 # -- CLIENT ----------------------------------------------------------------------------------

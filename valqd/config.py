@@ -16,6 +16,7 @@ from . import __version__
 from .errors import CommandError
 from .resp import split_inline
 
+MAX_DATABASES = 4096  # an engine each: Valkey allows more, valqd sizes them up front
 LOGLEVELS = ("debug", "verbose", "notice", "warning", "nothing")
 
 
@@ -123,6 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("acllog-max-len", "128", "entries the ACL LOG keeps", "int", mutable=True),
     Setting("protected-mode", "yes", "with no password, refuse clients that are not on the "
             "loopback interface", "enum", YES_NO, mutable=True),
+    Setting("databases", "16", "numbered databases, each its own set of queues (SELECT)",
+            "int", low=1, high=MAX_DATABASES),
     Setting("maxclients", "10000", "most client connections at once", "int", low=1,
             mutable=True),
     Setting("tcp-backlog", "511", "connections the kernel queues before valqd accepts them "

@@ -32,7 +32,7 @@ from .commands.observe import SlowLog, render_metrics, rss_bytes
 from .commands.pubsub import PubSub
 from .commands.table import TABLE
 from .config import AUTO_PORT, Config
-from .engine import TICK_BUDGET, Engine
+from .engine import TICK_BUDGET, Databases
 from .errors import CommandError, ProtocolError
 from .logs import VERBOSE
 from .http import HttpApp, HttpError, Waiting
@@ -80,11 +80,12 @@ COMMANDS_PER_TURN = 1000
 class Waiter:
     """A client parked in a blocking pop."""
 
-    __slots__ = ("connection", "blocked", "timer", "done")
+    __slots__ = ("connection", "blocked", "keys", "timer", "done")
 
     def __init__(self, connection: "Connection | HttpConnection", blocked: Blocked) -> None:
         self.connection = connection
         self.blocked = blocked
+        self.keys = [(blocked.database, name) for name in blocked.queues]  # waiters' dict
         self.timer: asyncio.TimerHandle | None = None
         self.done = False
 
@@ -137,7 +138,7 @@ class Connection(asyncio.Protocol):
             return
         server = self.server
         execute = server.dispatcher.execute
-        engine = server.engine
+        readied = server.databases.readied
         parser = self.parser
         replies = []
         size = 0
@@ -146,7 +147,7 @@ class Connection(asyncio.Protocol):
         try:
             while (argv := parser.next_command()) is not None:
                 reply = execute(session, argv)
-                if engine.readied:
+                if readied:
                     server.serve_waiters()
                 if parser.authenticated is not session.authenticated:
                     parser.authenticated = session.authenticated
@@ -266,7 +267,7 @@ class HttpConnection(asyncio.Protocol):
                 return
             self._disarm()
             outcome = server.http_app.handle(request, self.addr, self.laddr)
-            if server.engine.readied:
+            if server.databases.readied:
                 server.serve_waiters()
             server.after_commands()
             if isinstance(outcome, Waiting):
@@ -424,8 +425,9 @@ class Server:
     def __init__(self, config: Config, clock=wall_clock_ms) -> None:
         self.config = config
         self.clock = clock
-        self.engine = Engine()
-        self.state = ServerState(self.engine, config, TABLE, clock,
+        self.databases = Databases(config.int("databases"))
+        self.state = ServerState(self.databases[0], config, TABLE, clock,
+                                 databases=self.databases,
                                  request_shutdown=self.request_shutdown)
         self.limits = Limits(max_bulk_len=config.int("proto-max-bulk-len"),
                              max_query_buffer=config.int("client-query-buffer-limit"))
@@ -434,7 +436,7 @@ class Server:
         self._follow_config()
         self.state.read_file = read_file
         self.state.write_file = replace_file
-        self.state.pubsub = PubSub(self.engine)
+        self.state.pubsub = PubSub(self.databases)
         self.dispatcher = Dispatcher(self.state, config.renames)
         self.http_app = HttpApp(self.dispatcher.execute, self.new_session, self.metrics,
                                 lambda: self.state.loading)
@@ -476,7 +478,7 @@ class Server:
             if not await self._load_aof():
                 return
             self._open_aof()
-        self.engine.tick(self.clock())  # whatever fell due while the server was down
+        self.databases.tick(self.clock())  # whatever fell due while the server was down
         self.after_commands()
         self._commit()
 
@@ -521,7 +523,7 @@ class Server:
         state.loading, state.loading_progress = True, LoadResult()
         state.loading_started_at = int(time.time())
         try:
-            for _ in load_steps(path, self.engine, self.config["aof-load-truncated"] == "yes",
+            for _ in load_steps(path, self.databases, self.config["aof-load-truncated"] == "yes",
                                 state.loading_progress):
                 await asyncio.sleep(0)
                 if self._stopping.is_set():
@@ -575,9 +577,11 @@ class Server:
         path = os.path.join(str(self.config["dir"]), str(self.config["appendfilename"]))
         self.aof = AppendOnlyFile(path, str(self.config["appendfsync"]))
         self.aof.open()
-        self.aof.ensure_reserve(self.engine.message_count())
-        self.engine.journal = self.aof.append
-        self.engine.readied.clear()
+        self.aof.ensure_reserve(self.databases.message_count())
+        for index, engine in enumerate(self.databases.engines):
+            engine.journal = self.aof.journal_for(index)
+        self.databases.journal = self.aof.append
+        self.databases.readied.clear()
         self.state.aof = self.aof
         self.config.on_change["appendfsync"] = self._set_fsync_policy
 
@@ -653,6 +657,7 @@ class Server:
 
     def metrics(self) -> str:
         self.state.now = self.clock()
+        self.state.engine = self.databases[0]  # the per-queue series are database 0's
         extra = {
             "valqd_uptime_seconds": ("gauge", "Seconds since the server started.",
                                      round(time.time() - self.state.started_at, 3)),
@@ -729,8 +734,8 @@ class Server:
     def block(self, connection: "Connection | HttpConnection", blocked: Blocked) -> None:
         waiter = Waiter(connection, blocked)
         connection.waiter = waiter
-        for name in blocked.queues:
-            self._waiters.setdefault(name, collections.deque()).append(waiter)
+        for key in waiter.keys:
+            self._waiters.setdefault(key, collections.deque()).append(waiter)
         if blocked.timeout_ms:
             waiter.timer = asyncio.get_running_loop().call_later(
                 blocked.timeout_ms / 1000, self.unblock, waiter, blocked.timeout_reply)
@@ -743,15 +748,15 @@ class Server:
         waiter.done = True
         if waiter.timer is not None:
             waiter.timer.cancel()
-        for name in waiter.blocked.queues:
-            queue_waiters = self._waiters.get(name)
+        for key in waiter.keys:
+            queue_waiters = self._waiters.get(key)
             if queue_waiters is not None:
                 try:
                     queue_waiters.remove(waiter)
                 except ValueError:
                     pass
                 if not queue_waiters:
-                    del self._waiters[name]
+                    del self._waiters[key]
         connection = waiter.connection
         connection.waiter = None
         if reply is not None:
@@ -759,7 +764,7 @@ class Server:
 
     def serve_waiters(self) -> None:
         """Give newly visible messages to parked clients, first come first served."""
-        readied = self.engine.readied
+        readied = self.databases.readied
         while readied:
             queue_waiters = self._waiters.get(readied.pop())
             while queue_waiters:
@@ -776,6 +781,7 @@ class Server:
     def _attempt(self, waiter: Waiter) -> bytes | None:
         state = self.state
         state.now = self.clock()
+        state.engine = self.databases[waiter.blocked.database]
         try:
             return waiter.blocked.attempt()
         except CommandError as exc:  # the queue was deleted meanwhile
@@ -784,7 +790,8 @@ class Server:
             return reply
 
     def blocked_consumers(self, name: bytes) -> int:
-        return len(self._waiters.get(name, ()))
+        """Clients blocked on queue `name` of the current command's database."""
+        return len(self._waiters.get((self.state.engine.index, name), ()))
 
     # -- replies and group commit -------------------------------------------------------------
 
@@ -856,14 +863,14 @@ class Server:
         if aof is not None and not aof.fsync_running:
             aof.poll_rewrite()
             if aof.rewrite_scheduled:
-                aof.start_rewrite(self.engine.snapshot)
+                aof.start_rewrite(self.databases.snapshot)
             if self._housekeeping_round % 10 == 0:
-                aof.ensure_reserve(self.engine.message_count())
+                aof.ensure_reserve(self.databases.message_count())
                 if aof.needs_fsync():
                     aof.fsync_in_background()
                 if aof.should_auto_rewrite(int(self.config["auto-aof-rewrite-percentage"]),
                                            int(self.config["auto-aof-rewrite-min-size"])):
-                    aof.start_rewrite(self.engine.snapshot)
+                    aof.start_rewrite(self.databases.snapshot)
         if self._housekeeping_round % 10 == 0:
             self._close_idle_clients()
             if self._timer_at is not None and self.clock() >= self._timer_at:
@@ -893,7 +900,7 @@ class Server:
 
     def after_commands(self) -> None:
         """Point the timer at the engine's earliest deadline, if that changed."""
-        at = self.engine.next_deadline()
+        at = self.databases.next_deadline()
         if at == self._timer_at:
             return
         if self._timer is not None:
@@ -909,8 +916,8 @@ class Server:
         self._timer_at = None
         # A storm of expiries is applied a budget at a time; what is left re-arms the timer
         # at once, after the clients that are waiting have been served.
-        self.engine.tick(self.clock(), TICK_BUDGET)
-        if self.engine.readied:
+        self.databases.tick(self.clock(), TICK_BUDGET)
+        if self.databases.readied:
             self.serve_waiters()
         self.after_commands()
         if self.aof is not None and self.aof.pending:

@@ -1,7 +1,8 @@
 """Connection, introspection and keyspace commands, answered as Valkey answers them.
 
-Queues are the keys of valqd's single database: DEL, EXISTS, TYPE, KEYS, SCAN, DBSIZE and
-FLUSHALL work on them as they did when queues were keys inside Valkey.
+Queues are the keys of valqd's numbered databases: SELECT, DEL, EXISTS, TYPE, KEYS, SCAN,
+DBSIZE, FLUSHDB, FLUSHALL, SWAPDB and MOVE work on them as they did when queues were keys
+inside Valkey.
 """
 
 import os
@@ -14,7 +15,7 @@ from .. import __version__
 from ..errors import CommandError
 from ..resp import encode
 from .acl import authenticate, bind
-from .args import U64_MAX, Args, parse_int
+from .args import NOT_AN_INTEGER, U64_MAX, Args, parse_int
 from .context import ServerState, Session
 from .glob import glob_match
 from .multi import discard_transaction
@@ -107,13 +108,22 @@ def hello(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     ], proto)
 
 
-def select(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """SELECT index -> +OK for 0; valqd has one database."""
-    index = parse_int(argv[1])
-    if not INT_MIN <= index <= INT_MAX:
-        raise CommandError(f"value is out of range, value must between {INT_MIN} and {INT_MAX}")
-    if index != 0:
+def _database(state: ServerState, raw: bytes, message: str = NOT_AN_INTEGER) -> int:
+    """A database number: ERR `message` if it is no int, ERR out of range if no database."""
+    index = parse_int(raw, message=message)
+    if not INT_MIN <= index <= INT_MAX:  # as Valkey's getIntFromObjectOrReply
+        raise CommandError(message if message != NOT_AN_INTEGER else "value is out of range, "
+                           f"value must between {INT_MIN} and {INT_MAX}")
+    if not 0 <= index < len(state.databases):
         raise CommandError("DB index is out of range")
+    return index
+
+
+def select(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SELECT index -> +OK; the connection's commands act on that database from now on.
+    ERR when there is no such database (`databases`)."""
+    session.db = _database(state, argv[1])
+    state.engine = state.databases[session.db]  # inside EXEC, for the commands after it
     return encode.OK
 
 
@@ -124,9 +134,11 @@ def quit_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 
 def reset(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """RESET -> +RESET: back to RESP2, no name, no subscriptions, no transaction or WATCH,
-    and the default user again (not authenticated when it has a password)."""
+    """RESET -> +RESET: back to RESP2 and database 0, no name, no subscriptions, no
+    transaction or WATCH, and the default user again (not authenticated when it has a
+    password)."""
     discard_transaction(session)
+    session.db = 0
     session.proto = 2
     session.name = b""
     state.pubsub.drop(session)
@@ -361,15 +373,16 @@ def _cpu_info(state: ServerState) -> list[str]:
 
 def _messages_info(state: ServerState) -> list[str]:
     """Totals over every queue, kept by the engine: O(1) however many queues there are."""
-    totals = state.engine.totals
-    return [f"queues:{len(state.engine.queues)}", f"messages:{totals.messages}",
+    totals = state.engine.totals  # shared by every database's engine
+    queues = sum(len(engine.queues) for engine in state.databases.engines)
+    return [f"queues:{queues}", f"messages:{totals.messages}",
             f"messages_ready:{totals.ready}", f"messages_inflight:{totals.inflight}",
             f"messages_delayed:{totals.delayed}", f"messages_dlq:{totals.dead}"]
 
 
 def _queues_info(state: ServerState) -> list[str]:
-    """A line per queue, in name order: only when the `queues` section is asked for by name
-    (or `everything`), as it grows with the number of queues."""
+    """A line per queue of the selected database, in name order: only when the `queues`
+    section is asked for by name (or `everything`), as it grows with the number of queues."""
     return [f"queue{i}:name={_escape_name(name)},msgs={q.main_count()},"
             f"ready={len(q.ready)},inflight={len(q.leases)},delayed={len(q.delayed)},"
             f"dlq={len(q.dead)}"
@@ -408,8 +421,9 @@ _INFO_SECTIONS: dict[str, Callable[[ServerState], list[str]]] = {
     "errorstats": lambda state: [f"errorstat_{code}:count={count}"
                                  for code, count in sorted(state.error_stats.items())],
     "messages": _messages_info,
-    "keyspace": lambda state: ([f"db0:keys={len(state.engine.queues)},expires=0,avg_ttl=0"]
-                               if state.engine.queues else []),
+    "keyspace": lambda state: [f"db{index}:keys={len(engine.queues)},expires=0,avg_ttl=0"
+                               for index, engine in enumerate(state.databases.engines)
+                               if engine.queues],
     "queues": _queues_info,
 }
 
@@ -550,12 +564,43 @@ def del_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return encode.integer(deleted)
 
 
-def flushall(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """FLUSHALL [ASYNC|SYNC] -> +OK; every queue is dropped."""
+def _flush_type(argv: list[bytes]) -> None:
     if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() not in (b"ASYNC", b"SYNC")):
         raise CommandError("syntax error")
-    state.engine.flush()
+
+
+def flushall(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """FLUSHALL [ASYNC|SYNC] -> +OK; every queue of every database is dropped."""
+    _flush_type(argv)
+    state.databases.flush_all()
     return encode.OK
+
+
+def flushdb(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """FLUSHDB [ASYNC|SYNC] -> +OK; every queue of the selected database is dropped."""
+    _flush_type(argv)
+    if state.engine.queues:
+        state.engine.flush()
+    return encode.OK
+
+
+def swapdb(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SWAPDB index1 index2 -> +OK; the two databases exchange their queues (clients stay
+    on their numbers). ERR for an index that is no integer or no database."""
+    first = _database(state, argv[1], "invalid first DB index")
+    second = _database(state, argv[2], "invalid second DB index")
+    state.databases.swap(first, second)
+    return encode.OK
+
+
+def move(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """MOVE queue db -> 1 if the queue moved to database db with all its messages, 0 if it
+    is not in the selected database or db has a queue of that name. ERR for the same
+    database or no such database."""
+    target = _database(state, argv[2])
+    if target == session.db:
+        raise CommandError("source and destination objects are the same")
+    return encode.integer(int(state.databases.move(argv[1], session.db, target)))
 
 
 def time_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..engine import Engine
+from ..engine import Databases, Engine
 from ..resp import encode
 from .users import Acl, User
 
@@ -31,6 +31,7 @@ class Blocked:
     timeout_ms: int
     attempt: Callable[[], bytes | None]
     timeout_reply: bytes
+    database: int = 0  # the number of the database of `queues`
 
 
 @dataclass(eq=False)
@@ -93,7 +94,7 @@ def wall_clock_ms() -> int:
 
 @dataclass(eq=False)
 class ServerState:
-    engine: Engine
+    engine: Engine  # the selected database's: set before each command
     config: Any  # valqd.config.Config
     commands: dict  # name -> CommandSpec, see table.py
     clock: Callable[[], int] = wall_clock_ms
@@ -122,7 +123,7 @@ class ServerState:
     loading: bool = False  # the AOF is being replayed: only `loading` commands are served
     loading_progress: Any = None  # valqd.persistence.loader.LoadResult while loading
     loading_started_at: int = 0  # Unix seconds
-    databases: list[Engine] = field(default_factory=list)  # by index; [engine] by default
+    databases: Databases = field(default_factory=Databases)  # `engine` is one of them
     # set by the dispatcher: run one command (stats, slow log, errors), for EXEC
     call: Callable[[Session, Any, list[bytes]], Any] = lambda session, spec, argv: b""
     in_exec: bool = False
@@ -132,8 +133,6 @@ class ServerState:
     write_file: Callable[[str, bytes], None] = lambda path, data: None
 
     def __post_init__(self) -> None:
-        if not self.databases:
-            self.databases = [self.engine]
         specs = {}
         for spec in self.commands.values():
             specs[spec.name] = spec

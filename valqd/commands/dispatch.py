@@ -184,9 +184,10 @@ class Dispatcher:
             if refusal is not None:
                 return _refused(state, session, refusal, spec)
         now = state.now = state.clock()
-        engine = state.engine
-        if now >= engine.due_at:
-            engine.tick(now, TICK_BUDGET)
+        databases = state.databases
+        state.engine = databases.engines[session.db]
+        if now >= databases.due_at:
+            databases.tick(now, TICK_BUDGET)
         return self.call(session, spec, argv)  # type: ignore[return-value]
 
     def _queue(self, session: Session, spec: CommandSpec, argv: list[bytes]) -> bytes:

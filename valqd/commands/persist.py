@@ -18,17 +18,18 @@ def bgrewriteaof(state: ServerState, session: Session, argv: list[bytes]) -> byt
     if state.in_exec and not _aof(state).rewriting:
         state.aof.rewrite_scheduled = True
         return encode.simple(b"Background append only file rewriting scheduled")
-    if not _aof(state).start_rewrite(state.engine.snapshot):
+    if not _aof(state).start_rewrite(state.databases.snapshot):
         raise CommandError("Background append only file rewriting already in progress")
     return encode.simple(b"Background append only file rewriting started")
 
 
 def save(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """SAVE -> +OK once the AOF has been rewritten to a minimal log, synchronously."""
-    _aof(state).rewrite_now(state.engine.snapshot)
+    _aof(state).rewrite_now(state.databases.snapshot)
     return encode.OK
 
 
 def debug_digest(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """DEBUG DIGEST -> 40 hex digits summarising every queue, setting and message."""
-    return encode.bulk(state.engine.digest().encode())
+    """DEBUG DIGEST -> 40 hex digits summarising every database, queue, setting and
+    message."""
+    return encode.bulk(state.databases.digest().encode())

@@ -1,35 +1,46 @@
 """Pub/sub: SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE and the queue events.
 
 The engine reports each live effect (pushed, delivered, acked, ...) to a listener; this
-module publishes it as `<event> <id>` on channel `valq:<queue>`. The listener is attached
-only while somebody is subscribed, so events cost nothing when nobody listens.
+module publishes it as `<event> <id>` on channel `valq:<queue>` for a queue of database 0,
+`valq@<n>:<queue>` for one of database n. The listeners are attached only while somebody
+is subscribed, so events cost nothing when nobody listens.
 """
 
-from ..engine import Engine
+from ..engine import Databases, Engine
 from ..errors import CommandError
 from ..resp import encode
 from .context import ServerState, Session
 from .glob import glob_match
 
 CHANNEL_PREFIX = b"valq:"
+
+
+def channel_prefix(database: int) -> bytes:
+    """Where a queue's events go: `valq:<queue>` in database 0, `valq@<n>:<queue>` in n."""
+    return CHANNEL_PREFIX if database == 0 else b"valq@%d:" % database
+
 # Commands a RESP2 connection may send while subscribed (Valkey's rule).
 ALLOWED_WHEN_SUBSCRIBED = frozenset(("subscribe", "psubscribe", "unsubscribe",
                                      "punsubscribe", "ping", "quit", "reset"))
 
 
 class PubSub:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, databases: Databases) -> None:
+        self.databases = databases
         self.channels: dict[bytes, set[Session]] = {}
         self.patterns: dict[bytes, set[Session]] = {}
 
     def _listen_if_needed(self) -> None:
-        self.engine.listener = self.on_event if (self.channels or self.patterns) else None
+        listening = bool(self.channels or self.patterns)
+        for engine in self.databases.engines:
+            engine.listener = self._listener(engine) if listening else None
 
-    def on_event(self, event: str, queue: bytes, message_id: int | None) -> None:
-        payload = event.encode() if message_id is None else b"%s %d" % (event.encode(),
-                                                                         message_id)
-        self.publish(CHANNEL_PREFIX + queue, payload)
+    def _listener(self, engine: Engine):
+        def on_event(event: str, queue: bytes, message_id: int | None) -> None:
+            payload = event.encode() if message_id is None else b"%s %d" % (event.encode(),
+                                                                             message_id)
+            self.publish(channel_prefix(engine.index) + queue, payload)
+        return on_event
 
     def publish(self, channel: bytes, payload: bytes) -> None:
         for session in self.channels.get(channel, ()):

@@ -486,6 +486,8 @@ SLOWLOG = container("slowlog", -2, "A container for slow log commands.", "server
 # valqd refuses (un)subscribing inside MULTI: Valkey 7.2 queues it, and its EXEC reply then
 # holds one confirmation per channel, more items than commands
 PUBSUB = ("pubsub", "noscript", "loading", "stale", "no_multi")
+FLUSH_TYPE = Arg("flush-type", "oneof", optional=True, args=(
+    Arg("async", "pure-token", "ASYNC"), Arg("sync", "pure-token", "SYNC")))
 TRANSACTION = ("noscript", "loading", "stale", F, "allow_busy")
 
 NO_AUTH = ("noscript", "loading", "stale", "fast", "no-auth")
@@ -532,8 +534,8 @@ COMMANDS: list[CommandSpec] = [
                 (Arg("section", optional=True, multiple=True),), acl=("dangerous",)),
     CONFIG,
     ACL,
-    CommandSpec("dbsize", 1, (R, F), "Returns the number of queues.", "server", admin.dbsize,
-                acl=KEYSPACE),
+    CommandSpec("dbsize", 1, (R, F), "Returns the number of queues in the selected database.",
+                "server", admin.dbsize, acl=KEYSPACE),
     CommandSpec("keys", 2, (R,), "Returns the queue names that match a pattern.", "keyspace",
                 admin.keys, (Arg("pattern", "pattern"),),
                 "O(Q) where Q is the number of queues", acl=(*KEYSPACE, "dangerous")),
@@ -551,10 +553,20 @@ COMMANDS: list[CommandSpec] = [
                 admin.del_, (Arg("key", "key", multiple=True),),
                 "O(N) where N is the number of messages removed",
                 key_specs=(KeySpec(("RM", "delete"), 1, lastkey=-1),), acl=KEYSPACE),
-    CommandSpec("flushall", -1, (W,), "Deletes every queue.", "server", admin.flushall,
-                (Arg("flush-type", "oneof", optional=True, args=(
-                    Arg("async", "pure-token", "ASYNC"), Arg("sync", "pure-token", "SYNC"))),),
-                "O(N) where N is the number of messages", acl=(*KEYSPACE, "dangerous")),
+    CommandSpec("flushall", -1, (W,), "Deletes every queue of every database.", "server",
+                admin.flushall, (FLUSH_TYPE,), "O(N) where N is the number of messages",
+                acl=(*KEYSPACE, "dangerous")),
+    CommandSpec("flushdb", -1, (W,), "Deletes every queue of the selected database.",
+                "server", admin.flushdb, (FLUSH_TYPE,),
+                "O(N) where N is the number of messages in the database",
+                acl=(*KEYSPACE, "dangerous")),
+    CommandSpec("swapdb", 3, (W, F), "Swaps two databases.", "server", admin.swapdb,
+                (Arg("index1", "integer"), Arg("index2", "integer")),
+                "O(N) where N is the number of queues in the two databases",
+                acl=(*KEYSPACE, "dangerous")),
+    CommandSpec("move", 3, (W, F), "Moves a queue to another database.", "keyspace",
+                admin.move, (Arg("key", "key"), Arg("db", "integer")),
+                key_specs=(KeySpec(("RW", "access", "delete"), 1),), acl=KEYSPACE),
     SLOWLOG,
     CommandSpec("subscribe", -2, PUBSUB, "Listens for messages published to channels; queue "
                 "events arrive on valq:<queue>.", "pubsub", pubsub.subscribe,

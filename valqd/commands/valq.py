@@ -321,7 +321,7 @@ def valq_pop(state: ServerState, session: Session, argv: list[bytes]) -> bytes |
         return reply
     if opts.block_ms is None:
         return empty
-    return Blocked([name], opts.block_ms, attempt, empty)
+    return Blocked([name], opts.block_ms, attempt, empty, session.db)
 
 
 def valq_mpop(state: ServerState, session: Session, argv: list[bytes]) -> bytes | Blocked:
@@ -353,7 +353,7 @@ def valq_mpop(state: ServerState, session: Session, argv: list[bytes]) -> bytes 
     if opts.block_ms is None:
         return empty
     # a queue named twice is waited on once: one blocked consumer, served once
-    return Blocked(list(dict.fromkeys(names)), opts.block_ms, attempt, empty)
+    return Blocked(list(dict.fromkeys(names)), opts.block_ms, attempt, empty, session.db)
 
 
 def _lease_option(args: Args, message_id: int,

@@ -1,4 +1,4 @@
-"""The engine: every queue of the server, one timer heap over them, and the journal.
+"""The engine: every queue of one database, its timers and its journal.
 
 Live operations (`push`, `pop`, ...) validate, resolve every choice (the new id, which
 message is delivered, absolute deadlines from `now`) and then emit deterministic effects,
@@ -9,9 +9,10 @@ runs the very same apply functions and nothing else, so a log rebuilds exactly t
 the live server had.
 
 Timers: each queue knows its next deadline (lease, delay, DLQ retention, dedup key). The
-engine keeps a heap of `(at, serial, queue)` with one live entry per queue that has a
-deadline; an entry is stale when the queue was deleted or rescheduled since. `tick(now)`
-applies everything due and returns the earliest deadline left, so the server arms one timer.
+engines of all databases share (`Shared`) a heap of `(at, serial, queue, engine)` with one
+live entry per queue that has a deadline; an entry is stale when the queue was deleted,
+moved or rescheduled since. `tick(now)` applies everything due in every database and
+returns the earliest deadline left, so the server arms one timer.
 """
 
 import hashlib
@@ -109,23 +110,71 @@ def make_settings(visibility_timeout: int | None = None,
     return settings
 
 
+class Shared:
+    """What the engines of every database share: one timer heap over all their queues (the
+    server arms one timer), the queues that may have new visible messages, creation serials
+    (unique across databases, so that WATCH tells two queues of one name apart), and the
+    totals and counters over every queue. A lone Engine has one of its own."""
+
+    def __init__(self) -> None:
+        self.timers: list[tuple[int, int, Queue, Engine]] = []
+        # the head of `timers` (possibly stale), read before every command: a clock at or
+        # past it means `tick` may have work
+        self.due_at = NEVER
+        self.timer_serial = itertools.count()
+        self.queue_serial = itertools.count(1)
+        self.readied: set[tuple[int, bytes]] = set()  # (database, queue)
+        self.totals = Totals()
+        self.counters = dict.fromkeys(COUNTERS, 0)  # over every queue, deleted ones too
+
+    def next_deadline(self) -> int | None:
+        """The earliest time at which `tick` has work (possibly a little early, never late)."""
+        timers = self.timers
+        while timers:
+            at, _, q, engine = timers[0]
+            if q.scheduled_at == at and engine.queues.get(q.name) is q:
+                self.due_at = at
+                return at
+            heapq.heappop(timers)
+        self.due_at = NEVER
+        return None
+
+    def tick(self, now: int, budget: int | None = None) -> int | None:
+        """Apply every lease, delay and retention that ran out by `now` and return the next
+        deadline. With a `budget`, stop after about that many events: the deadline returned
+        is then already due, and the caller ticks again after serving its clients."""
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            at, _, q, engine = heapq.heappop(timers)
+            if q.scheduled_at != at or engine.queues.get(q.name) is not q:
+                continue
+            q.scheduled_at = None
+            budget = engine._run_due(q, now, budget)
+            engine._schedule(q)
+            if budget is not None and budget <= 0:
+                break
+        return self.next_deadline()
+
+    def forget(self, engine: "Engine") -> None:
+        """Drop the timer entries of one engine's queues (flushed, or about to be rearmed)."""
+        self.timers[:] = [entry for entry in self.timers if entry[3] is not engine]
+        heapq.heapify(self.timers)
+
+
 class Engine:
-    def __init__(self, journal: Journal | None = None) -> None:
+    def __init__(self, journal: Journal | None = None, shared: Shared | None = None,
+                 index: int = 0) -> None:
+        self.shared = shared = Shared() if shared is None else shared
+        self.index = index  # the number of the database this engine holds
         # name -> queue, iterated in name order (VALQ LIST, KEYS, INFO queues need no sort)
         self.queues: SortedDict = SortedDict()
         # creation serial -> queue: SCAN walks it from a cursor, O(log n + COUNT) per call
         self.by_serial: SortedDict = SortedDict()
-        self.totals = Totals()
-        self.counters = dict.fromkeys(COUNTERS, 0)  # over every queue, deleted ones too
+        self.totals = shared.totals
+        self.counters = shared.counters
         self.journal = journal
         self.listener: Listener | None = None
-        self.readied: set[bytes] = set()  # queues that may have new visible messages
-        self._timers: list[tuple[int, int, Queue]] = []
-        # the head of `_timers` (possibly stale), read before every command: a clock at or
-        # past it means `tick` may have work
-        self.due_at = NEVER
-        self._timer_serial = itertools.count()
-        self._queue_serial = itertools.count(1)
+        self.readied = shared.readied
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -378,32 +427,11 @@ class Engine:
     # -- timers ------------------------------------------------------------------------------
 
     def next_deadline(self) -> int | None:
-        """The earliest time at which `tick` has work (possibly a little early, never late)."""
-        timers = self._timers
-        while timers:
-            at, _, q = timers[0]
-            if q.scheduled_at == at and self.queues.get(q.name) is q:
-                self.due_at = at
-                return at
-            heapq.heappop(timers)
-        self.due_at = NEVER
-        return None
+        return self.shared.next_deadline()
 
     def tick(self, now: int, budget: int | None = None) -> int | None:
-        """Apply every lease, delay and retention that ran out by `now` and return the next
-        deadline. With a `budget`, stop after about that many events: the deadline returned
-        is then already due, and the caller ticks again after serving its clients."""
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            at, _, q = heapq.heappop(timers)
-            if q.scheduled_at != at or self.queues.get(q.name) is not q:
-                continue
-            q.scheduled_at = None
-            budget = self._run_due(q, now, budget)
-            self._schedule(q)
-            if budget is not None and budget <= 0:
-                break
-        return self.next_deadline()
+        """Apply what fell due by `now` in every database (see Shared.tick)."""
+        return self.shared.tick(now, budget)
 
     def _run_due(self, q: Queue, now: int, budget: int | None) -> int | None:
         """Apply the queue's due events one at a time, earliest first, at most `budget` of
@@ -447,9 +475,10 @@ class Engine:
         at = q.next_deadline()
         if at is not None and (q.scheduled_at is None or at < q.scheduled_at):
             q.scheduled_at = at
-            heapq.heappush(self._timers, (at, next(self._timer_serial), q))
-            if at < self.due_at:
-                self.due_at = at
+            shared = self.shared
+            heapq.heappush(shared.timers, (at, next(shared.timer_serial), q, self))
+            if at < shared.due_at:
+                shared.due_at = at
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -514,8 +543,7 @@ class Engine:
                              f"(the last was {q.id_sequence})")
 
     def rearm_timers(self) -> None:
-        self._timers.clear()
-        self.due_at = NEVER
+        self.shared.forget(self)
         for q in self.queues.values():
             q.scheduled_at = None
             self._schedule(q)
@@ -530,7 +558,7 @@ class Engine:
         if self.journal is not None:
             self.journal(effect)
         if readying:
-            self.readied.add(effect[3] if kind == "redrive" else effect[1])
+            self.readied.add((self.index, effect[3] if kind == "redrive" else effect[1]))
         if self.listener is not None:
             if kind == "pause":
                 event = "paused" if effect[2] else "resumed"
@@ -559,7 +587,7 @@ class Engine:
 
     def _apply_create(self, name: bytes, vt: int, mda: int, rp: int) -> None:
         q = self.queues[name] = Queue(name, QueueSettings(vt, mda, rp),
-                                      next(self._queue_serial), self.totals)
+                                      next(self.shared.queue_serial), self.totals)
         self.by_serial[q.serial] = q
 
     def _apply_update(self, name: bytes, vt: int, mda: int, rp: int) -> None:
@@ -583,11 +611,11 @@ class Engine:
         self.totals.drop(q)
 
     def _apply_flush(self) -> None:
+        for q in self.queues.values():
+            self.totals.drop(q)
         self.queues.clear()
         self.by_serial.clear()
-        self.totals.clear()
-        self._timers.clear()
-        self.due_at = NEVER
+        self.shared.forget(self)
 
     def _apply_redrive(self, name: bytes, message_id: int, target: bytes, new_id: int,
                        enqueued_at: int) -> None:
@@ -635,7 +663,9 @@ _QUEUE_APPLY: dict[str, Callable[..., object]] = {
     "counters": Queue.set_sequences,
     "restore": Queue.restore,
 }
-RECORD_KINDS = frozenset(_ENGINE_APPLY) | frozenset(_QUEUE_APPLY)
+# Records that name a database or span two: applied by Databases (databases.py).
+DATABASE_RECORDS = frozenset(("select", "swapdb", "move"))
+RECORD_KINDS = frozenset(_ENGINE_APPLY) | frozenset(_QUEUE_APPLY) | DATABASE_RECORDS
 _IDENTITY_CHECKED = frozenset(("create", "push", "redrive", "restore"))  # at replay
 # kind -> (apply function, whether it applies to a queue, the event it publishes and the
 # counter it bumps (or None), whether it can make a message visible)

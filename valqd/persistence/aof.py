@@ -108,6 +108,25 @@ class AppendOnlyFile:
         self.reserve_size = 0
         self.write_fault = None  # tests may set a callable(data) that raises OSError
 
+    def journal_for(self, database: int):
+        """The journal of one database: database 0's records go in as they are (the hot
+        path: no Python frame per record); another's are framed by ("select", n) ...
+        ("select", 0), consecutive ones sharing one frame, so that every batch ends in
+        database 0 and a torn batch never leaves the loader in another database."""
+        pending = self.pending
+        if database == 0:
+            return pending.append
+        enter, leave = ("select", database), ("select", 0)  # `leave`: this frame's own end
+
+        def journal(effect: tuple) -> None:
+            if pending and pending[-1] is leave:
+                pending[-1] = effect
+            else:
+                pending.append(enter)
+                pending.append(effect)
+            pending.append(leave)
+        return journal
+
     # -- opening and closing ---------------------------------------------------------------
 
     def open(self) -> None:

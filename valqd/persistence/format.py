@@ -103,6 +103,7 @@ SCHEMAS: dict[bytes, str] = {
     b"expire": "bii", b"nack": "bii", b"defer": "bii", b"reason": "bib", b"dead": "bii",
     b"promote": "bii", b"redrive": "bibii", b"purge": "bs",
     b"counters": "biii", b"restore": "bisiiiiiib",
+    b"select": "i", b"swapdb": "ii", b"move": "bii",
 }
 _TYPES = {"b": bytes, "i": int, "s": bytes}
 # kind -> (its name as str, the parsed field types hiredis gives, positions of str fields)

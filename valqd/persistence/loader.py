@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..engine import Engine
+from ..config import MAX_DATABASES
+from ..engine import Databases
 from .format import AofCorruption, iter_batches, parse_records
 
 log = logging.getLogger("valqd")
@@ -118,7 +119,8 @@ def check_aof(path: str, fix: bool, yes: bool = False, ask=input) -> int:
     `--fix` cut it at the damage, after asking (`ask`, unless `yes`), keeping the bytes cut
     off in a backup file next to it."""
     try:
-        result = scan(path, Engine().replay)
+        # as many databases as a server may have: the file names the ones it uses
+        result = scan(path, Databases(MAX_DATABASES).replay)
         bad_offset, reason = (result.good_size, "truncated") if result.truncated_bytes \
             else (None, "")
     except AofCorruption as exc:
