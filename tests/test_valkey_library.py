@@ -70,7 +70,7 @@ class Pair:
     def engine_dump(self, name: bytes) -> list[bytes]:
         """The engine's dump at the clock, after what fell due, as the library's DUMP."""
         async def read() -> list[bytes]:
-            engine = self.server.server.engine
+            engine = self.server.server.databases[0]
             engine.tick(self.clock.now)
             q = engine.queues.get(name)
             return [] if q is None else [line.encode() for line in dump_queue(q)]
