@@ -431,7 +431,9 @@ def test_lease_errors(client):
     valq(client, "CREATE", "q")
     valq(client, "MPUSH", "q", "a", "b")
     m1, m2 = (meta(m) for m in valq(client, "POP", "q", "COUNT", "2", "WITHMETA"))
-    for bad in ("garbage", "1", "1-", "-1", "1-x", "x-1"):
+    # receipts are two plain decimal numbers, read as strictly as every other number
+    for bad in ("garbage", "1", "1-", "-1", "1-x", "x-1", " 1-1", "1-1 ", "+1-1", "1_0-1",
+                "01-1", "1-+1", "1--1"):
         valq_error(client, ("ACK", "q", "1", "LEASE", bad), "ERR", "invalid lease receipt")
         valq_error(client, ("EXTEND", "q", "1", "5", "LEASE", bad), "ERR",
                    "invalid lease receipt")

@@ -22,6 +22,9 @@ UPDATED = encode.bulk(b"updated q")  # the module's reply, naming no queue
 MAX_BLOCK_MS = 2**63 - 1
 
 
+_RECEIPT_MESSAGE = "invalid lease receipt"
+
+
 def _message_id(raw: bytes) -> int:
     return parse_int(raw, 1, U64_MAX, _ID_MESSAGE)
 
@@ -38,10 +41,8 @@ def receipt(message_id: int, lease_no: int) -> bytes:
 def _lease_no(message_id: int, raw: bytes) -> int:
     """The delivery serial inside a receipt; a receipt for another message never matches."""
     owner, _, lease_no = raw.partition(b"-")
-    try:
-        owner_id, number = int(owner), int(lease_no)
-    except ValueError:
-        raise CommandError("invalid lease receipt") from None
+    owner_id = parse_int(owner, 0, U64_MAX, _RECEIPT_MESSAGE)
+    number = parse_int(lease_no, 0, U64_MAX, _RECEIPT_MESSAGE)
     return number if owner_id == message_id else -1
 
 

@@ -50,6 +50,7 @@ local MAX_ATTEMPTS_STORED = 65535
 local MAX_COUNT = 1000
 local U64_MAX = '18446744073709551615'
 local I64_MAX = '9223372036854775807'
+local RECEIPT_MESSAGE = 'invalid lease receipt'
 local I64_MIN = '-9223372036854775808'
 local NOT_AN_INTEGER = 'value is not an integer or out of range'
 local ID_MESSAGE = 'message id must be a positive integer'
@@ -156,22 +157,6 @@ local function check_range(what, value, low, high)
     err(what .. ' must be between ' .. fmt(low) .. ' and ' .. fmt(high))
   end
   return value
-end
-
--- Python's int() over bytes: surrounding ASCII whitespace, a sign, digits with single
--- underscores between them. nil when it would raise.
-local function python_int(raw)
-  local s = raw:match('^[ \t\n\r\v\f]*(.-)[ \t\n\r\v\f]*$')
-  local sign = 1
-  local first = s:sub(1, 1)
-  if first == '-' or first == '+' then
-    if first == '-' then sign = -1 end
-    s = s:sub(2)
-  end
-  if not s:match('^%d[%d_]*$') or s:find('__', 1, true) or s:sub(-1) == '_' then
-    return nil
-  end
-  return sign * tonumber((s:gsub('_', '')))
 end
 
 -- the argument cursor -------------------------------------------------------------------
@@ -846,11 +831,9 @@ local function lease_option(args, id, with_reason)
     if word == 'LEASE' and lease_no == nil then
       local raw = args:next_bytes()
       local dash = raw:find('-', 1, true)
-      local owner, number
-      if dash then
-        owner, number = python_int(raw:sub(1, dash - 1)), python_int(raw:sub(dash + 1))
-      end
-      if owner == nil or number == nil then err('invalid lease receipt') end
+      if not dash then err(RECEIPT_MESSAGE) end
+      local owner = parse_int(raw:sub(1, dash - 1), '0', U64_MAX, RECEIPT_MESSAGE)
+      local number = parse_int(raw:sub(dash + 1), '0', U64_MAX, RECEIPT_MESSAGE)
       lease_no = owner == id and number or -1
     elseif word == 'REASON' and reason == nil and with_reason then
       reason = args:next_bytes()
