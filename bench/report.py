@@ -139,6 +139,7 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
     lines += _persistence(results.get("persistence"))
     lines += _tools(results.get("tools"))
     lines += _worker(results.get("worker"))
+    lines += _cost(results.get("cost"))
 
     lines += ["## Charts", ""]
     if chart_files:
@@ -188,6 +189,39 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
               "connections are the most `INFO clients` counted during its run. Its time runs "
               "from the start of `serve()` to the last handler call.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _cost(out) -> list[str]:
+    if not out:
+        return []
+    lines = ["## Costs that must stay bounded", ""]
+    rows = out["pipeline"]
+    if rows:
+        lines += [f"One client pipelines {rows[0]['pushes']:,} pushes (100-byte bodies) without "
+                  "reading a reply until all are sent; another client sends PING after PING.",
+                  ""]
+        lines += _table(["server", "worst PING wait, ms", "pushes/s", "pings answered"],
+                        [[r["server"], _n(r["worst_ping_ms"], 1), _n(r["pushes_per_s"]),
+                          _n(r["pings"])] for r in rows])
+        lines.append("")
+    rows = out["queues"]
+    if rows:
+        lines += ["INFO (default sections), a full SCAN (COUNT 10 and COUNT 1000) and a "
+                  "/metrics scrape with N queues (Valkey: N lists), one message each.", ""]
+        lines += _table(["server", "queues", "INFO bytes", "INFO ms", "full SCAN COUNT 10, ms",
+                         "full SCAN COUNT 1000, ms", "/metrics bytes", "/metrics ms"],
+                        [[r["server"], _n(r["queues"]), _n(r["info_bytes"]), _n(r["info_ms"], 2),
+                          _n(r["scan10_ms"]), _n(r["scan1000_ms"]),
+                          _n(r.get("metrics_bytes")), _n(r.get("metrics_ms"), 1)]
+                         for r in rows])
+        lines.append("")
+    load = out.get("aof_load")
+    if load:
+        lines += [f"AOF load at start-up, {load['messages']:,} messages "
+                  f"({_mb(load['aof_bytes'])} file): peak resident memory "
+                  f"{_mb(load['peak_rss'])}, {_mb(load['rss_after_load'])} once loaded, "
+                  f"{load['seconds_to_ping']:.2f} s to the first PING.", ""]
+    return lines
 
 
 def _job_cycle(rows) -> list[str]:

@@ -15,19 +15,22 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from . import report, workloads  # noqa: E402
 from .targets import SYSTEMS, available, machine_info  # noqa: E402
 
-SECTIONS = ("job-cycle", "latency", "scale", "memory", "persistence", "tools", "worker")
+SECTIONS = ("job-cycle", "latency", "scale", "memory", "persistence", "tools", "worker",
+            "cost")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 FULL = dict(cycles_pipelined=200_000, cycles_unpipelined=50_000, time_limit=120.0,
             latency_rate=1000, latency_seconds=15.0, scale_backlogs=[1000, 100_000, 1_000_000],
             scale_inflight=100_000, scale_cycles=50_000, storm_leases=100_000,
             storm_watch_s=10.0, memory_messages=1_000_000, persistence_messages=1_000_000,
-            fsync_pushes=100_000, tool_requests=200_000, worker_jobs=20_000)
+            fsync_pushes=100_000, tool_requests=200_000, worker_jobs=20_000,
+            pipeline_pushes=1_000_000, cost_queues=[1000, 100_000])
 QUICK = dict(cycles_pipelined=3000, cycles_unpipelined=1000, time_limit=20.0,
              latency_rate=400, latency_seconds=1.0, scale_backlogs=[1000, 5000, 20_000],
              scale_inflight=5000, scale_cycles=2000, storm_leases=5000, storm_watch_s=3.0,
              memory_messages=20_000, persistence_messages=20_000, fsync_pushes=2000,
-             tool_requests=5000, worker_jobs=1000)
+             tool_requests=5000, worker_jobs=1000, pipeline_pushes=20_000,
+             cost_queues=[200, 2000])
 
 
 # the sizes a run can be given on the command line: option -> what it sets
@@ -46,6 +49,8 @@ SIZE_OPTIONS = {
     "fsync_pushes": "pushes per appendfsync run",
     "tool_requests": "redis-benchmark -n",
     "worker_jobs": "jobs per worker-library measurement",
+    "pipeline_pushes": "pushes one client pipelines beside a pinging client",
+    "cost_queues": "comma-separated numbers of queues for INFO, /metrics and SCAN",
 }
 
 
@@ -81,7 +86,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     g = p.add_argument_group("sizes (defaults: full run / --quick)")
     for key, what in SIZE_OPTIONS.items():
         g.add_argument("--" + key.replace("_", "-"),
-                       type=_int_list if key == "scale_backlogs" else type(FULL[key]),
+                       type=_int_list if isinstance(FULL[key], list) else type(FULL[key]),
                        help=f"{what} ({_shown(FULL[key])} / {_shown(QUICK[key])})")
     opts = p.parse_args(argv)
     for key, value in (QUICK if opts.quick else FULL).items():
@@ -169,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     section("persistence", persistence)
     section("tools", tools)
     section("worker", worker)
+
+    def cost():
+        if "valqd" in opts.systems:
+            results["cost"] = workloads.cost(opts.systems, opts, log)
+
+    section("cost", cost)
 
     results["meta"]["seconds"] = time.time() - started
     with open(os.path.join(opts.out, "results.json"), "w") as f:

@@ -52,6 +52,15 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14, 15 of stat(5)
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """The most resident memory the process has had (VmHWM)."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm", "rb") as f:
         return int(f.read().split()[1]) * PAGE_SIZE

@@ -14,6 +14,7 @@ import queue as queue_module
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -21,7 +22,8 @@ import traceback
 from array import array
 
 from .clients import BODY, HOST, QUEUE, Pinger, RespConn, make_client, resp
-from .targets import LABELS, PERSISTENCE_LABELS, BenchError, Server, server_for
+from .targets import (LABELS, PERSISTENCE_LABELS, BenchError, Server, free_port,
+                      peak_rss_bytes, server_for, valkey_server_binary)
 
 CTX = multiprocessing.get_context("fork")
 SETUP_TIMEOUT_S = 60.0
@@ -773,3 +775,155 @@ def worker(opts, log) -> dict:
             log(f"{what}: {m['throughput']:,.0f} jobs/s over {connections} connections, "
                 f"{m['cpu_us_per_job']:.1f} us server CPU/job")
     return {"rows": rows, "jobs": jobs, "concurrency": WORKER_CONCURRENCY}
+# -- costs that must stay bounded: a greedy client, many queues, loading -------------------------
+
+def _pipeline_beside_pings(system: str, opts, log, **options) -> dict:
+    """One client writes `pipeline_pushes` pushes without reading a reply until all are
+    sent, while a pinger measures the longest wait of another client's PING."""
+    n = opts.pipeline_pushes
+    server = server_for("valkey" if system == "valkey" else "valqd", False, opts.workdir,
+                        **options)
+    with server:
+        conn = RespConn(server.port)
+        if system == "valkey":
+            push = resp("RPUSH", "jobs", BODY)
+        else:
+            conn.call("VALQ", "CREATE", "jobs")
+            push = resp("VALQ", "PUSH", "jobs", BODY)
+        pinger = Pinger(server.port, limit_s=opts.time_limit + 60)
+        thread = threading.Thread(target=pinger.run, daemon=True)
+        thread.start()
+        time.sleep(0.3)
+        replies = {"count": 0}
+
+        def drain() -> None:
+            got = 0
+            while got < n:
+                got += len(conn.read(min(10_000, n - got)))
+            replies["count"] = got
+
+        chunk = push * 1000
+        reader = threading.Thread(target=drain, daemon=True)
+        started = time.monotonic()
+        sent = 0
+        while sent < n and time.monotonic() - started < opts.time_limit:
+            k = min(1000, n - sent)
+            conn.send(chunk if k == 1000 else push * k)
+            sent += k
+        sent_at = time.monotonic()
+        n = sent
+        reader.start()  # read the replies only once everything is sent
+        reader.join(opts.time_limit + 60)
+        seconds = time.monotonic() - started
+        time.sleep(0.2)
+        pinger.stop()
+        thread.join(10)
+        conn.close()
+    label = "Valkey (RPUSH)" if system == "valkey" else f"valqd ({options['event_loop']})"
+    row = {"server": label, "pushes": n, "seconds": round(seconds, 3),
+           "send_seconds": round(sent_at - started, 3), "pushes_per_s": n / seconds,
+           "worst_ping_ms": pinger.max_gap * 1e3, "pings": pinger.count,
+           "error": pinger.error}
+    log(f"pipeline of {_count(n)} pushes, {label}: worst PING {row['worst_ping_ms']:.1f} ms, "
+        f"{row['pushes_per_s']:,.0f} pushes/s")
+    return row
+
+
+def _timed(conn: RespConn, *args) -> tuple[object, float]:
+    started = time.perf_counter()
+    reply = conn.call(*args)
+    return reply, time.perf_counter() - started
+
+
+def _full_scan(conn: RespConn, count: int) -> tuple[int, int, float]:
+    """(names returned, calls, seconds) of a SCAN from cursor 0 back to 0."""
+    started = time.perf_counter()
+    cursor, names, calls = b"0", 0, 0
+    while True:
+        cursor, batch = conn.call("SCAN", cursor, "COUNT", count)
+        names += len(batch)
+        calls += 1
+        if cursor == b"0":
+            return names, calls, time.perf_counter() - started
+
+
+def _scrape(port: int) -> tuple[int, float]:
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = bytearray()
+        while chunk := s.recv(1 << 20):
+            data += chunk
+    seconds = time.perf_counter() - started
+    return len(data) - data.find(b"\r\n\r\n") - 4, seconds
+
+
+def _many_queues(system: str, queues: int, opts, log) -> dict:
+    """INFO, /metrics and a full SCAN with `queues` queues (Valkey: as many lists), each
+    holding one message."""
+    options = {} if system == "valkey" else {"metrics_port": free_port()}
+    with server_for(system, False, opts.workdir, **options) as server:
+        conn = RespConn(server.port)
+        for start in range(0, queues, 1000):
+            names = [f"queue:{i}" for i in range(start, min(start + 1000, queues))]
+            if system == "valkey":
+                conn.send(b"".join(resp("RPUSH", name, BODY) for name in names))
+            else:
+                conn.send(b"".join(resp("VALQ", "CREATE", name) + resp("VALQ", "PUSH", name, BODY)
+                                   for name in names))
+                conn.read(len(names))
+            conn.read(len(names))
+        info, info_s = _timed(conn, "INFO")
+        row = {"server": "Valkey" if system == "valkey" else "valqd", "queues": queues,
+               "info_bytes": len(info), "info_ms": info_s * 1e3}
+        for count in (10, 1000):
+            names, calls, seconds = _full_scan(conn, count)
+            row[f"scan{count}_ms"] = seconds * 1e3
+            row[f"scan{count}_calls"] = calls
+            if names < queues:
+                row["error"] = f"SCAN COUNT {count} returned {names} of {queues} names"
+        if system != "valkey":
+            row["metrics_bytes"], seconds = _scrape(options["metrics_port"])
+            row["metrics_ms"] = seconds * 1e3
+        conn.close()
+    log(f"{row['server']} with {_count(queues)} queues: INFO {row['info_bytes']:,} bytes in "
+        f"{row['info_ms']:.1f} ms, full SCAN (COUNT 10) {row['scan10_ms']:.0f} ms"
+        + (f", /metrics {row['metrics_bytes']:,} bytes in {row['metrics_ms']:.1f} ms"
+           if "metrics_ms" in row else ""))
+    return row
+
+
+def _aof_load_peak(opts, log) -> dict:
+    """Peak resident memory (VmHWM) of valqd loading an AOF of N pushes at start-up."""
+    n = opts.persistence_messages
+    server = server_for("valqd", True, opts.workdir, auto_aof_rewrite_percentage=0)
+    try:
+        server.start()
+        client = make_client("valqd", server.port)
+        client.setup()
+        client.fill(n)
+        client.close()
+        server.stop()
+        aof_bytes = server.disk_bytes()
+        seconds = server.restart(timeout=opts.time_limit + 600)
+        row = {"messages": n, "aof_bytes": aof_bytes, "seconds_to_ping": seconds,
+               "peak_rss": peak_rss_bytes(server.pid), "rss_after_load": server.rss()}
+    finally:
+        server.close()
+    log(f"AOF load of {_count(n)} messages: peak RSS {row['peak_rss'] / 2**20:.0f} MB "
+        f"({row['aof_bytes'] / 2**20:.0f} MB file), {row['rss_after_load'] / 2**20:.0f} MB after")
+    return row
+
+
+def cost(systems: list[str], opts, log) -> dict:
+    out: dict = {"pipeline": [], "queues": [], "aof_load": None}
+    targets = [("valqd", {"event_loop": "asyncio"}), ("valqd", {"event_loop": "uvloop"})]
+    if valkey_server_binary() is not None:
+        targets.append(("valkey", {}))
+    for system, options in targets:
+        out["pipeline"].append(_pipeline_beside_pings(system, opts, log, **options))
+    for queues in opts.cost_queues:
+        for system in ("valqd", "valkey") if valkey_server_binary() else ("valqd",):
+            out["queues"].append(_many_queues(system, queues, opts, log))
+    out["aof_load"] = _aof_load_peak(opts, log)
+    return out

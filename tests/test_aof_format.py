@@ -681,3 +681,23 @@ def test_auto_rewrite_trigger(tmp_path):
     assert aof.should_auto_rewrite(100, 64)
     assert not aof.should_auto_rewrite(100, 1000)  # below the minimum size
     assert not aof.should_auto_rewrite(0, 64)  # disabled
+
+
+def test_disk_reserve_follows_the_stored_messages_down_as_well_as_up(tmp_path):
+    """The reserve is sized to the messages stored now: it grows with a backlog and is cut
+    back once they are gone (it used to keep its largest size for ever)."""
+    aof = AppendOnlyFile(str(tmp_path / "a.aof"))
+    aof.open()
+    assert aof.ensure_reserve(100_000)
+    grown = aof.reserve_size
+    assert grown >= 100_000 * aof_module.RESERVE_PER_MESSAGE
+    assert os.path.getsize(aof.reserve_path) == grown
+    assert aof.ensure_reserve(60_000) and aof.reserve_size == grown  # not for every dip
+    assert aof.ensure_reserve(10)
+    assert aof.reserve_size == aof_module.RESERVE_MIN
+    assert os.path.getsize(aof.reserve_path) == aof_module.RESERVE_MIN
+    aof.close()
+    reopened = AppendOnlyFile(str(tmp_path / "a.aof"))
+    reopened.open()
+    assert reopened.reserve_size == aof_module.RESERVE_MIN
+    reopened.close()

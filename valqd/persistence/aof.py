@@ -253,12 +253,20 @@ class AppendOnlyFile:
     # -- disk-full reserve -----------------------------------------------------------------
 
     def ensure_reserve(self, stored_messages: int) -> bool:
-        """Grow the reserve to cover `stored_messages`; clears a write error once writes and
-        the reserve both succeed again. Called about once a second."""
+        """Size the reserve to `stored_messages`: grown a quarter at a time, cut back once it
+        is more than twice what they need (after PURGE, DELETE, a drained backlog); clears a
+        write error once writes and the reserve both succeed again. Called about once a
+        second."""
         if self.write_error is not None and not self.commit():
             return False
         wanted = max(RESERVE_MIN, stored_messages * RESERVE_PER_MESSAGE)
-        if wanted > self.reserve_size:
+        if self.reserve_size > 2 * wanted:
+            try:
+                os.ftruncate(self.reserve_fd, wanted)
+                self.reserve_size = wanted
+            except OSError as exc:  # kept as it is: too large is safe
+                log.warning("Can't shrink the disk reserve: %s", exc.strerror)
+        elif wanted > self.reserve_size:
             wanted = max(wanted, self.reserve_size + self.reserve_size // 4)
             try:
                 os.posix_fallocate(self.reserve_fd, 0, wanted)
