@@ -136,8 +136,17 @@ def decode_effect(fields: list) -> tuple:
 
 def iter_batches(data: bytes | memoryview, path: str):
     """Yield (offset, end, payload) per intact batch. Stops at a cut-off tail, returning
-    its offset via StopIteration.value; raises AofCorruption for damage before the end."""
+    its offset via StopIteration.value; raises AofCorruption for damage before the end.
+    `data` may be a mapped file: every view of it is released on the way out, so that it
+    can be closed (the caller releases the payloads it was given)."""
     view = memoryview(data)
+    try:
+        return (yield from _batches(view, path))
+    finally:
+        view.release()
+
+
+def _batches(view: memoryview, path: str):
     size = len(view)
     if bytes(view[:len(MAGIC)]) != MAGIC:
         if size < len(MAGIC) and MAGIC.startswith(bytes(view)):
@@ -166,12 +175,11 @@ def iter_batches(data: bytes | memoryview, path: str):
         end = start + length
         if end > size:
             return offset  # the last batch was being written when the process died
-        payload = view[start:end]
-        if zlib.crc32(payload) != crc:
+        if zlib.crc32(view[start:end]) != crc:  # (no name holds a view: see iter_batches)
             if not any(view[end - 1:size]):  # a payload ends in "\n": zeros to the end of the
                 return offset  # file are space allocated but never written, as after power loss
             raise AofCorruption(path, offset, "checksum mismatch")
-        yield offset, end, payload
+        yield offset, end, view[start:end]
         offset = end
     return offset
 

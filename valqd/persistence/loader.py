@@ -6,6 +6,7 @@ A batch cut off at the end of the file (a crash mid-write) is dropped with a war
 """
 
 import logging
+import mmap
 import os
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .format import AofCorruption, iter_batches, parse_records
 log = logging.getLogger("valqd")
 PROGRESS_EVERY_S = 1.0
 LOAD_SLICE_RECORDS = 2000  # records replayed between two turns of the server's event loop
+RELEASE_EVERY = 8 << 20  # bytes of the mapped file applied before their pages are given back
 
 
 @dataclass
@@ -37,22 +39,38 @@ def scan_steps(path: str, apply=None, progress: bool = False,
                result: LoadResult | None = None) -> Iterator[LoadResult]:
     """Check (and with `apply`, load) every batch, yielding `result` after every
     LOAD_SLICE_RECORDS records so that a caller can do other work between slices; raises
-    AofCorruption."""
+    AofCorruption.
+
+    The file is mapped, not read: the pages of the batches already applied are given back
+    every RELEASE_EVERY bytes, so loading costs the engine's memory plus a few megabytes,
+    not plus the whole file (1M messages peaked at 435 MB when it was read whole)."""
     started = time.monotonic()
-    with open(path, "rb") as f:
-        data = f.read()
     if result is None:
         result = LoadResult()
-    result.file_size = len(data)
-    batches = iter_batches(data, path)
-    last_report = started
+    with open(path, "rb") as f:
+        result.file_size = os.fstat(f.fileno()).st_size
+        if result.file_size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                batches = iter_batches(data, path)
+                try:
+                    yield from _apply_batches(batches, data, path, apply, progress, result)
+                finally:
+                    batches.close()  # the views of the mapping go before the mapping
+    result.loaded_size = result.good_size
+    result.seconds = time.monotonic() - started
+
+
+def _apply_batches(batches, data: mmap.mmap, path: str, apply, progress: bool,
+                   result: LoadResult) -> Iterator[LoadResult]:
+    last_report = time.monotonic()
     slice_left = LOAD_SLICE_RECORDS
+    released = 0  # the mapping's pages before this offset were given back
     while True:
         try:
             offset, end, payload = next(batches)
         except StopIteration as stop:
             result.good_size = stop.value
-            break
+            return
         try:
             for effect in parse_records(payload):
                 if apply is not None:
@@ -65,12 +83,17 @@ def scan_steps(path: str, apply=None, progress: bool = False,
                     yield result
         except Exception as exc:  # a record that does not fit the schema or the state
             raise AofCorruption(path, offset, f"bad record ({exc})") from None
+        finally:
+            payload.release()
         result.loaded_size = end
+        if end - released >= RELEASE_EVERY:
+            upto = end - end % mmap.PAGESIZE
+            data.madvise(mmap.MADV_DONTNEED, released, upto - released)
+            released = upto
         if progress and time.monotonic() - last_report >= PROGRESS_EVERY_S:
             last_report = time.monotonic()
-            log.info("Loading AOF: %d records, %.0f%%", result.records, 100 * end / len(data))
-    result.loaded_size = result.good_size
-    result.seconds = time.monotonic() - started
+            log.info("Loading AOF: %d records, %.0f%%", result.records,
+                     100 * end / result.file_size)
 
 
 def scan(path: str, apply=None, progress: bool = False) -> LoadResult:
