@@ -632,12 +632,16 @@ def test_background_rewrite_keeps_writes_made_meanwhile(tmp_path):
     aof, e = history.aof, history.engine
     assert aof.start_rewrite(e.snapshot)
     assert not aof.start_rewrite(e.snapshot)  # one at a time
+    forked_at = aof.size
     for n in range(20):
         e.push(b"plain", b"during rewrite %d" % n, T0 + n)
         delivered = e.pop(b"plain", T0 + n)
         if n % 2 and delivered is not None:
             e.ack(b"plain", delivered[0])
         assert history.turn()
+    # what was committed meanwhile is remembered as where it lies in the old file, not as
+    # bytes in memory (which grew with the length of the rewrite)
+    assert aof.rewrite_tail == [(forked_at, aof.size)]
     _finish_rewrite(aof)
     assert aof.rewrites == 1 and aof.last_rewrite_ok
     assert aof.size == os.path.getsize(history.path)

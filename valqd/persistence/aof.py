@@ -6,10 +6,12 @@ batch, plus one `fsync()` under `appendfsync always`. Under `everysec` an execut
 fsyncs once a second, so the event loop never waits for the disk; under `no` the OS decides.
 
 Rewrite (`BGREWRITEAOF`, the automatic trigger): the process forks; the child writes the
-engine's snapshot to a temporary file and exits, while the parent keeps serving and also
-keeps every batch it commits meanwhile. When the child is done, the parent appends those
-batches to the new file, fsyncs it, renames it over the AOF and fsyncs the directory. A crash
-at any point leaves either the old complete file or the new complete one.
+engine's snapshot to a temporary file and exits, while the parent keeps serving, appending
+to the old file as usual and noting where the batches it commits meanwhile lie in it (not
+their bytes: memory would grow with the length of the rewrite). When the child is done, the
+parent copies those stretches of the old file to the new one, fsyncs it, renames it over
+the AOF and fsyncs the directory. A crash at any point leaves either the old complete file
+or the new complete one.
 
 Disk faults: a failed write is cut back off the file (`ftruncate`), its records move to
 `unwritten`, which every later commit writes first, and `write_error` is set until a retry
@@ -35,6 +37,7 @@ log = logging.getLogger("valqd")
 RESERVE_PER_MESSAGE = 128  # bytes kept free per stored message (a lease and a removal)
 RESERVE_MIN = 1 << 20
 SNAPSHOT_BATCH_BYTES = 1 << 20
+COPY_CHUNK = 1 << 20
 
 
 def fsync_directory(path: str) -> None:
@@ -98,7 +101,9 @@ class AppendOnlyFile:
         self.rewrite_pid = 0
         self.rewrite_scheduled = False  # BGREWRITEAOF inside EXEC: started by housekeeping
         self.rewrite_started = 0.0
-        self.rewrite_batches: list[bytes] | None = None
+        # while a rewrite runs: what to append to the new file, in order; (start, end) of
+        # the old file, or the bytes of a batch the old file holds mixed with older records
+        self.rewrite_tail: list[tuple[int, int] | bytes] | None = None
         self.snapshot_covers = 0  # leading bytes of `unwritten` the rewrite's snapshot holds
         self.rewrites = 0
         self.last_rewrite_ok = True
@@ -173,6 +178,7 @@ class AppendOnlyFile:
             self.unwritten += encode_effects(self.pending)
             self.pending.clear()
         batch = encode_batch(self.unwritten)
+        start = self.size
         try:
             self._write(batch)
         except OSError as exc:
@@ -185,11 +191,15 @@ class AppendOnlyFile:
                 self._failed(exc)  # written, but the disk is full: stop taking new data
             else:
                 return self._failed(exc)
-        if self.rewrite_batches is not None:
+        tail = self.rewrite_tail
+        if tail is not None:
             if not self.snapshot_covers:
-                self.rewrite_batches.append(batch)
+                if tail and type(tail[-1]) is tuple and tail[-1][1] == start:
+                    tail[-1] = (tail[-1][0], self.size)  # type: ignore[index]
+                else:
+                    tail.append((start, self.size))
             elif len(self.unwritten) > self.snapshot_covers:  # the snapshot holds the rest
-                self.rewrite_batches.append(encode_batch(self.unwritten[self.snapshot_covers:]))
+                tail.append(encode_batch(self.unwritten[self.snapshot_covers:]))
             self.snapshot_covers = 0
         self.unwritten.clear()
         return True
@@ -324,7 +334,7 @@ class AppendOnlyFile:
             finally:
                 os._exit(code)
         self.rewrite_pid = pid
-        self.rewrite_batches = []
+        self.rewrite_tail = []
         log.info("Background append only file rewriting started by pid %d", pid)
         return True
 
@@ -336,10 +346,10 @@ class AppendOnlyFile:
         if pid == 0:
             return
         temp = self.temp_path(self.rewrite_pid)
-        batches = self.rewrite_batches or []
+        tail = self.rewrite_tail or []
         covered, self.snapshot_covers = self.snapshot_covers, 0
         self.rewrite_pid = 0
-        self.rewrite_batches = None
+        self.rewrite_tail = None
         if os.waitstatus_to_exitcode(status) != 0:
             log.warning("Background AOF rewrite failed (child exit status %d)",
                         os.waitstatus_to_exitcode(status))
@@ -348,8 +358,7 @@ class AppendOnlyFile:
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_APPEND)
             try:
-                for batch in batches:
-                    _write_all(fd, batch)
+                self._append_tail(fd, tail)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -360,6 +369,24 @@ class AppendOnlyFile:
             return
         del self.unwritten[:covered]  # the new file holds them
         self._rewrite_done(True, None)
+
+    def _append_tail(self, fd: int, tail: list[tuple[int, int] | bytes]) -> None:
+        """Append what was committed during the rewrite to the new file at `fd`."""
+        source = os.open(self.path, os.O_RDONLY)
+        try:
+            for piece in tail:
+                if type(piece) is bytes:
+                    _write_all(fd, piece)
+                    continue
+                start, end = piece  # type: ignore[misc]
+                while start < end:
+                    chunk = os.pread(source, min(COPY_CHUNK, end - start), start)
+                    if not chunk:
+                        raise OSError(errno.EIO, "the AOF ended before its committed size")
+                    _write_all(fd, chunk)
+                    start += len(chunk)
+        finally:
+            os.close(source)
 
     def rewrite_now(self, snapshot) -> None:
         """SAVE: write the snapshot in this process and swap it in."""
@@ -402,7 +429,7 @@ class AppendOnlyFile:
         if os.path.exists(temp):
             os.unlink(temp)
         self.rewrite_pid = 0
-        self.rewrite_batches = None
+        self.rewrite_tail = None
         self.snapshot_covers = 0
 
     def should_auto_rewrite(self, percentage: int, min_size: int) -> bool:
