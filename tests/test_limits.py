@@ -178,6 +178,22 @@ def test_query_buffer_limit(wires):
     assert info(other, "kept")[b"id_sequence"] == b"4"
 
 
+@pytest.mark.parametrize("careful", [False, True], ids=["hiredis", "framer"])
+def test_a_bulk_larger_than_the_query_buffer_is_refused_at_its_header(wires, careful):
+    """A bulk header that announces more than client-query-buffer-limit is refused as soon
+    as the header arrives: nothing of the body has to be sent (200 MB were received and
+    held first)."""
+    other = wires()
+    assert other.call("CONFIG", "SET", "client-query-buffer-limit", "1mb") == b"OK"
+    wire = wires()
+    if careful:  # what looks like a huge count makes the parser read with its framer
+        assert wire.call("ECHO", b"*99999") == b"*99999"
+    wire.send(b"*4\r\n$4\r\nVALQ\r\n$4\r\nPUSH\r\n$1\r\nq\r\n$200000000\r\n")
+    assert wire.reply(timeout=5) == Error("ERR Protocol error: query buffer limit exceeded")
+    assert wire.closed_by_server()
+    assert other.call("PING") == b"PONG"
+
+
 def test_query_buffer_below_the_limit_is_served(wires):
     wire = wires()
     assert wire.call("CONFIG", "SET", "client-query-buffer-limit", "1mb") == b"OK"

@@ -246,6 +246,8 @@ class RequestParser:
             raise ProtocolError("invalid bulk length")
         if length > limits.unauthenticated_bulk_len and not self.authenticated:
             raise ProtocolError("unauthenticated bulk length")
+        if length + 2 > limits.max_query_buffer:  # refused now, not once it has arrived
+            raise ProtocolError("query buffer limit exceeded")
         return length
 
     def _resync(self) -> None:
