@@ -19,9 +19,10 @@ def test_bench_quick_writes_a_report(tmp_path):
     report = (out / "REPORT.md").read_text()
     assert "# valqd benchmark report" in report
     assert "python -m bench --quick" in report
-    assert "## Targets (issue 7)" in report
+    assert "## Targets (issues 7 and 12)" in report
     for section in ("## Job cycle", "## Latency", "## Scale", "### Timer storm", "## Memory",
-                    "## Persistence", "## redis-benchmark", "## Worker library (valqd)"):
+                    "## Persistence", "## redis-benchmark", "## Worker library (valqd)",
+                    "## Costs that must stay bounded"):
         assert section in report
     assert "| valqd (AOF everysec) |" in report
     assert "| valqd (AOF off) |" in report

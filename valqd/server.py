@@ -71,10 +71,11 @@ RESP_REFUSALS = {"maxclients": MAX_CLIENTS_REACHED, "protected": PROTECTED_MODE_
 REPLY_SLICE = 1 << 20  # replies of one read sent before the rest of the read is executed
 # Commands one client may run per turn of the event loop: the rest of a long pipeline waits
 # for the next turn, after every other client's turn, so one greedy client delays another's
-# PING by about this many commands, not by its whole pipeline (Valkey bounds a turn by one
-# 16 KB read). Large enough that a turn's fixed costs (a poll, a write, an AOF commit) stay
-# small beside the commands.
-COMMANDS_PER_TURN = 1000
+# PING by about this many commands, not by its whole pipeline. Valkey bounds a turn by one
+# 16 KB read, about 128 PUSHes of 100-byte bodies. A turn's fixed costs (a poll, a write, an
+# AOF commit) stay small beside them: 500k pipelined pushes took the same server CPU with
+# this bound as with none (bench/: `python -m bench --only cost`).
+COMMANDS_PER_TURN = 128
 
 
 class Waiter:
