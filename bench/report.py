@@ -94,8 +94,8 @@ def targets(results: dict) -> list[dict]:
                     "ok": None if mem is None else mem["bytes_per_message"] <= 231})
     for row in (results.get("cost") or {}).get("pipeline", []):
         if row["server"].startswith("valqd"):
-            out.append({"name": f"Worst PING wait beside a pipeline of {row['pushes']:,} "
-                                f"pushes, {row['server']} (issue 12)",
+            out.append({"name": f"Worst PING wait (median of {row['rounds']}) beside {row['pushes']:,} "
+                                f"pipelined pushes, {row['server']} (issue 12)",
                         "figure": f"{row['worst_ping_ms']:.1f} ms", "threshold": "≤ ~100 ms",
                         "ok": row["worst_ping_ms"] <= 100})
 
@@ -213,11 +213,14 @@ def _cost(out) -> list[str]:
     rows = out["pipeline"]
     if rows:
         lines += [f"One client pipelines {rows[0]['pushes']:,} pushes (100-byte bodies) without "
-                  "reading a reply until all are sent; another client sends PING after PING.",
-                  ""]
-        lines += _table(["server", "worst PING wait, ms", "pushes/s", "pings answered"],
-                        [[r["server"], _n(r["worst_ping_ms"], 1), _n(r["pushes_per_s"]),
-                          _n(r["pings"])] for r in rows])
+                  "reading a reply until all are sent; another client sends PING after PING. "
+                  f"{rows[0]['rounds']} round(s) per server, interleaved; the median of the "
+                  "rounds' longest waits, and the longest of all.", ""]
+        lines += _table(["server", "worst PING wait, ms (median)", "longest, ms", "each round, ms",
+                         "pushes/s (median)"],
+                        [[r["server"], _n(r["worst_ping_ms"], 1), _n(r["worst_ping_ms_max"], 1),
+                          " / ".join(f"{w:.0f}" for w in r["worst_ping_ms_all"]),
+                          _n(r["pushes_per_s"])] for r in rows])
         lines.append("")
     rows = out["queues"]
     if rows:

@@ -24,12 +24,12 @@ FULL = dict(cycles_pipelined=200_000, cycles_unpipelined=50_000, time_limit=120.
             scale_inflight=100_000, scale_cycles=50_000, storm_leases=100_000,
             storm_watch_s=10.0, memory_messages=1_000_000, persistence_messages=1_000_000,
             fsync_pushes=100_000, tool_requests=200_000, worker_jobs=20_000,
-            pipeline_pushes=1_000_000, cost_queues=[1000, 100_000])
+            pipeline_pushes=1_000_000, pipeline_rounds=3, cost_queues=[1000, 100_000])
 QUICK = dict(cycles_pipelined=3000, cycles_unpipelined=1000, time_limit=20.0,
              latency_rate=400, latency_seconds=1.0, scale_backlogs=[1000, 5000, 20_000],
              scale_inflight=5000, scale_cycles=2000, storm_leases=5000, storm_watch_s=3.0,
              memory_messages=20_000, persistence_messages=20_000, fsync_pushes=2000,
-             tool_requests=5000, worker_jobs=1000, pipeline_pushes=20_000,
+             tool_requests=5000, worker_jobs=1000, pipeline_pushes=20_000, pipeline_rounds=1,
              cost_queues=[200, 2000])
 
 
@@ -50,6 +50,7 @@ SIZE_OPTIONS = {
     "tool_requests": "redis-benchmark -n",
     "worker_jobs": "jobs per worker-library measurement",
     "pipeline_pushes": "pushes one client pipelines beside a pinging client",
+    "pipeline_rounds": "rounds of that pipeline per target (the median worst wait is shown)",
     "cost_queues": "comma-separated numbers of queues for INFO, /metrics and SCAN",
 }
 

@@ -925,8 +925,20 @@ def cost(systems: list[str], opts, log) -> dict:
     targets = [("valqd", {"event_loop": "asyncio"}), ("valqd", {"event_loop": "uvloop"})]
     if valkey_server_binary() is not None:
         targets.append(("valkey", {}))
-    for system, options in targets:
-        out["pipeline"].append(_pipeline_beside_pings(system, opts, log, **options))
+    runs: dict[str, list[dict]] = {}
+    for _ in range(opts.pipeline_rounds):  # interleaved, so a busy moment hits every target
+        for system, options in targets:
+            row = _pipeline_beside_pings(system, opts, log, **options)
+            runs.setdefault(row["server"], []).append(row)
+    for label, rows in runs.items():
+        waits = sorted(r["worst_ping_ms"] for r in rows)
+        out["pipeline"].append({
+            "server": label, "pushes": rows[0]["pushes"], "rounds": len(rows),
+            "worst_ping_ms": waits[len(waits) // 2], "worst_ping_ms_max": waits[-1],
+            "worst_ping_ms_all": waits,
+            "pushes_per_s": sorted(r["pushes_per_s"] for r in rows)[len(rows) // 2],
+            "pings": sum(r["pings"] for r in rows),
+            "error": next((r["error"] for r in rows if r["error"]), None)})
     for queues in opts.cost_queues:
         for system in ("valqd", "valkey") if valkey_server_binary() else ("valqd",):
             out["queues"].append(_many_queues(system, queues, opts, log))
