@@ -482,3 +482,18 @@ def test_the_dashboard_files_go_into_the_wheel():
     for path in static.iterdir():
         relative = str(path.relative_to(static.parent))
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+
+
+def test_a_long_pipeline_is_answered_whole_and_in_order(api, server, resp):
+    """More requests in one send than one turn serves (REQUESTS_PER_TURN): reading pauses
+    and resumes, every one is answered, in order."""
+    valq(resp, "CREATE", "pipe")
+    body = b'{"body": "x"}'
+    push = (b"POST /api/queues/pipe/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(body), body))
+    last = b"GET /api/queues/pipe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    answer = raw_exchange(server.http_port, push * 1000 + last, timeout=60)
+    ids = [int(i) for i in re.findall(rb'\{"id": (\d+)\}', answer)]
+    assert ids == list(range(1, 1001))
+    assert answer.count(b"HTTP/1.1 201") == 1000 and b'"ready": 1000' in answer

@@ -76,6 +76,7 @@ REPLY_SLICE = 1 << 20  # replies of one read sent before the rest of the read is
 # AOF commit) stay small beside them: 500k pipelined pushes took the same server CPU with
 # this bound as with none (bench/: `python -m bench --only cost`).
 COMMANDS_PER_TURN = 128
+REQUESTS_PER_TURN = 100  # the same for HTTP requests, each of which costs several commands
 
 
 class Waiter:
@@ -230,6 +231,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.addr = self.laddr = ""
         self.counted = False
+        self.reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -255,9 +257,19 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()  # pipelined behind a waiting pop, beyond any request
 
     def process(self) -> None:
-        """Answer every complete request buffered, until a pop waits."""
+        """Answer the complete requests buffered, until a pop waits, at most
+        REQUESTS_PER_TURN of them per turn of the event loop (reading pauses meanwhile, so
+        a long pipeline does not hold up other clients)."""
         server, transport = self.server, self.transport
+        turn_left = REQUESTS_PER_TURN
         while self.waiting is None and transport is not None and not transport.is_closing():
+            if not turn_left:
+                if not self.reading_paused:
+                    transport.pause_reading()
+                    self.reading_paused = True
+                asyncio.get_running_loop().call_soon(self.process)
+                return
+            turn_left -= 1
             try:
                 request = self.parser.next_request()
             except HttpError as exc:
@@ -265,6 +277,9 @@ class HttpConnection(asyncio.Protocol):
                     False), True)
                 return
             if request is None:
+                if self.reading_paused:
+                    self.reading_paused = False
+                    transport.resume_reading()
                 return
             self._disarm()
             outcome = server.http_app.handle(request, self.addr, self.laddr)

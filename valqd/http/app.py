@@ -29,8 +29,6 @@ from .routes import ROUTES, STATUS_BY_CODE, Route, openapi
 CHALLENGE = (("WWW-Authenticate", 'Basic realm="valqd", charset="UTF-8"'),)
 UNSAFE_METHODS = ("POST", "PUT", "DELETE")
 STATIC = {"/": "index.html", "/dashboard.js": "dashboard.js", "/dashboard.css": "dashboard.css"}
-MEDIA = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8",
-         "css": "text/css; charset=utf-8"}
 
 
 @dataclass
@@ -44,8 +42,12 @@ class Waiting:
 def _host_is_literal(host: str) -> bool:
     """Whether a Host header names an IP address or localhost (not a DNS name that an
     attacker's page could point at the loopback)."""
-    name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] \
-        if host.count(":") == 1 else host
+    if host.startswith("["):  # [IPv6]:port
+        name = host[1:].partition("]")[0]
+    elif host.count(":") == 1:  # name:port or IPv4:port
+        name = host.partition(":")[0]
+    else:
+        name = host
     if name.lower() == "localhost":
         return True
     try:
@@ -192,7 +194,7 @@ class HttpApp:
         name = STATIC[route.path]
         if name not in self._static:
             self._static[name] = (resources.files(__package__) / "static" / name).read_bytes()
-        return Response(200, self._static[name], MEDIA[name.rpartition(".")[2]])
+        return Response(200, self._static[name], f"{route.media}; charset=utf-8")
 
 
 def _bind(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, Any] | None:
