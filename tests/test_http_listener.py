@@ -194,3 +194,22 @@ def test_a_flood_of_half_open_requests_does_not_exhaust_descriptors(tmp_path):
         for s in sockets:
             s.close()
         process.stop()
+
+
+def test_acl_users_make_every_route_need_credentials(tmp_path):
+    """The default user has no password, but other users exist: only credentials open the
+    API (the read-only dashboard user here), and /healthz stays open."""
+    process, port = http_valqd(tmp_path / "users", "--user", "dash on >d-pw ~* +@read")
+    try:
+        anonymous = Api(port)
+        assert anonymous.get("/healthz").status == 200
+        reply = anonymous.get("/api/queues")
+        assert (reply.status, reply.json["error"]) == (401, "NOAUTH")
+        assert Api(port, "d-pw").get("/api/queues").status == 401  # Bearer: default's password
+        dash = Api(port, ("dash", "d-pw"))
+        assert dash.get("/api/queues").json == {"queues": [], "cursor": "0"}
+        assert dash.get("/").status == 200
+        refused = dash.put("/api/queues/q")
+        assert (refused.status, refused.json["error"]) == (403, "NOPERM")
+    finally:
+        process.stop()

@@ -455,7 +455,8 @@ class Server:
         self.state.pubsub = PubSub(self.databases)
         self.dispatcher = Dispatcher(self.state, config.renames)
         self.http_app = HttpApp(self.dispatcher.execute, self.new_session, self.metrics,
-                                lambda: self.state.loading)
+                                lambda: self.state.loading,
+                                lambda: len(self.state.acl.users) > 1)
         self.http_clients = 0  # open HTTP connections, counted against maxclients
         self._client_ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}

@@ -71,9 +71,13 @@ def _error(exc: api.ApiError) -> Response:
 class HttpApp:
     def __init__(self, execute: Callable[[Session, list[bytes]], bytes | Blocked],
                  new_session: Callable[[str, str], Session],
-                 metrics: Callable[[], str], loading: Callable[[], bool]) -> None:
+                 metrics: Callable[[], str], loading: Callable[[], bool],
+                 users_exist: Callable[[], bool]) -> None:
+        """`users_exist`: whether ACL users other than `default` exist (every route but
+        /healthz then needs credentials, even when the default user has no password)."""
         self.execute = execute
         self.loading = loading
+        self.users_exist = users_exist
         self.new_session = new_session
         self.metrics = metrics
         self._openapi = json.dumps(openapi(), indent=1).encode()
@@ -125,10 +129,11 @@ class HttpApp:
         return error_response(404, "ERR", f"no such route: {path}")
 
     def _authenticate(self, session: Session, request: Request) -> bool:
-        """Run AUTH with the request's credentials. False when no password is needed but
-        the request names a host that is not an IP address or localhost."""
+        """Run AUTH with the request's credentials, which are needed when the default user
+        has a password or other users exist. False when none are needed but the request
+        names a host that is not an IP address or localhost."""
         credentials = request.header("authorization")
-        open_server = session.authenticated
+        open_server = session.authenticated and not self.users_exist()
         if credentials:
             scheme, _, value = credentials.partition(" ")
             if scheme.lower() == "bearer":
@@ -151,7 +156,7 @@ class HttpApp:
                 if not (open_server and exc.code == "ERR"):
                     raise api.ApiError("WRONGPASS" if exc.code == "ERR" else exc.code,
                                        exc.message) from None
-        if not session.authenticated:
+        if not session.authenticated or (not credentials and not open_server):
             raise api.ApiError("NOAUTH", "Authentication required.")
         return not open_server or _host_is_literal(request.header("host") or "localhost")
 
