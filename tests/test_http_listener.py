@@ -199,7 +199,8 @@ def test_a_flood_of_half_open_requests_does_not_exhaust_descriptors(tmp_path):
 def test_acl_users_make_every_route_need_credentials(tmp_path):
     """The default user has no password, but other users exist: only credentials open the
     API (the read-only dashboard user here), and /healthz stays open."""
-    process, port = http_valqd(tmp_path / "users", "--user", "dash on >d-pw ~* +@read")
+    process, port = http_valqd(tmp_path / "users", "--user", "dash on >d-pw ~* +@read",
+                               "--user", "jobs on >j-pw ~jobs:* +@read")
     try:
         anonymous = Api(port)
         assert anonymous.get("/healthz").status == 200
@@ -211,5 +212,14 @@ def test_acl_users_make_every_route_need_credentials(tmp_path):
         assert dash.get("/").status == 200
         refused = dash.put("/api/queues/q")
         assert (refused.status, refused.json["error"]) == (403, "NOPERM")
+        c = process.client()  # RESP's default user needs no password
+        c.execute_command("VALQ", "CREATE", "jobs:a")
+        c.execute_command("VALQ", "CREATE", "billing")
+        c.close()
+        assert [q["name"] for q in dash.get("/api/queues").json["queues"]] == \
+            ["jobs:a", "billing"]
+        jobs = Api(port, ("jobs", "j-pw"))
+        assert [q["name"] for q in jobs.get("/api/queues").json["queues"]] == ["jobs:a"]
+        assert jobs.get("/api/queues/billing").json["error"] == "NOPERM"
     finally:
         process.stop()
