@@ -196,7 +196,12 @@ def test_every_command_has_categories_from_the_table():
 def test_every_command_says_which_arguments_are_queues(argv, keys):
     words = [w.encode() for w in argv]
     spec = specs()["|".join(argv[:2])] if argv[0] == "valq" else TABLE[argv[0]]
-    assert spec.keys(words) == keys
+    assert [(key, key_spec.access) for key_spec in spec.key_specs
+            for key in key_spec.find(words)] == keys
+    # the permission check sees the same keys: a user allowed none is refused the first
+    users = Acl(specs())
+    nobody = setuser(users, "u", "+@all")
+    assert users.denial(nobody, spec, words) == (("key", keys[0][0]) if keys else None)
 
 
 def test_every_queue_argument_is_covered_by_a_key_spec():
@@ -325,6 +330,7 @@ def test_denials_and_failed_logins_go_to_the_acl_log(server):
                             b"timestamp-last-updated"]
     assert newest[b"context"] == b"toplevel"
     assert b"user=" in newest[b"client-info"]
+    assert b" cmd=valq|purge user=producer " in entries[2][b"client-info"]
     assert len(admin.execute_command("ACL", "LOG", 2)) == 2
     assert admin.execute_command("ACL", "LOG", -1) == []
     assert admin.execute_command("ACL", "LOG", "RESET") == b"OK"
@@ -458,6 +464,10 @@ def test_command_info_shows_categories_and_key_specs(server):
     assert push[8][0][:2] == [b"flags", [b"RW", b"insert"]]
     (mpop,) = wire.call("COMMAND", "INFO", "valq|mpop")
     assert b"movablekeys" in mpop[2] and mpop[3:6] == [0, 0, 0]
+    docs = wire.call("COMMAND", "DOCS", "valq|redrive")[1]
+    other = dict(zip(docs[1::2][docs[0::2].index(b"arguments")][2][::2],
+                     docs[1::2][docs[0::2].index(b"arguments")][2][1::2]))
+    assert other[b"name"] == b"other" and other[b"key_spec_index"] == 1
     wire.close()
     admin.close()
 

@@ -8,12 +8,16 @@ the command, then every queue name it touches (read or write access), then chann
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from ..errors import CommandError
 from ..resp import encode, split_inline
 from .args import parse_int
 from .context import ServerState, Session
 from .users import ALL_CATEGORIES, LogEntry, User
+
+if TYPE_CHECKING:
+    from .table import CommandSpec
 
 NOT_CONFIGURED = ("This instance is not configured to use an ACL file. You may want to "
                   "specify users via the ACL SETUSER command and then issue a CONFIG REWRITE "
@@ -77,7 +81,7 @@ def disconnect(session: Session) -> None:
 
 # -- the check before each command -------------------------------------------------------
 
-def check(state: ServerState, session: Session, spec, argv: list[bytes],
+def check(state: ServerState, session: Session, spec: "CommandSpec", argv: list[bytes],
           context: str = "toplevel") -> bytes | None:
     """The NOPERM reply when the session's user may not run argv (logged in ACL LOG), or
     None. Called only for restricted sessions: by the dispatcher, and by EXEC (context
@@ -86,6 +90,8 @@ def check(state: ServerState, session: Session, spec, argv: list[bytes],
     if denial is None:
         return None
     reason, object_ = denial
+    if context == "toplevel":
+        session.last_command = spec.name  # as Valkey: the log's client info names it
     log_denial(state, session, reason, object_, session.user.name, context)
     if context == "multi":
         return encode.error("NOPERM", "ACLs rules changed between the moment the transaction "

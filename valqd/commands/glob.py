@@ -6,6 +6,7 @@ compiled to regular expressions once and cached.
 
 import functools
 import re
+from typing import Callable
 
 
 @functools.lru_cache(maxsize=256)
@@ -63,3 +64,18 @@ def glob_match(pattern: bytes, text: bytes, nocase: bool = False) -> bool:
     if pattern == b"*":
         return True
     return compile_glob(pattern, nocase).match(text) is not None
+
+
+_SPECIAL = frozenset(b"*?[\\")
+
+
+def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
+    """A test of one pattern, cheapest for the common shapes: a literal name compares,
+    `prefix*` checks the start, anything else runs the compiled expression."""
+    if not _SPECIAL.intersection(pattern):
+        return lambda text: text == pattern
+    head = pattern[:-1]
+    if pattern.endswith(b"*") and not _SPECIAL.intersection(head):
+        return lambda text: text.startswith(head)
+    regex = compile_glob(pattern)
+    return lambda text: regex.match(text) is not None

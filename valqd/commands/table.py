@@ -23,6 +23,7 @@ class Arg:
     optional: bool = False
     multiple: bool = False
     args: tuple["Arg", ...] = ()
+    key_spec: int = 0  # for a key: the index of its command's key spec
 
     def syntax(self, placeholders: bool = False) -> str:
         """The argument as the reference shows it; with `placeholders`, values as `<name>`
@@ -49,7 +50,7 @@ class Arg:
         if self.type not in ("oneof", "block"):
             pairs += (encode.bulk(b"display_text"), encode.bulk_str(self.name))
         if self.type == "key":
-            pairs += (encode.bulk(b"key_spec_index"), encode.integer(0))
+            pairs += (encode.bulk(b"key_spec_index"), encode.integer(self.key_spec))
         if self.token:
             pairs += (encode.bulk(b"token"), encode.bulk_str(self.token))
         flags = [f for f, on in (("optional", self.optional), ("multiple", self.multiple)) if on]
@@ -94,6 +95,7 @@ class KeySpec:
         self.access = (READ_ACCESS if "access" in self.flags else 0) | \
             (WRITE_ACCESS if _WRITE_FLAGS.intersection(self.flags) else 0)
         self.simple = not self.keyword and not self.keynum
+        self.single = self.simple and self.lastkey == 0  # one key, at argv[index]
 
     def find(self, argv: list[bytes]) -> list[bytes]:
         """The keys this spec names in argv (a superset when a keyword repeats: the ACL
@@ -174,10 +176,6 @@ class CommandSpec:
         if unknown:
             raise ValueError(f"{self.name}: unknown ACL category {sorted(unknown)}")
         self.categories = tuple(c for c in CATEGORIES if c in implied)
-
-    def keys(self, argv: list[bytes]) -> list[tuple[bytes, int]]:
-        """Every queue name argv holds, with the access (READ_ACCESS|WRITE_ACCESS) it needs."""
-        return [(key, spec.access) for spec in self.key_specs for key in spec.find(argv)]
 
     def legacy_key_range(self) -> tuple[int, int, int]:
         """COMMAND INFO's first key, last key and step, from the first key spec."""
@@ -360,7 +358,7 @@ VALQ = container("valq", -1, "job queues with leases, redelivery, DLQ and delays
                 LOG, key_specs=UPDATES),
     CommandSpec("redrive", -3, (W,), "move DLQ messages back to q or another queue", "valq",
                 valq.valq_redrive, (QUEUE, Arg("count", "integer", "COUNT", optional=True),
-                                    Arg("other", "key", "TO", optional=True)),
+                                    Arg("other", "key", "TO", optional=True, key_spec=1)),
                 "O(M log N) for M messages moved", key_specs=REDRIVE_KEYS),
     CommandSpec("pause", 3, (W, F), "stop delivering from q (pushes and acks still work)",
                 "valq", valq.valq_pause, (QUEUE,), key_specs=UPDATES),

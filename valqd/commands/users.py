@@ -15,10 +15,10 @@ import hashlib
 import hmac
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import CommandError
-from .glob import glob_match
+from .glob import glob_match, glob_matcher
 
 READ, WRITE = 1, 2  # key pattern permissions, as the table's READ_ACCESS/WRITE_ACCESS
 _PATTERN_PREFIX = {b"%R~": READ, b"%W~": WRITE, b"%RW~": READ | WRITE, b"%WR~": READ | WRITE}
@@ -44,6 +44,8 @@ class User:
     base_all: bool = False  # the last of +@all / -@all was +@all
     command_rules: list[str] = field(default_factory=list)  # rules since then, for LIST
     keys: list[tuple[bytes, int]] = field(default_factory=list)  # (pattern, READ|WRITE)
+    # the same patterns as (READ|WRITE, test), built by Acl.apply: the check per command
+    key_tests: list[tuple[int, Callable[[bytes], bool]]] = field(default_factory=list)
     all_keys: bool = False
     channels: list[bytes] = field(default_factory=list)
     all_channels: bool = False
@@ -55,8 +57,10 @@ class User:
     def may_access(self, key: bytes, access: int) -> bool:
         if self.all_keys:
             return True
-        return any(flags & access == access and glob_match(pattern, key)
-                   for pattern, flags in self.keys)
+        for flags, test in self.key_tests:
+            if flags & access == access and test(key):
+                return True
+        return False
 
     def may_subscribe(self, channel: bytes, is_pattern: bool) -> bool:
         """As Valkey: a channel must match one of the patterns; a PSUBSCRIBE pattern must
@@ -159,6 +163,7 @@ class Acl:
         """Apply rule words in order; RuleError (Valkey's words) on the first bad one."""
         for raw in rules:
             self._apply_one(user, raw)
+        user.key_tests = [(flags, glob_matcher(pattern)) for pattern, flags in user.keys]
         user.unrestricted = (user.commands == self.all_commands and user.all_keys
                              and user.all_channels)
 
@@ -327,9 +332,16 @@ class Acl:
         if spec.name not in user.commands:
             return "command", spec.name.encode()
         if spec.key_specs and not user.all_keys:
-            for key, access in spec.keys(argv):
-                if not user.may_access(key, access):
-                    return "key", key
+            for key_spec in spec.key_specs:
+                access = key_spec.access
+                if key_spec.single:  # the usual case, a queue at one index: no list built
+                    if key_spec.index < len(argv) and \
+                            not user.may_access(argv[key_spec.index], access):
+                        return "key", argv[key_spec.index]
+                    continue
+                for key in key_spec.find(argv):
+                    if not user.may_access(key, access):
+                        return "key", key
         subscribes = SUBSCRIBES.get(spec.name)
         if subscribes is not None and not user.all_channels:
             for channel in argv[1:]:
