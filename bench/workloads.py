@@ -546,17 +546,23 @@ def _fsync_throughput(system: str, policy: str, opts, log) -> dict:
     return row
 
 
+def _fill_and_stop(server: Server, n: int) -> None:
+    """Start valqd, push n messages through the benchmark client, stop it: its AOF is then
+    what a restart loads."""
+    server.start()
+    client = make_client("valqd", server.port)
+    client.setup()
+    client.fill(n)
+    client.close()
+    server.stop()
+
+
 def persistence(systems: list[str], opts, log) -> dict:
     n = opts.persistence_messages
     out: dict = {"load": [], "fsync": [], "rewrite": None, "messages": n}
     server = server_for("valqd", True, opts.workdir, auto_aof_rewrite_percentage=0)
     try:
-        server.start()
-        client = make_client("valqd", server.port)
-        client.setup()
-        client.fill(n)
-        client.close()
-        server.stop()
+        _fill_and_stop(server, n)
         for what in (f"{_count(n)} pushes (as logged)", f"{_count(n)} messages (rewritten)"):
             aof_bytes = server.disk_bytes()
             log_before = len(server.log())
@@ -903,12 +909,7 @@ def _aof_load_peak(opts, log) -> dict:
     n = opts.persistence_messages
     server = server_for("valqd", True, opts.workdir, auto_aof_rewrite_percentage=0)
     try:
-        server.start()
-        client = make_client("valqd", server.port)
-        client.setup()
-        client.fill(n)
-        client.close()
-        server.stop()
+        _fill_and_stop(server, n)
         aof_bytes = server.disk_bytes()
         seconds = server.restart(timeout=opts.time_limit + 600)
         row = {"messages": n, "aof_bytes": aof_bytes, "seconds_to_ping": seconds,
