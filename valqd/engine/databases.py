@@ -11,8 +11,10 @@ select records, loads into database 0.
 """
 
 import hashlib
+from typing import Iterator
 
 from .engine import DATABASE_RECORDS, NEVER, Engine, Journal, Shared
+from .queue import Effect
 
 
 class Databases(Shared):
@@ -54,7 +56,7 @@ class Databases(Shared):
             if engine.queues:
                 engine.flush()
 
-    def _emit(self, effect: tuple) -> None:
+    def _emit(self, effect: Effect) -> None:
         self.replay(effect)
         if self.journal is not None:
             self.journal(effect)
@@ -86,7 +88,7 @@ class Databases(Shared):
 
     # -- journal replay ---------------------------------------------------------------------
 
-    def replay(self, effect: tuple) -> None:
+    def replay(self, effect: Effect) -> None:
         """Replay one journal record into the database it belongs to; ValueError for a
         database number out of range."""
         kind = effect[0]
@@ -115,7 +117,7 @@ class Databases(Shared):
 
     # -- snapshots --------------------------------------------------------------------------
 
-    def snapshot(self):
+    def snapshot(self) -> Iterator[Effect]:
         """Records that rebuild every database: database 0's as they are, another's framed
         by select records."""
         for index, engine in enumerate(self.engines):

@@ -23,6 +23,8 @@ space: bytes 0x21..0x7E but `%` stay as they are, every other byte is `%XX` (upp
 Numbers are decimal integers. Queues come in name order (byte order).
 """
 
+from typing import Mapping
+
 from . import record
 from .queue import Queue
 from .record import ID_MASK
@@ -66,7 +68,7 @@ def dump_queue(q: Queue) -> list[str]:
     return lines
 
 
-def dump(queues) -> list[str]:
+def dump(queues: Mapping[bytes, Queue]) -> list[str]:
     """The canonical lines of every queue of `queues` (name -> Queue), in name order."""
     lines: list[str] = []
     for name in sorted(queues):

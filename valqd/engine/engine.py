@@ -18,14 +18,14 @@ returns the earliest deadline left, so the server arms one timer.
 import hashlib
 import heapq
 import itertools
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from sortedcontainers import SortedDict
 
 from ..errors import (BusyQueueError, CommandError, NoLeaseError, NoMessageError,
                       NoQueueError, QueueFullError)
 from . import record
-from .queue import COUNTERS, DEFAULT_EXTENSION, Queue, QueueSettings, Totals
+from .queue import COUNTERS, DEFAULT_EXTENSION, Effect, Queue, QueueSettings, Totals
 from .record import ID_MASK
 
 VISIBILITY_RANGE = (1, 43200)
@@ -42,7 +42,7 @@ TICK_BUDGET = 1000  # due events a server applies at once before it serves clien
 NEVER = MAX_DUE_AT + 1  # later than any deadline
 MESSAGE_OVERHEAD = 100  # bytes per stored message beyond its record, measured (README)
 
-Journal = Callable[[tuple], None]
+Journal = Callable[[Effect], None]
 Listener = Callable[[str, bytes, int | None], None]
 
 # Effect kind -> (the live event it publishes, the counter it bumps).
@@ -179,7 +179,7 @@ class Engine:
     # -- lookups -------------------------------------------------------------------------
 
     def queue(self, name: bytes) -> Queue:
-        q = self.queues.get(name)
+        q: Queue | None = self.queues.get(name)
         if q is None:
             raise NoQueueError(name)
         return q
@@ -294,7 +294,7 @@ class Engine:
         q = self.queue(name)
         if q.paused:
             return []
-        deliveries = []
+        deliveries: list[Delivery] = []
         deadline_at = now + q.settings.visibility_timeout * 1000
         while q.ready and len(deliveries) < count:
             message_id = q.ready[0] & ID_MASK
@@ -482,7 +482,7 @@ class Engine:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    def snapshot(self):
+    def snapshot(self) -> Iterator[Effect]:
         """Effect records that rebuild the whole state, queues in creation order."""
         for q in self.by_serial.values():
             yield from q.snapshot()
@@ -500,7 +500,7 @@ class Engine:
 
     # -- effects: the only code that changes state, live or in replay ------------------------
 
-    def apply(self, effect: tuple) -> None:
+    def apply(self, effect: Effect) -> None:
         """Replay one journal record and re-arm its queue's timer."""
         self.replay(effect)
         if len(effect) > 1:
@@ -508,7 +508,7 @@ class Engine:
             if q is not None:
                 self._schedule(q)
 
-    def replay(self, effect: tuple) -> None:
+    def replay(self, effect: Effect) -> None:
         """Replay one journal record without touching timers: loading a whole log ends with
         `rearm_timers()`."""
         kind = effect[0]
@@ -519,7 +519,7 @@ class Engine:
             self._check_identity(effect)
         self._apply(effect, apply, on_queue)
 
-    def _check_identity(self, effect: tuple) -> None:
+    def _check_identity(self, effect: Effect) -> None:
         """Raise ValueError for a record no single server writes: a queue created twice, or
         a message id given out twice (two servers appending to one file: each gives the
         next id to a different message). The live server never writes one, so a log that
@@ -548,7 +548,7 @@ class Engine:
             q.scheduled_at = None
             self._schedule(q)
 
-    def _emit(self, effect: tuple) -> None:
+    def _emit(self, effect: Effect) -> None:
         kind = effect[0]
         apply, on_queue, event, counter, readying = _KINDS[kind]
         self._apply(effect, apply, on_queue)
@@ -565,7 +565,7 @@ class Engine:
             if event is not None:
                 self.listener(event, effect[1], effect[2] if kind != "pause" else None)
 
-    def _apply(self, effect: tuple, apply: Callable[..., object], on_queue: bool) -> None:
+    def _apply(self, effect: Effect, apply: Callable[..., object], on_queue: bool) -> None:
         """Apply one record: a queue record to the queue named by its first field."""
         if on_queue:
             q = self.queues[effect[1]]

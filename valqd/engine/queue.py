@@ -13,11 +13,16 @@ what they remove. Times are integer Unix milliseconds; the queue never reads a c
 """
 
 from dataclasses import dataclass, fields
+from typing import Any, Iterator
 
 from sortedcontainers import SortedList
 
 from . import record
 from .record import ID_BITS, ID_MASK, time_key
+
+# An effect record (engine.py): its kind, then fields whose number and types depend on the
+# kind (persistence/format.py's SCHEMAS). The apply functions' signatures type the fields.
+Effect = tuple[Any, ...]
 
 COUNTERS = ("pushed", "delivered", "acked", "nacked", "expired", "dead_lettered", "dropped",
             "deduplicated", "redriven", "cancelled")
@@ -47,7 +52,7 @@ class QueueSettings:
             return min(self.backoff_base << exponent, self.backoff_max) * 1000
         return 0
 
-    def extension(self) -> tuple:
+    def extension(self) -> tuple[str, int, int, int, int]:
         """The settings beyond the module's three, as stored in a `tune` record."""
         return (self.backoff, self.backoff_base, self.backoff_max, self.dedup_window,
                 self.maxlen)
@@ -324,7 +329,7 @@ class Queue:
         totals.messages += 1
         totals.bytes += len(rec)
 
-    def snapshot(self, with_dedup: bool = True):
+    def snapshot(self, with_dedup: bool = True) -> Iterator[Effect]:
         """Effect records that rebuild this queue: settings, counters, then every message."""
         s = self.settings
         yield ("create", self.name, s.visibility_timeout, s.max_delivery_attempts,

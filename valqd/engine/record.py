@@ -45,7 +45,7 @@ def pack(enqueued_at: int, promote_seq: int, lease_no: int, attempts: int, prior
 def unpack(record: bytes) -> tuple[int, int, int, int, int]:
     """(enqueued_at, promote_seq, lease_no, attempts, priority)."""
     if record[0]:
-        return FULL.unpack_from(record)[1:]  # type: ignore[return-value]
+        return FULL.unpack_from(record)[1:]
     return SHORT.unpack_from(record)[1], 0, 0, 0, 0
 
 

@@ -30,6 +30,9 @@ import os
 import threading
 import time
 
+from typing import Callable, Iterable
+
+from ..engine import Effect, Journal
 from .format import MAGIC, encode_batch, encode_effect, encode_effects
 
 log = logging.getLogger("valqd")
@@ -52,7 +55,7 @@ class Abandoned(Exception):
     """The rewrite child's parent is gone: nobody will swap the new file in."""
 
 
-def write_snapshot(path: str, effects, parent_pid: int = 0) -> int:
+def write_snapshot(path: str, effects: Iterable[Effect], parent_pid: int = 0) -> int:
     """Write a complete AOF holding `effects` to `path`, fsynced; returns its size. With
     `parent_pid`, raise Abandoned when that process has gone (checked per batch)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -88,7 +91,7 @@ class AppendOnlyFile:
     def __init__(self, path: str, fsync_policy: str = "everysec") -> None:
         self.path = path
         self.fsync_policy = fsync_policy
-        self.pending: list[tuple] = []  # records of this event-loop turn, encoded at commit
+        self.pending: list[Effect] = []  # records of this event-loop turn, encoded at commit
         self.append = self.pending.append  # the engine's journal: no Python frame per record
         self.unwritten = bytearray()  # records of a failed write, written before anything newer
         self._fd_lock = threading.Lock()
@@ -111,9 +114,10 @@ class AppendOnlyFile:
         self.reserve_path = path + ".reserve"
         self.reserve_fd = -1
         self.reserve_size = 0
-        self.write_fault = None  # tests may set a callable(data) that raises OSError
+        # tests may set a function of the batch that raises OSError
+        self.write_fault: Callable[[bytes], None] | None = None
 
-    def journal_for(self, database: int):
+    def journal_for(self, database: int) -> Journal:
         """The journal of one database: database 0's records go in as they are (the hot
         path: no Python frame per record); another's are framed by ("select", n) ...
         ("select", 0), consecutive ones sharing one frame, so that every batch ends in
@@ -123,7 +127,7 @@ class AppendOnlyFile:
             return pending.append
         enter, leave = ("select", database), ("select", 0)  # `leave`: this frame's own end
 
-        def journal(effect: tuple) -> None:
+        def journal(effect: Effect) -> None:
             if pending and pending[-1] is leave:
                 pending[-1] = effect
             else:
@@ -195,7 +199,7 @@ class AppendOnlyFile:
         if tail is not None:
             if not self.snapshot_covers:
                 if tail and type(tail[-1]) is tuple and tail[-1][1] == start:
-                    tail[-1] = (tail[-1][0], self.size)  # type: ignore[index]
+                    tail[-1] = (tail[-1][0], self.size)
                 else:
                     tail.append((start, self.size))
             elif len(self.unwritten) > self.snapshot_covers:  # the snapshot holds the rest
@@ -307,7 +311,7 @@ class AppendOnlyFile:
         return os.path.join(os.path.dirname(os.path.abspath(self.path)),
                             f"temp-rewriteaof-{pid}.aof")
 
-    def start_rewrite(self, snapshot) -> bool:
+    def start_rewrite(self, snapshot: Callable[[], Iterable[Effect]]) -> bool:
         """Fork a child that writes `snapshot()` to a temporary file; False if running."""
         if self.rewrite_pid:
             return False
@@ -378,7 +382,7 @@ class AppendOnlyFile:
                 if type(piece) is bytes:
                     _write_all(fd, piece)
                     continue
-                start, end = piece  # type: ignore[misc]
+                start, end = piece
                 while start < end:
                     chunk = os.pread(source, min(COPY_CHUNK, end - start), start)
                     if not chunk:
@@ -388,7 +392,7 @@ class AppendOnlyFile:
         finally:
             os.close(source)
 
-    def rewrite_now(self, snapshot) -> None:
+    def rewrite_now(self, snapshot: Callable[[], Iterable[Effect]]) -> None:
         """SAVE: write the snapshot in this process and swap it in."""
         if self.rewrite_pid:
             self._kill_rewrite_child()

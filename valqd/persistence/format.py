@@ -12,9 +12,13 @@ short. A file that ends inside a batch, or in zero bytes (space the file system 
 but never wrote), was cut short by a crash: that is truncation, not corruption.
 """
 
+import mmap
 import zlib
+from typing import Callable, Generator, Iterator
 
 import hiredis
+
+from ..engine import Effect
 
 MAGIC = b"VALQD-AOF 1\n"
 MAX_BATCH_HEADER = 32
@@ -34,7 +38,7 @@ class AofCorruption(Exception):
 INT64_MAX = 2**63 - 1
 
 
-def _encode_fields(effect: tuple) -> bytes:
+def _encode_fields(effect: Effect) -> bytes:
     """Any record, field by field."""
     parts = [b"*%d\r\n" % len(effect)]
     for field in effect:
@@ -49,39 +53,39 @@ def _encode_fields(effect: tuple) -> bytes:
     return b"".join(parts)
 
 
-def _encode_push(e: tuple) -> bytes:
+def _encode_push(e: Effect) -> bytes:
     if e[4] > INT64_MAX:
         return _encode_fields(e)
     return (b"*7\r\n$4\r\npush\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n$%d\r\n%b\r\n"
             % (len(e[1]), e[1], e[2], e[3], e[4], e[5], len(e[6]), e[6]))
 
 
-def _lease_shaped(kind: str):
+def _lease_shaped(kind: str) -> Callable[[Effect], bytes]:
     """(kind, queue, id, at, attempts, lease_no): a delivery or an EXTEND."""
     head = b"*6\r\n$%d\r\n%b\r\n" % (len(kind), kind.encode())
     return lambda e: head + b"$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n" % (
         len(e[1]), e[1], e[2], e[3], e[4], e[5])
 
 
-def _removal_shaped(kind: str):
+def _removal_shaped(kind: str) -> Callable[[Effect], bytes]:
     """(kind, queue, id): an ack, a NOACK delivery, a cancel or a DLQ drop."""
     head = b"*3\r\n$%d\r\n%b\r\n" % (len(kind), kind.encode())
     return lambda e: head + b"$%d\r\n%b\r\n:%d\r\n" % (len(e[1]), e[1], e[2])
 
 
 # One formatting step for the records written on every push, delivery and removal.
-_ENCODERS = {
+_ENCODERS: dict[str, Callable[[Effect], bytes]] = {
     "push": _encode_push,
     **{kind: _lease_shaped(kind) for kind in ("lease", "hold")},
     **{kind: _removal_shaped(kind) for kind in ("remove", "take", "cancel", "drop")},
 }
 
 
-def encode_effect(effect: tuple) -> bytes:
+def encode_effect(effect: Effect) -> bytes:
     return _ENCODERS.get(effect[0], _encode_fields)(effect)
 
 
-def encode_effects(effects: list[tuple]) -> bytes:
+def encode_effects(effects: list[Effect]) -> bytes:
     encoders = _ENCODERS
     return b"".join([encoders.get(e[0], _encode_fields)(e) for e in effects])
 
@@ -112,7 +116,7 @@ _DECODERS = {kind: (kind.decode(), (bytes, *(_TYPES[c] for c in schema)),
              for kind, schema in SCHEMAS.items()}
 
 
-def decode_effect(fields: list) -> tuple:
+def decode_effect(fields: object) -> Effect:
     """A parsed RESP array back into an effect tuple; ValueError if it does not fit."""
     if type(fields) is not list or not fields or type(fields[0]) is not bytes:
         raise ValueError("record is not an array")
@@ -134,7 +138,8 @@ def decode_effect(fields: list) -> tuple:
     return tuple(fields)
 
 
-def iter_batches(data: bytes | memoryview, path: str):
+def iter_batches(data: bytes | memoryview | mmap.mmap,
+                 path: str) -> Generator[tuple[int, int, memoryview], None, int]:
     """Yield (offset, end, payload) per intact batch. Stops at a cut-off tail, returning
     its offset via StopIteration.value; raises AofCorruption for damage before the end.
     `data` may be a mapped file: every view of it is released on the way out, so that it
@@ -146,7 +151,8 @@ def iter_batches(data: bytes | memoryview, path: str):
         view.release()
 
 
-def _batches(view: memoryview, path: str):
+def _batches(view: memoryview,
+             path: str) -> Generator[tuple[int, int, memoryview], None, int]:
     size = len(view)
     if bytes(view[:len(MAGIC)]) != MAGIC:
         if size < len(MAGIC) and MAGIC.startswith(bytes(view)):
@@ -193,7 +199,7 @@ def _is_cut_off(view: memoryview, offset: int, size: int) -> bool:
 PARSE_FEED_BYTES = 16 * 1024
 
 
-def parse_records(payload: memoryview):
+def parse_records(payload: memoryview) -> Iterator[Effect]:
     """Yield the effect tuples of one intact batch payload. The reader is fed a slice at a
     time: hiredis moves what it holds to the front of its buffer after every kilobyte it
     returns, so a whole batch of a big pipeline fed at once cost time quadratic in its size
@@ -205,7 +211,8 @@ def parse_records(payload: memoryview):
         if fields is False:
             if at >= size:
                 return
-            reader.feed(payload[at:at + PARSE_FEED_BYTES])
+            # the stub says str | bytes; the C function takes any buffer
+            reader.feed(payload[at:at + PARSE_FEED_BYTES])  # type: ignore[arg-type]
             at += PARSE_FEED_BYTES
             continue
         yield decode_effect(fields)

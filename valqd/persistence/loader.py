@@ -10,16 +10,27 @@ import mmap
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Generator, Iterator, Protocol
 
 from ..config import MAX_DATABASES
-from ..engine import Databases
+from ..engine import Databases, Effect
 from .format import AofCorruption, iter_batches, parse_records
 
 log = logging.getLogger("valqd")
 PROGRESS_EVERY_S = 1.0
 LOAD_SLICE_RECORDS = 2000  # records replayed between two turns of the server's event loop
 RELEASE_EVERY = 8 << 20  # bytes of the mapped file applied before their pages are given back
+
+
+Apply = Callable[[Effect], None]
+
+
+class Replayer(Protocol):
+    """What an AOF loads into: a Databases (or one Engine)."""
+
+    def replay(self, effect: Effect) -> None: ...
+
+    def rearm_timers(self) -> None: ...
 
 
 @dataclass
@@ -35,7 +46,7 @@ class LoadResult:
         return self.file_size - self.good_size
 
 
-def scan_steps(path: str, apply=None, progress: bool = False,
+def scan_steps(path: str, apply: Apply | None = None, progress: bool = False,
                result: LoadResult | None = None) -> Iterator[LoadResult]:
     """Check (and with `apply`, load) every batch, yielding `result` after every
     LOAD_SLICE_RECORDS records so that a caller can do other work between slices; raises
@@ -60,7 +71,8 @@ def scan_steps(path: str, apply=None, progress: bool = False,
     result.seconds = time.monotonic() - started
 
 
-def _apply_batches(batches, data: mmap.mmap, path: str, apply, progress: bool,
+def _apply_batches(batches: Generator[tuple[int, int, memoryview], None, int],
+                   data: mmap.mmap, path: str, apply: Apply | None, progress: bool,
                    result: LoadResult) -> Iterator[LoadResult]:
     last_report = time.monotonic()
     slice_left = LOAD_SLICE_RECORDS
@@ -96,7 +108,7 @@ def _apply_batches(batches, data: mmap.mmap, path: str, apply, progress: bool,
                      100 * end / result.file_size)
 
 
-def scan(path: str, apply=None, progress: bool = False) -> LoadResult:
+def scan(path: str, apply: Apply | None = None, progress: bool = False) -> LoadResult:
     """Check (and with `apply`, load) every batch at once; raises AofCorruption."""
     result = LoadResult()
     for _ in scan_steps(path, apply, progress, result):
@@ -104,7 +116,7 @@ def scan(path: str, apply=None, progress: bool = False) -> LoadResult:
     return result
 
 
-def load_steps(path: str, engine, allow_truncated: bool = True,
+def load_steps(path: str, engine: Replayer, allow_truncated: bool = True,
                result: LoadResult | None = None) -> Iterator[LoadResult]:
     """Replay the AOF at `path` into `engine`, a slice of records per step (the server
     serves clients between steps); cut off a truncated tail if allowed."""
@@ -128,7 +140,7 @@ def load_steps(path: str, engine, allow_truncated: bool = True,
              result.seconds, result.records)
 
 
-def load(path: str, engine, allow_truncated: bool = True) -> LoadResult:
+def load(path: str, engine: Replayer, allow_truncated: bool = True) -> LoadResult:
     """Replay the AOF at `path` into `engine` at once; cut off a truncated tail if allowed."""
     result = LoadResult()
     for _ in load_steps(path, engine, allow_truncated, result):
@@ -136,7 +148,8 @@ def load(path: str, engine, allow_truncated: bool = True) -> LoadResult:
     return result
 
 
-def check_aof(path: str, fix: bool, yes: bool = False, ask=input) -> int:
+def check_aof(path: str, fix: bool, yes: bool = False,
+              ask: Callable[[str], str] = input) -> int:
     """`valqd check-aof [--fix [--yes]] FILE`: replay the file through the server's engine,
     as start-up does (so a file the server would refuse never passes), report, and with
     `--fix` cut it at the damage, after asking (`ask`, unless `yes`), keeping the bytes cut

@@ -27,7 +27,9 @@ Inline commands are always read by the framer. Each byte is looked at about once
 still arriving is kept as a list of chunks and joined once, when complete.
 """
 
+import enum
 from dataclasses import dataclass
+from typing import Literal
 
 import hiredis
 
@@ -56,7 +58,14 @@ _SUSPICIOUS = b"A11111"
 _NON_BULK = b"RNP"
 _SUSPICIOUS_SPAN = len(_SUSPICIOUS) - 1
 _NON_BULK_TYPES = b"+=("
-_HANDOFF = object()  # the framer stopped where hiredis should read a multibulk request
+
+
+class _Handoff(enum.Enum):
+    """The framer stopped where hiredis should read a multibulk request."""
+    HANDOFF = 0
+
+
+_HANDOFF = _Handoff.HANDOFF
 
 
 @dataclass
@@ -185,10 +194,11 @@ class RequestParser:
                     self._returned.append(command)
                     if self._held > RESYNC_ABOVE:
                         self._resync()
-                return command
-            command = self._next_framed()
-            if command is not _HANDOFF:
-                return command
+                checked: list[bytes] = command  # a non-empty list of bytes, as tested above
+                return checked
+            framed = self._next_framed()
+            if framed is not _HANDOFF:
+                return framed
             rest = self._buf[self._pos:] if self._pos else self._buf
             self._buf, self._pos = b"", 0
             self._reader.feed(rest)
@@ -307,7 +317,7 @@ class RequestParser:
 
     # -- the framer ------------------------------------------------------------------------
 
-    def _next_framed(self):
+    def _next_framed(self) -> list[bytes] | None | Literal[_Handoff.HANDOFF]:
         """The next command from `_buf`; NEED_DATA; or _HANDOFF at a multibulk request
         that hiredis should read (unless `_careful`)."""
         if self._parts_len and not self._join_bulk():
@@ -414,7 +424,7 @@ def _number(raw: bytes) -> int | None:
     return int(raw)
 
 
-def _wire_size(command: list) -> int:
+def _wire_size(command: list[bytes]) -> int:
     """Bytes of a multibulk request of bulk strings, as every client encodes it (and as
     hiredis accepts it: canonical lengths only)."""
     size = 3 + len(str(len(command)))
