@@ -14,6 +14,7 @@ The systems:
 - valkey-streams: XADD; XREADGROUP GROUP g c COUNT 1 STREAMS s >; XACK + XDEL (sent
   together in one write, as a client library's pipeline would).
 - beanstalkd: put / reserve-with-timeout 0 / delete.
+- valkey: plain lists, LPUSH / RPOP, no ack (what redis-benchmark's lpush and rpop do).
 """
 
 import hashlib
@@ -70,6 +71,29 @@ def ping_once(port: int, protocol: str = "resp") -> bool:
             return data == b"+PONG\r\n"  # Valkey answers -LOADING while it loads
     except OSError:
         return False
+
+
+def server_pid(port: int, protocol: str = "resp") -> int | None:
+    """The process id the server at port reports (INFO server's process_id; beanstalkd's
+    stats pid), or None if it says none."""
+    try:
+        if protocol == "beanstalk":
+            conn = BeanstalkConn(port, timeout=10.0)
+            conn.send(b"stats\r\n")
+            text = (conn.read(1)[0][1] or b"").decode(errors="replace")
+            conn.close()
+            key = "pid:"
+        else:
+            rc = RespConn(port, timeout=10.0)
+            text = rc.call("INFO", "server").decode(errors="replace")
+            rc.close()
+            key = "process_id:"
+    except (OSError, ServerReplyError, ConnectionError):
+        return None
+    for line in text.splitlines():
+        if line.strip().startswith(key):
+            return int(line.split(":", 1)[1])
+    return None
 
 
 class RespConn:
@@ -334,6 +358,23 @@ class StreamsClient(_Resp):
         return got
 
 
+class ListClient(_Resp):
+    """Plain Valkey lists, what redis-benchmark's lpush and rpop do: LPUSH a body, RPOP it
+    (the body is the id); nothing to ack."""
+
+    LIST = b"bl"
+    PUSH = resp("LPUSH", LIST, BODY)
+    POP = resp("RPOP", LIST)
+
+    def pop(self, n: int) -> list:
+        conn = self.conn
+        conn.send(self.POP * n)
+        return [r for r in conn.read(n) if r]
+
+    def ack(self, ids: list) -> None:
+        pass
+
+
 class BeanstalkConn:
     def __init__(self, port: int, timeout: float = 60.0) -> None:
         self.sock = connect(port, timeout)
@@ -421,7 +462,7 @@ class BeanstalkClient(QueueClient):
 
 
 CLIENTS = {"valqd": ValqdClient, "valkey-lua": LuaClient, "valkey-streams": StreamsClient,
-           "beanstalkd": BeanstalkClient}
+           "beanstalkd": BeanstalkClient, "valkey": ListClient}
 
 
 def make_client(system: str, port: int, index: int = 0, visibility: int = 300) -> QueueClient:

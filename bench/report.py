@@ -44,70 +44,86 @@ def _ratio(a, b):
 
 # -- targets --------------------------------------------------------------------------------
 
+def _spread(summary, fmt=_x) -> str:
+    """`median (min–max)` of a rounds.summary."""
+    if not summary or summary.get("median") is None:
+        return "—"
+    if summary["min"] == summary["max"]:
+        return fmt(summary["median"])
+    return f"{fmt(summary['median'])} ({fmt(summary['min'])}–{fmt(summary['max'])})"
+
+
+def _each(summary, digits: int = 2) -> str:
+    return " / ".join("—" if v is None else f"{v:.{digits}f}" for v in summary["rounds"])
+
+
+def _mode(results: dict, mode: str) -> dict | None:
+    return next((m for m in (results.get("job_cycle") or {}).get("modes", [])
+                 if m["mode"] == mode), None)
+
+
 def targets(results: dict) -> list[dict]:
-    """The targets of issue 7, each {name, figure, threshold, status}."""
+    """The issues' targets, each {name, figure, threshold, ok}; per valqd target where the
+    figure depends on the build or the event loop."""
     out = []
-    jc = results.get("job_cycle") or []
-
-    v = _find(jc, system="valqd", persistent=True, mode="pipelined")
-    lua = _find(jc, system="valkey-lua", persistent=True, mode="pipelined")
-    r = _ratio(v and v["cpu_us_per_cycle"], lua and lua["cpu_us_per_cycle"])
-    out.append({"name": "Pipelined job cycle (AOF everysec on both): valqd server CPU per "
-                        "cycle vs Valkey-Lua's",
-                "figure": "—" if r is None else f"{r:.2f}x ({v['cpu_us_per_cycle']:.1f} vs "
-                                                f"{lua['cpu_us_per_cycle']:.1f} µs)",
-                "threshold": "≤ 0.75x", "ok": None if r is None else r <= 0.75})
-
-    v = _find(jc, system="valqd", persistent=True, mode="unpipelined")
-    st = _find(jc, system="valkey-streams", persistent=True, mode="unpipelined")
-    r = _ratio(v and v["throughput"], st and st["throughput"])
-    out.append({"name": "Unpipelined job cycle (AOF everysec on both): valqd throughput vs "
-                        "Valkey Streams'",
-                "figure": "—" if r is None else f"{r:.2f}x ({v['throughput']:,.0f} vs "
-                                                f"{st['throughput']:,.0f} cycles/s)",
-                "threshold": "≥ 1.0x", "ok": None if r is None else r >= 1.0})
-
-    tool_rows = (results.get("tools") or {}).get("rows") or []
-    for op, theirs in (("push", "lpush"), ("pop", "rpop")):
-        mine = _find(tool_rows, server="valqd (AOF everysec)", op=op)
-        other = _find(tool_rows, server="Valkey (AOF everysec)", op=op)
-        r = _ratio(mine and mine["rps"], other and other["rps"])
-        out.append({"name": f"redis-benchmark -P 16: `valq {op}` vs Valkey `{theirs}`",
-                    "figure": "—" if r is None else f"{r:.2f}x ({mine['rps']:,.0f} vs "
-                                                    f"{other['rps']:,.0f} requests/s)",
-                    "threshold": "≥ 0.5x", "ok": None if r is None else r >= 0.5})
-
-    mem = _find(results.get("memory"), system="valqd")
-    out.append({"name": "Memory per queued 100-byte message (valqd)",
-                "figure": "—" if mem is None else
-                f"{mem['bytes_per_message']:.0f} bytes ({mem['messages']:,} messages)",
-                "threshold": "≤ 250 bytes",
-                "ok": None if mem is None else mem["bytes_per_message"] <= 250})
-
-    for aof in (False, True):
-        mem = _find(results.get("memory"), system="valqd", aof=aof)
-        out.append({"name": "Memory per queued 100-byte message (valqd"
-                            + (", AOF everysec)" if aof else ", no AOF)") + " (issue 12)",
-                    "figure": "—" if mem is None else
-                    f"{mem['bytes_per_message']:.0f} bytes ({mem['messages']:,} messages)",
-                    "threshold": "≤ 231 bytes",
-                    "ok": None if mem is None else mem["bytes_per_message"] <= 231})
+    pipelined, unpipelined = _mode(results, "pipelined"), _mode(results, "unpipelined")
+    for row in (pipelined or {}).get("rows", []):
+        if row["system"] != "valqd" or "ratio" not in row:
+            continue
+        each = [v for v in row["ratio"]["rounds"] if v is not None]
+        met = sum(v <= 0.6 for v in each)
+        out.append({"name": f"Pipelined job cycle, {row['label']}: server CPU per cycle ÷ "
+                            "Valkey-Lua's, in each round (issue 16)",
+                    "figure": f"{_spread(row['ratio'])}; ≤ 0.6x in {met} of {len(each)} rounds",
+                    "threshold": "≤ 0.6x in every round",
+                    "ok": bool(each) and met == len(each)})
+    for row in (unpipelined or {}).get("rows", []):
+        if row["system"] != "valqd" or "ratio" not in row:
+            continue
+        median = row["ratio"]["median"]
+        out.append({"name": f"Unpipelined job cycle, {row['label']}: cycles/s ÷ Valkey "
+                            "Streams', median of the rounds (issue 16)",
+                    "figure": _spread(row["ratio"]), "threshold": "≥ 1.0x",
+                    "ok": None if median is None else median >= 1.0})
+    for row in (results.get("tools") or {}).get("rows") or []:
+        if "ratio" not in row:
+            continue
+        theirs, needed = {"push": ("lpush", 0.5), "pop": ("rpop", 0.4)}[row["op"]]
+        median = row["ratio"]["median"]
+        out.append({"name": f"redis-benchmark -P 16, {row['server']}: `valq {row['op']}` ÷ "
+                            f"Valkey `{theirs}`, median of the rounds (issue 16)",
+                    "figure": _spread(row["ratio"]), "threshold": f"≥ {needed}x",
+                    "ok": None if median is None else median >= needed})
+    for mem in results.get("memory") or []:
+        if mem["system"] == "valqd":
+            out.append({"name": f"Memory per queued 100-byte message, {mem['label']} "
+                                "(issues 12, 16)",
+                        "figure": f"{mem['bytes_per_message']:.0f} bytes "
+                                  f"({mem['messages']:,} messages)",
+                        "threshold": "≤ 231 bytes", "ok": mem["bytes_per_message"] <= 231})
+    for load in ((results.get("persistence") or {}).get("load") or []):
+        if load["system"] == "valqd" and "logged" in load["what"]:
+            out.append({"name": f"AOF load, {load['label']}, {load['what']} (issue 16: no "
+                                "regression)",
+                        "figure": f"{load['records_per_s']:,.0f} records/s",
+                        "threshold": "no regression", "ok": None})
     for row in (results.get("cost") or {}).get("pipeline", []):
-        if row["server"].startswith("valqd"):
-            out.append({"name": f"Worst PING wait (median of {row['rounds']}) beside {row['pushes']:,} "
-                                f"pipelined pushes, {row['server']} (issue 12)",
+        if row["target"] != "valkey":
+            out.append({"name": f"Worst PING wait (median of {row['rounds']}) beside "
+                                f"{row['pushes']:,} pipelined pushes, {row['server']} "
+                                "(issues 12, 16)",
                         "figure": f"{row['worst_ping_ms']:.1f} ms", "threshold": "≤ ~100 ms",
                         "ok": row["worst_ping_ms"] <= 100})
-
     ratio = (results.get("scale_ratios") or {}).get("valqd")
-    out.append({"name": "Flat scaling (valqd): largest/smallest CPU per cycle in the scale test",
-                "figure": "—" if ratio is None else f"{ratio:.2f}x", "threshold": "≤ 1.5x",
-                "ok": None if ratio is None else ratio <= 1.5})
+    if ratio is not None:
+        out.append({"name": "Flat scaling (valqd): largest/smallest CPU per cycle in the "
+                            "scale test (issue 7)",
+                    "figure": f"{ratio:.2f}x", "threshold": "≤ 1.5x", "ok": ratio <= 1.5})
     return out
 
 
 def _mark(ok) -> str:
-    return "not measured" if ok is None else ("**PASS**" if ok else "**FAIL**")
+    return "—" if ok is None else ("**PASS**" if ok else "**FAIL**")
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -141,7 +157,7 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
               "figures noisy. Throughput includes the clients' own cost (they compete with the "
               "server for the same cores); server CPU per cycle does not.", ""]
 
-    lines += ["## Targets (issues 7 and 12)", ""]
+    lines += ["## Targets (issues 7, 12 and 16)", ""]
     lines += _table(["target", "measured", "needed", "result"],
                     [[t["name"], t["figure"], t["threshold"], _mark(t["ok"])]
                      for t in targets(results)])
@@ -155,6 +171,7 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
     lines += _tools(results.get("tools"))
     lines += _worker(results.get("worker"))
     lines += _cost(results.get("cost"))
+    lines += _instructions(results.get("instructions"))
 
     lines += ["## Charts", ""]
     if chart_files:
@@ -171,7 +188,11 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
     lines += ["## How it was measured", "",
               "- Every server is started by the runner on a free loopback port in a temporary "
               "directory and stopped afterwards. valqd: `python -m valqd --appendonly yes "
-              "--appendfsync everysec` (or `--appendonly no`). Valkey: `valkey-server --save \"\" "
+              "--appendfsync everysec` (or `--appendonly no`) with `--event-loop` as the "
+              "target names it; a build target (`valqd-pure-*`, `valqd-compiled-*`) runs "
+              "the package that `VALQD_BUILD=<build> pip install` put into an environment of "
+              "its own (bench/.builds), from the server's directory, without the checkout on "
+              "its path; `valqd`, `valqd-asyncio` and `valqd-uvloop` run the checkout. Valkey: `valkey-server --save \"\" "
               "--appendonly yes|no --appendfsync everysec`. beanstalkd: `-b DIR -f 1000` or no "
               "binlog.",
               "- Job cycle: push a 100-byte body, pop it with a lease, ack it. valqd: "
@@ -185,6 +206,11 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
               "acks, in one write each. Unpipelined: 8 client processes, one request at a time. "
               "All clients share one queue. Clients use raw sockets and hiredis.Reader. A short "
               "warm-up run precedes each measurement.",
+              "- Rounds: the job cycle and redis-benchmark run in interleaved rounds; within a "
+              "round every target runs back to back, each on a fresh server, and the order is "
+              "rotated by one from round to round. A ratio is taken between two targets of "
+              "the same round, so that the machine's load, which comes and goes over minutes, "
+              "weighs on both sides alike.",
               "- Server CPU per cycle: utime + stime of the server process from /proc/PID/stat, "
               "read before the clients start and after the last one finishes, divided by the "
               "cycles done (10 ms clock ticks).",
@@ -204,6 +230,42 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
               "connections are the most `INFO clients` counted during its run. Its time runs "
               "from the start of `serve()` to the last handler call.", ""]
     return "\n".join(lines) + "\n"
+
+
+INSTRUCTION_OPS = (("push", "PUSH"), ("pop", "POP"), ("ack", "ACK"),
+                   ("cycle", "cycle, depth 50"), ("cycle_unpipelined", "cycle, depth 1"))
+
+
+def _instructions(out) -> list[str]:
+    if not out:
+        return []
+    lines = ["## Instructions per operation (callgrind)", ""]
+    if out.get("skipped"):
+        return lines + [f"Skipped: {out['skipped']}.", ""]
+    lines += [f"Each server under `valgrind --tool=callgrind`, AOF everysec; the benchmark's "
+              f"clients push {out['ops']:,} messages, pop them, ack them ({out['depth']} per "
+              f"write), then run {out['ops']:,} job cycles pipelined by {out['depth']} and "
+              f"{max(1, out['ops'] // 5):,} unpipelined. Instructions of the whole server "
+              "process in user space per operation (a cycle is one push, pop and ack), its "
+              "idle rate taken off. These counts do not move with the machine's load.", ""]
+    rows = out["rows"]
+    lua = next((r for r in rows if r["system"] == "valkey-lua"), None)
+    header = ["server", "build", *(what for _, what in INSTRUCTION_OPS)]
+    if lua:
+        header.append("cycle ÷ Valkey-Lua's")
+    table = []
+    for r in rows:
+        cells = [r["label"], r.get("build") or "",
+                 *(_n(r["ops"][op]["per_op"]) if op in r["ops"] else "—"
+                   for op, _ in INSTRUCTION_OPS)]
+        if lua:
+            mine, theirs = r["ops"].get("cycle"), lua["ops"].get("cycle")
+            cells.append(_x(_ratio(mine and mine["per_op"], theirs and theirs["per_op"])))
+        table.append(cells)
+    lines += _table(header, table)
+    lines += ["", "Valkey's row is plain lists (LPUSH, RPOP: what redis-benchmark's `lpush` and "
+              "`rpop` run); Streams' ACK is XACK + XDEL.", ""]
+    return lines
 
 
 def _cost(out) -> list[str]:
@@ -233,52 +295,41 @@ def _cost(out) -> list[str]:
                           _n(r.get("metrics_bytes")), _n(r.get("metrics_ms"), 1)]
                          for r in rows])
         lines.append("")
-    load = out.get("aof_load")
-    if load:
-        lines += [f"AOF load at start-up, {load['messages']:,} messages "
+    for load in out.get("aof_loads") or []:
+        lines += [f"AOF load at start-up, {load['label']}, {load['messages']:,} messages "
                   f"({_mb(load['aof_bytes'])} file): peak resident memory "
                   f"{_mb(load['peak_rss'])}, {_mb(load['rss_after_load'])} once loaded, "
                   f"{load['seconds_to_ping']:.2f} s to the first PING.", ""]
     return lines
 
 
-def _job_cycle(rows) -> list[str]:
-    if not rows:
+def _job_cycle(jc) -> list[str]:
+    if not jc or not jc.get("modes"):
         return []
-    out = ["## Job cycle", ""]
-    for mode, what in (("pipelined", "depth 50, 4 client processes"),
-                       ("unpipelined", "depth 1, 8 client processes")):
-        mode_rows = [r for r in rows if r["mode"] == mode]
-        if not mode_rows:
-            continue
-        out += [f"### {mode.capitalize()} ({what})", ""]
-        out += _table(["target", "cycles", "seconds", "cycles/s", "server CPU µs/cycle",
-                       "of which user / sys"],
-                      [[r["label"], _n(r["cycles"]), f"{r['seconds']:.2f}", _n(r["throughput"]),
-                        _n(r["cpu_us_per_cycle"], 1) + (" (time limit hit)" if r.get("truncated")
-                                                        else ""),
-                        f"{_n(r.get('user_us_per_cycle'), 1)} / "
-                        f"{_n(r.get('sys_us_per_cycle'), 1)}"]
-                       for r in mode_rows])
+    out = ["## Job cycle", "",
+           f"{jc['rounds']} interleaved rounds, AOF everysec on every server: in each round and "
+           "mode every target ran back to back on a fresh server, in an order rotated from "
+           "round to round (" + "; ".join(f"round {i + 1}: {', '.join(order)}"
+                                          for i, order in enumerate(jc["orders"])) + "). "
+           "Figures are the median of the rounds, with the lowest and highest in brackets; "
+           "ratios are taken within each round.", ""]
+    for m in jc["modes"]:
+        what = (f"depth {m['depth']}, {m['procs']} client processes, {m['cycles']:,} cycles "
+                "per run")
+        base = LABELS.get(m["baseline"], m["baseline"])
+        figure = ("server CPU per cycle ÷ " if m["baseline_figure"] == "cpu_us_per_cycle"
+                  else "cycles/s ÷ ") + base + ("'" if base.endswith("s") else "'s")
+        out += [f"### {m['mode'].capitalize()} ({what})", ""]
+        out += _table(["target", "build", "cycles/s", "server CPU µs/cycle", figure,
+                       "each round"],
+                      [[r["label"], r.get("build") or "",
+                        _spread(r["throughput"], _n),
+                        _spread(r["cpu_us_per_cycle"], lambda v: _n(v, 1))
+                        + (" (time limit hit)" if r.get("truncated") else ""),
+                        _spread(r.get("ratio")),
+                        _each(r["ratio"]) if r.get("ratio") else ""]
+                       for r in m["rows"]])
         out.append("")
-        ratio_rows = []
-        for persistent in (True, False):
-            mine = _find(mode_rows, system="valqd", persistent=persistent)
-            if mine is None:
-                continue
-            for other in OTHERS:
-                theirs = _find(mode_rows, system=other, persistent=persistent)
-                if theirs is None:
-                    continue
-                ratio_rows.append([
-                    f"valqd/{SHORT[other]} ({'persistence on' if persistent else 'off'})",
-                    _x(_ratio(mine["throughput"], theirs["throughput"])),
-                    _x(_ratio(mine["cpu_us_per_cycle"], theirs["cpu_us_per_cycle"]))])
-        if ratio_rows:
-            out += ["Ratios (throughput: above 1 is better for valqd; CPU: below 1 is better "
-                    "for valqd):", ""]
-            out += _table(["ratio", "throughput", "server CPU per cycle"], ratio_rows)
-            out.append("")
     return out
 
 
@@ -398,7 +449,7 @@ def _persistence(p) -> list[str]:
                 ""]
         out += _table(["server", "AOF holds", "AOF size", "records", "seconds to PING",
                        "load time in its log", "records/s", "RSS after load"],
-                      [[("valqd" if r["system"] == "valqd" else "Valkey"), r["what"],
+                      [[r.get("label", "Valkey"), r["what"],
                         _mb(r["aof_bytes"]), _n(r["records"]), f"{r['seconds_to_ping']:.2f}",
                         "—" if r["logged_seconds"] is None else f"{r['logged_seconds']:.2f} s",
                         _n(r["records_per_s"]), _mb(r["rss_after_load"])] for r in p["load"]])
@@ -407,7 +458,7 @@ def _persistence(p) -> list[str]:
         theirs = _find(p["load"], system="valkey")
         if mine and theirs:
             out += _table(["ratio", "load rate (records/s; above 1 is better for valqd)"],
-                          [[f"valqd ({r['what']}) / Valkey",
+                          [[f"{r['label']} ({r['what']}) / Valkey",
                             _x(_ratio(r["records_per_s"], theirs["records_per_s"]))]
                            for r in mine])
             out.append("")
@@ -447,17 +498,15 @@ def _tools(t) -> list[str]:
     out = ["## redis-benchmark", ""]
     if t.get("skipped"):
         return out + [f"Skipped: {t['skipped']}.", ""]
-    out += [f"`redis-benchmark -P 16 -n {t['requests']} -q <command>` (50 connections), "
-            "both servers with AOF everysec, in the same run.", ""]
-    out += _table(["server", "command", "requests/s"],
-                  [[r["server"], f"`{r['command']}`", _n(r["rps"])] for r in t["rows"]])
-    out.append("")
-    for op in ("push", "pop"):
-        mine = _find(t["rows"], server="valqd (AOF everysec)", op=op)
-        theirs = _find(t["rows"], server="Valkey (AOF everysec)", op=op)
-        if mine and theirs:
-            out.append(f"- `{mine['command']}` / `{theirs['command']}`: "
-                       f"{_x(_ratio(mine['rps'], theirs['rps']))}")
+    out += [f"`redis-benchmark -P 16 -n {t['requests']} -q <command>` (50 connections), the "
+            f"pushes then as many pops, every server with AOF everysec, {t['rounds']} "
+            "interleaved rounds (each on fresh servers, the order rotated); requests/s as "
+            "the median of the rounds (lowest–highest), and the ratio to Valkey's in each "
+            "round.", ""]
+    out += _table(["server", "command", "requests/s", "÷ Valkey", "each round"],
+                  [[r["server"], f"`{r['command']}`", _spread(r["rps"], _n),
+                    _spread(r.get("ratio")), _each(r["ratio"]) if r.get("ratio") else ""]
+                   for r in t["rows"]])
     out.append("")
     return out
 
@@ -499,24 +548,25 @@ def make_charts(results: dict, directory: str) -> tuple[list[str], str]:
     except ImportError:
         return [], "matplotlib is not installed (pip install -e '.[bench]')"
     files = []
-    jc = results.get("job_cycle") or []
+    modes = (results.get("job_cycle") or {}).get("modes") or []
     for key, name, ylabel in (("throughput", "throughput.png", "job cycles per second"),
                               ("cpu_us_per_cycle", "cpu_per_cycle.png",
                                "server CPU µs per job cycle")):
-        modes = [m for m in ("pipelined", "unpipelined") if any(r["mode"] == m for r in jc)]
         if not modes:
             continue
         fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
-        for ax, mode in zip(axes[0], modes):
-            rows = [r for r in jc if r["mode"] == mode]
+        for ax, m in zip(axes[0], modes):
+            rows = m["rows"]
             labels = [r["label"].replace(" (", "\n(") for r in rows]
-            values = [r[key] or 0 for r in rows]
+            values = [r[key]["median"] or 0 for r in rows]
+            spread = [[v - (r[key]["min"] or v) for v, r in zip(values, rows)],
+                      [(r[key]["max"] or v) - v for v, r in zip(values, rows)]]
             colors = ["tab:blue" if r["system"] == "valqd" else "tab:gray" for r in rows]
-            ax.bar(range(len(rows)), values, color=colors)
+            ax.bar(range(len(rows)), values, color=colors, yerr=spread, capsize=3)
             ax.set_xticks(range(len(rows)))
             ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-            shape = "depth 50, 4 procs" if mode == "pipelined" else "depth 1, 8 procs"
-            ax.set_title(f"{mode} ({shape})")
+            ax.set_title(f"{m['mode']} (depth {m['depth']}, {m['procs']} procs; median, "
+                         "min-max)", fontsize=9)
             ax.set_ylabel(ylabel)
             for i, v in enumerate(values):
                 ax.annotate(f"{v:,.0f}" if v >= 100 else f"{v:.1f}", (i, v), ha="center",

@@ -12,25 +12,27 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     __package__ = "bench"
 
-from . import report, workloads  # noqa: E402
-from .targets import SYSTEMS, available, machine_info  # noqa: E402
+from . import instructions, report, workloads  # noqa: E402
+from .targets import (DEFAULT_TARGETS, QUICK_TARGETS, TARGETS, VALKEY, available,  # noqa: E402
+                      machine_info, prepare, primary_valqd, valkey_server_binary)
 
 SECTIONS = ("job-cycle", "latency", "scale", "memory", "persistence", "tools", "worker",
-            "cost")
+            "cost", "instructions")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-FULL = dict(cycles_pipelined=200_000, cycles_unpipelined=50_000, time_limit=120.0,
+FULL = dict(cycles_pipelined=100_000, cycles_unpipelined=20_000, time_limit=120.0,
             latency_rate=1000, latency_seconds=15.0, scale_backlogs=[1000, 100_000, 1_000_000],
             scale_inflight=100_000, scale_cycles=50_000, storm_leases=100_000,
             storm_watch_s=10.0, memory_messages=1_000_000, persistence_messages=1_000_000,
-            fsync_pushes=100_000, tool_requests=200_000, worker_jobs=20_000,
-            pipeline_pushes=1_000_000, pipeline_rounds=3, cost_queues=[1000, 100_000])
+            fsync_pushes=100_000, tool_requests=100_000, worker_jobs=20_000,
+            pipeline_pushes=1_000_000, pipeline_rounds=3, cost_queues=[1000, 100_000],
+            rounds=5, callgrind_ops=2000)
 QUICK = dict(cycles_pipelined=3000, cycles_unpipelined=1000, time_limit=20.0,
              latency_rate=400, latency_seconds=1.0, scale_backlogs=[1000, 5000, 20_000],
              scale_inflight=5000, scale_cycles=2000, storm_leases=5000, storm_watch_s=3.0,
              memory_messages=20_000, persistence_messages=20_000, fsync_pushes=2000,
              tool_requests=5000, worker_jobs=1000, pipeline_pushes=20_000, pipeline_rounds=1,
-             cost_queues=[200, 2000])
+             cost_queues=[200, 2000], rounds=2, callgrind_ops=100)
 
 
 # the sizes a run can be given on the command line: option -> what it sets
@@ -52,6 +54,8 @@ SIZE_OPTIONS = {
     "pipeline_pushes": "pushes one client pipelines beside a pinging client",
     "pipeline_rounds": "rounds of that pipeline per target (the median worst wait is shown)",
     "cost_queues": "comma-separated numbers of queues for INFO, /metrics and SCAN",
+    "rounds": "interleaved rounds of the job cycle and redis-benchmark",
+    "callgrind_ops": "operations per workload counted under callgrind",
 }
 
 
@@ -72,9 +76,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "in one run, and write a Markdown report with PNG charts.")
     p.add_argument("--quick", action="store_true",
                    help="a few thousand cycles and small message counts (a smoke test); "
-                        "valqd only unless --targets is given")
-    p.add_argument("--targets", help="comma-separated: " + ",".join(SYSTEMS) + " (default: all "
-                   "that are installed; with --quick: valqd)")
+                        "the checkout's valqd under both event loops unless --targets is given")
+    p.add_argument("--targets", help="comma-separated: " + ",".join(TARGETS) + " (default: "
+                   + ",".join(DEFAULT_TARGETS) + ", those that can run here; with --quick: "
+                   + ",".join(QUICK_TARGETS) + "). valqd-BUILD-LOOP runs a build installed in "
+                   "an environment of its own; valqd, valqd-LOOP run the checkout")
+    p.add_argument("--builds-dir", help="where the builds' environments go "
+                   "(default: bench/.builds)")
     p.add_argument("--only", help="comma-separated sections: " + ",".join(SECTIONS)
                    + " (default: all)")
     p.add_argument("--out", default=DEFAULT_OUT,
@@ -94,15 +102,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if getattr(opts, key, None) is None:
             setattr(opts, key, value)
     if opts.targets:
-        opts.systems = [t.strip() for t in opts.targets.split(",") if t.strip()]
-        unknown = [t for t in opts.systems if t not in SYSTEMS]
+        names = [t.strip() for t in opts.targets.split(",") if t.strip()]
+        unknown = [t for t in names if t not in TARGETS]
         if unknown:
-            p.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-        missing = [f"{t}: {available(t)}" for t in opts.systems if available(t)]
+            p.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+        missing = [f"{t}: {available(t)}" for t in names if available(t)]
         if missing:
             p.error("; ".join(missing))
     else:
-        opts.systems = ["valqd"] if opts.quick else [t for t in SYSTEMS if available(t) is None]
+        names = [t for t in (QUICK_TARGETS if opts.quick else DEFAULT_TARGETS)
+                 if available(t) is None]
+    opts.targets = [TARGETS[name] for name in names]
     opts.sections = SECTIONS
     if opts.only:
         opts.sections = [s.strip() for s in opts.only.split(",") if s.strip()]
@@ -125,12 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"meta": {
         "command": " ".join(["python -m bench", *(shlex.quote(a) for a in argv)]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
-        "quick": opts.quick, "targets": opts.systems, "sections": list(opts.sections),
+        "quick": opts.quick, "targets": [t.name for t in opts.targets],
+        "sections": list(opts.sections), "rounds": opts.rounds,
         "machine": machine_info()}, "errors": []}
-    log(f"targets: {', '.join(opts.systems)}; sections: {', '.join(opts.sections)}")
+    log(f"targets: {', '.join(t.name for t in opts.targets)}; "
+        f"sections: {', '.join(opts.sections)}")
+    left_out = prepare(opts.targets, log, opts.builds_dir)
+    for why in left_out:
+        log(f"left out: {why}")
+    results["meta"]["left_out"] = left_out
+    targets = [t for t in opts.targets if not any(w.startswith(t.name + ":") for w in left_out)]
+    results["meta"]["targets"] = [t.name for t in targets]
+    results["meta"]["builds"] = {t.name: t.build for t in targets if t.system == "valqd"}
+    first = primary_valqd(targets)
 
-    def section(name: str, fn) -> None:
-        if name not in opts.sections:
+    def section(name: str, fn, needs_valqd: bool = False) -> None:
+        if name not in opts.sections or (needs_valqd and first is None):
             return
         try:
             fn()
@@ -139,48 +159,48 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name} failed:\n{traceback.format_exc()}")
 
     def job_cycle():
-        results["job_cycle"] = workloads.job_cycle(opts.systems, opts, log)
+        results["job_cycle"] = workloads.job_cycle(targets, opts, log)
 
     def latency():
-        results["latency"] = workloads.latency(opts.systems, opts, log)
+        results["latency"] = workloads.latency(targets, opts, log)
 
     def scale():
-        results["scale"] = workloads.scale(opts.systems, opts, log)
+        results["scale"] = workloads.scale(targets, opts, log)
         results["scale_ratios"] = workloads.scale_ratios(results["scale"])
 
     def storm():
-        if "valqd" in opts.systems:
-            results["storm"] = workloads.timer_storm(opts, log)
+        results["storm"] = workloads.timer_storm(first, opts, log)
 
     def memory():
-        results["memory"] = workloads.memory(opts.systems, opts, log)
+        results["memory"] = workloads.memory(targets, opts, log)
 
     def persistence():
-        if "valqd" in opts.systems:
-            results["persistence"] = workloads.persistence(opts.systems, opts, log)
+        results["persistence"] = workloads.persistence(targets, opts, log)
 
     def tools():
-        if "valqd" in opts.systems:
-            results["tools"] = workloads.tools(opts.systems, opts, log)
+        results["tools"] = workloads.tools(targets, opts, log)
 
     def worker():
-        if "valqd" in opts.systems:
-            results["worker"] = workloads.worker(opts, log)
+        results["worker"] = workloads.worker(first, opts, log)
+
+    def cost():
+        results["cost"] = workloads.cost(targets, opts, log)
+
+    def counted():
+        extra = [VALKEY] if valkey_server_binary() else []
+        results["instructions"] = instructions.instructions(targets + extra, opts.callgrind_ops,
+                                                            opts.workdir, log)
 
     section("job-cycle", job_cycle)
     section("latency", latency)
     section("scale", scale)
-    section("scale", storm)
+    section("scale", storm, needs_valqd=True)
     section("memory", memory)
-    section("persistence", persistence)
-    section("tools", tools)
-    section("worker", worker)
-
-    def cost():
-        if "valqd" in opts.systems:
-            results["cost"] = workloads.cost(opts.systems, opts, log)
-
-    section("cost", cost)
+    section("persistence", persistence, needs_valqd=True)
+    section("tools", tools, needs_valqd=True)
+    section("worker", worker, needs_valqd=True)
+    section("cost", cost, needs_valqd=True)
+    section("instructions", counted)
 
     results["meta"]["seconds"] = time.time() - started
     with open(os.path.join(opts.out, "results.json"), "w") as f:
@@ -189,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"report: {opts.report}")
     for t in report.targets(results):
         log(f"target: {t['name']}: {t['figure']} (needed {t['threshold']}) -> "
-            f"{'not measured' if t['ok'] is None else 'PASS' if t['ok'] else 'FAIL'}")
+            f"{'—' if t['ok'] is None else 'PASS' if t['ok'] else 'FAIL'}")
     return 1 if results["errors"] else 0
 
 

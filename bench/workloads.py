@@ -21,16 +21,18 @@ import time
 import traceback
 from array import array
 
+from . import rounds
 from .clients import BODY, HOST, QUEUE, Pinger, RespConn, make_client, resp
-from .targets import (LABELS, PERSISTENCE_LABELS, BenchError, Server, free_port,
-                      peak_rss_bytes, server_for, valkey_server_binary)
+from .targets import (PERSISTENCE_LABELS, VALKEY, BenchError, Server, Target,
+                      build_of, free_port, one_per_build, peak_rss_bytes, primary_valqd,
+                      server_for, valkey_server_binary, valqd_targets)
 
 CTX = multiprocessing.get_context("fork")
 SETUP_TIMEOUT_S = 60.0
 
 
-def _label(system: str, persistent: bool) -> str:
-    return f"{LABELS[system]} ({PERSISTENCE_LABELS[(system, persistent)]})"
+def _label(t: Target, persistent: bool) -> str:
+    return f"{t.label} ({PERSISTENCE_LABELS[(t.system, persistent)]})"
 
 
 # -- running client processes ---------------------------------------------------------------
@@ -136,24 +138,59 @@ def measure_cycles(server: Server, system: str, cycles: int, depth: int, procs: 
             "truncated": done < per_proc * procs}
 
 
-def job_cycle(systems: list[str], opts, log) -> list[dict]:
-    rows = []
-    modes = [("pipelined", 50, 4, opts.cycles_pipelined),
-             ("unpipelined", 1, 8, opts.cycles_unpipelined)]
-    for system in systems:
-        for persistent in (True, False):
-            for mode, depth, procs, cycles in modes:
-                label = _label(system, persistent)
-                with server_for(system, persistent, opts.workdir) as server:
-                    warm = max(200, cycles // 20)
-                    measure_cycles(server, system, warm, depth, procs, opts.time_limit)
-                    m = measure_cycles(server, system, cycles, depth, procs, opts.time_limit)
-                row = {"system": system, "persistent": persistent, "label": label,
-                       "mode": mode, "depth": depth, "procs": procs, **m}
-                log(f"job-cycle {label} {mode}: {m['throughput']:,.0f} cycles/s, "
-                    f"{m['cpu_us_per_cycle']:.1f} us CPU/cycle")
-                rows.append(row)
-    return rows
+# mode, pipeline depth, client processes; the issue's baseline for the mode: (system, figure)
+JOB_CYCLE_MODES = (("pipelined", 50, 4, ("valkey-lua", "cpu_us_per_cycle")),
+                   ("unpipelined", 1, 8, ("valkey-streams", "throughput")))
+
+
+def job_cycle(targets: list[Target], opts, log) -> dict:
+    """The job cycle in interleaved rounds (see rounds.py), AOF everysec on every server:
+    in each round, each mode, every target in the round's order, each on a fresh server
+    with a short warm-up first. Per target: cycles/s and server CPU per cycle as min,
+    median and max over the rounds, and round by round its ratio to the mode's baseline
+    (pipelined: CPU per cycle / Valkey-Lua's; unpipelined: cycles/s / Streams')."""
+    runs = {(mode, t.name): [] for mode, *_ in JOB_CYCLE_MODES for t in targets}
+    orders = []
+    for r in range(opts.rounds):
+        order = rounds.rotated(targets, r)
+        orders.append([t.name for t in order])
+        for mode, depth, procs, _ in JOB_CYCLE_MODES:
+            cycles = opts.cycles_pipelined if mode == "pipelined" else opts.cycles_unpipelined
+            for t in order:
+                with server_for(t, True, opts.workdir) as server:
+                    measure_cycles(server, t.system, max(200, cycles // 20), depth, procs,
+                                   opts.time_limit)
+                    m = measure_cycles(server, t.system, cycles, depth, procs, opts.time_limit)
+                runs[(mode, t.name)].append(m)
+                log(f"job-cycle round {r + 1}/{opts.rounds} {mode} {t.label}: "
+                    f"{m['throughput']:,.0f} cycles/s, {m['cpu_us_per_cycle']:.1f} us CPU/cycle")
+    out = {"rounds": opts.rounds, "orders": orders, "modes": []}
+    for mode, depth, procs, (baseline, figure) in JOB_CYCLE_MODES:
+        base = next((t for t in targets if t.system == baseline), None)
+        base_runs = [m[figure] for m in runs[(mode, base.name)]] if base else []
+        rows = []
+        for t in targets:
+            mine = runs[(mode, t.name)]
+            row = {"target": t.name, "system": t.system, "label": _label(t, True),
+                   "build": build_of(t) if t.system == "valqd" else None, "runs": mine,
+                   "throughput": rounds.summary([m["throughput"] for m in mine]),
+                   "cpu_us_per_cycle": rounds.summary([m["cpu_us_per_cycle"] for m in mine]),
+                   "truncated": any(m["truncated"] for m in mine)}
+            if base is not None:
+                row["ratio"] = rounds.summary(rounds.ratios([m[figure] for m in mine],
+                                                            base_runs))
+            rows.append(row)
+        out["modes"].append({"mode": mode, "depth": depth, "procs": procs,
+                             "cycles": opts.cycles_pipelined if mode == "pipelined"
+                             else opts.cycles_unpipelined,
+                             "baseline": baseline, "baseline_figure": figure, "rows": rows})
+    return out
+
+
+def _one_valqd(targets: list[Target]) -> list[Target]:
+    """The targets without their valqd ones but the first, where it stands."""
+    first = primary_valqd(targets)
+    return [t for t in targets if t.system != "valqd" or t is first]
 
 
 # -- latency --------------------------------------------------------------------------------
@@ -199,17 +236,18 @@ def percentiles(samples: array) -> dict:
             "samples": len(s)}
 
 
-def latency(systems: list[str], opts, log) -> list[dict]:
+def latency(targets: list[Target], opts, log) -> list[dict]:
+    """POP and ACK latency at a fixed rate; valqd's first target beside the other systems."""
     rows = []
     procs = 4
-    for system in systems:
+    for t in _one_valqd(targets):
         persistent = True
-        label = _label(system, persistent)
+        label = _label(t, persistent)
         args = {"rate_per_proc": opts.latency_rate / procs, "seconds": opts.latency_seconds,
                 "max_samples": int(opts.latency_rate / procs * opts.latency_seconds) + 10}
-        with server_for(system, persistent, opts.workdir) as server:
-            measure_cycles(server, system, 500, 1, 2, opts.time_limit)  # warm up
-            run = run_clients(server, system, procs, _latency_body, args,
+        with server_for(t, persistent, opts.workdir) as server:
+            measure_cycles(server, t.system, 500, 1, 2, opts.time_limit)  # warm up
+            run = run_clients(server, t.system, procs, _latency_body, args,
                               opts.latency_seconds + 30)
         pops, acks = array("d"), array("d")
         cycles = 0
@@ -217,7 +255,7 @@ def latency(systems: list[str], opts, log) -> list[dict]:
             pops.frombytes(r["pop"])
             acks.frombytes(r["ack"])
             cycles += r["cycles"]
-        row = {"system": system, "persistent": persistent, "label": label,
+        row = {"system": t.system, "target": t.name, "persistent": persistent, "label": label,
                "rate": opts.latency_rate, "achieved_rate": cycles / max(run["wall"], 1e-9),
                "pop": percentiles(pops), "ack": percentiles(acks)}
         log(f"latency {label}: POP p50 {row['pop'].get('p50_ms', 0):.3f} ms p99 "
@@ -229,15 +267,17 @@ def latency(systems: list[str], opts, log) -> list[dict]:
 
 # -- scale ----------------------------------------------------------------------------------
 
-def scale(systems: list[str], opts, log) -> list[dict]:
+def scale(targets: list[Target], opts, log) -> list[dict]:
     """The job cycle's server CPU per cycle with a backlog of N ready messages ahead of
     it (each cycle pushes one, pops the oldest and acks it, so the backlog stays at N), and
-    with N messages in flight. Persistence off: this measures the data structures."""
+    with N messages in flight. Persistence off: this measures the data structures. valqd's
+    first target beside the other systems."""
     rows = []
-    for system in systems:
+    for t in _one_valqd(targets):
+        system = t.system
         persistent = False
-        label = _label(system, persistent)
-        with server_for(system, persistent, opts.workdir) as server:
+        label = _label(t, persistent)
+        with server_for(t, persistent, opts.workdir) as server:
             filler = make_client(system, server.port, 99, 3600)
             filler.setup()
             have = 0
@@ -253,7 +293,7 @@ def scale(systems: list[str], opts, log) -> list[dict]:
                 log(f"scale {label} {_count(backlog)} queued: "
                     f"{m['cpu_us_per_cycle']:.1f} us CPU/cycle")
             filler.close()
-        with server_for(system, persistent, opts.workdir) as server:
+        with server_for(t, persistent, opts.workdir) as server:
             holder = make_client(system, server.port, 98, 3600)  # keeps beanstalkd's jobs
             holder.setup()
             holder.fill(opts.scale_inflight)
@@ -376,11 +416,11 @@ def _storm(server: Server, conn: RespConn, name: str, n: int, burst: bool,
             "slow_replies": len(pinger.gaps), "error": pinger.error}
 
 
-def timer_storm(opts, log) -> list[dict]:
+def timer_storm(t: Target, opts, log) -> list[dict]:
     """valqd: N leases running out together while a client pings in a loop; once as they
     come due live, once all due in the same instant (see `_storm`)."""
     rows = []
-    with server_for("valqd", True, opts.workdir) as server:
+    with server_for(t, True, opts.workdir) as server:
         conn = RespConn(server.port)
         base = Pinger(server.port, limit_s=1.0)  # a baseline: the pinger alone
         base.run()
@@ -399,17 +439,20 @@ def timer_storm(opts, log) -> list[dict]:
 
 # -- memory ---------------------------------------------------------------------------------
 
-def memory(systems: list[str], opts, log) -> list[dict]:
-    """Resident memory per queued message; valqd also with its AOF on (a rewrite starts
-    during the fill, as with the default settings)."""
+def memory(targets: list[Target], opts, log) -> list[dict]:
+    """Resident memory per queued message; each valqd build also with its AOF on (a rewrite
+    starts during the fill, as with the default settings)."""
     rows = []
     n = opts.memory_messages
-    runs = [(system, False) for system in systems]
-    if "valqd" in systems:
-        runs.insert(1, ("valqd", True))
-    for system, persistent in runs:
-        with server_for(system, persistent, opts.workdir) as server:
-            client = make_client(system, server.port, 0, 300)
+    runs = []
+    for t in targets:
+        if t.system != "valqd":
+            runs.append((t, False))
+        elif t in one_per_build(targets):
+            runs += [(t, False), (t, True)]
+    for t, persistent in runs:
+        with server_for(t, persistent, opts.workdir) as server:
+            client = make_client(t.system, server.port, 0, 300)
             client.setup()
             client.fill(10)  # the structures exist before the "before" reading
             time.sleep(0.2)
@@ -419,9 +462,11 @@ def memory(systems: list[str], opts, log) -> list[dict]:
             after = server.rss()
             client.close()
         per = (after - before) / n
-        label = LABELS[system] + (" (AOF everysec)" if persistent else "")
-        rows.append({"system": system, "label": label, "messages": n, "aof": persistent,
-                     "rss_before": before, "rss_after": after, "bytes_per_message": per})
+        name = (f"valqd {build_of(t)}" if t.system == "valqd" else t.label)
+        label = name + (" (AOF everysec)" if persistent else "")
+        rows.append({"system": t.system, "target": t.name, "build": t.build, "label": label,
+                     "messages": n, "aof": persistent, "rss_before": before,
+                     "rss_after": after, "bytes_per_message": per})
         log(f"memory {label}: {per:.0f} bytes per queued message")
     return rows
 
@@ -530,18 +575,18 @@ def _push_body(client, index, args):
     return {"pushes": done, "start": start, "end": time.monotonic()}
 
 
-def _fsync_throughput(system: str, policy: str, opts, log) -> dict:
+def _fsync_throughput(t: Target, policy: str, opts, log) -> dict:
     procs, conns = 5, 10  # 50 concurrent clients
-    with server_for(system, True, opts.workdir, appendfsync=policy) as server:
-        args = {"system": system, "port": server.port, "conns": conns,
+    with server_for(t, True, opts.workdir, appendfsync=policy) as server:
+        args = {"system": t.system, "port": server.port, "conns": conns,
                 "pushes": math.ceil(opts.fsync_pushes / procs), "time_limit": opts.time_limit}
-        run = run_clients(server, system, procs, _push_body, args, opts.time_limit + 30)
+        run = run_clients(server, t.system, procs, _push_body, args, opts.time_limit + 30)
     pushes = sum(r["pushes"] for r in run["results"])
     seconds = max(r["end"] for r in run["results"]) - min(r["start"] for r in run["results"])
-    row = {"system": system, "label": LABELS[system], "appendfsync": policy,
+    row = {"system": t.system, "target": t.name, "label": t.label, "appendfsync": policy,
            "clients": procs * conns, "pushes": pushes, "seconds": round(seconds, 3),
            "throughput": pushes / seconds, "cpu_us_per_push": run["cpu"] / pushes * 1e6}
-    log(f"push, appendfsync {policy}, {LABELS[system]}, 50 clients: "
+    log(f"push, appendfsync {policy}, {t.label}, 50 clients: "
         f"{row['throughput']:,.0f} pushes/s")
     return row
 
@@ -557,37 +602,46 @@ def _fill_and_stop(server: Server, n: int) -> None:
     server.stop()
 
 
-def persistence(systems: list[str], opts, log) -> dict:
+def persistence(targets: list[Target], opts, log) -> dict:
+    """AOF load of every valqd build (as logged, then rewritten) beside Valkey's of as many
+    RPUSHes; the rewrite pause and the fsync policies with valqd's first target."""
     n = opts.persistence_messages
     out: dict = {"load": [], "fsync": [], "rewrite": None, "messages": n}
-    server = server_for("valqd", True, opts.workdir, auto_aof_rewrite_percentage=0)
-    try:
-        _fill_and_stop(server, n)
-        for what in (f"{_count(n)} pushes (as logged)", f"{_count(n)} messages (rewritten)"):
-            aof_bytes = server.disk_bytes()
-            log_before = len(server.log())
-            seconds = server.restart(timeout=opts.time_limit + 600)
-            logged, records = _valqd_load_log(server, log_before)
-            records = records or n
-            out["load"].append({"system": "valqd", "what": what, "records": records,
-                                "aof_bytes": aof_bytes, "seconds_to_ping": seconds,
-                                "logged_seconds": logged, "records_per_s": records / seconds,
-                                "rss_after_load": server.rss()})
-            log(f"AOF load valqd ({what}): {seconds:.2f} s to PING, "
-                f"{records / seconds:,.0f} records/s")
-            if out["rewrite"] is None:
-                out["rewrite"] = {"messages": n, **_rewrite_pause(server, opts)}
-                log(f"BGREWRITEAOF of {_count(n)} messages: longest ping wait "
-                    f"{out['rewrite']['max_gap_ms']:.1f} ms over "
-                    f"{out['rewrite']['rewrite_seconds']:.1f} s")
-    finally:
-        server.close()
-    if "valkey-lua" in systems or "valkey-streams" in systems:
+    first = primary_valqd(targets)
+    for t in one_per_build(targets):
+        server = server_for(t, True, opts.workdir, auto_aof_rewrite_percentage=0)
+        try:
+            _fill_and_stop(server, n)
+            for what in (f"{_count(n)} pushes (as logged)", f"{_count(n)} messages (rewritten)"):
+                aof_bytes = server.disk_bytes()
+                log_before = len(server.log())
+                seconds = server.restart(timeout=opts.time_limit + 600)
+                logged, records = _valqd_load_log(server, log_before)
+                records = records or n
+                out["load"].append({"system": "valqd", "target": t.name,
+                                    "label": f"valqd {build_of(t)}", "what": what,
+                                    "records": records, "aof_bytes": aof_bytes,
+                                    "seconds_to_ping": seconds, "logged_seconds": logged,
+                                    "records_per_s": records / seconds,
+                                    "rss_after_load": server.rss()})
+                log(f"AOF load valqd {build_of(t)} ({what}): {seconds:.2f} s to PING, "
+                    f"{records / seconds:,.0f} records/s")
+                if "rewritten" in what:
+                    continue
+                pause = {"messages": n, "target": t.name, **_rewrite_pause(server, opts)}
+                log(f"BGREWRITEAOF of {_count(n)} messages, valqd {build_of(t)}: longest "
+                    f"ping wait {pause['max_gap_ms']:.1f} ms over "
+                    f"{pause['rewrite_seconds']:.1f} s")
+                if t is first:
+                    out["rewrite"] = pause
+        finally:
+            server.close()
+    if any(t.system in ("valkey-lua", "valkey-streams") for t in targets):
         out["load"].append(_valkey_rpush_aof(opts, log))
-    fsync_systems = ["valqd"] + (["valkey-lua"] if "valkey-lua" in systems else [])
-    for system in fsync_systems:
+    lua = next((t for t in targets if t.system == "valkey-lua"), None)
+    for t in [first] + ([lua] if lua else []):
         for policy in ("always", "everysec"):
-            out["fsync"].append(_fsync_throughput(system, policy, opts, log))
+            out["fsync"].append(_fsync_throughput(t, policy, opts, log))
     return out
 
 
@@ -608,30 +662,46 @@ def _redis_benchmark(port: int, n: int, command: list[str]) -> float | None:
     return float(found[-1])
 
 
-def tools(systems: list[str], opts, log) -> dict:
+TOOL_COMMANDS = {"valqd": (("push", ["valq", "push", "q1", "m1"]), ("pop", ["valq", "pop", "q1"])),
+                 "valkey": (("push", ["lpush", "q1", "m1"]), ("pop", ["rpop", "q1"]))}
+
+
+def tools(targets: list[Target], opts, log) -> dict:
+    """`redis-benchmark -P 16` pushes, then as many pops, against every valqd target and
+    plain Valkey, in interleaved rounds, each round on fresh servers (AOF everysec); per
+    valqd target and operation its ratio to Valkey's in the same round."""
     if shutil.which("redis-benchmark") is None:
         return {"skipped": "redis-benchmark not found (apt-get install redis-tools)",
                 "rows": []}
     n = opts.tool_requests
+    servers = valqd_targets(targets) + ([VALKEY] if valkey_server_binary() else [])
+    rps: dict[tuple[str, str], list[float | None]] = {}
+    orders = []
+    for r in range(opts.rounds):
+        order = rounds.rotated(servers, r)
+        orders.append([t.name for t in order])
+        for t in order:
+            with server_for(t, True, opts.workdir) as server:
+                if t.system == "valqd":
+                    conn = RespConn(server.port)
+                    conn.call("VALQ", "CREATE", "q1")
+                    conn.close()
+                for op, command in TOOL_COMMANDS[t.system]:
+                    found = _redis_benchmark(server.port, n, command)
+                    rps.setdefault((t.name, op), []).append(found)
+                    log(f"redis-benchmark round {r + 1}/{opts.rounds} -P 16 {t.label} "
+                        f"{' '.join(command)}: {found:,.0f} requests/s")
     rows = []
-    with server_for("valqd", True, opts.workdir) as server:
-        conn = RespConn(server.port)
-        conn.call("VALQ", "CREATE", "q1")
-        conn.close()
-        for op, command in (("push", ["valq", "push", "q1", "m1"]),
-                            ("pop", ["valq", "pop", "q1"])):
-            rps = _redis_benchmark(server.port, n, command)
-            rows.append({"server": "valqd (AOF everysec)", "op": op,
-                         "command": " ".join(command), "rps": rps})
-            log(f"redis-benchmark -P 16 valqd {' '.join(command)}: {rps:,.0f} requests/s")
-    if "valkey-lua" in systems or "valkey-streams" in systems:
-        with server_for("valkey", True, opts.workdir) as server:
-            for op, command in (("push", ["lpush", "q1", "m1"]), ("pop", ["rpop", "q1"])):
-                rps = _redis_benchmark(server.port, n, command)
-                rows.append({"server": "Valkey (AOF everysec)", "op": op,
-                             "command": " ".join(command), "rps": rps})
-                log(f"redis-benchmark -P 16 valkey {' '.join(command)}: {rps:,.0f} requests/s")
-    return {"rows": rows, "requests": n}
+    for t in servers:
+        for op, command in TOOL_COMMANDS[t.system]:
+            row = {"target": t.name, "system": t.system,
+                   "server": f"{t.label} (AOF everysec)", "op": op,
+                   "command": " ".join(command), "rps": rounds.summary(rps[(t.name, op)])}
+            if t.system == "valqd" and (VALKEY.name, op) in rps:
+                row["ratio"] = rounds.summary(rounds.ratios(rps[(t.name, op)],
+                                                            rps[(VALKEY.name, op)]))
+            rows.append(row)
+    return {"rows": rows, "requests": n, "rounds": opts.rounds, "orders": orders}
 
 
 # -- the worker library ---------------------------------------------------------------------
@@ -758,7 +828,7 @@ def _raw(server: Server, jobs: int, connections: int, prefilled: bool,
             "connections": connections, "cpu_us_per_job": run["cpu"] / done * 1e6}
 
 
-def worker(opts, log) -> dict:
+def worker(t: Target, opts, log) -> dict:
     """Jobs per second through valqd.worker with a no-op handler, and beside it raw POP/ACK
     (of messages loaded first, as the worker's are) and raw PUSH/POP/ACK from as many
     connections as the worker used: the library's overhead. One valqd, AOF everysec."""
@@ -768,7 +838,7 @@ def worker(opts, log) -> dict:
         return {"skipped": f"{exc}", "rows": []}
     rows = []
     jobs = opts.worker_jobs
-    with server_for("valqd", True, opts.workdir) as server:
+    with server_for(t, True, opts.workdir) as server:
         _through_worker(server, max(200, jobs // 20), "async", opts.time_limit)  # warm up
         for kind in ("async", "sync"):
             m = _through_worker(server, jobs, kind, opts.time_limit)
@@ -788,15 +858,13 @@ def worker(opts, log) -> dict:
     return {"rows": rows, "jobs": jobs, "concurrency": WORKER_CONCURRENCY}
 # -- costs that must stay bounded: a greedy client, many queues, loading -------------------------
 
-def _pipeline_beside_pings(system: str, opts, log, **options) -> dict:
+def _pipeline_beside_pings(t: Target, opts, log) -> dict:
     """One client writes `pipeline_pushes` pushes without reading a reply until all are
     sent, while a pinger measures the longest wait of another client's PING."""
     n = opts.pipeline_pushes
-    server = server_for("valkey" if system == "valkey" else "valqd", False, opts.workdir,
-                        **options)
-    with server:
+    with server_for(t, False, opts.workdir) as server:
         conn = RespConn(server.port)
-        if system == "valkey":
+        if t.system == "valkey":
             push = resp("RPUSH", "jobs", BODY)
         else:
             conn.call("VALQ", "CREATE", "jobs")
@@ -830,8 +898,8 @@ def _pipeline_beside_pings(system: str, opts, log, **options) -> dict:
         pinger.stop()
         thread.join(10)
         conn.close()
-    label = "Valkey (RPUSH)" if system == "valkey" else f"valqd ({options['event_loop']})"
-    row = {"server": label, "pushes": n, "seconds": round(seconds, 3),
+    label = "Valkey (RPUSH)" if t.system == "valkey" else t.label
+    row = {"server": label, "target": t.name, "pushes": n, "seconds": round(seconds, 3),
            "send_seconds": round(sent_at - started, 3), "pushes_per_s": n / seconds,
            "worst_ping_ms": pinger.max_gap * 1e3, "pings": pinger.count,
            "error": pinger.error}
@@ -869,11 +937,12 @@ def _scrape(port: int) -> tuple[int, float]:
     return len(data) - data.find(b"\r\n\r\n") - 4, seconds
 
 
-def _many_queues(system: str, queues: int, opts, log) -> dict:
+def _many_queues(t: Target, queues: int, opts, log) -> dict:
     """INFO, /metrics and a full SCAN with `queues` queues (Valkey: as many lists), each
     holding one message."""
+    system = t.system
     options = {} if system == "valkey" else {"metrics_port": free_port()}
-    with server_for(system, False, opts.workdir, **options) as server:
+    with server_for(t, False, opts.workdir, **options) as server:
         conn = RespConn(server.port)
         for start in range(0, queues, 1000):
             names = [f"queue:{i}" for i in range(start, min(start + 1000, queues))]
@@ -904,44 +973,49 @@ def _many_queues(system: str, queues: int, opts, log) -> dict:
     return row
 
 
-def _aof_load_peak(opts, log) -> dict:
+def _aof_load_peak(t: Target, opts, log) -> dict:
     """Peak resident memory (VmHWM) of valqd loading an AOF of N pushes at start-up."""
     n = opts.persistence_messages
-    server = server_for("valqd", True, opts.workdir, auto_aof_rewrite_percentage=0)
+    server = server_for(t, True, opts.workdir, auto_aof_rewrite_percentage=0)
     try:
         _fill_and_stop(server, n)
         aof_bytes = server.disk_bytes()
         seconds = server.restart(timeout=opts.time_limit + 600)
-        row = {"messages": n, "aof_bytes": aof_bytes, "seconds_to_ping": seconds,
+        row = {"target": t.name, "label": f"valqd {build_of(t)}", "messages": n,
+               "aof_bytes": aof_bytes, "seconds_to_ping": seconds,
                "peak_rss": peak_rss_bytes(server.pid), "rss_after_load": server.rss()}
     finally:
         server.close()
-    log(f"AOF load of {_count(n)} messages: peak RSS {row['peak_rss'] / 2**20:.0f} MB "
-        f"({row['aof_bytes'] / 2**20:.0f} MB file), {row['rss_after_load'] / 2**20:.0f} MB after")
+    log(f"AOF load of {_count(n)} messages, {row['label']}: peak RSS "
+        f"{row['peak_rss'] / 2**20:.0f} MB ({row['aof_bytes'] / 2**20:.0f} MB file), "
+        f"{row['rss_after_load'] / 2**20:.0f} MB after")
     return row
 
 
-def cost(systems: list[str], opts, log) -> dict:
-    out: dict = {"pipeline": [], "queues": [], "aof_load": None}
-    targets = [("valqd", {"event_loop": "asyncio"}), ("valqd", {"event_loop": "uvloop"})]
-    if valkey_server_binary() is not None:
-        targets.append(("valkey", {}))
-    runs: dict[str, list[dict]] = {}
-    for _ in range(opts.pipeline_rounds):  # interleaved, so a busy moment hits every target
-        for system, options in targets:
-            row = _pipeline_beside_pings(system, opts, log, **options)
-            runs.setdefault(row["server"], []).append(row)
-    for label, rows in runs.items():
-        waits = sorted(r["worst_ping_ms"] for r in rows)
+def cost(targets: list[Target], opts, log) -> dict:
+    """The pipeline beside a pinger for every valqd target and Valkey in interleaved
+    rounds; INFO, /metrics and SCAN with many queues for valqd's first target and Valkey;
+    the peak memory of an AOF load for every build."""
+    out: dict = {"pipeline": [], "queues": [], "aof_loads": []}
+    pipelined = valqd_targets(targets) + ([VALKEY] if valkey_server_binary() else [])
+    runs: dict[str, list[dict]] = {t.name: [] for t in pipelined}
+    for r in range(opts.pipeline_rounds):
+        for t in rounds.rotated(pipelined, r):
+            runs[t.name].append(_pipeline_beside_pings(t, opts, log))
+    for t in pipelined:
+        rows = runs[t.name]
+        waits = rounds.summary([r["worst_ping_ms"] for r in rows])
         out["pipeline"].append({
-            "server": label, "pushes": rows[0]["pushes"], "rounds": len(rows),
-            "worst_ping_ms": waits[len(waits) // 2], "worst_ping_ms_max": waits[-1],
-            "worst_ping_ms_all": waits,
-            "pushes_per_s": sorted(r["pushes_per_s"] for r in rows)[len(rows) // 2],
+            "server": rows[0]["server"], "target": t.name, "pushes": rows[0]["pushes"],
+            "rounds": len(rows), "worst_ping_ms": waits["median"],
+            "worst_ping_ms_max": waits["max"], "worst_ping_ms_all": waits["rounds"],
+            "pushes_per_s": rounds.summary([r["pushes_per_s"] for r in rows])["median"],
             "pings": sum(r["pings"] for r in rows),
             "error": next((r["error"] for r in rows if r["error"]), None)})
+    first = primary_valqd(targets)
     for queues in opts.cost_queues:
-        for system in ("valqd", "valkey") if valkey_server_binary() else ("valqd",):
-            out["queues"].append(_many_queues(system, queues, opts, log))
-    out["aof_load"] = _aof_load_peak(opts, log)
+        for t in [first] + ([VALKEY] if valkey_server_binary() else []):
+            out["queues"].append(_many_queues(t, queues, opts, log))
+    for t in one_per_build(targets):
+        out["aof_loads"].append(_aof_load_peak(t, opts, log))
     return out
