@@ -138,9 +138,9 @@ class ThreadedServer:
     """The real Server class on a background event loop, driven by a ManualClock."""
 
     def __init__(self, clock: ManualClock | None = None, loop_factory=asyncio.new_event_loop,
-                 **settings: str) -> None:
+                 renames: dict[str, str] | None = None, **settings: str) -> None:
         self.clock = clock or ManualClock()
-        self.config = Config({"port": "auto", "appendonly": "no", **settings})
+        self.config = Config({"port": "auto", "appendonly": "no", **settings}, renames)
         self.loop = loop_factory()
         self.server = Server(self.config, clock=self.clock)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

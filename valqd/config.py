@@ -122,6 +122,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(ts, pid, role, level, msg), one a line", "enum", ("valkey", "json")),
     Setting("event-loop", "auto", "asyncio, or uvloop (`pip install valqd[fast]`); auto takes "
             "uvloop when it is installed", "enum", ("auto", "asyncio", "uvloop")),
+    Setting("lean-path", "yes", "serve the usual forms of VALQ PUSH, POP, ACK, EXTEND and NACK "
+            "on a shorter path that skips the checks they cannot fail (no: every command "
+            "through the general dispatcher; the replies are the same)", "enum",
+            ("yes", "no"), mutable=True),
     Setting("requirepass", "", "password every client must give with AUTH (empty: none); "
             "never shown by CONFIG GET; also from the environment variable "
             "VALQD_REQUIREPASS", "secret", mutable=True),

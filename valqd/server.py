@@ -28,6 +28,7 @@ from .commands import acl
 from .commands.acl import load_acl_file
 from .commands.context import Blocked, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
+from .commands.lean import LeanPath
 from .commands.observe import SlowLog, render_metrics, rss_bytes
 from .commands.pubsub import PubSub
 from .commands.table import TABLE
@@ -139,7 +140,8 @@ class Connection(asyncio.Protocol):
                 self.waiter is not None:  # a call scheduled before the client blocked again
             return
         server = self.server
-        execute = server.dispatcher.execute
+        execute = server.execute
+        server.lean.new_read()
         readied = server.databases.readied
         parser = self.parser
         replies = []
@@ -454,6 +456,13 @@ class Server:
         self.state.write_file = replace_file
         self.state.pubsub = PubSub(self.databases)
         self.dispatcher = Dispatcher(self.state, config.renames)
+        # what a RESP connection runs each command with: the lean path (embedded engine
+        # only) or the dispatcher alone, as `lean-path` says
+        self.lean = LeanPath(self.state, self.dispatcher)
+        self.execute: Callable[[Session, list[bytes]], bytes | Blocked] = \
+            self.dispatcher.execute
+        self._choose_path(config["lean-path"])
+        config.on_change["lean-path"] = self._choose_path
         self.http_app = HttpApp(self.dispatcher.execute, self.new_session, self.metrics,
                                 lambda: self.state.loading,
                                 lambda: len(self.state.acl.users) > 1)
@@ -618,6 +627,9 @@ class Server:
         for name, hook in hooks.items():
             hook(config[name])
             config.on_change[name] = hook
+
+    def _choose_path(self, lean: object) -> None:
+        self.execute = self.lean.execute if lean == "yes" else self.dispatcher.execute
 
     def _set_default_password(self, password: object) -> None:
         """`requirepass` is the default user's password, as in Valkey."""

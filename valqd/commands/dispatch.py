@@ -100,6 +100,17 @@ def _refused(state: ServerState, session: Session, reply: bytes,
     return reply
 
 
+def record_slow(state: ServerState, session: Session, name: str, argv: list[bytes],
+                elapsed_us: int) -> None:
+    """A command that took at least slowlog-log-slower-than: into the slow log, and the
+    log at verbose."""
+    shown = redacted(name, argv)
+    state.slowlog.record(session, shown, elapsed_us)
+    if log.isEnabledFor(VERBOSE):
+        log.log(VERBOSE, "Slow command (%d us) from client id=%d addr=%s: %s",
+                elapsed_us, session.id, session.addr, _shown_argv(shown))
+
+
 class Dispatcher:
     def __init__(self, state: ServerState, renames: dict[str, str] | None = None) -> None:
         """`renames` maps a command to the name it answers to ("" disables it)."""
@@ -136,6 +147,10 @@ class Dispatcher:
                     self._pairs[variant, sub_name] = sub
             for each in (spec, *spec.subcommands.values()):  # calls, usec, failed calls
                 state.command_stats.setdefault(each.name, [0, 0, 0, 0])
+
+    def pairs(self) -> dict[tuple[bytes, bytes], CommandSpec]:
+        """(command, subcommand) -> spec, as clients usually spell them (renames applied)."""
+        return self._pairs
 
     def find(self, argv: list[bytes]) -> CommandSpec | bytes:
         """The spec that serves argv, or the error reply when there is none."""
@@ -227,12 +242,8 @@ class Dispatcher:
         if failed:
             stats[2] += 1
         if 0 <= state.slowlog_threshold_us <= elapsed_us and name != "exec":
-            shown = redacted(name, argv)
-            state.slowlog.record(session, shown, elapsed_us)  # as Valkey: the commands of
-            if log.isEnabledFor(VERBOSE):  # an EXEC are logged, not the EXEC
-                log.log(VERBOSE, "Slow command (%d us) from client id=%d addr=%s: %s",
-                        elapsed_us, session.id, session.addr, _shown_argv(shown))
-        return reply
+            record_slow(state, session, name, argv, elapsed_us)  # as Valkey: the commands
+        return reply  # of an EXEC are logged, not the EXEC
 
     def _cross_protocol_attack(self, session: Session) -> bytes:
         """POST or Host: as a command: close the connection without a reply."""

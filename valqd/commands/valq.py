@@ -251,7 +251,7 @@ def valq_mpush(state: ServerState, session: Session, argv: list[bytes]) -> bytes
 
 # -- consuming -----------------------------------------------------------------------------
 
-def _message_map(d: Delivery, proto: int, withmeta: bool) -> bytes:
+def message_map(d: Delivery, proto: int, withmeta: bool) -> bytes:
     if not withmeta:
         return encode.body_id_map(d.body, d.id, proto)
     return encode.map_([
@@ -291,7 +291,7 @@ class _PopOptions:
 def _deliver(state: ServerState, name: bytes, opts: _PopOptions,
              proto: int) -> list[bytes]:
     count = opts.count or 1
-    return [_message_map(d, proto, opts.withmeta)
+    return [message_map(d, proto, opts.withmeta)
             for d in state.engine.pop_many(name, state.now, count, opts.noack)]
 
 
