@@ -77,6 +77,12 @@ OUTPUT_CLASSES = ("normal", "replica", "pubsub")
 OutputLimits = dict[str, tuple[int, int, int]]  # client class -> (hard, soft, soft seconds)
 
 
+def int_value(value: object) -> int:
+    """The value of an `int`, `memory` or `port` setting, as its parser made it."""
+    assert isinstance(value, int)
+    return value
+
+
 def output_limits(value: object) -> OutputLimits:
     """The value of a `buffers` setting, as its parser made it."""
     assert isinstance(value, dict)
@@ -316,9 +322,7 @@ class Config:
     # Last in the class: below these two, `int` and `str` in an annotation of the class body
     # would name the methods, not the types.
     def int(self, name: str) -> int:
-        value = self.values[name]
-        assert isinstance(value, int)
-        return value
+        return int_value(self.values[name])
 
     def str(self, name: str) -> str:
         return str(self.values[name])

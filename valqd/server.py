@@ -22,17 +22,16 @@ import signal
 import socket
 import ssl
 import time
-from typing import Callable
+from typing import Callable, Sequence, cast
 
 from .commands import acl
 from .commands.acl import load_acl_file
 from .commands.context import Blocked, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
 from .commands.lean import LeanPath
-from .commands.observe import SlowLog, render_metrics, rss_bytes
-from .commands.pubsub import PubSub
+from .commands.observe import render_metrics, rss_bytes
 from .commands.table import TABLE
-from .config import AUTO_PORT, Config
+from .config import AUTO_PORT, Config, int_value, output_limits
 from .engine import TICK_BUDGET, Databases
 from .errors import CommandError, ProtocolError
 from .logs import VERBOSE
@@ -107,8 +106,9 @@ class Connection(asyncio.Protocol):
         self.continuation: asyncio.Handle | None = None
         self.reading_paused = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # a stream transport: uvloop's has the methods of asyncio.Transport, not the class
+        self.transport = transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         refusal = self.server.refusal(peer[0])
@@ -155,8 +155,8 @@ class Connection(asyncio.Protocol):
                     server.serve_waiters()
                 if parser.authenticated is not session.authenticated:
                     parser.authenticated = session.authenticated
-                if type(reply) is not bytes:
-                    server.block(self, reply)  # type: ignore[arg-type]
+                if isinstance(reply, Blocked):
+                    server.block(self, reply)
                     self._resume_reading(transport)  # to notice a disconnect while blocked
                     break
                 replies.append(reply)
@@ -235,8 +235,8 @@ class HttpConnection(asyncio.Protocol):
         self.counted = False
         self.reading_paused = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, base)  # (as Connection's)
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         reason = self.server.refusal_reason(peer[0])
@@ -434,13 +434,15 @@ def _is_loopback(host: str) -> bool:
     return (mapped or address).is_loopback
 
 
-def _addr(sock_addr: tuple) -> str:
+def _addr(sock_addr: Sequence[object]) -> str:
+    """`host:port` of a socket address (a tuple under both loops; any sequence will do:
+    uvloop gives lists where asyncio gives tuples elsewhere, as in Server.sockets)."""
     host, port = sock_addr[0], sock_addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 class Server:
-    def __init__(self, config: Config, clock=wall_clock_ms) -> None:
+    def __init__(self, config: Config, clock: Callable[[], int] = wall_clock_ms) -> None:
         self.config = config
         self.clock = clock
         self.databases = Databases(config.int("databases"))
@@ -450,11 +452,9 @@ class Server:
         self.limits = Limits(max_bulk_len=config.int("proto-max-bulk-len"),
                              max_query_buffer=config.int("client-query-buffer-limit"))
         self.state.baseline_memory = rss_bytes()
-        self.state.slowlog = SlowLog()
         self._follow_config()
         self.state.read_file = read_file
         self.state.write_file = replace_file
-        self.state.pubsub = PubSub(self.databases)
         self.dispatcher = Dispatcher(self.state, config.renames)
         # what a RESP connection runs each command with: the lean path (embedded engine
         # only) or the dispatcher alone, as `lean-path` says
@@ -482,7 +482,7 @@ class Server:
         self._commit_scheduled = False
         self._housekeeping: asyncio.TimerHandle | None = None
         self._housekeeping_round = 0
-        self._waiters: dict[bytes, collections.deque[Waiter]] = {}
+        self._waiters: dict[tuple[int, bytes], collections.deque[Waiter]] = {}  # (db, queue)
         self.state.blocked_consumers = self.blocked_consumers
         self.state.blocked_clients = lambda: sum(
             1 for c in self._connections.values() if c.waiter is not None)
@@ -620,8 +620,8 @@ class Server:
             "maxmemory": lambda v: setattr(state, "maxmemory", v),
             "max-message-size": lambda v: setattr(state, "max_message_size", v),
             "slowlog-log-slower-than": lambda v: setattr(state, "slowlog_threshold_us", v),
-            "slowlog-max-len": lambda v: state.slowlog.resize(v),
-            "acllog-max-len": state.acl.log.resize,
+            "slowlog-max-len": lambda v: state.slowlog.resize(int_value(v)),
+            "acllog-max-len": lambda v: state.acl.log.resize(int_value(v)),
             "requirepass": self._set_default_password,
         }
         for name, hook in hooks.items():
@@ -854,7 +854,7 @@ class Server:
         session = connection.session
         kind = "pubsub" if session is not None and (session.channels or session.patterns) \
             else "normal"
-        hard, soft, seconds = self.config["client-output-buffer-limit"][kind]  # type: ignore[index]
+        hard, soft, seconds = output_limits(self.config["client-output-buffer-limit"])[kind]
         now = time.monotonic()
         if soft and size > soft:
             if connection.over_soft_limit_since is None:
@@ -897,8 +897,8 @@ class Server:
                 aof.ensure_reserve(self.databases.message_count())
                 if aof.needs_fsync():
                     aof.fsync_in_background()
-                if aof.should_auto_rewrite(int(self.config["auto-aof-rewrite-percentage"]),
-                                           int(self.config["auto-aof-rewrite-min-size"])):
+                if aof.should_auto_rewrite(self.config.int("auto-aof-rewrite-percentage"),
+                                           self.config.int("auto-aof-rewrite-min-size")):
                     aof.start_rewrite(self.databases.snapshot)
         if self._housekeeping_round % 10 == 0:
             self._close_idle_clients()

@@ -9,7 +9,7 @@ import os
 import resource
 import sys
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import __version__
 from ..errors import CommandError
@@ -20,6 +20,9 @@ from .context import ServerState, Session
 from .glob import glob_match
 from .multi import discard_transaction
 from .observe import rss_bytes
+
+if TYPE_CHECKING:  # the table imports this module
+    from .table import CommandSpec
 
 VALKEY_COMPAT_VERSION = "7.2.4"  # the Valkey whose replies valqd follows, for client checks
 QUEUE_TYPE = b"valq-type"
@@ -225,7 +228,7 @@ def client_kill(state: ServerState, session: Session, argv: list[bytes]) -> byte
         return encode.OK
     if len(argv) % 2:  # option value pairs
         raise CommandError("syntax error")
-    filters = []
+    filters: list[Callable[..., bool]] = []  # of a Session (values bound as defaults)
     skip_me = True
     for i in range(2, len(argv), 2):
         option, raw = argv[i].upper(), argv[i + 1]
@@ -264,11 +267,11 @@ def _kill(session: Session, victims: list[Session]) -> None:
 
 # -- COMMAND ---------------------------------------------------------------------------
 
-def _all_specs(state: ServerState) -> list:
+def _all_specs(state: ServerState) -> list["CommandSpec"]:
     return list(state.commands.values())
 
 
-def _lookup(state: ServerState, name: bytes):
+def _lookup(state: ServerState, name: bytes) -> "CommandSpec | None":
     spec = state.commands.get(name.decode("latin-1").lower())
     if spec is None and b"|" in name:
         container, _, sub = name.decode("latin-1").lower().partition("|")
@@ -319,7 +322,7 @@ def command_docs(state: ServerState, session: Session, argv: list[bytes]) -> byt
     """COMMAND DOCS [name ...] -> map of name to its documentation (unknown names skipped)."""
     specs = _all_specs(state) if len(argv) == 2 else [
         s for s in (_lookup(state, name) for name in argv[2:]) if s is not None]
-    pairs = []
+    pairs: list[bytes] = []
     for spec in specs:
         pairs += (encode.bulk_str(spec.name), spec.docs_reply(session.proto))
     return encode.map_(pairs, session.proto)
@@ -328,11 +331,12 @@ def command_docs(state: ServerState, session: Session, argv: list[bytes]) -> byt
 # -- INFO ------------------------------------------------------------------------------
 
 def _human(n: int) -> str:
+    size: float = n  # (compiled, an int variable given a float raised TypeError)
     for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n}{unit}" if unit == "B" else f"{n:.2f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+        if size < 1024 or unit == "G":
+            return f"{n}{unit}" if unit == "B" else f"{size:.2f}{unit}"
+        size /= 1024
+    return str(size)
 
 
 
@@ -466,7 +470,7 @@ def config_get(state: ServerState, session: Session, argv: list[bytes]) -> bytes
         for name in state.config.values:
             if glob_match(pattern.lower(), name.encode(), True):
                 found[name] = state.config.render(name)
-    pairs = []
+    pairs: list[bytes] = []
     for name, value in found.items():
         pairs += (encode.bulk_str(name), encode.bulk_str(value))
     return encode.map_(pairs, session.proto)

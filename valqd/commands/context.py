@@ -4,14 +4,19 @@ Both are plain data plus hooks. The server module fills in the hooks that need s
 (closing another client, stopping the server); the command layer never touches I/O.
 """
 
+import collections
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
-from ..engine import Databases, Engine
+from ..config import Config
+from ..engine import Databases, Effect, Engine
 from ..resp import encode
 from .users import Acl, User
+
+if TYPE_CHECKING:  # the table imports this module
+    from .table import CommandSpec
 
 
 def _internal_user() -> User:
@@ -59,7 +64,7 @@ class Session:
     channels: set[bytes] = field(default_factory=set)  # pub/sub subscriptions
     patterns: set[bytes] = field(default_factory=set)
     db: int = 0  # the selected database
-    multi: list[tuple[Any, list[bytes]]] | None = None  # (spec, argv) queued in MULTI
+    multi: list[tuple["CommandSpec", list[bytes]]] | None = None  # (spec, argv) queued in MULTI
     multi_failed: bool = False  # a command was refused while queuing: EXEC aborts
     # (db, queue) -> (creation serial, version) when WATCH ran, None for a missing queue
     watched: dict[tuple[int, bytes], tuple[int, int] | None] = field(default_factory=dict)
@@ -92,11 +97,60 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class Aof(Protocol):
+    """What commands see of the append-only file (valqd.persistence.aof.AppendOnlyFile)."""
+
+    rewrite_scheduled: bool
+    write_error: str | None
+
+    @property
+    def rewriting(self) -> bool: ...
+
+    def start_rewrite(self, snapshot: Callable[[], Iterable[Effect]]) -> bool: ...
+
+    def rewrite_now(self, snapshot: Callable[[], Iterable[Effect]]) -> None: ...
+
+    def info_fields(self) -> list[str]: ...
+
+
+# (id, unix time, microseconds, arguments as shown, client address, client name)
+SlowLogEntry = tuple[int, int, int, list[bytes], bytes, bytes]
+
+
+# The next two describe classes of modules that import this one (observe, pubsub): as
+# Protocols, a compiled ServerState needs neither class to exist when it is defined.
+class SlowLogBook(Protocol):
+    """The slow log (valqd.commands.observe.SlowLog)."""
+
+    entries: collections.deque[SlowLogEntry]
+
+    def record(self, session: Session, argv: list[bytes], duration_us: int) -> None: ...
+
+    def resize(self, max_len: int) -> None: ...
+
+
+class Subscriptions(Protocol):
+    """Every connection's pub/sub subscriptions (valqd.commands.pubsub.PubSub)."""
+
+    def subscribe(self, session: Session, names: list[bytes], pattern: bool) -> bytes: ...
+
+    def unsubscribe(self, session: Session, names: list[bytes], pattern: bool) -> bytes: ...
+
+    def drop(self, session: Session) -> None: ...
+
+
+class LoadProgress(Protocol):
+    """How far the AOF has loaded (valqd.persistence.loader.LoadResult)."""
+
+    file_size: int
+    loaded_size: int
+
+
 @dataclass(eq=False)
 class ServerState:
     engine: Engine  # the selected database's: set before each command
-    config: Any  # valqd.config.Config
-    commands: dict  # name -> CommandSpec, see table.py
+    config: Config
+    commands: dict[str, "CommandSpec"]  # name -> spec, see table.py
     clock: Callable[[], int] = wall_clock_ms
     now: int = 0  # Unix ms, read once per command by the dispatcher
     started_at: float = field(default_factory=time.time)
@@ -113,19 +167,20 @@ class ServerState:
     bound_port: int = 0
     blocked_consumers: Callable[[bytes], int] = lambda name: 0
     blocked_clients: Callable[[], int] = lambda: 0
-    pubsub: Any = None  # valqd.commands.pubsub.PubSub
-    slowlog: Any = None  # valqd.commands.observe.SlowLog
+    pubsub: Subscriptions = field(init=False)
+    slowlog: SlowLogBook = field(init=False)
     slowlog_threshold_us: int = 10000  # negative: log nothing
     maxmemory: int = 0  # bytes; 0: no limit
     max_message_size: int = 1 << 20  # bytes of a message body
     baseline_memory: int = 0  # resident bytes of the process before any data
-    aof: Any = None  # valqd.persistence.aof.AppendOnlyFile when appendonly is on
+    aof: Aof | None = None  # when appendonly is on
     loading: bool = False  # the AOF is being replayed: only `loading` commands are served
-    loading_progress: Any = None  # valqd.persistence.loader.LoadResult while loading
+    loading_progress: LoadProgress | None = None  # while loading
     loading_started_at: int = 0  # Unix seconds
     databases: Databases = field(default_factory=Databases)  # `engine` is one of them
     # set by the dispatcher: run one command (stats, slow log, errors), for EXEC
-    call: Callable[[Session, Any, list[bytes]], Any] = lambda session, spec, argv: b""
+    call: Callable[[Session, "CommandSpec", list[bytes]], bytes | Blocked] = \
+        lambda session, spec, argv: b""
     in_exec: bool = False
     acl: Acl = field(init=False)
     # set by the server: whole-file reads and atomic replacement (ACL LOAD and SAVE)
@@ -133,6 +188,10 @@ class ServerState:
     write_file: Callable[[str, bytes], None] = lambda path, data: None
 
     def __post_init__(self) -> None:
+        from .observe import SlowLog  # (observe and pubsub import this module)
+        from .pubsub import PubSub
+        self.slowlog = SlowLog()
+        self.pubsub = PubSub(self.databases)
         specs = {}
         for spec in self.commands.values():
             specs[spec.name] = spec

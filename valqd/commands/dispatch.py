@@ -176,11 +176,12 @@ class Dispatcher:
             return arity_error(spec.name)
         return spec
 
-    def execute(self, session: Session, argv: list[bytes]) -> bytes:
+    def execute(self, session: Session, argv: list[bytes]) -> bytes | Blocked:
+        """Run one request: its reply, or a `Blocked` when a blocking pop has to wait."""
         state = self.state
         state.total_commands += 1
         spec = self.find(argv)
-        if type(spec) is bytes:
+        if isinstance(spec, bytes):
             if argv[0].lower() in CROSS_PROTOCOL_WORDS:
                 return self._cross_protocol_attack(session)
             return _refused(state, session, spec)
@@ -192,8 +193,9 @@ class Dispatcher:
                 return _refused(state, session, denied, spec)
         if state.loading and not spec.loading_ok:
             return _refused(state, session, LOADING, spec)
-        if session.multi is not None and spec.name not in RUN_IN_MULTI:
-            return self._queue(session, spec, argv)
+        queued = session.multi
+        if queued is not None and spec.name not in RUN_IN_MULTI:
+            return self._queue(session, queued, spec, argv)
         if spec.denyoom:
             refusal = state.write_refusal()
             if refusal is not None:
@@ -203,15 +205,17 @@ class Dispatcher:
         state.engine = databases.engines[session.db]
         if now >= databases.due_at:
             databases.tick(now, TICK_BUDGET)
-        return self.call(session, spec, argv)  # type: ignore[return-value]
+        return self.call(session, spec, argv)
 
-    def _queue(self, session: Session, spec: CommandSpec, argv: list[bytes]) -> bytes:
-        """In MULTI: queue the command for EXEC, or refuse it and make EXEC abort."""
+    def _queue(self, session: Session, queued: list[tuple[CommandSpec, list[bytes]]],
+               spec: CommandSpec, argv: list[bytes]) -> bytes:
+        """In MULTI: queue the command for EXEC (in `queued`, the session's), or refuse it
+        and make EXEC abort."""
         refusal = NOT_IN_MULTI if spec.no_multi else \
             self.state.write_refusal() if spec.denyoom else None
         if refusal is not None:
             return _refused(self.state, session, refusal, spec)
-        session.multi.append((spec, argv))  # type: ignore[union-attr]
+        queued.append((spec, argv))
         session.last_command = spec.name
         return QUEUED
 
@@ -224,7 +228,9 @@ class Dispatcher:
         try:
             if session.channels or session.patterns:
                 check_subscribed_mode(session, name)
-            reply = spec.handler(state, session, argv)  # type: ignore[misc]
+            handler = spec.handler
+            assert handler is not None, "find() answers a container without its subcommand"
+            reply = handler(state, session, argv)
             failed = 0
         except CommandError as exc:
             reply = encode.error(exc.code, exc.message)

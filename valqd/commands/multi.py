@@ -19,7 +19,7 @@ O(watched queues) per EXEC, with no registry of watchers to update on writes.
 from ..errors import CommandError
 from ..resp import encode
 from .acl import check
-from .context import ServerState, Session
+from .context import Blocked, ServerState, Session
 
 QUEUED = encode.simple(b"QUEUED")
 # Commands a session in MULTI runs at once instead of queuing, as Valkey does.
@@ -80,7 +80,7 @@ def exec_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
                 replies.append(denied)
                 continue
             reply = state.call(session, spec, queued_argv)
-            replies.append(reply if type(reply) is bytes else reply.timeout_reply)
+            replies.append(reply.timeout_reply if isinstance(reply, Blocked) else reply)
     finally:
         state.in_exec = False
         session.last_command = "exec"

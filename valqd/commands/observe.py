@@ -8,7 +8,7 @@ import time
 from .. import __version__
 from ..errors import CommandError
 from ..resp import encode
-from .context import ServerState, Session
+from .context import ServerState, Session, SlowLogEntry
 
 SLOWLOG_MAX_ARGS = 32
 SLOWLOG_MAX_ARG_LEN = 128
@@ -18,7 +18,7 @@ class SlowLog:
     """The commands that took longer than `slowlog-log-slower-than` microseconds."""
 
     def __init__(self, max_len: int = 128) -> None:
-        self.entries: collections.deque = collections.deque(maxlen=max_len)
+        self.entries: collections.deque[SlowLogEntry] = collections.deque(maxlen=max_len)
         self.next_id = 0
 
     def resize(self, max_len: int) -> None:

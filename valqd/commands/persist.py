@@ -2,10 +2,10 @@
 
 from ..errors import CommandError
 from ..resp import encode
-from .context import ServerState, Session
+from .context import Aof, ServerState, Session
 
 
-def _aof(state: ServerState):
+def _aof(state: ServerState) -> Aof:
     if state.aof is None:
         raise CommandError("appendonly is off: there is no AOF to rewrite")
     return state.aof
@@ -15,10 +15,11 @@ def bgrewriteaof(state: ServerState, session: Session, argv: list[bytes]) -> byt
     """BGREWRITEAOF -> +Background append only file rewriting started (scheduled inside
     EXEC: the fork commits the AOF, which would split the transaction's batch). ERR if one
     is already running or appendonly is off."""
-    if state.in_exec and not _aof(state).rewriting:
-        state.aof.rewrite_scheduled = True
+    aof = _aof(state)
+    if state.in_exec and not aof.rewriting:
+        aof.rewrite_scheduled = True
         return encode.simple(b"Background append only file rewriting scheduled")
-    if not _aof(state).start_rewrite(state.databases.snapshot):
+    if not aof.start_rewrite(state.databases.snapshot):
         raise CommandError("Background append only file rewriting already in progress")
     return encode.simple(b"Background append only file rewriting started")
 

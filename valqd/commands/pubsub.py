@@ -7,6 +7,7 @@ is subscribed, so events cost nothing when nobody listens.
 """
 
 from ..engine import Databases, Engine
+from ..engine.engine import Listener
 from ..errors import CommandError
 from ..resp import encode
 from .context import ServerState, Session
@@ -35,7 +36,7 @@ class PubSub:
         for engine in self.databases.engines:
             engine.listener = self._listener(engine) if listening else None
 
-    def _listener(self, engine: Engine):
+    def _listener(self, engine: Engine) -> Listener:
         def on_event(event: str, queue: bytes, message_id: int | None) -> None:
             payload = event.encode() if message_id is None else b"%s %d" % (event.encode(),
                                                                              message_id)
@@ -89,7 +90,8 @@ class PubSub:
         self.unsubscribe(session, [], False)
         self.unsubscribe(session, [], True)
 
-    def _sides(self, session: Session, pattern: bool):
+    def _sides(self, session: Session,
+               pattern: bool) -> tuple[dict[bytes, set[Session]], set[bytes]]:
         return (self.patterns, session.patterns) if pattern else (self.channels,
                                                                   session.channels)
 

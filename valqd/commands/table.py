@@ -11,8 +11,10 @@ from typing import Callable
 
 from ..resp import encode
 from . import acl, admin, multi, observe, persist, pubsub, valq
+from .context import Blocked, ServerState, Session
 
-Handler = Callable[..., bytes]
+# A command's function: its reply, or a Blocked when a blocking pop has to wait
+Handler = Callable[[ServerState, Session, list[bytes]], bytes | Blocked]
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ class CommandSpec:
             pairs += (encode.bulk(b"arguments"),
                       encode.array([a.docs_reply(proto) for a in self.args]))
         if self.subcommands:
-            sub_pairs = []
+            sub_pairs: list[bytes] = []
             for sub in self.subcommands.values():
                 sub_pairs += (encode.bulk_str(sub.name), sub.docs_reply(proto))
             pairs += (encode.bulk(b"subcommands"), encode.map_(sub_pairs, proto))

@@ -7,7 +7,10 @@ encoded reply, or a `Blocked` request when a blocking pop has to wait. Errors ar
 keywords after the module's own arguments.
 """
 
-from ..engine import MAX_DELAY, PRIORITY_RANGE, Delivery, Queue, make_settings
+from typing import Iterable
+
+from ..engine import (MAX_DELAY, PRIORITY_RANGE, Delivery, Queue, QueueSettings,
+                      make_settings)
 from ..engine.record import ID_MASK, body_of, unpack
 from ..errors import CommandError, NoMessageError
 from ..resp import encode
@@ -56,7 +59,7 @@ SETTING_KEYWORDS = {b"VISIBILITY", b"MAXATTEMPTS", b"RETENTION", b"BACKOFF", b"D
                     b"MAXLEN"}
 
 
-def _settings_keywords(args: Args, settings):
+def _settings_keywords(args: Args, settings: QueueSettings) -> QueueSettings:
     """VISIBILITY s, MAXATTEMPTS n, RETENTION s, BACKOFF NONE|FIXED s|EXPONENTIAL b m,
     DEDUPWINDOW s, MAXLEN n, in any order, each at most once."""
     seen = set()
@@ -103,11 +106,12 @@ def valq_create(state: ServerState, session: Session, argv: list[bytes]) -> byte
     -> bulk `created <queue>`. ERR on a bad or out-of-range value, BUSYQUEUE if it exists."""
     args = Args(argv, 2)
     name = args.next_bytes()
-    numbers = []
+    numbers: list[int | None] = []
     while args.remaining() and len(numbers) < 3 and \
             argv[args.pos].upper() not in SETTING_KEYWORDS:
         numbers.append(args.next_int())
-    settings = _settings_keywords(args, make_settings(*numbers))
+    numbers += [None] * (3 - len(numbers))
+    settings = _settings_keywords(args, make_settings(numbers[0], numbers[1], numbers[2]))
     state.engine.create_queue(name, settings)
     return encode.bulk(b"created " + name)
 
@@ -122,8 +126,8 @@ def valq_update(state: ServerState, session: Session, argv: list[bytes]) -> byte
     if not args.remaining() or argv[3].upper() not in SETTING_KEYWORDS:
         if len(argv) != 6:
             raise CommandError("wrong number of arguments for 'valq|update' command")
-        numbers = [args.next_int() for _ in range(3)]
-        settings = make_settings(*numbers, base=state.engine.queue(name).settings)
+        settings = make_settings(args.next_int(), args.next_int(), args.next_int(),
+                                 base=state.engine.queue(name).settings)
     else:
         settings = _settings_keywords(args, state.engine.queue(name).settings)
     state.engine.update_queue(name, settings)
@@ -158,8 +162,8 @@ def valq_info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return _int_map(fields, session.proto)
 
 
-def _int_map(fields, proto: int) -> bytes:
-    pairs = []
+def _int_map(fields: Iterable[tuple[str, int | str]], proto: int) -> bytes:
+    pairs: list[bytes] = []
     for key, value in fields:
         pairs += (_b(key), encode.bulk_str(value) if isinstance(value, str)
                   else encode.bulk_int(value))
@@ -174,7 +178,7 @@ def valq_stats(state: ServerState, session: Session, argv: list[bytes]) -> bytes
     s = q.settings
     backoff = {"none": "none", "fixed": f"fixed {s.backoff_base}",
                "exponential": f"exponential {s.backoff_base} {s.backoff_max}"}[s.backoff]
-    fields = dict(q.counters)
+    fields: dict[str, int | str] = dict(q.counters)
     fields.update(
         backoff=backoff, blocked=state.blocked_consumers(q.name), dedup_window=s.dedup_window,
         delayed=len(q.delayed), dlq=len(q.dead), id_sequence=q.id_sequence,
@@ -189,11 +193,9 @@ def valq_purge(state: ServerState, session: Session, argv: list[bytes]) -> bytes
     """VALQ PURGE queue [main|dlq|delayed] -> integer removed; ERR on another word, NOQUEUE."""
     if len(argv) > 4:
         raise CommandError("syntax error")
-    part = "main"
-    if len(argv) == 4:
-        part = _PARTS.get(argv[3].lower())  # type: ignore[assignment]
-        if part is None:
-            raise CommandError("purge type must be one of main, dlq, delayed")
+    part = _PARTS.get(argv[3].lower()) if len(argv) == 4 else "main"
+    if part is None:
+        raise CommandError("purge type must be one of main, dlq, delayed")
     return encode.integer(state.engine.purge(argv[2], part))
 
 
@@ -435,7 +437,7 @@ def _message_info(q: Queue, message_id: int, proto: int) -> bytes:
                    else encode.null(proto)))
     if time_field is not None:
         fields.append((time_field, encode.bulk_int(at)))
-    pairs = []
+    pairs: list[bytes] = []
     for key, value in sorted(fields):
         pairs += (_b(key), value)
     return encode.map_(pairs, proto)

@@ -57,7 +57,9 @@ READYING = frozenset(("push", "expire", "nack", "promote", "redrive", "pause"))
 
 class Delivery(NamedTuple):
     id: int
-    body: memoryview
+    # in quotes: compiled by mypyc, a NamedTuple whose field names the memoryview class
+    # failed at import (KeyError: 'memoryview'), and so did everything importing the engine
+    body: "memoryview"
     attempts: int
     lease_no: int  # 0 when delivered with NOACK
     enqueued_at: int

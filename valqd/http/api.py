@@ -11,7 +11,7 @@ raises `ApiError` with its code, which the app turns into a JSON error.
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
 import hiredis
@@ -19,7 +19,8 @@ import hiredis
 from ..commands.context import Blocked, Session
 from .parser import Request
 
-Outcome = tuple[int, Any]
+Outcome = tuple[int, Any]  # (HTTP status, a JSON value)
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -83,7 +84,7 @@ def text_or_base64(raw: bytes) -> tuple[str, str]:
 _TEXT_FIELDS = {b"backoff", b"lease", b"state"}
 
 
-def message_json(reply: dict) -> dict[str, Any]:
+def message_json(reply: dict[bytes, Any]) -> dict[str, Any]:
     """A message map (GET, PEEK, POP WITHMETA) as JSON: numbers as numbers, the body as text
     or base64, the last NACK reason as text (invalid UTF-8 replaced) or null."""
     out: dict[str, Any] = {}
@@ -99,10 +100,11 @@ def message_json(reply: dict) -> dict[str, Any]:
     return out
 
 
-def queue_json(name: bytes, reply: dict) -> dict[str, Any]:
+def queue_json(name: bytes, reply: dict[bytes, Any]) -> dict[str, Any]:
     """VALQ STATS as JSON, with the queue's name as text and as a URL path segment (exact
     bytes, for names that are not UTF-8)."""
-    out = {"name": name.decode("utf-8", "replace"), "path": quote(name, safe="")}
+    out: dict[str, Any] = {"name": name.decode("utf-8", "replace"),
+                           "path": quote(name, safe="")}
     out.update(message_json(reply))
     return out
 
@@ -114,7 +116,7 @@ class Body:
     fields: dict[str, Any]
     used: set[str] = field(default_factory=set)
 
-    def _get(self, name: str, kind: type, what: str) -> Any:
+    def _get(self, name: str, kind: type[T], what: str) -> T | None:
         self.used.add(name)
         value = self.fields.get(name)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
@@ -122,16 +124,7 @@ class Body:
             raise ApiError("ERR", f"field '{name}' must be {what}")
         return value
 
-    def int(self, name: str) -> int | None:
-        return self._get(name, int, "an integer")
-
-    def str(self, name: str) -> str | None:
-        return self._get(name, str, "a string")
-
-    def bool(self, name: str) -> bool:
-        return bool(self._get(name, bool, "true or false"))
-
-    def required(self, value: Any, name: str) -> Any:
+    def required(self, value: T | None, name: str) -> T:
         if value is None:
             raise ApiError("ERR", f"field '{name}' is required")
         return value
@@ -141,6 +134,17 @@ class Body:
         unknown = sorted(set(self.fields) - self.used)
         if unknown:
             raise ApiError("ERR", f"unknown field '{unknown[0]}'")
+
+    # Last in the class: below these, `int`, `str` and `bool` in an annotation of the class
+    # body would name the methods, not the types.
+    def int(self, name: str) -> int | None:
+        return self._get(name, int, "an integer")
+
+    def bool(self, name: str) -> bool:
+        return bool(self._get(name, bool, "true or false"))
+
+    def str(self, name: str) -> str | None:
+        return self._get(name, str, "a string")
 
 
 def _query_int(request: Request, name: str, default: int) -> int:
@@ -319,7 +323,7 @@ def pop(call: Call, request: Request, params: Params, body: Body) -> Outcome | P
         words.append("NOACK")
     reply = call.start("VALQ", "POP", params["queue"], *words)
 
-    def outcome(maps: list) -> Outcome:
+    def outcome(maps: list[dict[bytes, Any]]) -> Outcome:
         return 200, {"messages": [message_json(m) for m in maps]}
 
     if isinstance(reply, Blocked):
