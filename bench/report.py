@@ -152,7 +152,13 @@ def render(results: dict, chart_files: list[str], chart_note: str) -> str:
     lines += [f"- {machine['nproc']} CPUs: {machine['cpu_model']}; "
               f"{machine['memory_bytes'] / 2**30:.1f} GiB; Linux {machine['kernel']}",
               f"- {versions}",
-              f"- load average at start: {', '.join(map(str, machine['loadavg_at_start']))}",
+              f"- load average at start: {', '.join(map(str, machine['loadavg_at_start']))}"
+              + (f"; at the end: {', '.join(map(str, meta['loadavg_at_end']))}"
+                 if meta.get("loadavg_at_end") else ""),
+              *(f"- valqd {build} build: {info['python']}, "
+                + (f"{info['compiled_modules']} compiled modules" if info["compiled_modules"]
+                   else "pure Python") for build, info in meta.get("installed", {}).items()),
+              *(f"- left out: {why}" for why in meta.get("left_out", [])),
               "- Clients and servers share this machine; other work running on it makes the "
               "figures noisy. Throughput includes the clients' own cost (they compete with the "
               "server for the same cores); server CPU per cycle does not.", ""]

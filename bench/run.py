@@ -13,8 +13,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     __package__ = "bench"
 
 from . import instructions, report, workloads  # noqa: E402
-from .targets import (DEFAULT_TARGETS, QUICK_TARGETS, TARGETS, VALKEY, available,  # noqa: E402
-                      machine_info, prepare, primary_valqd, valkey_server_binary)
+from .targets import (BUILT, DEFAULT_TARGETS, QUICK_TARGETS, TARGETS, VALKEY,  # noqa: E402
+                      available, machine_info, prepare, primary_valqd, valkey_server_binary)
 
 SECTIONS = ("job-cycle", "latency", "scale", "memory", "persistence", "tools", "worker",
             "cost", "instructions")
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in opts.targets if not any(w.startswith(t.name + ":") for w in left_out)]
     results["meta"]["targets"] = [t.name for t in targets]
     results["meta"]["builds"] = {t.name: t.build for t in targets if t.system == "valqd"}
+    results["meta"]["installed"] = {build: {"python": info["python"],
+                                            "compiled_modules": len(info["compiled"])}
+                                    for build, info in BUILT.items()}
     first = primary_valqd(targets)
 
     def section(name: str, fn, needs_valqd: bool = False) -> None:
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     section("instructions", counted)
 
     results["meta"]["seconds"] = time.time() - started
+    results["meta"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     with open(os.path.join(opts.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     report.write(results, opts.report, charts=not opts.no_charts)
