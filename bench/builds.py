@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILDS = ("pure", "compiled")
@@ -67,7 +68,8 @@ def _installed(python: Path) -> tuple[str, list[str]]:
     return lines[0], lines[1:]
 
 
-def ensure(build: str, log, builds_dir: Path = DEFAULT_DIR, root: Path = ROOT) -> dict:
+def ensure(build: str, log: Callable[[str], None], builds_dir: Path = DEFAULT_DIR,
+           root: Path = ROOT) -> dict[str, Any]:
     """The environment of `build`, made or brought up to date: {build, python, package,
     compiled (module paths), installed_now (bool)}."""
     if build not in BUILDS:

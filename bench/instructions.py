@@ -19,8 +19,9 @@ import os
 import shutil
 import subprocess
 import time
+from typing import Any, Callable
 
-from .clients import make_client, ping_once
+from .clients import QueueClient, make_client, ping_once
 from .targets import BenchError, Server, Target, build_of, server_for
 
 DEPTH = 50
@@ -85,7 +86,7 @@ class Callgrind:
         raise BenchError(f"no totals in {path}")
 
 
-def _window(cg: Callgrind, work) -> tuple[int, float]:
+def _window(cg: Callgrind, work: Callable[[], None]) -> tuple[int, float]:
     """(instructions, seconds) of `work()` between a zero and a dump."""
     cg.zero()
     started = time.monotonic()
@@ -94,7 +95,7 @@ def _window(cg: Callgrind, work) -> tuple[int, float]:
     return cg.dump(), seconds
 
 
-def _cycles(client, n: int, depth: int) -> None:
+def _cycles(client: QueueClient, n: int, depth: int) -> None:
     done = 0
     while done < n:
         k = min(depth, n - done)
@@ -104,11 +105,12 @@ def _cycles(client, n: int, depth: int) -> None:
         done += k
 
 
-def count(t: Target, ops: int, workdir: str | None, log) -> dict:
+def count(t: Target, ops: int, workdir: str | None,
+          log: Callable[[str], None]) -> dict[str, Any]:
     """One target's instructions per operation (see the module docstring)."""
     server = server_for(t, True, workdir)
     cg = Callgrind(server)
-    row: dict = {"target": t.name, "system": t.system, "label": t.label,
+    row: dict[str, Any] = {"target": t.name, "system": t.system, "label": t.label,
                  "build": build_of(t) if t.system == "valqd" else None, "ops": {}}
     try:
         server.start(timeout=START_TIMEOUT_S)
@@ -117,7 +119,7 @@ def count(t: Target, ops: int, workdir: str | None, log) -> dict:
         _cycles(client, 200, DEPTH)  # warm: lazy imports, first allocations, caches
         idle, idle_s = _window(cg, lambda: time.sleep(IDLE_SECONDS))
         row["idle_per_s"] = idle / idle_s
-        held: list = []
+        held: list[Any] = []
 
         def push() -> None:
             for start in range(0, ops, DEPTH):
@@ -153,7 +155,8 @@ def count(t: Target, ops: int, workdir: str | None, log) -> dict:
     return row
 
 
-def instructions(targets: list[Target], ops: int, workdir: str | None, log) -> dict:
+def instructions(targets: list[Target], ops: int, workdir: str | None,
+                 log: Callable[[str], None]) -> dict[str, Any]:
     if (why := available()) is not None:
         return {"skipped": why, "rows": []}
     return {"ops": ops, "depth": DEPTH, "rows": [count(t, ops, workdir, log) for t in targets]}

@@ -11,7 +11,7 @@ max over the rounds, and every ratio round by round.
 """
 
 import statistics
-from typing import Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -24,7 +24,7 @@ def rotated(items: Sequence[T], round_index: int) -> list[T]:
     return [*items[k:], *items[:k]]
 
 
-def summary(values: Sequence[float | None]) -> dict:
+def summary(values: Sequence[float | None]) -> dict[str, Any]:
     """{min, median, max, rounds} of one figure over the rounds (None where a round had no
     figure; those are left out of min, median and max)."""
     present = [v for v in values if v is not None]

@@ -383,8 +383,8 @@ def prepare(targets: list[Target], log, builds_dir: str | None = None) -> list[s
     left_out = []
     for build in dict.fromkeys(t.build for t in targets if t.build):
         if build not in BUILT:
-            BUILT[build] = builds.ensure(build, log, **(
-                {"builds_dir": builds_dir} if builds_dir else {}))
+            BUILT[build] = builds.ensure(
+                build, log, Path(builds_dir) if builds_dir else builds.DEFAULT_DIR)
             compiled = BUILT[build]["compiled"]
             log(f"build {build}: {BUILT[build]['python']}, "
                 + (f"{len(compiled)} compiled modules" if compiled else "pure Python"))

@@ -82,3 +82,15 @@ def test_bench_builds_rounds_and_instruction_counts(tmp_path):
         assert set(ops) == names
         assert all(op["per_op"] > 0 for op in ops.values())
     assert "## Instructions per operation (callgrind)" in report
+
+
+def test_rounds_rotate_the_order_and_summarise_each_figure():
+    from bench import rounds
+
+    items = ["a", "b", "c"]
+    assert [rounds.rotated(items, r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert rounds.summary([3.0, None, 1.0, 2.0]) == {
+        "min": 1.0, "median": 2.0, "max": 3.0, "rounds": [3.0, None, 1.0, 2.0]}
+    assert rounds.summary([None])["median"] is None
+    assert rounds.ratios([1.0, 2.0, None, 4.0], [2.0, 0.0, 1.0, 2.0]) == [0.5, None, None, 2.0]
