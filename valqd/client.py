@@ -11,7 +11,7 @@ never imports this module.
 import json
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 try:
     import valkey
@@ -26,7 +26,23 @@ SOCKET_TIMEOUT_S = 10.0
 
 # backoff=: "none", ("fixed", seconds) or ("exponential", base, max)
 Backoff = str | tuple[str, int] | tuple[str, int, int]
-Reply = Any
+Reply = Any  # what valkey-py's parser made of a reply
+
+
+# valkey-py's command methods are untyped: what this library and valqd.worker call is typed
+# here, at the boundary (a valkey.Valkey, or one of its pipelines, is one).
+class Commands(Protocol):
+    def execute_command(self, *args: Any, **options: Any) -> Reply: ...
+
+
+class Pipeline(Commands, Protocol):
+    def execute(self, raise_on_error: bool = True) -> list[Reply]: ...
+
+
+class Connection(Commands, Protocol):
+    def pipeline(self, transaction: bool = True) -> Pipeline: ...
+
+    def close(self) -> None: ...
 
 
 def default_url() -> str:
@@ -64,9 +80,10 @@ def reply_map(reply: Reply) -> dict[bytes, Any]:
 
 def settings_arguments(visibility: int | None = None, max_attempts: int | None = None,
                        retention: int | None = None, backoff: Backoff | None = None,
-                       dedup_window: int | None = None, maxlen: int | None = None) -> list:
+                       dedup_window: int | None = None,
+                       maxlen: int | None = None) -> list[str | int]:
     """The keyword form of CREATE and UPDATE for the settings that are given."""
-    args: list = []
+    args: list[str | int] = []
     for word, value in (("VISIBILITY", visibility), ("MAXATTEMPTS", max_attempts),
                         ("RETENTION", retention), ("DEDUPWINDOW", dedup_window),
                         ("MAXLEN", maxlen)):
@@ -93,10 +110,11 @@ class Client:
         self.url = check_url(url or default_url())
         self.valkey = valkey.Valkey.from_url(self.url, socket_timeout=socket_timeout,
                                              **options)
+        self._connection: Connection = self.valkey
 
     def command(self, *args: Any) -> Reply:
         """One VALQ subcommand: `command("PEEK", "q", "DLQ")`."""
-        return self.valkey.execute_command("VALQ", *args)
+        return self._connection.execute_command("VALQ", *args)
 
     # -- queues ------------------------------------------------------------------------
 
@@ -133,7 +151,7 @@ class Client:
              dedup: str | bytes | None = None) -> int:
         """Push one message; returns its id (for a duplicate `dedup` key, the first
         message's id). `delay` in whole seconds; higher `priority` is delivered first."""
-        args: list = ["PUSH", queue, encode_body(body)]
+        args: list[str | bytes | int] = ["PUSH", queue, encode_body(body)]
         if delay:
             args.append(delay)
         if priority:
@@ -151,13 +169,13 @@ class Client:
             return []
         if not delay and not priority:
             return [int(i) for i in self.command("MPUSH", queue, *encoded)]
-        pipe = self.valkey.pipeline(transaction=False)
+        pipe = self._connection.pipeline(transaction=False)
         for body in encoded:
             pipe.execute_command("VALQ", "PUSH", queue, body, delay, "PRIORITY", priority)
         return [int(i) for i in pipe.execute()]
 
     def close(self) -> None:
-        self.valkey.close()
+        self._connection.close()
 
     def __enter__(self) -> "Client":
         return self

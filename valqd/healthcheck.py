@@ -10,6 +10,7 @@ environment, else the server's own command line (`--port`, `--requirepass`,
 import os
 import socket
 import sys
+from typing import Mapping
 
 from .config import REQUIREPASS_ENV, read_secret_file
 
@@ -36,7 +37,8 @@ def server_flags(path: str = SERVER_CMDLINE) -> dict[str, str]:
     return flags
 
 
-def target(environ=os.environ, cmdline: str = SERVER_CMDLINE) -> tuple[int, str]:
+def target(environ: Mapping[str, str] = os.environ,
+           cmdline: str = SERVER_CMDLINE) -> tuple[int, str]:
     """(port, password) of the server to check; password "" when it has none."""
     flags = server_flags(cmdline)
     port = environ.get("VALQD_PORT") or flags.get("port") or str(DEFAULT_PORT)

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 try:
     import valkey.asyncio
@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError("valqd.worker needs the valkey client library: "
                       "pip install 'valqd[client]'") from exc
 
-from .client import SOCKET_TIMEOUT_S, check_url, default_url, error_code, reply_map
+from .client import SOCKET_TIMEOUT_S, Reply, check_url, default_url, error_code, reply_map
 
 log = logging.getLogger("valqd.worker")
 
@@ -58,6 +58,15 @@ CONNECTION_ERRORS = (ValkeyConnectionError, ValkeyTimeoutError, OSError)
 FATAL_ERRORS = (AuthenticationError, AuthorizationError)
 
 Handler = Callable[["Job"], Any] | Callable[["Job"], Awaitable[Any]]
+
+
+class _AsyncConnection(Protocol):
+    """What the worker calls on a valkey.asyncio.Valkey (its execute_command is untyped:
+    typed here, at the boundary)."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Reply: ...
+
+    async def aclose(self) -> None: ...
 _UNDECODED = object()
 
 
@@ -153,7 +162,9 @@ class _Threads:
 
     def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.jobs: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        # (handler, job, its outcome), or None: a thread's signal to end
+        self.jobs: queue_module.SimpleQueue[
+            tuple[Handler, Job, asyncio.Future[None]] | None] = queue_module.SimpleQueue()
         self.threads = [threading.Thread(target=self._serve, daemon=True,
                                          name=f"valqd-worker-{i}") for i in range(size)]
         for thread in self.threads:
@@ -200,7 +211,7 @@ class _Running:
     def __init__(self, job: Job, visibility: int) -> None:
         self.job = job
         self.visibility = visibility
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.in_handler = self.finished = self.lost = self.abandoned = self.extending = False
 
@@ -316,7 +327,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._room = asyncio.Event()       # set when a slot frees up (or on stop)
         self._running: set[_Running] = set()
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._visibility: dict[str | bytes, int] = {}
         self._settings_due = 0.0
         self._by_wire = {name.encode() if isinstance(name, str) else name: name
@@ -329,7 +340,7 @@ class Worker:
             url, max_connections=self.concurrency + 1, timeout=None,
             socket_timeout=BLOCK_MS / 1000 + SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S, **self.options)
-        self._valkey = valkey.asyncio.Valkey(connection_pool=pool)
+        self._valkey: _AsyncConnection = valkey.asyncio.Valkey(connection_pool=pool)
         self._in_thread = {name for name, h in self.handlers.items() if not _is_async(h)}
         self._threads = _Threads(self.concurrency, loop) if self._in_thread else None
         if self._stop_requested.is_set():
@@ -423,7 +434,7 @@ class Worker:
             if reply:
                 self._start(self._by_wire[reply[0]], reply[1])
 
-    def _start(self, queue: str | bytes, messages: list) -> None:
+    def _start(self, queue: str | bytes, messages: list[Reply]) -> None:
         handler = self.handlers[queue]
         in_thread = queue in self._in_thread
         visibility = self._visibility[queue]

@@ -12,12 +12,23 @@ build has no such argument (see valq.lua).
 """
 
 import re
+from collections.abc import Sequence
 from importlib import resources
+from typing import Any, Protocol
 
 LIBRARY_NAME = "valq"
 _VERSION_LINE = re.compile(r"^local VERSION = (\d+)$", re.M)
 _TEST_CLOCK_LINE = "local TEST_CLOCK = false"
 TEST_SUFFIX = "-testclock"
+
+
+Arg = bytes | str | int  # a command argument, as valkey-py and redis-py take them
+
+
+class CommandClient(Protocol):
+    """What this module calls on a client (valkey-py's and redis-py's are untyped)."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any: ...
 
 
 class LibraryError(Exception):
@@ -43,7 +54,7 @@ def source_version(source: str) -> int:
 VERSION = source_version(library_source())
 
 
-def loaded_version(client) -> int | None:
+def loaded_version(client: CommandClient) -> int | None:
     """The version of the valq library loaded in the server, or None."""
     listing = client.execute_command("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME,
                                      "WITHCODE")
@@ -52,11 +63,13 @@ def loaded_version(client) -> int | None:
         name = fields.get(b"library_name", fields.get("library_name"))
         if name in (LIBRARY_NAME, LIBRARY_NAME.encode()):
             code = fields.get(b"library_code", fields.get("library_code"))
+            if not isinstance(code, (bytes, str)):
+                raise LibraryError("FUNCTION LIST ... WITHCODE answered no library_code")
             return source_version(code.decode() if isinstance(code, bytes) else code)
     return None
 
 
-def load(client, test_clock: bool = False) -> int:
+def load(client: CommandClient, test_clock: bool = False) -> int:
     """Load (or upgrade) the library with FUNCTION LOAD REPLACE; refuse to replace a newer
     version. Returns the version now loaded."""
     current = loaded_version(client)
@@ -72,7 +85,8 @@ def queue_key(name: bytes) -> bytes:
     return b"valq:{" + name + b"}"
 
 
-def fcall_args(subcommand: str, name: bytes, args, clock: int | None = None) -> list:
+def fcall_args(subcommand: str, name: bytes, args: Sequence[Arg],
+               clock: int | None = None) -> list[Arg]:
     """The FCALL command for `VALQ <subcommand> <name> <args...>`; `clock` only for the
     test build."""
     keys = [queue_key(name)]
@@ -83,19 +97,19 @@ def fcall_args(subcommand: str, name: bytes, args, clock: int | None = None) -> 
             other = other if isinstance(other, bytes) else str(other).encode()
             if other != name:
                 keys.append(queue_key(other))
-    head = ["FCALL", f"valq_{subcommand.lower()}", len(keys), *keys]
+    head: list[Arg] = ["FCALL", f"valq_{subcommand.lower()}", len(keys), *keys]
     return head + ([clock] if clock is not None else []) + list(args)
 
 
 class Library:
     """Calls into a loaded library: `call("PUSH", b"q", b"body")`."""
 
-    def __init__(self, client, test_clock: bool = False) -> None:
+    def __init__(self, client: CommandClient, test_clock: bool = False) -> None:
         self.client = client
         self.test_clock = test_clock
         self.clock: int | None = None  # the test build's clock, Unix ms
 
-    def call(self, subcommand: str, name: bytes, *args):
+    def call(self, subcommand: str, name: bytes, *args: Arg) -> Any:
         clock = self.clock if self.test_clock else None
         if self.test_clock and clock is None:
             raise LibraryError("the test build needs a clock: set Library.clock")
@@ -103,4 +117,5 @@ class Library:
 
     def dump(self, name: bytes) -> list[bytes]:
         """The queue's canonical dump (valqd/engine/dump.py), due events applied first."""
-        return self.call("DUMP", name)
+        lines: list[bytes] = self.call("DUMP", name)
+        return lines
