@@ -6,8 +6,10 @@ annotation that lies is a crash in the compiled build (a `Blocked` returned wher
 was declared raised TypeError on every blocking pop), so the check is part of the suite."""
 
 import importlib.util
+import re
 import subprocess
 import sys
+import tomllib
 import typing
 
 import pytest
@@ -32,6 +34,22 @@ def test_the_package_passes_mypy_strict(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, \
         f"mypy (configured in pyproject.toml) found errors:\n{result.stdout}{result.stderr}"
+
+
+def test_no_blanket_ignores():
+    """Each `type: ignore` names its error code and sits on the line it excuses: a comment
+    line of its own at the top of a module would silence the whole module. The config
+    silences no module of the package either."""
+    for path in sorted((ROOT / "valqd").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "type: ignore" in line:
+                where = f"{path.relative_to(ROOT)}:{number}"
+                assert re.search(r"type: ignore\[[a-z-]+(, *[a-z-]+)*\]", line), where
+                assert not line.lstrip().startswith("#"), where
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert mypy["strict"] is True
+    for override in mypy.get("overrides", []):
+        assert not override.get("ignore_errors"), override["module"]
 
 
 # -- what the types found ----------------------------------------------------------------

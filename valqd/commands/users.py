@@ -15,10 +15,13 @@ import hashlib
 import hmac
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import CommandError
 from .glob import glob_match, glob_matcher
+
+if TYPE_CHECKING:  # the table imports this module
+    from .table import CommandSpec
 
 READ, WRITE = 1, 2  # key pattern permissions, as the table's READ_ACCESS/WRITE_ACCESS
 _PATTERN_PREFIX = {b"%R~": READ, b"%W~": WRITE, b"%RW~": READ | WRITE, b"%WR~": READ | WRITE}
@@ -117,7 +120,7 @@ class Acl:
     `specs` maps every command and subcommand name to its table entry (anything with
     `categories`); `default` is the user every connection starts as."""
 
-    def __init__(self, specs: dict[str, Any], log_max_len: int = 128) -> None:
+    def __init__(self, specs: dict[str, "CommandSpec"], log_max_len: int = 128) -> None:
         self.specs = specs
         self.all_commands = frozenset(specs)
         self.categories: dict[str, list[str]] = {}
@@ -326,7 +329,8 @@ class Acl:
             return None
         return user
 
-    def denial(self, user: User, spec: Any, argv: list[bytes]) -> tuple[str, bytes] | None:
+    def denial(self, user: User, spec: "CommandSpec",
+               argv: list[bytes]) -> tuple[str, bytes] | None:
         """Why `user` may not run argv (spec: its table entry): ("command", name),
         ("key", key) or ("channel", channel); None when it may."""
         if spec.name not in user.commands:
