@@ -193,3 +193,13 @@ def test_argument_errors_name_the_problem(st):
     assert st.call("NACK", b"q", 1, "LEASE", b"nonsense") == Error("ERR invalid lease receipt")
     assert st.call("PURGE", b"q", "everything") == Error(
         "ERR purge type must be one of main, dlq, delayed")
+
+
+def test_mpop_takes_from_the_first_queue_that_has_a_message(st):
+    # one hash tag: the library's MPOP is one atomic call in one slot
+    st.call("CREATE", b"{s}a")
+    st.call("CREATE", b"{s}b")
+    st.call("PUSH", b"{s}b", b"x")
+    assert st.call("MPOP", b"2", b"{s}a", b"{s}b") == [b"{s}b", [[b"body", b"x", b"id", b"1"]]]
+    assert st.call("MPOP", b"2", b"{s}a", b"{s}b") is None
+    assert st.call("MPOP", b"0", b"{s}a") == Error("ERR numqueues should be greater than 0")

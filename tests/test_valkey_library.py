@@ -10,7 +10,9 @@ argument). Every reply (RESP2, as hiredis reads it) and every queue's canonical 
 The library runs on two targets: one standalone valkey-server, and every primary of a real
 3-primary cluster (tests/valkey_deployments.py), where each call goes to the primary that
 owns its queue's slot. The cluster's queues live on all three shards, two of them in one
-slot (the hash tag `{s`), as REDRIVE ... TO across slots is Valkey's CROSSSLOT error there.
+slot (the hash tag `{s`), where MPOP and REDRIVE ... TO are one atomic call; REDRIVE ... TO
+across slots runs as the three calls of store.redrive_across (as it does now and then on
+one server too), and MPOP is generated over queues of one slot only.
 """
 
 import asyncio
@@ -78,9 +80,13 @@ class Pair:
         assert self.valqd.call("FLUSHALL") == b"OK"
         assert self.library.call("FLUSHALL") == b"OK"
 
-    def both(self, subcommand: str, name: bytes, *args):
-        """Run one VALQ command on both stores; returns both replies."""
+    def both(self, subcommand: str, name: bytes, *args, across: bool = False):
+        """Run one VALQ command on both stores; returns both replies. `across`: a REDRIVE
+        ... TO runs as the three calls a front end makes across slots of a cluster."""
         embedded = self.valqd.call("VALQ", subcommand, name, *args)
+        if across:
+            return embedded, store.redrive_across(self.library.call, _is_error, name, args,
+                                                  self.clock.now)
         return embedded, self.library.call(*store.fcall_args(subcommand, name, args,
                                                              self.clock.now))
 
@@ -100,6 +106,10 @@ class Pair:
 
     def library_dump(self, name: bytes) -> list[bytes]:
         return self.library.call(*store.fcall_args("DUMP", name, (), self.clock.now))
+
+
+def _is_error(reply) -> bool:
+    return isinstance(reply, Error)
 
 
 @pytest.fixture
@@ -175,14 +185,41 @@ class Generator:
                 words += [rng.choice(["BOGUS", "VISIBILITY"])]
         return words
 
+    def pop_options(self) -> list:
+        rng = self.rng
+        args: list = []
+        if rng.random() < 0.5:
+            args += ["COUNT", rng.choice([1, 2, 3, 0])]
+        if rng.random() < 0.5:
+            args.append("WITHMETA")
+        if rng.random() < 0.1:
+            args.append("NOACK")
+        return args
+
+    def same_slot(self, name: bytes) -> list[bytes]:
+        """The queues in `name`'s slot (all of them on one server)."""
+        slot = key_slot(store.queue_key(name))
+        return [q for q in self.queues if key_slot(store.queue_key(q)) == slot]
+
+    def mpop(self) -> tuple[str, bytes, list]:
+        """MPOP over queues of one slot (a cluster answers CROSSSLOT across slots: the front
+        end tries them one at a time), sometimes with a wrong numqueues."""
+        rng = self.rng
+        names = [rng.choice(self.same_slot(rng.choice(self.queues)))]
+        names += [rng.choice(self.same_slot(names[0])) for _ in range(rng.randrange(3))]
+        numqueues = str(len(names))
+        if rng.random() < 0.05:
+            numqueues = rng.choice(["0", "-1", "x", "9", "01"])
+        return "MPOP", numqueues.encode(), [*names, *self.pop_options()]
+
     def operation(self) -> tuple[str, bytes, list]:
         rng = self.rng
         name = rng.choice(self.queues)
         kind = rng.choices(
             ["CREATE", "DELETE", "UPDATE", "INFO", "STATS", "PURGE", "PUSH", "MPUSH", "POP",
              "ACK", "MACK", "EXTEND", "NACK", "GET", "PEEK", "CANCEL", "RESCHEDULE",
-             "REDRIVE", "PAUSE", "RESUME"],
-            [4, 1, 3, 2, 3, 1, 25, 3, 22, 10, 2, 4, 10, 3, 3, 2, 2, 3, 1, 2])[0]
+             "REDRIVE", "PAUSE", "RESUME", "MPOP"],
+            [4, 1, 3, 2, 3, 1, 25, 3, 22, 10, 2, 4, 10, 3, 3, 2, 2, 3, 1, 2, 5])[0]
         if kind == "CREATE":
             return kind, name, self.settings(positional=True)
         if kind == "UPDATE":
@@ -204,14 +241,9 @@ class Generator:
         if kind == "MPUSH":
             return kind, name, [b"b%d" % i for i in range(rng.randint(1, 3))]
         if kind == "POP":
-            args = []
-            if rng.random() < 0.5:
-                args += ["COUNT", rng.choice([1, 2, 3, 0])]
-            if rng.random() < 0.5:
-                args.append("WITHMETA")
-            if rng.random() < 0.1:
-                args.append("NOACK")
-            return kind, name, args
+            return kind, name, self.pop_options()
+        if kind == "MPOP":
+            return self.mpop()
         if kind == "ACK":
             message_id = self.message_id()
             return kind, name, [message_id, *self.lease(message_id)]
@@ -246,9 +278,7 @@ class Generator:
             if rng.random() < 0.5:
                 args += ["COUNT", rng.choice([1, 2, 0])]
             if rng.random() < 0.4:
-                slot = key_slot(store.queue_key(name))  # one slot: see the docstring
-                args += ["TO", rng.choice([q for q in self.queues
-                                           if key_slot(store.queue_key(q)) == slot])]
+                args += ["TO", rng.choice(self.queues)]
             return kind, name, args
         return kind, name, []
 
@@ -258,7 +288,9 @@ class Generator:
             self.top_id = max(self.top_id, int(reply))
         elif kind == "MPUSH" and isinstance(reply, list):
             self.top_id = max([self.top_id, *map(int, reply)])
-        elif kind == "POP" and isinstance(reply, list):
+        elif kind in ("POP", "MPOP") and isinstance(reply, list):
+            if kind == "MPOP":
+                reply = reply[1]
             maps = reply if reply and isinstance(reply[0], list) else [reply]
             for fields in maps:
                 meta = dict(zip(fields[0::2], fields[1::2]))
@@ -277,12 +309,18 @@ def run_seed(pair: Pair, queues: list[bytes], seed: int, steps: int) -> None:
     for step in range(steps):
         pair.clock.now += rng.choice(ADVANCES_MS)
         kind, name, args = gen.operation()
-        embedded, library = pair.both(kind, name, *args)
+        # REDRIVE ... TO another slot needs the front end's three calls; on one server
+        # they run now and then too
+        target = store.redrive_target(name, args) if kind == "REDRIVE" else None
+        across = target is not None and (
+            key_slot(store.queue_key(target)) != key_slot(store.queue_key(name))
+            or rng.random() < 0.5)
+        embedded, library = pair.both(kind, name, *args, across=across)
         context = f"seed {seed} step {step}: VALQ {kind} {name!r} {args}"
         assert library == embedded, context
         gen.learn(kind, embedded)
         # the queues the step touched, every queue now and then
-        touched = queues if step % 10 == 9 else [name, *(a for a in args if a in queues)]
+        touched = queues if step % 10 == 9 else [q for q in (name, *args) if q in queues]
         for queue in touched:
             assert pair.library_dump(queue) == pair.engine_dump(queue), context
 
@@ -388,3 +426,68 @@ def test_the_cost_benchmark_runs(capsys):
     out = capsys.readouterr().out
     assert "valq library (FCALL)" in out and "Valkey + Lua reliable queue" in out
     assert "memory per queued message" in out
+
+
+def test_scan_matching_the_queue_key_finds_every_queue_and_nothing_else(pair, queues):
+    """The listing convention a front end uses for LIST, SCAN, KEYS and DBSIZE: a queue's
+    key valq:{<queue>} is its library's only key ending in '}', whatever the name holds.
+    (A name that is empty or starts with '}' gives its keys no common hash tag: on a
+    cluster, Valkey refuses such a queue's calls.)"""
+    names = [*queues, b"x}:ready", b"y}:dlq}"]
+    if not isinstance(pair.library, ClusterWire):
+        names.append(b"}")
+    for name in names:
+        pair.same("CREATE", name)
+        pair.same("PUSH", name, b"m", 5, "DEDUP", b"k")
+        pair.same("PUSH", name, b"n")
+        pair.same("POP", name)
+        pair.same("NACK", name, 2, "REASON", b"r")
+    found = set()
+    for node in ([pair.library] if not isinstance(pair.library, ClusterWire)
+                 else [pair.library.wire(n.port) for n in pair.library.cluster.primaries()]):
+        cursor = b"0"
+        while True:
+            cursor, keys = node.call("SCAN", cursor, "MATCH", "valq:{*}", "COUNT", 100)
+            found.update(keys)
+            if cursor == b"0":
+                break
+    assert found == {store.queue_key(name) for name in names}
+
+
+def test_mpop_declares_each_queues_key_in_order(pair, queues):
+    a, b = (b"{s}a", b"{s}b") if b"{s}a" in queues else (b"a", b"b")  # one slot
+    pair.same("CREATE", a)
+    pair.same("CREATE", b)
+    pair.same("PUSH", b, b"x")
+    assert pair.library.call(*store.fcall("mpop", [store.queue_key(b), store.queue_key(a)],
+                                          ["2", a, b], T0)) == Error(
+        "ERR MPOP declares the key valq:{<queue>} of each queue, in order")
+    assert pair.same("MPOP", b"2", a, b) == [b, [[b"body", b"x", b"id", b"1"]]]
+    assert pair.same("MPOP", b"2", a, b"{s}missing", "COUNT", 0) == Error(
+        "NOQUEUE no such queue '{s}missing'")  # every queue is checked before the options
+
+
+def test_redrive_across_slots_copies_before_it_removes(pair):
+    """The three calls: a caller that stops after the second leaves the messages in both
+    queues (redriven twice at worst, never lost)."""
+    pair.same("CREATE", b"a", 1, 1)
+    pair.same("CREATE", b"b")
+    pair.same("PUSH", b"a", b"job", "PRIORITY", 3)
+    pair.same("POP", b"a")
+    pair.clock.now += 1000  # the lease runs out: to the DLQ
+    call = pair.library.call
+    moving = call(*store.fcall("redrive_out", [b"valq:{a}"], ["TO", "b"], pair.clock.now))
+    assert moving == [b"1", b"3", b"job"]
+    assert call(*store.fcall("redrive_in", [b"valq:{b}"], moving[1:], pair.clock.now)) == 1
+    assert fields(call(*store.fcall_args("GET", b"a", [1], pair.clock.now)))[b"state"] == b"dlq"
+    assert fields(call(*store.fcall_args("GET", b"b", [1], pair.clock.now)))[b"priority"] == b"3"
+    assert call(*store.fcall("redrive_done", [b"valq:{a}"], [b"1"], pair.clock.now)) == 1
+    assert call(*store.fcall("redrive_done", [b"valq:{a}"], [b"1"], pair.clock.now)) == 0
+    assert call(*store.fcall("redrive_in", [b"valq:{b}"], [b"x"], pair.clock.now)) == Error(
+        "ERR valq_redrive_in takes priority, body pairs")
+    assert call(*store.fcall("redrive_out", [b"valq:{a}"], [], pair.clock.now)) == Error(
+        "ERR valq_redrive_out needs TO <other>")
+
+
+def fields(reply) -> dict:
+    return dict(zip(reply[0::2], reply[1::2]))

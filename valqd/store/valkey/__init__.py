@@ -12,9 +12,9 @@ build has no such argument (see valq.lua).
 """
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 LIBRARY_NAME = "valq"
 _VERSION_LINE = re.compile(r"^local VERSION = (\d+)$", re.M)
@@ -85,20 +85,67 @@ def queue_key(name: bytes) -> bytes:
     return b"valq:{" + name + b"}"
 
 
-def fcall_args(subcommand: str, name: bytes, args: Sequence[Arg],
-               clock: int | None = None) -> list[Arg]:
-    """The FCALL command for `VALQ <subcommand> <name> <args...>`; `clock` only for the
-    test build."""
+def _text(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _count(value) -> int | None:
+    """A canonical positive decimal, as the library reads numqueues; else None."""
+    text = _text(value)
+    return int(text) if text.isdigit() and text[:1] != b"0" and len(text) < 19 else None
+
+
+def fcall(function: str, keys: list[bytes], args, clock: int | None = None) -> list:
+    """FCALL valq_<function> with `keys` and `args`; `clock` only for the test build."""
+    return (["FCALL", f"valq_{function}", len(keys), *keys]
+            + ([clock] if clock is not None else []) + list(args))
+
+
+def redrive_target(name: bytes, args) -> bytes | None:
+    """The other queue of `REDRIVE name ... TO other`, or None."""
+    upper = [_text(a).upper() for a in args]
+    if b"TO" in upper[:-1]:
+        other = _text(args[upper.index(b"TO") + 1])
+        if other != name:
+            return other
+    return None
+
+
+def fcall_args(subcommand: str, name: bytes, args, clock: int | None = None) -> list:
+    """The FCALL command for `VALQ <subcommand> <name> <args...>` (for MPOP, `name` is
+    numqueues and the queues come first in `args`); `clock` only for the test build."""
+    sub = subcommand.lower()
+    if sub == "mpop":
+        n = _count(name)
+        queues = args[:n] if n is not None and n <= len(args) else []
+        return fcall(sub, [queue_key(_text(q)) for q in queues], [name, *args], clock)
     keys = [queue_key(name)]
-    if subcommand.lower() == "redrive":
-        upper = [a.upper() if isinstance(a, bytes) else str(a).upper().encode() for a in args]
-        if b"TO" in upper[:-1]:
-            other = args[upper.index(b"TO") + 1]
-            other = other if isinstance(other, bytes) else str(other).encode()
-            if other != name:
-                keys.append(queue_key(other))
-    head: list[Arg] = ["FCALL", f"valq_{subcommand.lower()}", len(keys), *keys]
-    return head + ([clock] if clock is not None else []) + list(args)
+    if sub == "redrive":
+        other = redrive_target(name, args)
+        if other is not None:
+            keys.append(queue_key(other))
+    return fcall(sub, keys, args, clock)
+
+
+def redrive_across(call: Callable[..., Any], is_error: Callable[[Any], bool], name: bytes,
+                   args, clock: int | None = None) -> Any:
+    """`VALQ REDRIVE name ... TO other` when other lives in another slot of a cluster: the
+    library's three calls (valq_redrive_out, _in, _done; see valq.lua), each sent with
+    `call(*command)`. Returns REDRIVE's reply, or the first error reply. Not atomic: a
+    message may be redriven twice if this stops between the second and third call."""
+    other = redrive_target(name, args)
+    if other is None:
+        return call(*fcall_args("REDRIVE", name, args, clock))
+    moving = call(*fcall("redrive_out", [queue_key(name)], args, clock))
+    if is_error(moving):
+        return moving
+    ids = moving[0::3]
+    pairs = [value for i in range(0, len(moving), 3) for value in moving[i + 1:i + 3]]
+    moved = call(*fcall("redrive_in", [queue_key(other)], pairs, clock))
+    if is_error(moved) or not ids:
+        return moved
+    done = call(*fcall("redrive_done", [queue_key(name)], ids, clock))
+    return done if is_error(done) else moved
 
 
 class Library:

@@ -1242,9 +1242,8 @@ function commands.reschedule(keys, argv, now)
   return 'rescheduled ' .. text
 end
 
--- VALQ REDRIVE queue [COUNT n] [TO other] -> integer moved (TO: the other queue's key is
--- the second key)
-function commands.redrive(keys, argv, now)
+-- [COUNT n] [TO other] of REDRIVE -> n or nil, other or nil
+local function redrive_options(argv)
   local args = cursor(argv, 1)
   local n, target_name
   while args:remaining() > 0 do
@@ -1257,6 +1256,13 @@ function commands.redrive(keys, argv, now)
       err('syntax error')
     end
   end
+  return n, target_name
+end
+
+-- VALQ REDRIVE queue [COUNT n] [TO other] -> integer moved (TO: the other queue's key is
+-- the second key; for one in another slot of a cluster, see valq_redrive_out)
+function commands.redrive(keys, argv, now)
+  local n, target_name = redrive_options(argv)
   local q = existing(keys[1])
   local target = q
   if target_name ~= nil and target_name ~= q.name then
@@ -1290,6 +1296,94 @@ function commands.redrive(keys, argv, now)
   end
   q.dirty = true
   return moving
+end
+
+-- REDRIVE ... TO a queue in another slot of a cluster, in three calls, none of which can
+-- declare both queues' keys (valqd.store.valkey.redrive_across makes them):
+--   1. valq_redrive_out on the source with REDRIVE's own arguments: checks them and the
+--      source as valq_redrive does, changes nothing, and answers the DLQ messages that
+--      would move, oldest first, as a flat array id, priority, body, id, ...;
+--   2. valq_redrive_in on the target with priority, body pairs: checks that the target
+--      exists and has room for all of them (as REDRIVE does, also for none), adds them
+--      with new ids and answers how many: REDRIVE's reply;
+--   3. valq_redrive_done on the source with the ids: removes those still in its DLQ,
+--      counting them as redriven; answers how many.
+-- Not atomic: a message can be redriven twice if the caller stops between 2 and 3 (it is
+-- then in both queues), and one that left the DLQ meanwhile is copied all the same.
+
+function commands.redrive_out(keys, argv, now)
+  local n, target_name = redrive_options(argv)
+  if target_name == nil then err('valq_redrive_out needs TO <other>') end
+  local q = existing(keys[1])
+  opened(q, now)
+  local moving = n and math.min(n, q.ndlq) or q.ndlq
+  local out = {}
+  if moving == 0 then return out end
+  local members = redis.call('ZRANGE', q.dlq, 0, moving - 1)
+  for i = 1, #members do
+    local id = id_of(members[i])
+    local r = record(q, id)
+    out[#out + 1] = fmt(id)
+    out[#out + 1] = fmt(r.priority)
+    out[#out + 1] = r.body
+  end
+  return out
+end
+
+function commands.redrive_in(keys, argv, now)
+  if #argv % 2 ~= 0 then err('valq_redrive_in takes priority, body pairs') end
+  local priorities = {}
+  for i = 1, #argv, 2 do
+    priorities[#priorities + 1] = parse_int(argv[i], '-2147483648', '2147483647')
+  end
+  local q = existing(keys[1])
+  now = opened(q, now)
+  check_room(q, #priorities)
+  for i = 1, #priorities do add(q, now, argv[2 * i], 0, priorities[i], true) end
+  return #priorities
+end
+
+function commands.redrive_done(keys, argv, now)
+  local ids = {}
+  for i = 1, #argv do ids[i] = parse_id(argv[i]) end
+  local q = existing(keys[1])
+  opened(q, now)
+  local done = 0
+  for i = 1, #ids do
+    local r = record(q, ids[i])
+    if r and r.state == DLQ then
+      remove(q, ids[i], r)
+      count(q, REDRIVEN)
+      done = done + 1
+    end
+  end
+  q.dirty = true
+  return done
+end
+
+-- VALQ MPOP numqueues queue [queue ...] [COUNT n] [BLOCK ms] [WITHMETA] [NOACK]
+-- -> [queue, [maps]] from the first queue, left to right, that has a visible message; nil
+-- when none has. The keys are the queues' keys, in order (on a cluster, all in one slot:
+-- across slots a front end tries the queues one call each, see README).
+function commands.mpop(keys, argv, now)
+  local numqueues = parse_int(argv[1], nil, nil, 'numqueues should be greater than 0')
+  if numqueues < 1 then err('numqueues should be greater than 0') end
+  if numqueues > #argv - 1 then err("Number of queues can't be greater than number of args") end
+  if #keys ~= numqueues then err('MPOP declares the key valq:{<queue>} of each queue, in order') end
+  for i = 1, numqueues do
+    if keys[i] ~= 'valq:{' .. argv[1 + i] .. '}' then
+      err('MPOP declares the key valq:{<queue>} of each queue, in order')
+    end
+  end
+  local queues = {}
+  for i = 1, numqueues do queues[i] = existing(keys[i]) end
+  local opts = pop_options(cursor(argv, 2 + numqueues))
+  for i = 1, numqueues do
+    local q = queues[i]
+    local maps = pop_many(q, opened(q, now), opts.count or 1, opts.noack, opts.withmeta)
+    if #maps > 0 then return {q.name, maps} end
+  end
+  return false
 end
 
 -- the canonical dump (valqd/engine/dump.py) -------------------------------------------------
@@ -1385,8 +1479,9 @@ local function wrap(handler)
 end
 
 local NAMES = {'ack', 'cancel', 'create', 'delete', 'dump', 'exists', 'extend', 'get',
-               'info', 'mack', 'mpush', 'nack', 'pause', 'peek', 'pop', 'purge', 'push',
-               'redrive', 'reschedule', 'resume', 'stats', 'update'}
+               'info', 'mack', 'mpop', 'mpush', 'nack', 'pause', 'peek', 'pop', 'purge',
+               'push', 'redrive', 'redrive_done', 'redrive_in', 'redrive_out', 'reschedule',
+               'resume', 'stats', 'update'}
 for i = 1, #NAMES do
   local name = NAMES[i]
   redis.register_function('valq_' .. name, wrap(commands[name]))
