@@ -491,3 +491,164 @@ def test_redrive_across_slots_copies_before_it_removes(pair):
 
 def fields(reply) -> dict:
     return dict(zip(reply[0::2], reply[1::2]))
+
+
+# -- blocking: the contract with a front end ------------------------------------------------
+
+def test_the_wake_marker_follows_readiness_and_a_woken_pop_rearms_it(pair):
+    """valq:{q}:wake holds one element while a message is ready (and the queue is not
+    paused), none otherwise; a front end BLPOPs it, then calls valq_pop_woken, which puts
+    it back while messages remain."""
+    lib, key, wake = pair.library, store.queue_key(b"a"), b"valq:{a}:wake"
+
+    def woken_pop():
+        return lib.call(*store.fcall("pop_woken", [key], [], pair.clock.now))
+
+    pair.same("CREATE", b"a")
+    assert lib.call("LLEN", wake) == 0
+    pair.same("PUSH", b"a", b"x")
+    pair.same("PUSH", b"a", b"y")
+    assert lib.call("LRANGE", wake, 0, -1) == [b"1"]
+    assert lib.call("BLPOP", wake, 1) == [wake, b"1"]
+    assert woken_pop() == [b"body", b"x", b"id", b"1"]
+    assert lib.call("LRANGE", wake, 0, -1) == [b"1"]  # y is still ready
+    assert lib.call("BLPOP", wake, 1) == [wake, b"1"]
+    assert woken_pop() == [b"body", b"y", b"id", b"2"]
+    assert lib.call("LLEN", wake) == 0
+    assert woken_pop() == b""
+    assert lib.call("LLEN", wake) == 0
+    lib.call(*store.fcall_args("PUSH", b"a", [b"z"], pair.clock.now))
+    assert lib.call("LLEN", wake) == 1
+    lib.call(*store.fcall_args("PAUSE", b"a", [], pair.clock.now))
+    assert lib.call("LLEN", wake) == 0
+    lib.call(*store.fcall_args("RESUME", b"a", [], pair.clock.now))
+    assert lib.call("LLEN", wake) == 1
+    lib.call(*store.fcall_args("POP", b"a", [], pair.clock.now))  # a plain pop drains it
+    assert lib.call("LLEN", wake) == 0
+    lib.call(*store.fcall_args("PUSH", b"a", [b"w"], pair.clock.now))
+    lib.call(*store.fcall_args("DELETE", b"a", [], pair.clock.now))
+    assert lib.call("EXISTS", wake) == 0
+
+
+def test_wake_answers_the_next_deadline_and_arms_the_marker_once_it_passed(pair):
+    """What a front end's local timer needs to deliver a delayed message on time without
+    any push: valq_wake -> [ready, ms until the next due event or -1]."""
+    lib, key, wake = pair.library, store.queue_key(b"a"), b"valq:{a}:wake"
+
+    def wake_call():
+        return lib.call(*store.fcall("wake", [key], [], pair.clock.now))
+
+    pair.clock.now = T0
+    assert wake_call() == [0, -1]  # no such queue
+    pair.same("CREATE", b"a", 10)
+    assert wake_call() == [0, -1]
+    pair.same("PUSH", b"a", b"later", 5)
+    assert wake_call() == [0, 5000]
+    pair.clock.now += 4000
+    assert wake_call() == [0, 1000]
+    pair.clock.now += 1000
+    assert wake_call() == [1, -1]
+    assert lib.call("LLEN", wake) == 1
+    assert lib.call("BLPOP", wake, 1) == [wake, b"1"]  # consumed, its client went away
+    assert wake_call() == [1, -1]  # re-armed
+    assert lib.call("LLEN", wake) == 1
+    pair.same("POP", b"a")
+    assert wake_call() == [0, 10_000]  # the lease
+    assert lib.call(*store.fcall("wake", [key], ["x"], pair.clock.now)) == Error(
+        "ERR wrong number of arguments for 'valq_wake'")
+
+
+# -- events ---------------------------------------------------------------------------------
+
+def _drain(wire: Wire, events: dict, queue_of) -> None:
+    """Read a subscriber's messages up to the reply of a PING sent now (a barrier)."""
+    wire.send(b"*1\r\n$4\r\nPING\r\n")
+    while True:
+        reply = wire.reply()
+        if reply[0] == b"pong":
+            return
+        if reply[0] in (b"message", b"smessage"):
+            events.setdefault(queue_of(reply[1]), []).append(reply[2])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_library_publishes_the_engines_events(pair, seed, valkey_server):
+    """The random operations of the differential test, with a subscriber on both sides:
+    SUBSCRIBE valq:<queue> on valqd, SSUBSCRIBE valq:{<queue>}:events on Valkey after
+    valq_listen. Each queue's events, in order, must be equal. (Across queues the order
+    differs: the engine applies every queue's due events on time, the library a queue's
+    when it is called.)"""
+    if isinstance(pair.library, ClusterWire):
+        pytest.skip("one server: the cluster's sharded channels are checked below")
+    names = QUEUES
+    watcher = Wire(pair.server.port)
+    watcher.call("SUBSCRIBE", *[b"valq:" + name for name in names])
+    watcher.replies(len(names) - 1)
+    listener = valkey_server.wire()
+    listener.call("SSUBSCRIBE", *[store.queue_key(name) + b":events" for name in names])
+    listener.replies(len(names) - 1)
+    rng = random.Random(seed)
+    gen = Generator(rng, names)
+    try:
+        for step in range(200):
+            if step % 50 == 0:
+                for name in names:
+                    channel = pair.library.call(*store.fcall("listen", [store.queue_key(name)],
+                                                             [3600, 0], pair.clock.now))
+                    assert channel == store.queue_key(name) + b":events"
+            pair.clock.now += rng.choice(ADVANCES_MS)
+            kind, name, args = gen.operation()
+            embedded, library = pair.both(kind, name, *args)
+            assert library == embedded, (seed, step, kind, name, args)
+            gen.learn(kind, embedded)
+        for name in names:  # what fell due, on both sides
+            assert pair.library_dump(name) == pair.engine_dump(name)
+        on_valqd: dict = {}
+        on_valkey: dict = {}
+        _drain(watcher, on_valqd, lambda channel: channel[len(b"valq:"):])
+        _drain(listener, on_valkey, lambda channel: channel[len(b"valq:{"):-len(b"}:events")])
+        assert on_valkey == on_valqd
+        assert sum(map(len, on_valqd.values())) > 20
+    finally:
+        watcher.close()
+        listener.close()
+
+
+def test_events_need_a_listener_and_go_to_the_queues_database_channel(pair):
+    lib, key = pair.library, store.queue_key(b"a")
+    pair.same("CREATE", b"a")
+    assert lib.call(*store.fcall("listen", [key], [10, 3], pair.clock.now)) == \
+        b"valq@3:{a}:events"
+    assert lib.call(*store.fcall("listen", [key], [3601, 0], pair.clock.now)) == Error(
+        "ERR seconds must be between 0 and 3600")
+    assert lib.call(*store.fcall("listen", [key], [1], pair.clock.now)) == Error(
+        "ERR wrong number of arguments for 'valq_listen'")
+
+
+def test_a_function_publishes_on_the_queues_shard_of_a_cluster(valkey_cluster):
+    """SPUBLISH from inside a function reaches a subscriber of the shard that owns the
+    queue's slot, for queues on each of the three shards (production build, server TIME)."""
+    from valkey_deployments import ClusterWire as Wires
+    wires = Wires(valkey_cluster)
+    try:
+        for node in valkey_cluster.primaries():
+            c = node.client()
+            store.load(c)
+            c.close()
+        for name in CLUSTER_QUEUES:
+            key = store.queue_key(name)
+            port = wires.slot_ports[key_slot(key)]
+            listener = Wire(port)
+            listener.call("SSUBSCRIBE", key + b":events")
+            assert wires.call("FCALL", "valq_create", 1, key).startswith(b"created")
+            assert wires.call("FCALL", "valq_listen", 1, key, 60, 0) == key + b":events"
+            assert wires.call("FCALL", "valq_push", 1, key, b"x") == b"1"
+            assert listener.reply() == [b"smessage", key + b":events", b"pushed 1"]
+            listener.close()
+            wires.call("FCALL", "valq_delete", 1, key)
+    finally:
+        for node in valkey_cluster.primaries():
+            c = node.client()
+            store.load(c, test_clock=True)
+            c.close()
+        wires.close()

@@ -71,14 +71,16 @@ local NEVER = 2 ^ 80  -- later than any due time
 -- a call repacks only the parts it changed):
 --   settings: vt, mda, rp, backoff kind, backoff base, backoff max, dedup window, paused
 --   hot:      ids, lseq, clock, due, nready, nlease, counters pushed, delivered, acked
---   cold:     pseq, the other seven counters, ndelay, ndlq, ndedup, nwhy
+--   cold:     pseq, the other seven counters, ndelay, ndlq, ndedup, nwhy, listen (events
+--             are published while the clock is before it), ldb (the database in the
+--             events' channel name)
 -- then the maxlen setting as decimal text (it may exceed 2^53). A change of a settings
 -- or cold field sets q.settings or q.cold to false; the test build checks, at the end of
 -- every call, that the header equals a full repack.
 local HEADER_FIELD = 'header'
 local HEAD_SETTINGS, SETTINGS_END = '<HBI4BI4I4I4B', 21
 local HEAD_HOT = '<ddddddddd'
-local HEAD_COLD, COLD_START, COLD_END = '<dddddddddddd', 94, 189
+local HEAD_COLD, COLD_START, COLD_END = '<dddddddddddddd', 94, 205
 local COUNTERS = {'pushed', 'delivered', 'acked', 'nacked', 'expired', 'dead_lettered',
                   'dropped', 'deduplicated', 'redriven', 'cancelled'}
 local PUSHED, DELIVERED, ACKED, NACKED, EXPIRED, DEAD_LETTERED, DROPPED, DEDUPLICATED,
@@ -260,7 +262,7 @@ local function make_queue(key, raw)
   local vt, mda, rp, backoff, bbase, bmax, dedupw, paused, at = struct.unpack(HEAD_SETTINGS, raw)
   local ids, lseq, clock, due, nready, nlease, c1, c2, c3
   ids, lseq, clock, due, nready, nlease, c1, c2, c3, at = struct.unpack(HEAD_HOT, raw, at)
-  local pseq, c4, c5, c6, c7, c8, c9, c10, ndelay, ndlq, ndedup, nwhy, pos =
+  local pseq, c4, c5, c6, c7, c8, c9, c10, ndelay, ndlq, ndedup, nwhy, listen, ldb, pos =
     struct.unpack(HEAD_COLD, raw, at)
   return {key = key, name = k.name, msgs = k.msgs, ready = k.ready, lease = k.lease,
           delay = k.delay, dlq = k.dlq, dirty = false, exists = true,
@@ -269,7 +271,7 @@ local function make_queue(key, raw)
           bmax = bmax, dedupw = dedupw, paused = paused == 1, ids = ids, pseq = pseq,
           lseq = lseq, clock = clock, due = due, c = {c1, c2, c3, c4, c5, c6, c7, c8, c9, c10},
           nready = nready, nlease = nlease, ndelay = ndelay, ndlq = ndlq, ndedup = ndedup,
-          nwhy = nwhy, maxlen = raw:sub(pos)}
+          nwhy = nwhy, listen = listen, ldb = ldb, maxlen = raw:sub(pos)}
 end
 
 local function pack_settings(q)
@@ -280,7 +282,7 @@ end
 local function pack_cold(q)
   local c = q.c
   return struct.pack(HEAD_COLD, q.pseq, c[4], c[5], c[6], c[7], c[8], c[9], c[10], q.ndelay,
-                     q.ndlq, q.ndedup, q.nwhy)
+                     q.ndlq, q.ndedup, q.nwhy, q.listen, q.ldb)
 end
 
 -- the header's bytes, repacking the settings and cold parts only when they changed
@@ -315,6 +317,7 @@ local function queue_at(key)
     q = make_queue(key, raw)
   end
   q.raw = raw
+  q.was_ready = q.exists and q.nready > 0 and not q.paused
   open_queues[#open_queues + 1] = q
   return q
 end
@@ -336,9 +339,54 @@ local function flush_record(q)
 end
 
 -- write back the headers the call changed (with a record kept back); remember the last one
+-- the events of the call, channel and message pairs, published when it ends
+local events = {}
+-- the event each counter's events publish (deduplicated publishes none)
+local EVENT_OF = {'pushed', 'delivered', 'acked', 'nacked', 'expired', 'dead', 'dropped',
+                  false, 'redriven', 'cancelled'}
+
+local function channel_of(q)
+  if q.ldb == 0 then return q.key .. ':events' end
+  return 'valq@' .. fmt(q.ldb) .. ':' .. q.key:sub(6) .. ':events'
+end
+
+-- an event of queue q: `word` and the message id, or `word` alone
+local function emit(q, word, id)
+  if q.listen > q.clock then
+    events[#events + 1] = channel_of(q)
+    events[#events + 1] = id and word .. ' ' .. fmt(id) or word
+  end
+end
+
+-- Whether this call re-arms the wake markers of the ready queues it opened (the woken
+-- functions: their caller consumed a marker).
+local rearm = false
+
+-- The wake marker valq:{q}:wake holds one element while the queue has a ready message and
+-- is not paused, none otherwise: set on each change of readiness, and by a woken call.
+local function mark_readiness(q)
+  local ready = q.exists and q.nready > 0 and not q.paused
+  if ready == q.was_ready and not (ready and rearm) then return end
+  local wake = q.key .. ':wake'
+  if ready ~= q.was_ready then
+    if not ready then
+      redis.call('DEL', wake)
+    elseif redis.call('RPUSH', wake, '1') > 1 then
+      redis.call('LTRIM', wake, 0, 0)
+    end
+  elseif ready and rearm and redis.call('LLEN', wake) == 0 then
+    redis.call('RPUSH', wake, '1')
+  end
+end
+
 local function close_queues()
+  for i = 1, #events, 2 do
+    redis.call('SPUBLISH', events[i], events[i + 1])
+    events[i], events[i + 1] = nil, nil
+  end
   for i = 1, #open_queues do
     local q = open_queues[i]
+    mark_readiness(q)
     if q.exists then
       if q.dirty then
         q.raw = pack_header(q)
@@ -360,9 +408,11 @@ local function close_queues()
   end
 end
 
-local function count(q, counter)
+-- count an event of message `id`, and publish it if somebody listens
+local function count(q, counter, id)
   q.c[counter] = q.c[counter] + 1
   if counter > ACKED then q.cold = false end
+  if q.listen > q.clock and EVENT_OF[counter] then emit(q, EVENT_OF[counter], id) end
 end
 
 -- an event at `at` was added to one of the indexes: keep `due` a lower bound
@@ -577,10 +627,10 @@ local function run_due(q, now, budget)
       local id = id_of(m)
       local r = record(q, id)
       if kind == 'lease' then
-        count(q, EXPIRED)
+        count(q, EXPIRED, id)
         if r.attempts >= q.mda then
           move(q, id, r, DLQ, at)
-          count(q, DEAD_LETTERED)
+          count(q, DEAD_LETTERED, id)
         else
           local wait = backoff_ms(q, r.attempts)
           release(q, id, r, wait > 0 and at + wait or 0)
@@ -595,7 +645,7 @@ local function run_due(q, now, budget)
         write(q, id, r)
       else
         remove(q, id, r)
-        count(q, DROPPED)
+        count(q, DROPPED, id)
       end
     end
     done = done + 1
@@ -742,6 +792,14 @@ function commands.create(keys, argv, now)
   q.c = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
   q.nready, q.nlease, q.ndelay, q.ndlq, q.ndedup, q.nwhy = 0, 0, 0, 0, 0, 0
   q.cold = false
+  -- a front end that listened before the queue existed (valq_listen)
+  q.listen, q.ldb = 0, 0
+  local listening = redis.call('GET', q.key .. ':listen')
+  if listening then
+    local until_, db = listening:match('^(%d+) (%d+)$')
+    q.listen, q.ldb = tonumber(until_), tonumber(db)
+    redis.call('DEL', q.key .. ':listen')
+  end
   return 'created ' .. q.name
 end
 
@@ -766,7 +824,7 @@ function commands.update(keys, argv, now)
   return 'updated q'
 end
 
-local SUFFIXES = {':ready', ':lease', ':delay', ':dlq', ':dedup', ':dedupx', ':why'}
+local SUFFIXES = {':wake', ':ready', ':lease', ':delay', ':dlq', ':dedup', ':dedupx', ':why'}
 
 -- VALQ DELETE queue -> "deleted <queue>", also when there is none
 function commands.delete(keys, argv, now)
@@ -775,6 +833,11 @@ function commands.delete(keys, argv, now)
   local all = {q.key}
   for i = 1, #SUFFIXES do all[i + 1] = q.key .. SUFFIXES[i] end
   redis.call('DEL', unpack(all))
+  -- a queue made again keeps its listeners (and one that is not there, its pending ones)
+  if q.exists and q.listen > q.clock then
+    redis.call('SET', q.key .. ':listen', fmt(q.listen) .. ' ' .. fmt(q.ldb),
+               'PX', q.listen - q.clock)
+  end
   q.exists = false
   return 'deleted ' .. q.name
 end
@@ -877,6 +940,7 @@ local function set_paused(keys, argv, now, paused)
   if q.paused ~= paused then
     q.paused = paused
     q.dirty, q.settings = true, false
+    emit(q, paused and 'paused' or 'resumed')
   end
   return (paused and 'paused ' or 'resumed ') .. q.name
 end
@@ -897,14 +961,14 @@ local function add(q, now, body, delay, priority, redriven)
     write_packed(q, id, struct.pack(REC_SHORT, READY, now) .. body)
     redis.call('ZADD', q.ready, 0, struct.pack('>BI7', 1, id))
     q.nready = q.nready + 1
-    if not redriven then q.c[PUSHED] = q.c[PUSHED] + 1 end
+    if not redriven then count(q, PUSHED, id) end
     return id
   end
   local r = {state = READY, enq = now, pseq = 0, lease_no = 0, attempts = 0,
              priority = priority, body = body}
   if delay > 0 then link(q, id, r, DELAYED, due_time(now, delay)) else link(q, id, r, READY) end
   write(q, id, r)
-  if not redriven then count(q, PUSHED) end
+  if not redriven then count(q, PUSHED, id) end
   return id
 end
 
@@ -1015,7 +1079,7 @@ local function pop_many(q, now, count_, noack, withmeta)
       link(q, id, r, INFLIGHT, deadline)
       write(q, id, r)
     end
-    count(q, DELIVERED)
+    count(q, DELIVERED, id)
     if withmeta then
       out[#out + 1] = {'attempts', fmt(attempts), 'body', r.body, 'enqueued_at', fmt(r.enq),
                        'id', fmt(id), 'lease',
@@ -1085,7 +1149,7 @@ local function ack_one(q, id)
     if not r or r.state ~= READY then return false end
     remove(q, id, r)
   end
-  count(q, ACKED)
+  count(q, ACKED, id)
   q.dirty = true
   return true
 end
@@ -1098,7 +1162,7 @@ function commands.ack(keys, argv, now)
     local q = existing(keys[1])
     opened(q, now)
     remove(q, id, leased(q, id, text, lease_no))
-    count(q, ACKED)
+    count(q, ACKED, id)
     q.dirty = true
     return 'ack ' .. text
   end
@@ -1157,11 +1221,11 @@ function commands.nack(keys, argv, now)
   if reason then
     q.nwhy, q.cold = q.nwhy + redis.call('HSET', sub(q, ':why'), id, reason), false
   end
-  count(q, NACKED)
+  count(q, NACKED, id)
   q.dirty = true
   if r.attempts >= q.mda then
     move(q, id, r, DLQ, now)
-    count(q, DEAD_LETTERED)
+    count(q, DEAD_LETTERED, id)
   else
     local due = 0
     if delay ~= nil then
@@ -1220,7 +1284,7 @@ function commands.cancel(keys, argv, now)
   local r = record(q, id)
   if not r then no_message(q.name, text) end
   remove(q, id, r)
-  count(q, CANCELLED)
+  count(q, CANCELLED, id)
   q.dirty = true
   return 1
 end
@@ -1292,7 +1356,7 @@ function commands.redrive(keys, argv, now)
       remove(q, id, r)
       add(target, now, r.body, 0, r.priority, true)
     end
-    count(q, REDRIVEN)
+    count(q, REDRIVEN, id)
   end
   q.dirty = true
   return moving
@@ -1353,7 +1417,7 @@ function commands.redrive_done(keys, argv, now)
     local r = record(q, ids[i])
     if r and r.state == DLQ then
       remove(q, ids[i], r)
-      count(q, REDRIVEN)
+      count(q, REDRIVEN, ids[i])
       done = done + 1
     end
   end
@@ -1386,6 +1450,63 @@ function commands.mpop(keys, argv, now)
   return false
 end
 
+-- events ----------------------------------------------------------------------------------
+
+--[[ Events: the embedded engine's live events (valqd/commands/pubsub.py), published by the
+functions themselves with SPUBLISH on the channel valq:{<queue>}:events of a queue in
+database 0, valq@<n>:{<queue>}:events in database n: a sharded channel in the queue's own
+slot, so it works on a cluster (and on one server: SSUBSCRIBE there too). The message is
+`<event> <id>` (pushed, delivered, acked, nacked, expired, dead, dropped, redriven,
+cancelled) or `paused` / `resumed`, in the order the engine emits them, published when
+the call ends. Only while somebody listens: events are published while the queue's clock
+is before its `listen` time, which valq_listen sets; a front end relaying SUBSCRIBE
+valq:<queue> calls it every few seconds while it has subscribers (and PSUBSCRIBE: for each
+queue SCAN finds), so that events cost nothing when nobody listens.
+
+valq_listen queue seconds database -> the channel: publish the queue's events for the
+next `seconds` (0 .. 3600; 0 stops) on the channel of `database` (0 .. 2^31). For a queue
+that does not exist yet, CREATE takes it over (within those seconds). ]]
+function commands.listen(keys, argv, now)
+  if #argv ~= 2 then err("wrong number of arguments for 'valq_listen'") end
+  local seconds = parse_int(argv[1], '0', '3600', 'seconds must be between 0 and 3600')
+  local db = parse_int(argv[2], '0', '2147483647', 'database must be between 0 and 2147483647')
+  local q = queue_at(keys[1])
+  if not q.exists then
+    local listen_key = q.key .. ':listen'
+    if seconds == 0 then
+      redis.call('DEL', listen_key)
+    else
+      redis.call('SET', listen_key, fmt(now + seconds * 1000) .. ' ' .. fmt(db),
+                 'PX', seconds * 1000)
+    end
+    return channel_of({key = q.key, ldb = db})
+  end
+  now = opened(q, now)
+  q.listen, q.ldb = seconds > 0 and now + seconds * 1000 or 0, db
+  q.cold, q.dirty = false, true
+  return channel_of(q)
+end
+
+-- blocking --------------------------------------------------------------------------------
+
+-- valq_wake queue -> [ready, wait_ms]: applies what fell due, sets the wake marker to the
+-- queue's readiness (1 element or none), and answers whether a message is ready (1 or 0)
+-- and in how many ms the queue's next due event falls (a lease, delay, backoff, DLQ
+-- retention or dedup key: the time at which a call may change what POP finds), -1 when
+-- none; 0 when events are left over the budget (call again). For a queue that does not
+-- exist: [0, -1], no marker.
+function commands.wake(keys, argv, now)
+  if #argv ~= 0 then err("wrong number of arguments for 'valq_wake'") end
+  local q = queue_at(keys[1])
+  if not q.exists then
+    redis.call('DEL', q.key .. ':wake')
+    return {0, -1}
+  end
+  now = opened(q, now)
+  local at = next_due(q)
+  return {(q.nready > 0 and not q.paused) and 1 or 0, at and math.max(0, at - now) or -1}
+end
+
 -- the canonical dump (valqd/engine/dump.py) -------------------------------------------------
 
 local function escape(raw)
@@ -1394,6 +1515,10 @@ end
 
 function commands.dump(keys, argv, now)
   local q = queue_at(keys[1])
+  -- the wake marker as the last call left it (a check of the library, as below)
+  if redis.call('LLEN', q.key .. ':wake') ~= (q.was_ready and 1 or 0) then
+    err('the wake marker disagrees with the readiness')
+  end
   if not q.exists then return {} end
   opened(q, now)
   local name = escape(q.name)
@@ -1464,9 +1589,11 @@ local function run(handler, keys, args)
   return handler(keys, args, call_now(args))
 end
 
-local function wrap(handler)
+local function wrap(handler, woken)
   return function(keys, args)
     for i = #open_queues, 1, -1 do open_queues[i] = nil end
+    for i = #events, 1, -1 do events[i] = nil end
+    rearm = woken
     local ok, result = pcall(run, handler, keys, args)
     if ok or getmetatable(result) == Failure then close_queues() end
     if ok then return result end
@@ -1481,11 +1608,15 @@ end
 local NAMES = {'ack', 'cancel', 'create', 'delete', 'dump', 'exists', 'extend', 'get',
                'info', 'mack', 'mpop', 'mpush', 'nack', 'pause', 'peek', 'pop', 'purge',
                'push', 'redrive', 'redrive_done', 'redrive_in', 'redrive_out', 'reschedule',
-               'resume', 'stats', 'update'}
+               'resume', 'stats', 'update', 'wake', 'listen'}
 for i = 1, #NAMES do
   local name = NAMES[i]
-  redis.register_function('valq_' .. name, wrap(commands[name]))
+  redis.register_function('valq_' .. name, wrap(commands[name], name == 'wake'))
 end
+-- POP and MPOP for a caller that consumed a wake marker: they re-arm it when the queue
+-- is still ready
+redis.register_function('valq_pop_woken', wrap(commands.pop, true))
+redis.register_function('valq_mpop_woken', wrap(commands.mpop, true))
 
 redis.register_function{function_name = 'valq_version', flags = {'no-writes'},
                         callback = function() return VERSION end}
