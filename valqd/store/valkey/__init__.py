@@ -12,9 +12,11 @@ build has no such argument (see valq.lua).
 """
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
+
+from .slots import key_slot
 
 LIBRARY_NAME = "valq"
 _VERSION_LINE = re.compile(r"^local VERSION = (\d+)$", re.M)
@@ -22,13 +24,10 @@ _TEST_CLOCK_LINE = "local TEST_CLOCK = false"
 TEST_SUFFIX = "-testclock"
 
 
-Arg = bytes | str | int  # a command argument, as valkey-py and redis-py take them
+class Client(Protocol):
+    """What the loader needs of a client (valkey-py's and redis-py's have it)."""
 
-
-class CommandClient(Protocol):
-    """What this module calls on a client (valkey-py's and redis-py's are untyped)."""
-
-    def execute_command(self, *args: Any, **options: Any) -> Any: ...
+    def execute_command(self, *args: Any) -> Any: ...
 
 
 class LibraryError(Exception):
@@ -54,7 +53,7 @@ def source_version(source: str) -> int:
 VERSION = source_version(library_source())
 
 
-def loaded_version(client: CommandClient) -> int | None:
+def loaded_version(client: Client) -> int | None:
     """The version of the valq library loaded in the server, or None."""
     listing = client.execute_command("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME,
                                      "WITHCODE")
@@ -63,13 +62,11 @@ def loaded_version(client: CommandClient) -> int | None:
         name = fields.get(b"library_name", fields.get("library_name"))
         if name in (LIBRARY_NAME, LIBRARY_NAME.encode()):
             code = fields.get(b"library_code", fields.get("library_code"))
-            if not isinstance(code, (bytes, str)):
-                raise LibraryError("FUNCTION LIST ... WITHCODE answered no library_code")
-            return source_version(code.decode() if isinstance(code, bytes) else code)
+            return source_version(code.decode() if isinstance(code, bytes) else str(code))
     return None
 
 
-def load(client: CommandClient, test_clock: bool = False) -> int:
+def load(client: Client, test_clock: bool = False) -> int:
     """Load (or upgrade) the library with FUNCTION LOAD REPLACE; refuse to replace a newer
     version. Returns the version now loaded."""
     current = loaded_version(client)
@@ -85,23 +82,58 @@ def queue_key(name: bytes) -> bytes:
     return b"valq:{" + name + b"}"
 
 
-def _text(value) -> bytes:
+def _crc_tables() -> tuple[list[int], dict[int, int]]:
+    table = []
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = ((c << 1) ^ 0x1021 if c & 0x8000 else c << 1) & 0xFFFF
+        table.append(c)
+    low14 = {}
+    for j in range(255, -1, -1):
+        low14[table[j] & 16383] = j
+    return table, low14
+
+
+_CRC, _LOW14 = _crc_tables()
+
+
+def slot_tag(slot: int) -> bytes:
+    """The two-byte hash tag (no '}') the library gives the due index of `slot`: solved
+    from the CRC table as valq.lua's slot_tag does, so both name the same key."""
+    for b1 in range(256):
+        c = _CRC[b1]
+        j = _LOW14.get((slot ^ (c << 8)) & 16383)
+        if j is not None and b1 != 125:
+            b2 = j ^ (c >> 8)
+            if b2 != 125:
+                return bytes((b1, b2))
+    raise LibraryError(f"no tag for slot {slot}")
+
+
+def due_index_key(key: bytes) -> bytes:
+    """The due index (valq_reap's key) of the slot of a queue's key valq:{<queue>}."""
+    return b"valq:due:{" + slot_tag(key_slot(key)) + b"}"
+
+
+def _text(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def _count(value) -> int | None:
+def _count(value: Any) -> int | None:
     """A canonical positive decimal, as the library reads numqueues; else None."""
     text = _text(value)
     return int(text) if text.isdigit() and text[:1] != b"0" and len(text) < 19 else None
 
 
-def fcall(function: str, keys: list[bytes], args, clock: int | None = None) -> list:
+def fcall(function: str, keys: Sequence[bytes], args: Sequence[Any],
+          clock: int | None = None) -> list[Any]:
     """FCALL valq_<function> with `keys` and `args`; `clock` only for the test build."""
     return (["FCALL", f"valq_{function}", len(keys), *keys]
             + ([clock] if clock is not None else []) + list(args))
 
 
-def redrive_target(name: bytes, args) -> bytes | None:
+def redrive_target(name: bytes, args: Sequence[Any]) -> bytes | None:
     """The other queue of `REDRIVE name ... TO other`, or None."""
     upper = [_text(a).upper() for a in args]
     if b"TO" in upper[:-1]:
@@ -111,7 +143,8 @@ def redrive_target(name: bytes, args) -> bytes | None:
     return None
 
 
-def fcall_args(subcommand: str, name: bytes, args, clock: int | None = None) -> list:
+def fcall_args(subcommand: str, name: bytes, args: Sequence[Any],
+               clock: int | None = None) -> list[Any]:
     """The FCALL command for `VALQ <subcommand> <name> <args...>` (for MPOP, `name` is
     numqueues and the queues come first in `args`); `clock` only for the test build."""
     sub = subcommand.lower()
@@ -128,7 +161,7 @@ def fcall_args(subcommand: str, name: bytes, args, clock: int | None = None) -> 
 
 
 def redrive_across(call: Callable[..., Any], is_error: Callable[[Any], bool], name: bytes,
-                   args, clock: int | None = None) -> Any:
+                   args: Sequence[Any], clock: int | None = None) -> Any:
     """`VALQ REDRIVE name ... TO other` when other lives in another slot of a cluster: the
     library's three calls (valq_redrive_out, _in, _done; see valq.lua), each sent with
     `call(*command)`. Returns REDRIVE's reply, or the first error reply. Not atomic: a
@@ -151,12 +184,12 @@ def redrive_across(call: Callable[..., Any], is_error: Callable[[Any], bool], na
 class Library:
     """Calls into a loaded library: `call("PUSH", b"q", b"body")`."""
 
-    def __init__(self, client: CommandClient, test_clock: bool = False) -> None:
+    def __init__(self, client: Client, test_clock: bool = False) -> None:
         self.client = client
         self.test_clock = test_clock
         self.clock: int | None = None  # the test build's clock, Unix ms
 
-    def call(self, subcommand: str, name: bytes, *args: Arg) -> Any:
+    def call(self, subcommand: str, name: bytes, *args: Any) -> Any:
         clock = self.clock if self.test_clock else None
         if self.test_clock and clock is None:
             raise LibraryError("the test build needs a clock: set Library.clock")

@@ -318,6 +318,7 @@ local function queue_at(key)
   end
   q.raw = raw
   q.was_ready = q.exists and q.nready > 0 and not q.paused
+  q.due_open = q.exists and q.due or NEVER
   open_queues[#open_queues + 1] = q
   return q
 end
@@ -379,6 +380,73 @@ local function mark_readiness(q)
   end
 end
 
+-- The due index of the queue's slot: a zset, member the queue's name, score a lower bound
+-- of its next due event, for a reaper (see valq_reap); its key shares the slot.
+local CRC, INV14, SLOT_TAGS = nil, nil, {}
+
+local function crc16(text)
+  local crc = 0
+  for i = 1, #text do
+    crc = bit.bxor(bit.band(bit.lshift(crc, 8), 0xFFFF),
+                   CRC[bit.bxor(bit.rshift(crc, 8), text:byte(i))])
+  end
+  return crc
+end
+
+-- a two-byte hash tag whose slot is `slot` (with no '}'): solved, not searched, from the
+-- CRC table's low 14 bits
+local function slot_tag(slot)
+  local tag = SLOT_TAGS[slot]
+  if tag then return tag end
+  for b1 = 0, 255 do
+    local c = CRC[b1]
+    local want = bit.band(bit.bxor(slot, bit.lshift(c, 8)), 16383)
+    local j = INV14[want]
+    if j and b1 ~= 125 then
+      local b2 = bit.bxor(j, bit.rshift(c, 8))
+      if b2 ~= 125 then
+        tag = string.char(b1, b2)
+        break
+      end
+    end
+  end
+  SLOT_TAGS[slot] = tag
+  return tag
+end
+
+local function due_index_of(key)
+  if CRC == nil then
+    CRC, INV14 = {}, {}
+    for i = 0, 255 do
+      local c = bit.lshift(i, 8)
+      for _ = 1, 8 do
+        c = bit.band(bit.band(c, 0x8000) ~= 0 and bit.bxor(bit.lshift(c, 1), 0x1021)
+                     or bit.lshift(c, 1), 0xFFFF)
+      end
+      CRC[i] = c
+    end
+    for j = 255, 0, -1 do INV14[bit.band(CRC[j], 16383)] = j end
+  end
+  local tag = key
+  local open = key:find('{', 1, true)
+  if open then
+    local close = key:find('}', open + 1, true)
+    if close and close > open + 1 then tag = key:sub(open + 1, close - 1) end
+  end
+  return 'valq:due:{' .. slot_tag(bit.band(crc16(tag), 16383)) .. '}'
+end
+
+local function index_due(q)
+  local due = q.exists and q.due or NEVER
+  if due == q.due_open then return end
+  if due < NEVER then
+    redis.call('ZADD', due_index_of(q.key), due, q.name)
+  else
+    redis.call('ZREM', due_index_of(q.key), q.name)
+  end
+  q.due_open = due
+end
+
 local function close_queues()
   for i = 1, #events, 2 do
     redis.call('SPUBLISH', events[i], events[i + 1])
@@ -387,6 +455,7 @@ local function close_queues()
   for i = 1, #open_queues do
     local q = open_queues[i]
     mark_readiness(q)
+    index_due(q)
     if q.exists then
       if q.dirty then
         q.raw = pack_header(q)
@@ -655,7 +724,8 @@ end
 
 -- Open a queue for a call at `now`: the queue's clock never goes backwards, and what fell
 -- due is applied first (at most TICK_BUDGET events). Returns the call's clock.
-local function opened(q, now)
+local function opened(q, now, budget)
+  local done = 0
   if q.exists then
     local clock = q.clock
     if clock > now then
@@ -665,12 +735,13 @@ local function opened(q, now)
       q.dirty = true
     end
     if q.due <= now then
-      local done = run_due(q, now, TICK_BUDGET)
-      q.due = done < TICK_BUDGET and (next_due(q) or NEVER) or 0
+      budget = budget or TICK_BUDGET
+      done = run_due(q, now, budget)
+      q.due = done < budget and (next_due(q) or NEVER) or 0
       q.dirty = true
     end
   end
-  return now
+  return now, done
 end
 
 -- settings ------------------------------------------------------------------------------------
@@ -1487,6 +1558,55 @@ function commands.listen(keys, argv, now)
   return channel_of(q)
 end
 
+-- the reaper --------------------------------------------------------------------------------
+
+--[[ Due events are applied when a call opens the queue, and by a reaper in the front ends
+for queues nobody calls: leases, delays, backoffs, DLQ retention and dedup keys then take
+effect on time (events published, wake markers armed, memory freed) with no client.
+
+Every call that changes a queue's `due` bound writes it to the due index of the queue's
+slot, the zset valq:due:{<tag>} (tag: two bytes whose hash slot is the queue's, so the index
+shares the slot on a cluster; member the queue's name, score the bound). So a reaper needs
+no list of queues: on each primary it finds the index keys (SCAN MATCH valq:due:*, at most
+one per slot it owns) and calls, for each, every few hundred ms
+
+  FCALL valq_reap 1 valq:due:{<tag>} <queues> <budget>  -> [queues, events, wait_ms]
+
+which applies what fell due in up to <queues> (1 .. 1000) of the index's queues whose
+bound has passed, at most <budget> (1 .. 100000) events in all, and answers how many queues
+and events it did and in how many ms the index's next bound falls (0: more is due now,
+call again; -1: the index is empty). Work per call is bounded, so a storm of expiries is
+spread over calls and never holds a shard for long. Front ends coordinate by the index
+itself: a call applies what is due and moves the queue's bound, so a second reaper's call
+finds nothing left (cheap); several front ends poll, but do the work once. ]]
+function commands.reap(keys, argv, now)
+  if #argv ~= 2 then err("wrong number of arguments for 'valq_reap'") end
+  local most = parse_int(argv[1], '1', '1000', 'queues must be between 1 and 1000')
+  local budget = parse_int(argv[2], '1', '100000', 'budget must be between 1 and 100000')
+  local index = keys[1]
+  if type(index) ~= 'string' or index:sub(1, 10) ~= 'valq:due:{' then
+    err('the key must be a due index valq:due:{<tag>}')
+  end
+  local names = redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, most)
+  local applied = 0
+  for i = 1, #names do
+    if applied >= budget then break end
+    local q = queue_at('valq:{' .. names[i] .. '}')
+    if due_index_of(q.key) ~= index then err('queue ' .. show(names[i]) .. ' is not of this index') end
+    if q.exists then
+      local _, done = opened(q, now, budget - applied)
+      applied = applied + done
+      index_due(q)
+    else
+      redis.call('ZREM', index, names[i])
+    end
+  end
+  local head = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+  local wait = -1
+  if head[1] then wait = math.max(0, tonumber(head[2]) - now) end
+  return {#names, applied, wait}
+end
+
 -- blocking --------------------------------------------------------------------------------
 
 -- valq_wake queue -> [ready, wait_ms]: applies what fell due, sets the wake marker to the
@@ -1518,6 +1638,10 @@ function commands.dump(keys, argv, now)
   -- the wake marker as the last call left it (a check of the library, as below)
   if redis.call('LLEN', q.key .. ':wake') ~= (q.was_ready and 1 or 0) then
     err('the wake marker disagrees with the readiness')
+  end
+  local indexed = redis.call('ZSCORE', due_index_of(q.key), q.name)
+  if (indexed and tonumber(indexed) or NEVER) ~= q.due_open then
+    err('the due index disagrees with the header')
   end
   if not q.exists then return {} end
   opened(q, now)
@@ -1608,7 +1732,7 @@ end
 local NAMES = {'ack', 'cancel', 'create', 'delete', 'dump', 'exists', 'extend', 'get',
                'info', 'mack', 'mpop', 'mpush', 'nack', 'pause', 'peek', 'pop', 'purge',
                'push', 'redrive', 'redrive_done', 'redrive_in', 'redrive_out', 'reschedule',
-               'resume', 'stats', 'update', 'wake', 'listen'}
+               'resume', 'stats', 'update', 'wake', 'listen', 'reap'}
 for i = 1, #NAMES do
   local name = NAMES[i]
   redis.register_function('valq_' .. name, wrap(commands[name], name == 'wake'))
