@@ -10,6 +10,21 @@ e.g. FCALL valq_push 1 valq:{jobs} hello 10 PRIORITY 5. REDRIVE ... TO other dec
 other queue's key too (2 keys). Replies are RESP2 shapes: a map is a flat array with keys
 in ascending order (a front end turns it into a RESP3 map).
 
+The contract with a front end (valqd --store valkey://), besides the VALQ functions:
+  valq_mpop             MPOP over queues of one slot; across slots: one queue per call
+  valq_redrive_out/_in/_done   REDRIVE ... TO a queue in another slot (see below)
+  valq:{<queue>}        the queue's key, the only key ending in '}': SCAN MATCH valq:{*}
+                        lists the queues (LIST, SCAN, KEYS, DBSIZE)
+  valq:{<queue>}:wake   list, one element exactly while a message is ready and the queue
+                        is not paused: BLPOP it, then valq_pop_woken / valq_mpop_woken
+                        (they re-arm it); valq_wake re-arms it and answers the time to the
+                        queue's next due event, for a local timer
+  valq:{<queue>}:events (valq@<n>:{<queue>}:events for database n) the sharded channel
+                        of the queue's events, `<event> <id>` or `paused` / `resumed`,
+                        published while valq_listen says somebody listens (SSUBSCRIBE)
+  valq:due:{<tag>}      the due index of one slot, for valq_reap (see "the reaper")
+Each is explained where it is made, below.
+
 Keys: every key of one queue shares the hash tag {<queue>}, so each call is atomic in one
 slot of a cluster:
   valq:{q}            hash: field `header` -> the queue's header, packed (see HEAD_* below:
