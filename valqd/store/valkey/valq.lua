@@ -380,9 +380,7 @@ local rearm = false
 
 -- The wake marker valq:{q}:wake holds one element while the queue has a ready message and
 -- is not paused, none otherwise: set on each change of readiness, and by a woken call.
-local function mark_readiness(q)
-  local ready = q.exists and q.nready > 0 and not q.paused
-  if ready == q.was_ready and not (ready and rearm) then return end
+local function mark_readiness(q, ready)
   local wake = q.key .. ':wake'
   if ready ~= q.was_ready then
     if not ready then
@@ -453,7 +451,6 @@ end
 
 local function index_due(q)
   local due = q.exists and q.due or NEVER
-  if due == q.due_open then return end
   if due < NEVER then
     redis.call('ZADD', due_index_of(q.key), due, q.name)
   else
@@ -469,8 +466,9 @@ local function close_queues()
   end
   for i = 1, #open_queues do
     local q = open_queues[i]
-    mark_readiness(q)
-    index_due(q)
+    local ready = q.exists and q.nready > 0 and not q.paused
+    if ready ~= q.was_ready or (ready and rearm) then mark_readiness(q, ready) end
+    if (q.exists and q.due or NEVER) ~= q.due_open then index_due(q) end
     if q.exists then
       if q.dirty then
         q.raw = pack_header(q)
@@ -1611,7 +1609,7 @@ function commands.reap(keys, argv, now)
     if q.exists then
       local _, done = opened(q, now, budget - applied)
       applied = applied + done
-      index_due(q)
+      if q.due ~= q.due_open then index_due(q) end
     else
       redis.call('ZREM', index, names[i])
     end
