@@ -1601,11 +1601,15 @@ function commands.reap(keys, argv, now)
     err('the key must be a due index valq:due:{<tag>}')
   end
   local names = redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, most)
+  for i = 1, #names do
+    if due_index_of('valq:{' .. names[i] .. '}') ~= index then
+      err("queue '" .. show(names[i]) .. "' is not of this index")
+    end
+  end
   local applied = 0
   for i = 1, #names do
     if applied >= budget then break end
     local q = queue_at('valq:{' .. names[i] .. '}')
-    if due_index_of(q.key) ~= index then err('queue ' .. show(names[i]) .. ' is not of this index') end
     if q.exists then
       local _, done = opened(q, now, budget - applied)
       applied = applied + done
