@@ -699,3 +699,19 @@ def test_the_reaper_applies_due_events_nobody_called_for_within_its_budget(pair,
         "ERR the key must be a due index valq:due:{<tag>}")
     pair.same("DELETE", name)
     assert lib.call("EXISTS", index) == 0
+
+
+def test_leases_running_out_together_keep_the_engines_order_with_backoffs(pair):
+    """Leases are expired in batches; a backoff that ends before (or when) a later lease
+    runs out is applied in between, as the engine does it, one event at a time."""
+    pair.clock.now = T0
+    pair.same("CREATE", b"a", "VISIBILITY", 1, "MAXATTEMPTS", 3, "BACKOFF", "FIXED", 1)
+    for step in range(6):
+        pair.same("PUSH", b"a", b"m%d" % step, "PRIORITY", step % 2)
+        pair.same("POP", b"a")
+        pair.clock.now += 500  # leases at +1000, +1500, ...: a backoff ends on a lease's time
+    pair.same("PUSH", b"a", b"later", 2)
+    pair.clock.now += 10_000
+    assert pair.library_dump(b"a") == pair.engine_dump(b"a")
+    assert [fields(m)[b"body"] for m in pair.same("POP", b"a", "COUNT", 10)] == \
+        [b"m1", b"m3", b"m5", b"later", b"m0", b"m2", b"m4"]
