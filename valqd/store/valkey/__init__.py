@@ -24,10 +24,13 @@ _TEST_CLOCK_LINE = "local TEST_CLOCK = false"
 TEST_SUFFIX = "-testclock"
 
 
-class Client(Protocol):
-    """What the loader needs of a client (valkey-py's and redis-py's have it)."""
+Arg = bytes | str | int  # a command argument, as valkey-py and redis-py take them
 
-    def execute_command(self, *args: Any) -> Any: ...
+
+class CommandClient(Protocol):
+    """What this module calls on a client (valkey-py's and redis-py's are untyped)."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any: ...
 
 
 class LibraryError(Exception):
@@ -53,7 +56,7 @@ def source_version(source: str) -> int:
 VERSION = source_version(library_source())
 
 
-def loaded_version(client: Client) -> int | None:
+def loaded_version(client: CommandClient) -> int | None:
     """The version of the valq library loaded in the server, or None."""
     listing = client.execute_command("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME,
                                      "WITHCODE")
@@ -62,11 +65,13 @@ def loaded_version(client: Client) -> int | None:
         name = fields.get(b"library_name", fields.get("library_name"))
         if name in (LIBRARY_NAME, LIBRARY_NAME.encode()):
             code = fields.get(b"library_code", fields.get("library_code"))
-            return source_version(code.decode() if isinstance(code, bytes) else str(code))
+            if not isinstance(code, (bytes, str)):
+                raise LibraryError("FUNCTION LIST ... WITHCODE answered no library_code")
+            return source_version(code.decode() if isinstance(code, bytes) else code)
     return None
 
 
-def load(client: Client, test_clock: bool = False) -> int:
+def load(client: CommandClient, test_clock: bool = False) -> int:
     """Load (or upgrade) the library with FUNCTION LOAD REPLACE; refuse to replace a newer
     version. Returns the version now loaded."""
     current = loaded_version(client)
@@ -184,7 +189,7 @@ def redrive_across(call: Callable[..., Any], is_error: Callable[[Any], bool], na
 class Library:
     """Calls into a loaded library: `call("PUSH", b"q", b"body")`."""
 
-    def __init__(self, client: Client, test_clock: bool = False) -> None:
+    def __init__(self, client: CommandClient, test_clock: bool = False) -> None:
         self.client = client
         self.test_clock = test_clock
         self.clock: int | None = None  # the test build's clock, Unix ms
