@@ -216,13 +216,13 @@ class Spy:
 
     def __init__(self, server: ThreadedServer) -> None:
         self.general: list[str] = []
-        lean = server.server.lean
-        passed_on = lean._general
+        dispatcher = server.server.dispatcher
+        passed_on = dispatcher.execute
 
         def general(session, argv):
             self.general.append(b" ".join(argv[:2]).decode("latin-1").lower())
             return passed_on(session, argv)
-        lean._general = general
+        dispatcher.execute = general
 
     def took_general(self, command: str) -> bool:
         taken = command in self.general
@@ -319,9 +319,8 @@ def test_each_condition_sends_the_command_to_the_general_path(spied):
     server.server.state.loading = False
     # lean-path no: everything through the dispatcher
     wire.call("CONFIG", "SET", "lean-path", "no")
-    spy.general.clear()
     assert wire.call("VALQ", "PUSH", "q", "v") == b"3"
-    assert spy.general == []  # not even asked
+    assert spy.took_general("valq push")
     wire.call("CONFIG", "SET", "lean-path", "yes")
     assert wire.call("VALQ", "PUSH", "q", "u") == b"4"
     assert not spy.took_general("valq push")
@@ -411,3 +410,21 @@ def test_lean_commands_count_in_the_statistics_and_the_slow_log(spied):
     logged = observer.call("SLOWLOG", "LEN")
     wire.call("VALQ", "PUSH", "q", "b")
     assert observer.call("SLOWLOG", "LEN") == logged
+
+
+def test_a_lean_push_serves_a_client_blocked_in_a_pop(spied):
+    server, spy = spied
+    pusher, waiter = Wire(server.port), Wire(server.port)
+    pusher.call("VALQ", "CREATE", "q")
+    waiter.send(encode_command(["VALQ", "POP", "q", "BLOCK", "0"]))
+    deadline = time.monotonic() + 10
+    while (stats := pusher.call("VALQ", "STATS", "q"))[stats.index(b"blocked") + 1] != b"1":
+        assert time.monotonic() < deadline, "the pop never blocked"
+        time.sleep(0.01)
+    spy.general.clear()
+    pusher.send(encode_command(["VALQ", "PUSH", "q", "a"]) +
+                encode_command(["VALQ", "PUSH", "q", "b"]))
+    assert pusher.replies(2) == [b"1", b"2"]
+    assert not spy.took_general("valq push")
+    assert waiter.reply() == [b"body", b"a", b"id", b"1"]
+    assert pusher.call("VALQ", "POP", "q") == [b"body", b"b", b"id", b"2"]

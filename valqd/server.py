@@ -28,7 +28,7 @@ from .commands import acl
 from .commands.acl import load_acl_file
 from .commands.context import Blocked, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
-from .commands.lean import LeanPath
+from .commands.lean import LeanPath, LeanServe
 from .commands.observe import render_metrics, rss_bytes
 from .commands.table import TABLE
 from .config import AUTO_PORT, Config, int_value, output_limits
@@ -140,16 +140,25 @@ class Connection(asyncio.Protocol):
                 self.waiter is not None:  # a call scheduled before the client blocked again
             return
         server = self.server
-        execute = server.execute
-        server.lean.new_read()
+        execute = server.dispatcher.execute
+        serve = server.lean_serve  # None with lean-path no
         readied = server.databases.readied
         parser = self.parser
-        replies = []
+        next_command = parser.next_command
+        replies: list[bytes] = []
         size = 0
         turn_left = COMMANDS_PER_TURN
         close = False
         try:
-            while (argv := parser.next_command()) is not None:
+            while (argv := next_command()) is not None:
+                if serve is not None:
+                    argv, turn_left, size = serve(session, argv, next_command, replies,
+                                                  turn_left, size)
+                    if argv is None:  # the lean path served all it could
+                        if size > REPLY_SLICE or not turn_left:
+                            self._end_turn(transport)
+                            break
+                        continue
                 reply = execute(session, argv)
                 if readied:
                     server.serve_waiters()
@@ -166,12 +175,7 @@ class Connection(asyncio.Protocol):
                 size += len(reply)
                 turn_left -= 1
                 if size > REPLY_SLICE or not turn_left:
-                    # send these first: the output buffer limit applies before the rest of
-                    # a pipeline of large replies is built, and other clients get a turn
-                    self.continue_soon()
-                    if not self.reading_paused:
-                        transport.pause_reading()
-                        self.reading_paused = True
+                    self._end_turn(transport)
                     break
             else:
                 self._resume_reading(transport)
@@ -186,6 +190,15 @@ class Connection(asyncio.Protocol):
         server.after_commands()
         if replies or close:
             server.reply(self, b"".join(replies), close)
+
+    def _end_turn(self, transport: asyncio.Transport) -> None:
+        """This turn's share is used: send the replies so far first (the output buffer
+        limit applies before the rest of a pipeline of large replies is built, and other
+        clients get a turn), and run the rest, without reading more, in a later turn."""
+        self.continue_soon()
+        if not self.reading_paused:
+            transport.pause_reading()
+            self.reading_paused = True
 
     def continue_soon(self) -> None:
         """Run the buffered commands in the next turn of the event loop (once)."""
@@ -456,11 +469,10 @@ class Server:
         self.state.read_file = read_file
         self.state.write_file = replace_file
         self.dispatcher = Dispatcher(self.state, config.renames)
-        # what a RESP connection runs each command with: the lean path (embedded engine
-        # only) or the dispatcher alone, as `lean-path` says
-        self.lean = LeanPath(self.state, self.dispatcher)
-        self.execute: Callable[[Session, list[bytes]], bytes | Blocked] = \
-            self.dispatcher.execute
+        # the lean path of a RESP connection's commands (embedded engine only), while
+        # `lean-path` is yes; the dispatcher serves what it does not
+        self.lean = LeanPath(self.state, self.dispatcher, self.serve_waiters, REPLY_SLICE)
+        self.lean_serve: LeanServe | None = None
         self._choose_path(config["lean-path"])
         config.on_change["lean-path"] = self._choose_path
         self.http_app = HttpApp(self.dispatcher.execute, self.new_session, self.metrics,
@@ -629,7 +641,7 @@ class Server:
             config.on_change[name] = hook
 
     def _choose_path(self, lean: object) -> None:
-        self.execute = self.lean.execute if lean == "yes" else self.dispatcher.execute
+        self.lean_serve = self.lean.serve if lean == "yes" else None
 
     def _set_default_password(self, password: object) -> None:
         """`requirepass` is the default user's password, as in Valkey."""
@@ -794,6 +806,9 @@ class Server:
     def serve_waiters(self) -> None:
         """Give newly visible messages to parked clients, first come first served."""
         readied = self.databases.readied
+        if not self._waiters:  # nobody waits (a push readies its queue every time)
+            readied.clear()
+            return
         while readied:
             queue_waiters = self._waiters.get(readied.pop())
             while queue_waiters:

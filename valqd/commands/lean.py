@@ -3,9 +3,10 @@
 The dispatcher (dispatch.py) serves every command the same general way: find the spec,
 check arity, authentication, ACL, loading, MULTI, write refusals, subscribed mode, then run
 the handler, which parses its options with an `Args` cursor. For the five commands of a job
-cycle most of that cannot fail for most clients, so this path checks once, in a few
-attribute reads, that none of it can (`LeanPath.execute`), and then parses the usual forms
-of those commands without building anything but their reply.
+cycle most of that cannot fail for most clients, so this path checks once per run of
+commands in a read, in a few attribute reads, that none of it can (`LeanPath.serve`), and
+then parses the usual forms of those commands without building anything but their reply,
+one command after the other in one loop.
 
 Whatever it is not sure of goes to the general path, unchanged, before anything happened:
 
@@ -34,7 +35,7 @@ from ..engine import MAX_DELAY, PRIORITY_RANGE, TICK_BUDGET, Engine
 from ..errors import CommandError
 from ..resp import encode
 from .args import I64_MAX, I64_MIN, U64_MAX
-from .context import Blocked, ServerState, Session
+from .context import ServerState, Session
 from .dispatch import Dispatcher, record_slow
 from .table import CommandSpec
 from .valq import MAX_COUNT, message_map
@@ -43,6 +44,10 @@ log = logging.getLogger("valqd")
 
 # (session, argv, engine, now) -> the reply, or None: the general path serves it
 LeanHandler = Callable[[ServerState, Session, list[bytes], Engine, int], bytes | None]
+# LeanPath.serve: (session, argv, next_command, replies, turn_left, size)
+#                 -> (the command it did not serve or None, turn_left, size)
+LeanServe = Callable[[Session, list[bytes], Callable[[], list[bytes] | None], list[bytes],
+                      int, int], tuple[list[bytes] | None, int, int]]
 
 EXTENDED = encode.bulk(b"extend")
 _PRIORITY_LOW, _PRIORITY_HIGH = PRIORITY_RANGE
@@ -213,19 +218,24 @@ LEAN_HANDLERS: dict[str, LeanHandler] = {
 
 
 class LeanPath:
-    """`execute` answers as `Dispatcher.execute` does: the five commands on the lean path
-    when the session and the server allow it, everything else through the dispatcher.
+    """`serve` runs the commands of one read on the lean path while they can take it, from
+    the first one on, and hands the first that cannot back to the caller (the server runs
+    it through the dispatcher, then offers the next ones to `serve` again).
 
-    What a run of lean commands needs is found once per run, not per command: that the
-    session may take the lean path, the clock (every command of a run sees the time the run
-    started at, as the commands of an EXEC do), and the start of the first command's timing
-    (each command is timed from the end of the one before, one clock read per command).
-    A run ends with the read it came in (`new_read`) and with every command the general
-    path serves, which may change any of it (AUTH, MULTI, SELECT, CONFIG SET, ...)."""
+    What a run needs is found once per run, not per command: that the session may take the
+    lean path (nothing of what the general path ran before may have changed it: a run ends
+    at every command the lean path does not serve), the clock (every command of a run sees
+    the time the run started at, as the commands of an EXEC do), and the start of the
+    first command's timing (each command is timed from the end of the one before: one
+    clock read per command)."""
 
-    def __init__(self, state: ServerState, dispatcher: Dispatcher) -> None:
+    def __init__(self, state: ServerState, dispatcher: Dispatcher,
+                 serve_waiters: Callable[[], None], reply_slice: int) -> None:
+        """`serve_waiters` gives what a push made visible to parked clients; a run stops
+        once its replies pass `reply_slice` bytes."""
         self.state = state
-        self.dispatcher = dispatcher
+        self.serve_waiters = serve_waiters
+        self.reply_slice = reply_slice
         # command name -> subcommand name -> (lean handler, spec, its commandstats entry),
         # under every spelling the dispatcher's one-lookup table has (renames applied)
         self._commands: dict[bytes, dict[bytes, tuple[LeanHandler, CommandSpec,
@@ -235,64 +245,66 @@ class LeanPath:
             if handler is not None:
                 self._commands.setdefault(command, {})[sub] = (
                     handler, spec, state.command_stats[spec.name])
-        self._session: Session | None = None  # the session of the current run, if any
-        self._now = 0  # the time of the current run (Unix ms)
-        self._timed_to = 0  # perf_counter_ns at the end of the run's last command
 
-    def new_read(self) -> None:
-        """The next command comes from another read: a new run."""
-        self._session = None
-
-    def eligible(self, session: Session) -> bool:
-        """Whether the session may take the lean path now: none of the dispatcher's
-        checks (authentication, ACL, loading, MULTI, subscribed mode) could refuse it."""
-        return session.authenticated and not session.restricted and \
-            session.multi is None and not session.channels and not session.patterns and \
-            not self.state.loading
-
-    def _general(self, session: Session, argv: list[bytes]) -> bytes | Blocked:
-        self._session = None
-        return self.dispatcher.execute(session, argv)
-
-    def execute(self, session: Session, argv: list[bytes]) -> bytes | Blocked:
-        subcommands = self._commands.get(argv[0])
-        if subcommands is None or len(argv) < 3:
-            return self._general(session, argv)
-        entry = subcommands.get(argv[1])
-        if entry is None or len(argv) < entry[1].fewest_args:
-            return self._general(session, argv)
+    def serve(self, session: Session, argv: list[bytes],
+              next_command: Callable[[], list[bytes] | None], replies: list[bytes],
+              turn_left: int, size: int) -> tuple[list[bytes] | None, int, int]:
+        """Serve `argv` and the commands `next_command` gives after it, appending their
+        replies to `replies`, until one cannot take the lean path (returned, not run), none
+        is left (None), or the turn's share is used: `turn_left` commands, or replies past
+        `reply_slice` bytes in all (`size` so far). Returns (that command or None, the
+        commands left, the reply bytes now)."""
         state = self.state
-        if session is not self._session:
-            if not self.eligible(session):
-                return self._general(session, argv)
-            self._session = session
-            self._now = state.clock()
-            self._timed_to = perf_counter_ns()
-        now = self._now
+        if not session.authenticated or session.restricted or session.multi is not None \
+                or session.channels or session.patterns or state.loading:
+            return argv, turn_left, size  # the dispatcher's checks could refuse it
+        commands = self._commands
         databases = state.databases
-        if now >= databases.due_at:
-            databases.tick(now, TICK_BUDGET)
-        handler, spec, stats = entry
-        try:
-            reply = handler(state, session, argv, databases.engines[session.db], now)
-            if reply is None:
-                return self._general(session, argv)
-        except CommandError as exc:
-            reply = encode.error(exc.code, exc.message)
-            state.count_error(reply)
-            stats[2] += 1
-        except Exception:
-            log.exception("bug: unexpected error in %s", spec.name)
-            reply = encode.error("ERR", "internal error")
-            state.count_error(reply)
-            stats[2] += 1
+        readied = databases.readied
+        engine = databases.engines[session.db]
+        reply_slice = self.reply_slice
+        now = state.clock()
         timed_to = perf_counter_ns()
-        elapsed_us = (timed_to - self._timed_to) // 1000
-        self._timed_to = timed_to
-        state.total_commands += 1
-        session.last_command = spec.name
-        stats[0] += 1
-        stats[1] += elapsed_us
-        if elapsed_us >= state.slowlog_threshold_us >= 0:
-            record_slow(state, session, spec.name, argv, elapsed_us)
-        return reply
+        while True:
+            subcommands = commands.get(argv[0])
+            if subcommands is None or len(argv) < 3:
+                return argv, turn_left, size
+            entry = subcommands.get(argv[1])
+            if entry is None or len(argv) < entry[1].fewest_args:
+                return argv, turn_left, size
+            if now >= databases.due_at:
+                databases.tick(now, TICK_BUDGET)
+            handler, spec, stats = entry
+            try:
+                reply = handler(state, session, argv, engine, now)
+                if reply is None:
+                    return argv, turn_left, size  # the general path answers it
+            except CommandError as exc:
+                reply = encode.error(exc.code, exc.message)
+                state.count_error(reply)
+                stats[2] += 1
+            except Exception:
+                log.exception("bug: unexpected error in %s", spec.name)
+                reply = encode.error("ERR", "internal error")
+                state.count_error(reply)
+                stats[2] += 1
+            ended = perf_counter_ns()
+            elapsed_us = (ended - timed_to) // 1000
+            timed_to = ended
+            state.total_commands += 1
+            session.last_command = spec.name
+            stats[0] += 1
+            stats[1] += elapsed_us
+            if elapsed_us >= state.slowlog_threshold_us >= 0:
+                record_slow(state, session, spec.name, argv, elapsed_us)
+            replies.append(reply)
+            if readied:
+                self.serve_waiters()
+            size += len(reply)
+            turn_left -= 1
+            if size > reply_slice or not turn_left:
+                return None, turn_left, size
+            next_argv = next_command()
+            if next_argv is None:
+                return None, turn_left, size
+            argv = next_argv

@@ -553,10 +553,18 @@ class Engine:
     def _emit(self, effect: Effect) -> None:
         kind = effect[0]
         apply, on_queue, event, counter, readying = _KINDS[kind]
-        self._apply(effect, apply, on_queue)
-        if counter is not None:
-            self.queues[effect[1]].counters[counter] += 1
-            self.counters[counter] += 1
+        if on_queue:  # what `_apply` does, inline: this runs for every record
+            q = self.queues[effect[1]]
+            apply(q, *effect[2:])
+            q.version += 1
+            if counter is not None:
+                q.counters[counter] += 1
+                self.counters[counter] += 1
+        else:
+            apply(self, *effect[1:])
+            if counter is not None:
+                self.queues[effect[1]].counters[counter] += 1
+                self.counters[counter] += 1
         if self.journal is not None:
             self.journal(effect)
         if readying:

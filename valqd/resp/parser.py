@@ -170,13 +170,9 @@ class RequestParser:
                     if self._check_unfinished():
                         return NEED_DATA
                     continue
-                bad = type(command) is not list or not command
-                if not bad:
-                    for item in command:
-                        if type(item) is not bytes:
-                            bad = True
-                            break
-                if bad:
+                # a non-empty list of bytes only (the types counted in C, not looped over)
+                if type(command) is not list or not command or \
+                        list(map(type, command)).count(bytes) != len(command):
                     # `:1` where a request starts (an inline command), `*1\r\n:1\r\n` (an
                     # error), `*0` or `$-1` (skipped, or an inline command): the framer
                     # reads it, and all that follows, from its start
@@ -187,15 +183,21 @@ class RequestParser:
                 if held > limits.max_bulk_len or held > limits.max_multibulk_len or \
                         not self.authenticated:
                     self._check_limits(command)
-                if not self._reader.has_data():
-                    self._rebase([])
+                if not self._reader.has_data():  # `_rebase([])`, inline: once per read
                     self._reader_busy = False
+                    self._chunks = []
+                    self._held = self._walk_pos = 0
+                    self._walk_left = -1
+                    if self._returned:
+                        self._returned = []
                 else:
                     self._returned.append(command)
                     if self._held > RESYNC_ABOVE:
                         self._resync()
                 checked: list[bytes] = command  # a non-empty list of bytes, as tested above
                 return checked
+            if self._left < 0 and self._pos >= len(self._buf) and not self._parts_len:
+                return NEED_DATA  # between requests, nothing buffered: how most reads end
             framed = self._next_framed()
             if framed is not _HANDOFF:
                 return framed
