@@ -236,6 +236,7 @@ class LeanPath:
         self.state = state
         self.serve_waiters = serve_waiters
         self.reply_slice = reply_slice
+        self.served = 0  # commands served on the lean path, since start-up (tests read it)
         # command name -> subcommand name -> (lean handler, spec, its commandstats entry),
         # under every spelling the dispatcher's one-lookup table has (renames applied)
         self._commands: dict[bytes, dict[bytes, tuple[LeanHandler, CommandSpec,
@@ -265,46 +266,50 @@ class LeanPath:
         reply_slice = self.reply_slice
         now = state.clock()
         timed_to = perf_counter_ns()
-        while True:
-            subcommands = commands.get(argv[0])
-            if subcommands is None or len(argv) < 3:
-                return argv, turn_left, size
-            entry = subcommands.get(argv[1])
-            if entry is None or len(argv) < entry[1].fewest_args:
-                return argv, turn_left, size
-            if now >= databases.due_at:
-                databases.tick(now, TICK_BUDGET)
-            handler, spec, stats = entry
-            try:
-                reply = handler(state, session, argv, engine, now)
-                if reply is None:
-                    return argv, turn_left, size  # the general path answers it
-            except CommandError as exc:
-                reply = encode.error(exc.code, exc.message)
-                state.count_error(reply)
-                stats[2] += 1
-            except Exception:
-                log.exception("bug: unexpected error in %s", spec.name)
-                reply = encode.error("ERR", "internal error")
-                state.count_error(reply)
-                stats[2] += 1
-            ended = perf_counter_ns()
-            elapsed_us = (ended - timed_to) // 1000
-            timed_to = ended
-            state.total_commands += 1
-            session.last_command = spec.name
-            stats[0] += 1
-            stats[1] += elapsed_us
-            if elapsed_us >= state.slowlog_threshold_us >= 0:
-                record_slow(state, session, spec.name, argv, elapsed_us)
-            replies.append(reply)
-            if readied:
-                self.serve_waiters()
-            size += len(reply)
-            turn_left -= 1
-            if size > reply_slice or not turn_left:
-                return None, turn_left, size
-            next_argv = next_command()
-            if next_argv is None:
-                return None, turn_left, size
-            argv = next_argv
+        served_before = turn_left
+        try:
+            while True:
+                subcommands = commands.get(argv[0])
+                if subcommands is None or len(argv) < 3:
+                    return argv, turn_left, size
+                entry = subcommands.get(argv[1])
+                if entry is None or len(argv) < entry[1].fewest_args:
+                    return argv, turn_left, size
+                if now >= databases.due_at:
+                    databases.tick(now, TICK_BUDGET)
+                handler, spec, stats = entry
+                try:
+                    reply = handler(state, session, argv, engine, now)
+                    if reply is None:
+                        return argv, turn_left, size  # the general path answers it
+                except CommandError as exc:
+                    reply = encode.error(exc.code, exc.message)
+                    state.count_error(reply)
+                    stats[2] += 1
+                except Exception:
+                    log.exception("bug: unexpected error in %s", spec.name)
+                    reply = encode.error("ERR", "internal error")
+                    state.count_error(reply)
+                    stats[2] += 1
+                ended = perf_counter_ns()
+                elapsed_us = (ended - timed_to) // 1000
+                timed_to = ended
+                state.total_commands += 1
+                session.last_command = spec.name
+                stats[0] += 1
+                stats[1] += elapsed_us
+                if elapsed_us >= state.slowlog_threshold_us >= 0:
+                    record_slow(state, session, spec.name, argv, elapsed_us)
+                replies.append(reply)
+                if readied:
+                    self.serve_waiters()
+                size += len(reply)
+                turn_left -= 1
+                if size > reply_slice or not turn_left:
+                    return None, turn_left, size
+                next_argv = next_command()
+                if next_argv is None:
+                    return None, turn_left, size
+                argv = next_argv
+        finally:
+            self.served += served_before - turn_left
