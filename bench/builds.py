@@ -40,9 +40,13 @@ def source_files(root: Path = ROOT) -> list[str]:
 
 
 def stamp(build: str, files: list[str], root: Path = ROOT) -> str:
+    """What the installation depends on: the build, the interpreter and every file but the
+    Markdown ones (a README edit changes nothing that runs, and a compiled build takes
+    minutes)."""
     digest = hashlib.sha256(f"{build}\n{sys.version}\n".encode())
     for name in files:
-        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+        if not name.endswith(".md"):
+            digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
     return digest.hexdigest()
 
 
