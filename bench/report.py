@@ -504,13 +504,14 @@ def _tools(t) -> list[str]:
     out = ["## redis-benchmark", ""]
     if t.get("skipped"):
         return out + [f"Skipped: {t['skipped']}.", ""]
-    out += [f"`redis-benchmark -P 16 -n {t['requests']} -q <command>` (50 connections), the "
+    out += [f"`redis-benchmark -P 16 -n N -q <command>` (50 connections; N in the table: "
+            "Valkey gets more, so that its runs last about as long), the "
             f"pushes then as many pops, every server with AOF everysec, {t['rounds']} "
             "interleaved rounds (each on fresh servers, the order rotated); requests/s as "
             "the median of the rounds (lowest–highest), and the ratio to Valkey's in each "
             "round.", ""]
-    out += _table(["server", "command", "requests/s", "÷ Valkey", "each round"],
-                  [[r["server"], f"`{r['command']}`", _spread(r["rps"], _n),
+    out += _table(["server", "command", "N", "requests/s", "÷ Valkey", "each round"],
+                  [[r["server"], f"`{r['command']}`", _n(r["requests"]), _spread(r["rps"], _n),
                     _spread(r.get("ratio")), _each(r["ratio"]) if r.get("ratio") else ""]
                    for r in t["rows"]])
     out.append("")
