@@ -125,7 +125,10 @@ class AppendOnlyFile:
         pending = self.pending
         if database == 0:
             return pending.append
-        enter, leave = ("select", database), ("select", 0)  # `leave`: this frame's own end
+        # `leave`: this frame's own end, found by identity; typed as an Effect (one object),
+        # not tuple[str, int], which mypyc keeps unboxed and boxes anew at every `is`
+        enter: Effect = ("select", database)
+        leave: Effect = ("select", 0)
 
         def journal(effect: Effect) -> None:
             if pending and pending[-1] is leave:

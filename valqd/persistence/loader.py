@@ -162,8 +162,8 @@ def check_aof(path: str, fix: bool, yes: bool = False,
     except AofCorruption as exc:
         result = LoadResult(file_size=os.path.getsize(path))
         bad_offset, reason = exc.offset, exc.reason
-    except OSError as exc:
-        print(f"Cannot open file {path}: {exc.strerror}")
+    except OSError as error:  # (not `exc` again: compiled, `exc` holds an AofCorruption)
+        print(f"Cannot open file {path}: {error.strerror}")
         return 1
     if bad_offset is None:
         print(f"AOF analyzed: filename={path}, size={result.file_size}, "
