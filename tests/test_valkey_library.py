@@ -500,7 +500,7 @@ def test_the_wake_marker_follows_readiness_and_a_woken_pop_rearms_it(pair):
     """valq:{q}:wake holds one element while a message is ready (and the queue is not
     paused), none otherwise; a front end BLPOPs it, then calls valq_pop_woken, which puts
     it back while messages remain."""
-    lib, key, wake = pair.library, store.queue_key(b"a"), b"valq:{a}:wake"
+    lib, key, wake = pair.library, store.queue_key(b"a"), store.wake_key(b"a")
 
     def woken_pop():
         return lib.call(*store.fcall("pop_woken", [key], [], pair.clock.now))
@@ -619,7 +619,9 @@ def test_events_need_a_listener_and_go_to_the_queues_database_channel(pair):
     lib, key = pair.library, store.queue_key(b"a")
     pair.same("CREATE", b"a")
     assert lib.call(*store.fcall("listen", [key], [10, 3], pair.clock.now)) == \
-        b"valq@3:{a}:events"
+        b"valq@3:{a}:events" == store.events_channel(b"a", 3)
+    assert lib.call(*store.fcall("listen", [key], [10, 0], pair.clock.now)) == \
+        store.events_channel(b"a")
     assert lib.call(*store.fcall("listen", [key], [3601, 0], pair.clock.now)) == Error(
         "ERR seconds must be between 0 and 3600")
     assert lib.call(*store.fcall("listen", [key], [1], pair.clock.now)) == Error(

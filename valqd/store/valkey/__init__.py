@@ -116,6 +116,18 @@ def slot_tag(slot: int) -> bytes:
     raise LibraryError(f"no tag for slot {slot}")
 
 
+def wake_key(name: bytes) -> bytes:
+    """The wake marker of a queue: one element while a message is ready (BLPOP it)."""
+    return queue_key(name) + b":wake"
+
+
+def events_channel(name: bytes, database: int = 0) -> bytes:
+    """The sharded channel a queue's events go to (valq_listen answers the same)."""
+    if database == 0:
+        return queue_key(name) + b":events"
+    return b"valq@%d:{%b}:events" % (database, name)
+
+
 def due_index_key(key: bytes) -> bytes:
     """The due index (valq_reap's key) of the slot of a queue's key valq:{<queue>}."""
     return b"valq:due:{" + slot_tag(key_slot(key)) + b"}"
