@@ -75,3 +75,9 @@ def valkey_sentinels(tmp_path_factory):
     sentinels = ValkeySentinels(tmp_path_factory.mktemp("valkey-sentinel")).start()
     yield sentinels
     sentinels.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which build the run tested, on its last lines (quiet runs show no header)."""
+    from valqd import BUILD
+    terminalreporter.write_line(f"valqd build under test: {BUILD.describe()}")

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Callable
 
-from . import __version__, healthcheck, logs
+from . import BUILD, __version__, healthcheck, logs
 from .config import SETTINGS, Config, parse_command_line
 from .persistence.format import AofCorruption
 from .persistence.loader import check_aof
@@ -48,8 +48,8 @@ async def run(config: Config, loop_name: str) -> None:
         await server.serve_until_stopped()
         return
     logging.getLogger("valqd").info(
-        "valqd %s ready to accept connections on %s %s, pid %d, %s event loop",
-        __version__, config["bind"], server.ports_text(), os.getpid(), loop_name)
+        "valqd %s ready to accept connections on %s %s, pid %d, %s event loop, %s build",
+        __version__, config["bind"], server.ports_text(), os.getpid(), loop_name, BUILD.name)
     await server.serve_until_stopped()
 
 

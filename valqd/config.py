@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from . import __version__
+from . import BUILD, __version__
 from .errors import CommandError
 from .resp import split_inline
 
@@ -434,7 +434,8 @@ def parse_command_line(argv: list[str], users: list[tuple[str, int, list[bytes]]
     file `requirepass-file` names, else from VALQD_REQUIREPASS in `environ`."""
     parser = argparse.ArgumentParser(
         prog="valqd", description="A job-queue server speaking RESP and the VALQ commands.")
-    parser.add_argument("--version", action="version", version=f"valqd {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"valqd {__version__} {BUILD.describe()}")
     parser.add_argument("--config", metavar="FILE",
                         help="valkey.conf-style file of 'name value' lines")
     parser.add_argument("--rename-command", nargs=2, action="append", default=[],

@@ -506,6 +506,7 @@ class Server:
         time: meanwhile clients connect and get `-LOADING` for what needs the data, as in
         Valkey. Returns early, without opening the AOF, if a shutdown comes while loading."""
         loop = asyncio.get_running_loop()
+        self.state.event_loop = type(loop).__module__.partition(".")[0]
         self._load_users()
         self._capture_signals(loop)
         fit_maxclients(self.config)

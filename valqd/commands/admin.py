@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .. import __version__
+from .. import BUILD, __version__
 from ..errors import CommandError
 from ..resp import encode
 from .acl import authenticate, bind
@@ -348,6 +348,7 @@ def _server_info(state: ServerState) -> list[str]:
     uptime = int(time.time() - state.started_at)
     system = os.uname()
     return [f"redis_version:{VALKEY_COMPAT_VERSION}", f"valqd_version:{__version__}",
+            f"valqd_build:{BUILD.name}", f"event_loop:{state.event_loop}",
             "redis_mode:standalone", f"os:{system.sysname} {system.release} {system.machine}",
             "arch_bits:64", f"python_version:{sys.version.split()[0]}",
             f"process_id:{state.pid}", f"tcp_port:{state.bound_port}",

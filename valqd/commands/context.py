@@ -165,6 +165,7 @@ class ServerState:
     total_error_replies: int = 0
     request_shutdown: Callable[[], None] = lambda: None
     bound_port: int = 0
+    event_loop: str = "asyncio"  # the running loop's package, asyncio or uvloop (INFO)
     blocked_consumers: Callable[[bytes], int] = lambda name: 0
     blocked_clients: Callable[[], int] = lambda: 0
     pubsub: Subscriptions = field(init=False)
