@@ -40,24 +40,25 @@ def compiled_extensions(kind: str) -> tuple[list[Any], dict[str, Any]]:
         decision = valqd_build.decide(kind)
         if kind == "editable" and valqd_build.remove_compiled_in_place(ROOT):
             print("valqd build: removed the compiled modules of an earlier in-place build")
-        if decision.compiled:
-            try:
-                from mypy.version import __version__ as mypy_version
-                from mypyc.build import mypycify
-            except ImportError as exc:
-                if valqd_build.requested_mode() == "compiled":
-                    raise valqd_build.BuildError(
-                        f"VALQD_BUILD=compiled, but mypy (mypyc) is not importable in the "
-                        f"build environment ({exc}): pip install mypy, or let pip's build "
-                        f"isolation install it") from None
-                decision = valqd_build.Decision(
-                    False, f"mypy is not importable in the build environment ({exc}); "
-                           f"pip install mypy to compile")
+        if not decision.compiled:
+            print(decision.line(0))
+            return [], {}
+        try:
+            from mypy.version import __version__ as mypy_version
+            from mypyc.build import mypycify
+        except ImportError as exc:
+            if valqd_build.requested_mode() == "compiled":
+                raise valqd_build.BuildError(
+                    f"VALQD_BUILD=compiled, but mypy (mypyc) is not importable in the build "
+                    f"environment ({exc}): pip install mypy, or let pip's build isolation "
+                    f"install it") from None
+            print(valqd_build.Decision(False, f"mypy is not importable in the build "
+                                              f"environment ({exc}); pip install mypy to "
+                                              f"compile").line(0))
+            return [], {}
     except valqd_build.BuildError as exc:
         sys.exit(f"error: {exc}")
     print(decision.line(len(valqd_build.COMPILED)), flush=True)
-    if not decision.compiled:
-        return [], {}
     record = valqd_build.manifest(ROOT, f"mypyc {mypy_version}")  # before mypyc reads them
     return mypycify(valqd_build.COMPILED, opt_level="3", group_name=valqd_build.GROUP), record
 

@@ -17,6 +17,7 @@ import os
 import sys
 import sysconfig
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -105,11 +106,18 @@ def decide(kind: str, environ: Any = os.environ) -> Decision:
 
 
 def _requires(kind: str) -> list[str]:
+    """mypy, and the runtime dependencies when compiling: mypyc type-checks the modules it
+    compiles, and they import hiredis and sortedcontainers (pip's build environment holds
+    only what is asked for here)."""
     try:
         compiling = decide(kind).compiled
     except BuildError as exc:  # say it here, before pip fetches anything
         sys.exit(f"error: {exc}")
-    return [MYPY_REQUIREMENT] if compiling else []
+    if not compiling:
+        return []
+    with open("pyproject.toml", "rb") as file:  # pip runs the hooks in the project root
+        dependencies: list[str] = tomllib.load(file)["project"]["dependencies"]
+    return [MYPY_REQUIREMENT, *dependencies]
 
 
 def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:

@@ -19,7 +19,8 @@ from support import CHILD_ENV, ValqdProcess, ready_port
 STARTUP_LINE = re.compile(
     r"^(?P<logpid>\d+):M \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2}\.\d{3} \* "
     r"valqd (?P<version>\S+) ready to accept connections on (?P<addr>\S+) "
-    r"port (?P<port>\d+), pid (?P<pid>\d+), (?P<loop>asyncio|uvloop) event loop$",
+    r"port (?P<port>\d+), pid (?P<pid>\d+), (?P<loop>asyncio|uvloop) event loop, "
+    r"(?P<build>compiled|pure) build$",
     re.MULTILINE)
 
 
@@ -109,7 +110,8 @@ def test_help(tmp_path):
 def test_version(tmp_path):
     result = run_valqd("--version", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"valqd {valqd.__version__}"
+    # the version, then which build runs (tests/test_build.py checks that part)
+    assert result.stdout.strip() == f"valqd {valqd.__version__} {valqd.BUILD.describe()}"
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*", valqd.__version__)
 
 
@@ -241,6 +243,7 @@ def test_startup_log_line(tmp_path):
         assert match["addr"] == "127.0.0.1"
         assert int(match["port"]) == server.port != 0
         assert int(match["pid"]) == int(match["logpid"]) == server.proc.pid
+        assert match["build"] == valqd.BUILD.name  # the child imports this run's valqd
         with server.client() as client:
             assert client.ping() is True
     finally:
