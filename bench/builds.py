@@ -32,10 +32,12 @@ class BuildError(RuntimeError):
 
 def source_files(root: Path = ROOT) -> list[str]:
     """What a source install can read: the checkout's top-level files (pyproject.toml, a
-    build script, the README) and everything under valqd/, tracked or new, not ignored."""
+    build script, the README), everything under valqd/ and the build backend's buildsys/,
+    tracked or new, not ignored."""
     listed = subprocess.run(["git", "-C", str(root), "ls-files", "-co", "--exclude-standard"],
                             capture_output=True, text=True, check=True).stdout.split("\n")
-    return sorted(p for p in listed if p and ("/" not in p or p.startswith("valqd/"))
+    return sorted(p for p in listed
+                  if p and ("/" not in p or p.startswith(("valqd/", "buildsys/")))
                   and (root / p).is_file())
 
 
