@@ -65,7 +65,7 @@ def _installed(python: Path) -> tuple[str, list[str]]:
              "for p in sorted(d.rglob('*')):\n"
              "    if any(p.name.endswith(s) for s in m.EXTENSION_SUFFIXES):\n"
              "        print(p.relative_to(d))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VALQD_BUILD")}
     out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True,
                          cwd=tempfile.gettempdir(), env=env)
     if out.returncode != 0:

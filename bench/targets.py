@@ -338,6 +338,8 @@ class Valqd(Server):
             env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         else:
             env.pop("PYTHONPATH", None)
+            # a build runs what pip installed: not what VALQD_BUILD asks of the checkout's run
+            env.pop("VALQD_BUILD", None)
         return env
 
 
