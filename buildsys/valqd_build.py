@@ -27,10 +27,11 @@ from setuptools.build_meta import (build_sdist, get_requires_for_build_sdist,  #
                                    prepare_metadata_for_build_wheel)
 
 # The modules each request runs through, from the profile of the pipelined job cycle
-# (issue 16). Left interpreted: errors.py, whose subclasses override the class attribute
-# `code` (compiled, every subclass reported the base class's), valqd/__init__.py and
-# buildinfo.py, which decide whether the compiled modules may run, and every module that
-# only runs at start-up or on rare commands, where compiling saves nothing.
+# (issue 16), and the AOF loader, whose speed is the start-up time. Left interpreted:
+# errors.py, whose subclasses override the class attribute `code` (compiled, every subclass
+# reported the base class's), valqd/__init__.py and buildinfo.py, which decide whether the
+# compiled modules may run, and every module that only runs at start-up or on rare
+# commands, where compiling saves nothing.
 COMPILED = [
     "valqd/engine/engine.py",
     "valqd/engine/queue.py",
@@ -38,6 +39,9 @@ COMPILED = [
     "valqd/engine/databases.py",
     "valqd/resp/parser.py",
     "valqd/resp/encode.py",
+    "valqd/persistence/format.py",
+    "valqd/persistence/aof.py",
+    "valqd/persistence/loader.py",
 ]
 GROUP = "valqd.compiled"  # mypyc's shared library: valqd/compiled__mypyc.*.so
 MANIFEST = "valqd/compiled.json"  # read by valqd/buildinfo.py
@@ -149,8 +153,11 @@ def manifest(root: Path, compiler: str) -> dict[str, Any]:
     """What valqd/buildinfo.py checks on import: each compiled module's source, hashed
     before mypyc reads it."""
     return {"compiler": compiler,
-            "modules": {module_name(path): hashlib.sha256((root / path).read_bytes()).hexdigest()
-                        for path in COMPILED}}
+            "modules": {module_name(path): sha256_of(root / path) for path in COMPILED}}
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def remove_compiled_in_place(root: Path) -> list[Path]:

@@ -63,14 +63,41 @@ def test_ci_runs_the_suite_on_the_compiled_build():
     assert ci.index("\nexport VALQD_BUILD=compiled\n") < ci.index("pip install -q -e '.[test]'")
 
 
+def test_each_error_keeps_its_code():
+    """errors.py stays interpreted: compiled by mypyc, the subclasses' class attribute
+    `code` read as the base class's ERR. The engine raises these from compiled code."""
+    from valqd.engine import Engine
+    from valqd.errors import (BusyQueueError, CommandError, NoLeaseError, NoMessageError,
+                              NoQueueError, QueueFullError)
+    assert "valqd/errors.py" not in backend().COMPILED
+    errors = [NoQueueError(b"q"), BusyQueueError(b"q"), NoMessageError(b"q", 1),
+              NoLeaseError(b"q", 1), QueueFullError(b"q", 1), CommandError("x")]
+    assert [e.code for e in errors] == ["NOQUEUE", "BUSYQUEUE", "NOMSG", "NOLEASE",
+                                         "QUEUEFULL", "ERR"]
+    with pytest.raises(NoQueueError) as raised:
+        Engine().pop(b"none", 0)
+    assert raised.value.code == "NOQUEUE"
+
+
+def backend():
+    """buildsys/valqd_build.py, the build backend, as a module."""
+    sys.path.insert(0, str(BACKEND))
+    try:
+        import valqd_build
+    finally:
+        sys.path.remove(str(BACKEND))
+    return valqd_build
+
+
 # -- which build pip makes -------------------------------------------------------------------
 
 def decide(kind: str, **environ: str) -> subprocess.CompletedProcess:
     """The backend's decision for a `kind` of build, in a fresh interpreter."""
     env = {k: v for k, v in os.environ.items() if k not in ("VALQD_BUILD", "CC")}
     env.update(environ)
-    code = ("import valqd_build, sys\ntry:\n    print(valqd_build.decide(sys.argv[1]).line(6))\n"
-            "except valqd_build.BuildError as exc:\n    sys.exit(f'error: {exc}')\n")
+    code = ("import valqd_build as b, sys\n"
+            "try:\n    print(b.decide(sys.argv[1]).line(len(b.COMPILED)))\n"
+            "except b.BuildError as exc:\n    sys.exit(f'error: {exc}')\n")
     return subprocess.run([sys.executable, "-c", code, kind], cwd=BACKEND, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -143,11 +170,7 @@ def test_compiled_without_a_compiler_fails_the_build_saying_why(tmp_path):
 def test_a_pure_editable_build_removes_what_a_compiled_one_left(tmp_path):
     """`pip install -e .` after `VALQD_BUILD=compiled pip install -e .` runs the .py files
     again: the in-place compiled modules and their manifest go."""
-    sys.path.insert(0, str(BACKEND))
-    try:
-        import valqd_build
-    finally:
-        sys.path.remove(str(BACKEND))
+    valqd_build = backend()
     tree = tmp_path / "tree"
     (tree / "valqd" / "engine").mkdir(parents=True)
     (tree / "valqd" / "engine" / "queue.py").write_text("")

@@ -38,7 +38,7 @@ class Build(NamedTuple):
     detail: str  # how many modules and with what, or why pure
 
     def describe(self) -> str:
-        """`compiled (6 modules, mypyc 1.13.0)` or `pure (VALQD_BUILD=pure)`: what
+        """`compiled (9 modules, mypyc 2.4.1)` or `pure (VALQD_BUILD=pure)`: what
         `valqd --version` says after the version."""
         return f"{self.name} ({self.detail})"
 
