@@ -154,11 +154,12 @@ class Connection(asyncio.Protocol):
                 if serve is not None:
                     argv, turn_left, size = serve(session, argv, next_command, replies,
                                                   turn_left, size)
-                    if argv is None:  # the lean path served all it could
+                    if argv is None:  # the lean path served all there was, or the share
                         if size > REPLY_SLICE or not turn_left:
                             self._end_turn(transport)
-                            break
-                        continue
+                        else:  # the parser has nothing complete left (serve asked it)
+                            self._resume_reading(transport)
+                        break
                 reply = execute(session, argv)
                 if readied:
                     server.serve_waiters()
