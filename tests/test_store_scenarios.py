@@ -1,13 +1,16 @@
 """Scenarios of the core VALQ commands, written once and run on every store: the embedded
-engine (an in-process valqd on a manual clock) and the Valkey Functions library (its test
-build in a real valkey-server, called with FCALL on the same clock). Replies are compared
-as hiredis reads RESP2; an error is `Error("CODE message")`.
+engine (an in-process valqd on a manual clock), the Valkey Functions library (its test
+build in a real valkey-server, called with FCALL on the same clock) and valqd in front of
+that library (`--store`: an in-process valqd whose Valkey store sends its manual clock).
+Replies are compared as hiredis reads RESP2; an error is `Error("CODE message")`.
 """
 
 import pytest
 
 from support import Error, ManualClock, ThreadedServer, Wire, encode_command
 from valqd.store import valkey as store
+from valqd.store.url import parse_store_url
+from valqd.store.valkey.store import ValkeyStore
 
 SEC = 1000
 
@@ -63,10 +66,23 @@ def library_store(valkey_server):
     s.wire.close()
 
 
-@pytest.fixture(params=["embedded", "valkey-library"])
+@pytest.fixture(scope="module")
+def frontend_store(valkey_server):
+    """valqd with --store on the library's test build, on its own manual clock."""
+    store_ = ValkeyStore(parse_store_url(valkey_server.url), test_clock=True)
+    with ThreadedServer(store=store_) as server:
+        s = Embedded(server)
+        yield s
+        s.wire.close()
+
+
+STORES = {"embedded": "embedded_store", "valkey-library": "library_store",
+          "valkey-frontend": "frontend_store"}
+
+
+@pytest.fixture(params=list(STORES))
 def st(request):
-    s = request.getfixturevalue("embedded_store" if request.param == "embedded"
-                                else "library_store")
+    s = request.getfixturevalue(STORES[request.param])
     s.reset()
     yield s
     s.reset()

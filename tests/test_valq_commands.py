@@ -3,7 +3,8 @@
 The reference is /work/shared/valq-compat.md (syntax, defaults, limits, reply shapes) and,
 for the wording of errors, valqd/errors.py and the handlers. `client` runs every test over
 RESP2 and RESP3 on a shared, flushed valqd process; anything that needs time to pass uses
-`timed_server` (manual clock) with a client of each protocol.
+`timed_server` (manual clock) with a client of each protocol. Every test runs on the
+embedded store and on valqd in front of a real valkey-server (`--store`, see conftest.py).
 """
 
 import os
@@ -12,6 +13,8 @@ import re
 import pytest
 from valkey.exceptions import ResponseError
 from support import as_map, raw_reply_line, valq
+
+RUN_ON_STORES = True  # and again with valqd in front of Valkey (conftest.py)
 
 SUBCOMMANDS = ["create", "delete", "update", "list", "info", "purge", "push", "pop", "ack",
                "extend", "nack", "mpush", "mpop", "mack", "get", "peek", "cancel",
@@ -234,6 +237,15 @@ def test_create_binary_name(client):
     name = b"\x00q\xff\r\n "
     assert valq(client, "CREATE", name) == b"created " + name
     assert valq(client, "LIST") == [name]
+    with pytest.raises(ResponseError, match="^BUSYQUEUE queue '"):
+        valq(client, "CREATE", name)
+
+
+@pytest.mark.embedded_only("Valkey ends an error reply at a NUL byte (a C string), so a "
+                           "store's error names such a queue only up to it")
+def test_an_error_names_a_binary_queue_as_it_is(client):
+    name = b"\x00q\xff\r\n "
+    valq(client, "CREATE", name)
     valq_error(client, ("CREATE", name), "BUSYQUEUE", "queue '\x00q\\xff   ' already exists")
 
 

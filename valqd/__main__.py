@@ -1,5 +1,6 @@
 """`valqd` / `python -m valqd`: parse the configuration, run the server until stopped.
-`valqd check-aof` and `valqd worker` are subcommands."""
+`valqd check-aof`, `valqd worker`, `valqd healthcheck` and `valqd load-functions` are
+subcommands."""
 
 import argparse
 import asyncio
@@ -138,8 +139,48 @@ def worker_main(args: list[str]) -> int:
         return 1
 
 
+def load_functions_main(args: list[str]) -> int:
+    """valqd load-functions URL: load (or upgrade) the valq library into the Valkey server
+    of URL, for programs that call it with FCALL; 0 when loaded, 1 when it failed (a newer
+    library there, the server unreachable), 2 on bad usage."""
+    if len(args) != 1 or args[0].startswith("-"):
+        print("Usage: valqd load-functions URL   (valkey://[user:password@]host:port[/db], "
+              "valkeys://, redis://, rediss://, unix:///path)", file=sys.stderr)
+        return 2
+    from .store.url import parse_store_url
+    from .store.valkey import LibraryError
+    from .store.valkey.connection import Client, StoreUnavailable
+    from .store.valkey.store import load_library
+    try:
+        url = parse_store_url(args[0])
+    except ValueError as exc:
+        print(f"valqd load-functions: {exc}", file=sys.stderr)
+        return 2
+    if url.kind != "standalone":
+        print(f"valqd load-functions: {url.kind} URLs are not served yet", file=sys.stderr)
+        return 2
+
+    async def load() -> int:
+        client = Client(url, url.db, name="valqd-load-functions")
+        try:
+            await client.connect()
+            return await load_library(client.call)
+        finally:
+            await client.close()
+
+    try:
+        version = asyncio.run(load())
+    except (LibraryError, StoreUnavailable, OSError) as exc:
+        print(f"valqd load-functions: {exc}", file=sys.stderr)
+        return 1
+    print(f"valq library version {version} loaded into {url.address}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["load-functions"]:
+        return load_functions_main(args[1:])
     if args[:1] == ["check-aof"]:
         return check_aof_main(args[1:])
     if args[:1] == ["worker"]:
@@ -160,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     log_configuration(config)
     factory, loop_name = loop_factory(str(config["event-loop"]))
     try:
-        if config["appendonly"] == "yes":  # with no AOF, valqd writes nothing there
+        if config["appendonly"] == "yes" and not config.str("store"):  # else no AOF here
             lock_directory(str(config["dir"]))
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(run(config, loop_name))

@@ -187,6 +187,12 @@ SETTINGS: tuple[Setting, ...] = (
             "many queues, the first in name order (totals always)", "int", mutable=True),
     Setting("save", "", "snapshot rules; valqd persists with the AOF only, so always empty "
             "(Valkey tools read it)", "enum", ("",)),
+    Setting("store", "", "where the queues live: empty for the embedded engine and its AOF, "
+            "or a Valkey URL (valkey://[user:password@]host:port[/db], valkeys:// for TLS, "
+            "redis://, rediss://, unix:///path) whose valq library serves them; see "
+            "README, Running on Valkey"),
+    Setting("store-timeout", "5000", "milliseconds a command waits for an unreachable store "
+            "before it is answered -TRYAGAIN", "int", low=1, high=3_600_000),
     Setting("appendonly", "yes", "persist every change to the append-only file", "enum",
             YES_NO),
     Setting("appendfilename", "appendonly.aof", "name of the append-only file, in dir"),

@@ -26,7 +26,7 @@ from typing import Callable, Sequence, cast
 
 from .commands import acl
 from .commands.acl import load_acl_file
-from .commands.context import Blocked, ServerState, Session, wall_clock_ms
+from .commands.context import Blocked, Pending, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
 from .commands.lean import LeanPath, LeanServe
 from .commands.observe import render_metrics, rss_bytes
@@ -44,6 +44,8 @@ from .persistence.files import read_file, replace_file
 from .persistence.loader import LoadResult, load_steps
 from .resp import RequestParser, encode
 from .resp.parser import Limits
+from .store import Store
+from .store.embedded import EmbeddedStore
 
 log = logging.getLogger("valqd")
 
@@ -77,6 +79,9 @@ REPLY_SLICE = 1 << 20  # replies of one read sent before the rest of the read is
 # this bound as with none (bench/: `python -m bench --only cost`).
 COMMANDS_PER_TURN = 128
 REQUESTS_PER_TURN = 100  # the same for HTTP requests, each of which costs several commands
+# Replies one client may have waiting on a store (valqd.store.valkey) before the server stops
+# running its pipeline: what a client sends beyond it waits in its socket.
+MAX_PENDING_REPLIES = 1024
 
 
 class Waiter:
@@ -105,6 +110,10 @@ class Connection(asyncio.Protocol):
         # not in memory (uvloop otherwise reads up to 32 times per turn).
         self.continuation: asyncio.Handle | None = None
         self.reading_paused = False
+        # Replies in order while one of them is still on its way from a store (Pending):
+        # the ready ones behind it wait here. Empty with the embedded store.
+        self.outbox: collections.deque[bytes | Pending] = collections.deque()
+        self.close_when_sent = False
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         # a stream transport: uvloop's has the methods of asyncio.Transport, not the class
@@ -123,7 +132,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
-        if self.waiter is None:
+        if self.waiter is None and not (self.outbox and self._waits_on_barrier()):
             if self.continuation is None:  # else this turn's commands ran already
                 self.process()
         elif self.parser.buffered() > self.server.limits.max_query_buffer and \
@@ -137,7 +146,8 @@ class Connection(asyncio.Protocol):
         then the rest runs in a later turn."""
         session, transport = self.session, self.transport
         if session is None or transport is None or transport.is_closing() or \
-                self.waiter is not None:  # a call scheduled before the client blocked again
+                self.waiter is not None or self.close_when_sent or \
+                (self.outbox and self._held_back()):  # wait for the store's replies
             return
         server = self.server
         execute = server.dispatcher.execute
@@ -145,7 +155,8 @@ class Connection(asyncio.Protocol):
         readied = server.databases.readied
         parser = self.parser
         next_command = parser.next_command
-        replies: list[bytes] = []
+        replies: list[bytes | Pending] = []
+        pending = False
         size = 0
         turn_left = COMMANDS_PER_TURN
         close = False
@@ -165,6 +176,18 @@ class Connection(asyncio.Protocol):
                     server.serve_waiters()
                 if parser.authenticated is not session.authenticated:
                     parser.authenticated = session.authenticated
+                if isinstance(reply, Pending):  # a store's reply, still on its way
+                    replies.append(reply)
+                    pending = True
+                    turn_left -= 1
+                    if reply.barrier:  # reading goes on, to notice a disconnect meanwhile
+                        self._resume_reading(transport)
+                        break
+                    if not turn_left or \
+                            len(self.outbox) + len(replies) >= MAX_PENDING_REPLIES:
+                        self._end_turn(transport)  # resumed once the replies are in
+                        break
+                    continue
                 if isinstance(reply, Blocked):
                     server.block(self, reply)
                     self._resume_reading(transport)  # to notice a disconnect while blocked
@@ -181,16 +204,61 @@ class Connection(asyncio.Protocol):
             else:
                 self._resume_reading(transport)
         except ProtocolError as exc:
-            replies.append(encode.error("ERR", f"Protocol error: {exc}"))
-            server.state.count_error(replies[-1])
+            error = encode.error("ERR", f"Protocol error: {exc}")
+            replies.append(error)
+            server.state.count_error(error)
             close = True
             if log.isEnabledFor(VERBOSE):
                 log.log(VERBOSE, "Protocol error (%s) from client: id=%d addr=%s laddr=%s",
                         exc, session.id, session.addr, session.laddr)
         session.last_command_at = time.monotonic()
         server.after_commands()
-        if replies or close:
-            server.reply(self, b"".join(replies), close)
+        if pending or self.outbox:
+            self.outbox.extend(replies)
+            if close:
+                self.close_when_sent = True
+            self._send_ready()
+        elif replies or close:
+            server.reply(self, b"".join(replies), close)  # type: ignore[arg-type]
+
+    def blocked(self) -> bool:
+        """Whether the client waits in a blocking pop (here, or in a store's front end)."""
+        if self.waiter is not None:
+            return True
+        last = self.outbox[-1] if self.outbox else None
+        return isinstance(last, Pending) and last.blocked and last.reply is None
+
+    def _held_back(self) -> bool:
+        """Whether a barrier or too many replies of a store are still on their way."""
+        return len(self.outbox) >= MAX_PENDING_REPLIES or self._waits_on_barrier()
+
+    def _waits_on_barrier(self) -> bool:
+        """Whether a barrier is on its way (it is always the last reply: nothing runs after
+        it until it is resolved). What the client sends meanwhile waits in the parser, up
+        to the query buffer limit, as behind a blocked pop."""
+        last = self.outbox[-1]
+        return isinstance(last, Pending) and last.barrier and last.reply is None
+
+    def _send_ready(self) -> None:
+        """Send the replies at the head of the outbox that are ready, in order; wait for the
+        first that is not, then go on with the client's pipeline."""
+        outbox = self.outbox
+        ready = []
+        while outbox:
+            head = outbox[0]
+            if isinstance(head, Pending):
+                if head.reply is None:
+                    head.listener = self._send_ready
+                    break
+                head = head.reply
+            ready.append(head)
+            outbox.popleft()
+        close = self.close_when_sent and not outbox
+        if ready or close:
+            self.server.reply(self, b"".join(ready), close)
+        if not close and (self.reading_paused or self.parser.buffered()) and \
+                (not outbox or not self._held_back()):
+            self.continue_soon()
 
     def _end_turn(self, transport: asyncio.Transport) -> None:
         """This turn's share is used: send the replies so far first (the output buffer
@@ -218,12 +286,19 @@ class Connection(asyncio.Protocol):
     def unblocked(self, reply: bytes) -> None:
         """A blocking pop was served (or timed out): send `reply`, then run what the client
         sent meanwhile."""
+        if self.outbox:  # behind replies still on their way from a store
+            self.outbox.append(reply)
+            self._send_ready()
+            return
         self.server.reply(self, reply, False)
         self.continue_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.waiter is not None:
             self.server.unblock(self.waiter, None)
+        for reply in self.outbox:  # a blocked pop in a store must not take a message now
+            if isinstance(reply, Pending):
+                reply.cancel()
         if self.session is not None:
             self.server.unregister(self.session)
             if log.isEnabledFor(VERBOSE):
@@ -439,6 +514,18 @@ def fit_maxclients(config: Config) -> None:
                 "'ulimit -n'.", best, best - RESERVED_FDS)
 
 
+def open_store(config: Config) -> Store:
+    """The store the `store` setting names: the embedded engine when it is empty."""
+    url = config.str("store")
+    if not url:
+        return EmbeddedStore()
+    from .store.url import parse_store_url
+    from .store.valkey.store import ValkeyStore
+    return ValkeyStore(parse_store_url(url), config.int("store-timeout") / 1000,
+                       wait_replicas=config.int("store-wait-replicas"),
+                       wait_timeout_ms=config.int("store-wait-timeout"))
+
+
 def _is_loopback(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host.split("%")[0])
@@ -456,9 +543,13 @@ def _addr(sock_addr: Sequence[object]) -> str:
 
 
 class Server:
-    def __init__(self, config: Config, clock: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(self, config: Config, clock: Callable[[], int] = wall_clock_ms,
+                 store: Store | None = None) -> None:
+        """`store`: where the queues live; default from the `store` setting (empty: the
+        embedded engine)."""
         self.config = config
         self.clock = clock
+        self.store = store if store is not None else open_store(config)
         self.databases = Databases(config.int("databases"))
         self.state = ServerState(self.databases[0], config, TABLE, clock,
                                  databases=self.databases,
@@ -469,14 +560,14 @@ class Server:
         self._follow_config()
         self.state.read_file = read_file
         self.state.write_file = replace_file
-        self.dispatcher = Dispatcher(self.state, config.renames)
+        self.dispatcher = Dispatcher(self.state, config.renames, self.store.handlers())
         # the lean path of a RESP connection's commands (embedded engine only), while
         # `lean-path` is yes; the dispatcher serves what it does not
         self.lean = LeanPath(self.state, self.dispatcher, self.serve_waiters, REPLY_SLICE)
         self.lean_serve: LeanServe | None = None
         self._choose_path(config["lean-path"])
         config.on_change["lean-path"] = self._choose_path
-        self.http_app = HttpApp(self.dispatcher.execute, self.new_session, self.metrics,
+        self.http_app = HttpApp(self._http_execute, self.new_session, self.metrics,
                                 lambda: self.state.loading,
                                 lambda: len(self.state.acl.users) > 1)
         self.http_clients = 0  # open HTTP connections, counted against maxclients
@@ -498,7 +589,7 @@ class Server:
         self._waiters: dict[tuple[int, bytes], collections.deque[Waiter]] = {}  # (db, queue)
         self.state.blocked_consumers = self.blocked_consumers
         self.state.blocked_clients = lambda: sum(
-            1 for c in self._connections.values() if c.waiter is not None)
+            1 for c in self._connections.values() if c.blocked())
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -512,9 +603,16 @@ class Server:
         self._capture_signals(loop)
         fit_maxclients(self.config)
         self.config.checks["maxclients"] = check_maxclients
+        if self.store.kind != "embedded" and self.config.int("http-port"):
+            raise ValueError("http-port: the HTTP API is not served with a store yet")
+        try:
+            await self.store.open(self.state)
+        except BaseException:
+            await self.store.close()  # no connection left retrying for a server not started
+            raise
         await self._listen_all(loop)
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
-        if self.config["appendonly"] == "yes":
+        if self.config["appendonly"] == "yes" and self.store.kind == "embedded":
             if not await self._load_aof():
                 return
             self._open_aof()
@@ -642,8 +740,15 @@ class Server:
             hook(config[name])
             config.on_change[name] = hook
 
+    def _http_execute(self, session: Session, argv: list[bytes]) -> bytes | Blocked:
+        reply = self.dispatcher.execute(session, argv)
+        assert not isinstance(reply, Pending), "HTTP is not served with a store (start())"
+        return reply
+
     def _choose_path(self, lean: object) -> None:
-        self.lean_serve = self.lean.serve if lean == "yes" else None
+        """The lean path serves the embedded engine only: with another store, never."""
+        self.lean_serve = self.lean.serve if lean == "yes" and self.store.kind == "embedded" \
+            else None
 
     def _set_default_password(self, password: object) -> None:
         """`requirepass` is the default user's password, as in Valkey."""
@@ -696,6 +801,7 @@ class Server:
         if self.aof is not None:
             log.warning("Calling fsync() on the AOF file.")
             self.aof.close()
+        await self.store.close()
         log.warning("valqd is now ready to exit, bye bye...")
 
     def metrics(self) -> str:
@@ -761,7 +867,7 @@ class Server:
             session.fd = sock.fileno() if sock is not None else -1
             session.io = lambda: (connection.parser.buffered(),
                                   transport.get_write_buffer_size(),
-                                  connection.waiter is not None)
+                                  connection.blocked())
         self._connections[session.id] = connection
         self.state.clients[session.id] = session
         self.state.total_connections += 1
@@ -936,7 +1042,7 @@ class Server:
         now = time.monotonic()
         for connection in list(self._connections.values()):
             session = connection.session
-            if session is None or connection.waiter is not None or session.channels \
+            if session is None or connection.blocked() or session.channels \
                     or session.patterns or connection.transport is None:
                 continue
             if now - session.last_command_at > limit:

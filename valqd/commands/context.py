@@ -39,6 +39,31 @@ class Blocked:
     database: int = 0  # the number of the database of `queues`
 
 
+class Pending:
+    """A handler's answer when the reply is still on its way from a store: the server keeps
+    the connection's later replies behind it and sends it when `resolve` is called. A
+    `barrier` is a reply of several steps (a flush, a scan): the connection runs nothing
+    else until it is resolved, so no later command of the same client overtakes it."""
+
+    __slots__ = ("reply", "listener", "barrier")
+
+    def __init__(self, barrier: bool = False) -> None:
+        self.reply: bytes | None = None
+        self.listener: Callable[[], None] | None = None
+        self.barrier = barrier
+
+    def resolve(self, reply: bytes) -> None:
+        if self.reply is None:
+            self.reply = reply
+            if self.listener is not None:
+                self.listener()
+
+
+# what a handler answers: the reply, a client to park (blocking pop), or a store's reply
+# still on its way
+HandlerReply = bytes | Blocked | Pending
+
+
 @dataclass(eq=False)
 class Session:
     id: int
@@ -180,7 +205,7 @@ class ServerState:
     loading_started_at: int = 0  # Unix seconds
     databases: Databases = field(default_factory=Databases)  # `engine` is one of them
     # set by the dispatcher: run one command (stats, slow log, errors), for EXEC
-    call: Callable[[Session, "CommandSpec", list[bytes]], bytes | Blocked] = \
+    call: Callable[[Session, "CommandSpec", list[bytes]], HandlerReply] = \
         lambda session, spec, argv: b""
     in_exec: bool = False
     acl: Acl = field(init=False)

@@ -8,7 +8,10 @@ answered with `-ERR internal error`, and the server keeps serving.
 """
 
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from time import monotonic, perf_counter_ns
+from typing import Any
 
 from ..config import BY_NAME
 from ..engine import TICK_BUDGET
@@ -16,7 +19,7 @@ from ..errors import CommandError
 from ..logs import VERBOSE
 from ..resp import encode
 from . import acl
-from .context import Blocked, ServerState, Session
+from .context import Blocked, HandlerReply, ServerState, Session
 from .multi import NOT_IN_MULTI, QUEUED, RUN_IN_MULTI
 from .pubsub import check_subscribed_mode
 from .table import CommandSpec
@@ -111,9 +114,28 @@ def record_slow(state: ServerState, session: Session, name: str, argv: list[byte
                 elapsed_us, session.id, session.addr, _shown_argv(shown))
 
 
+def _with_handlers(commands: dict[str, CommandSpec],
+                   handlers: Mapping[str, Callable[..., Any]]) -> dict[str, CommandSpec]:
+    """A copy of the command table whose specs named in `handlers` run those handlers."""
+    unknown = set(handlers) - {name for spec in commands.values()
+                               for name in (spec.name, *spec.subcommands)}
+    if unknown:
+        raise ValueError(f"a store serves commands the table does not have: {sorted(unknown)}")
+    table = {}
+    for key, spec in commands.items():
+        subcommands = {sub_key: replace(sub, handler=handlers[sub.name])
+                       if sub.name in handlers else sub
+                       for sub_key, sub in spec.subcommands.items()}
+        table[key] = replace(spec, subcommands=subcommands,
+                             handler=handlers.get(spec.name, spec.handler))
+    return table
+
+
 class Dispatcher:
-    def __init__(self, state: ServerState, renames: dict[str, str] | None = None) -> None:
-        """`renames` maps a command to the name it answers to ("" disables it)."""
+    def __init__(self, state: ServerState, renames: dict[str, str] | None = None,
+                 handlers: Mapping[str, Callable[..., Any]] | None = None) -> None:
+        """`renames` maps a command to the name it answers to ("" disables it); `handlers`
+        are a store's, replacing the table's for the commands named (valqd.store)."""
         self.state = state
         self._attack_logged_at: float | None = None
         state.call = self.call
@@ -131,6 +153,8 @@ class Dispatcher:
                 raise ValueError(f"rename-command: {command!r} to {new_name!r}: target "
                                  "command name already exists")
             taken.add(new_name)
+        if handlers:
+            state.commands = _with_handlers(state.commands, handlers)
         for spec in state.commands.values():
             name = renames.get(spec.name, spec.name).encode()
             if not name:
@@ -176,8 +200,9 @@ class Dispatcher:
             return arity_error(spec.name)
         return spec
 
-    def execute(self, session: Session, argv: list[bytes]) -> bytes | Blocked:
-        """Run one request: its reply, or a `Blocked` when a blocking pop has to wait."""
+    def execute(self, session: Session, argv: list[bytes]) -> HandlerReply:
+        """Run one request: its reply, a `Blocked` when a blocking pop has to wait, or a
+        `Pending` when a store's reply is on its way."""
         state = self.state
         state.total_commands += 1
         spec = self.find(argv)
@@ -219,7 +244,8 @@ class Dispatcher:
         session.last_command = spec.name
         return QUEUED
 
-    def call(self, session: Session, spec: CommandSpec, argv: list[bytes]) -> bytes | Blocked:
+    def call(self, session: Session, spec: CommandSpec,
+             argv: list[bytes]) -> HandlerReply:
         """Run one command whose checks passed, at `state.now`: the handler's reply or an
         error reply, counted in the command statistics and the slow log."""
         state = self.state

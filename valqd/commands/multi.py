@@ -19,7 +19,7 @@ O(watched queues) per EXEC, with no registry of watchers to update on writes.
 from ..errors import CommandError
 from ..resp import encode
 from .acl import check
-from .context import Blocked, ServerState, Session
+from .context import Blocked, Pending, ServerState, Session
 
 QUEUED = encode.simple(b"QUEUED")
 # Commands a session in MULTI runs at once instead of queuing, as Valkey does.
@@ -52,7 +52,7 @@ def multi(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return encode.OK
 
 
-def exec_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+def exec_(state: ServerState, session: Session, argv: list[bytes]) -> bytes | Pending:
     """EXEC -> array of the queued commands' replies; nil when a watched queue changed.
     ERR without MULTI; EXECABORT when a command was refused while queuing, or when the
     transaction writes and writes are refused (MISCONF, OOM)."""
@@ -70,7 +70,7 @@ def exec_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
         if refusal is not None:
             raise CommandError("Transaction discarded because of: "
                                + refusal[1:].decode().rstrip(), "EXECABORT")
-    replies = []
+    replies: list[bytes | Pending] = []
     state.in_exec = True
     try:
         for spec, queued_argv in queued:
@@ -84,7 +84,25 @@ def exec_(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     finally:
         state.in_exec = False
         session.last_command = "exec"
-    return encode.array(replies)
+    return array_when_ready(replies)
+
+
+def array_when_ready(replies: list[bytes | Pending]) -> bytes | Pending:
+    """EXEC's array; a Pending one when some replies are still on their way from a store."""
+    waiting = [r for r in replies if type(r) is Pending]
+    if not waiting:
+        return encode.array(replies)  # type: ignore[arg-type]
+    whole = Pending()
+
+    def one_more() -> None:
+        ready = [r.reply if type(r) is Pending else r for r in replies]
+        if all(r is not None for r in ready):
+            whole.resolve(encode.array(ready))  # type: ignore[arg-type]
+
+    for r in waiting:
+        r.listener = one_more
+    one_more()
+    return whole
 
 
 def discard(state: ServerState, session: Session, argv: list[bytes]) -> bytes:

@@ -11,10 +11,11 @@ from typing import Callable
 
 from ..resp import encode
 from . import acl, admin, multi, observe, persist, pubsub, valq
-from .context import Blocked, ServerState, Session
+from .context import HandlerReply, ServerState, Session
 
-# A command's function: its reply, or a Blocked when a blocking pop has to wait
-Handler = Callable[[ServerState, Session, list[bytes]], bytes | Blocked]
+# A command's function: its reply, a Blocked when a blocking pop has to wait, or a Pending
+# when a store's reply is on its way
+Handler = Callable[[ServerState, Session, list[bytes]], HandlerReply]
 
 
 @dataclass(frozen=True)

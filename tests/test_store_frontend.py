@@ -1,0 +1,261 @@
+"""valqd in front of Valkey (`--store URL`): the URL forms, the front end's own behaviour
+(replies in order while they are on their way, commands only the embedded store has,
+an unreachable store), several front ends on one deployment, and `valqd --store` as a user
+runs it. The VALQ semantics themselves are checked on every store by
+tests/test_store_scenarios.py and tests/test_valkey_library.py."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import valkey
+from valkey.exceptions import ResponseError
+
+from support import (CHILD_ENV, ManualClock, ThreadedServer, ValkeyServerProcess, ValqdProcess, Wire,
+                     encode_command)
+from valqd.store import STORE_COMMANDS
+from valqd.store.url import StoreUrl, parse_store_url
+from valqd.store.valkey import VERSION, library_source
+from valqd.store.valkey.store import REFUSED, ValkeyStore
+
+# -- URLs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("valkey://localhost", StoreUrl("standalone", (("localhost", 6379),))),
+    ("redis://h:7000/3", StoreUrl("standalone", (("h", 7000),), db=3)),
+    ("valkeys://u:p%40ss@h:7000", StoreUrl("standalone", (("h", 7000),), tls=True,
+                                           username="u", password="p@ss")),
+    ("rediss://:secret@h?tls_verify=no", StoreUrl("standalone", (("h", 6379),), tls=True,
+                                                  password="secret", tls_verify=False)),
+    ("valkey://[::1]:7001/2", StoreUrl("standalone", (("::1", 7001),), db=2)),
+    ("unix:///run/valkey.sock?db=4", StoreUrl("standalone", unix_path="/run/valkey.sock", db=4)),
+    ("valkey+sentinel://s1:26379,s2:26380/mymaster/1",
+     StoreUrl("sentinel", (("s1", 26379), ("s2", 26380)), master_name="mymaster", db=1)),
+    ("valkey+cluster://n1:7000,n2:7001", StoreUrl("cluster", (("n1", 7000), ("n2", 7001)))),
+])
+def test_store_urls(url, expected):
+    assert parse_store_url(url) == expected
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://h", "must start with valkey://"),
+    ("valkey://", "names no host"),
+    ("valkey://h:99999", "bad port"),
+    ("valkey://h/x", "the database must be a number"),
+    ("valkey://a:1,b:2", "one host for a standalone server"),
+    ("valkey+sentinel://s1:26379", "names the master"),
+    ("valkey+cluster://n1:7000/3", "only database 0"),
+    ("valkey://h?colour=red", "unknown option"),
+])
+def test_bad_store_urls_say_what_is_wrong(url, message):
+    with pytest.raises(ValueError, match=message):
+        parse_store_url(url)
+
+
+def test_a_password_never_shows_in_the_urls_text():
+    assert "hunter2" not in parse_store_url("valkey://u:hunter2@h:1").text
+
+
+# -- one front end -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def frontend(valkey_server):
+    store = ValkeyStore(parse_store_url(valkey_server.url), test_clock=True)
+    with ThreadedServer(store=store) as server:
+        yield server
+
+
+@pytest.fixture
+def fc(frontend):
+    c = frontend.client()
+    c.flushall()
+    yield c
+    c.close()
+
+
+def test_the_valkey_store_serves_or_refuses_every_store_command():
+    handlers = ValkeyStore(parse_store_url("valkey://h")).handlers()
+    assert set(handlers) == STORE_COMMANDS
+
+
+@pytest.mark.parametrize("command", sorted(REFUSED))
+def test_what_only_the_embedded_store_has_is_refused_clearly(fc, command):
+    args = {"swapdb": ["0", "1"], "move": ["q", "1"], "watch": ["q"]}.get(command, [])
+    with pytest.raises(ResponseError, match="is not available with this store"):
+        fc.execute_command(*command.upper().split("|"), *args)
+    assert fc.ping()
+
+
+def test_a_pipeline_gets_its_replies_in_order(frontend, fc):
+    """PINGs answered by the front end itself stay behind the FCALLs sent before them,
+    and a flush (several steps) runs before the commands after it."""
+    fc.execute_command("VALQ", "CREATE", "q")
+    wire = Wire(frontend.port)
+    commands = []
+    for i in range(300):
+        commands.append(("VALQ", "PUSH", "q", f"m{i}"))
+        commands.append(("PING", f"p{i}"))
+    commands += [("FLUSHDB",), ("VALQ", "CREATE", "q"), ("VALQ", "PUSH", "q", "after")]
+    wire.send(b"".join(encode_command(c) for c in commands))
+    replies = wire.replies(len(commands))
+    wire.close()
+    assert replies[:600:2] == [b"%d" % (i + 1) for i in range(300)]
+    assert replies[1:600:2] == [b"p%d" % i for i in range(300)]
+    assert replies[600:] == [b"OK", b"created q", b"1"]
+
+
+def test_errors_and_resp3_maps_come_back_as_from_the_embedded_store(frontend, fc):
+    c3 = frontend.client(protocol=3)
+    c3.execute_command("VALQ", "CREATE", "q")
+    c3.execute_command("VALQ", "PUSH", "q", "a")
+    assert c3.execute_command("VALQ", "POP", "q") == {b"body": b"a", b"id": b"1"}
+    assert c3.execute_command("VALQ", "GET", "q", 1)[b"state"] == b"inflight"
+    with pytest.raises(ResponseError, match="NOQUEUE no such queue 'nope'"):
+        c3.execute_command("VALQ", "INFO", "nope")
+    with pytest.raises(ResponseError, match="max-message-size"):
+        c3.execute_command("VALQ", "PUSH", "q", b"x" * (2 << 20))
+    c3.close()
+
+
+def test_keyspace_commands_see_the_queues_in_valkey(fc):
+    for name in ("a", "b", "{c}"):
+        fc.execute_command("VALQ", "CREATE", name)
+    fc.execute_command("VALQ", "PUSH", "a", "x")
+    assert fc.execute_command("VALQ", "LIST") == [b"a", b"b", b"{c}"]
+    assert sorted(fc.keys("*")) == [b"a", b"b", b"{c}"] and fc.keys("{*") == [b"{c}"]
+    assert fc.dbsize() == 3 and fc.exists("a", "a", "zz") == 2
+    assert fc.type("a") == b"valq-type" and fc.type("zz") == b"none"
+    assert sorted(fc.scan_iter()) == [b"a", b"b", b"{c}"]
+    assert list(fc.scan_iter(_type="string")) == []
+    assert fc.delete("a", "zz") == 1 and fc.dbsize() == 2
+    fc.execute_command("SELECT", 1)
+    fc.execute_command("VALQ", "CREATE", "in-one")
+    assert fc.dbsize() == 1
+    fc.execute_command("SELECT", 0)
+    assert fc.flushall() and fc.dbsize() == 0
+
+
+# -- the store unreachable -------------------------------------------------------------------
+
+def test_an_unreachable_store_answers_tryagain_then_reconnects(tmp_path):
+    valkey_ = ValkeyServerProcess(tmp_path / "v", True).start()
+    store = ValkeyStore(parse_store_url(valkey_.url), timeout_s=2.0, test_clock=True)
+    try:
+        with ThreadedServer(store=store) as server:
+            c = server.client()
+            c.execute_command("VALQ", "CREATE", "q")
+            valkey_.stop()
+            started = time.monotonic()
+            with pytest.raises(ResponseError, match="TRYAGAIN .*unreachable"):
+                c.execute_command("VALQ", "PUSH", "q", "x")
+            assert time.monotonic() - started < 5
+            assert c.ping()  # the front end itself still serves
+            valkey_.start()
+            c.execute_command("VALQ", "CREATE", "q")  # a new, empty server
+            assert c.execute_command("VALQ", "PUSH", "q", "back") == b"1"
+    finally:
+        valkey_.stop()
+
+
+def test_valqd_does_not_start_when_the_store_has_a_newer_library(tmp_path, valkey_server):
+    c = valkey_server.client()
+    newer = library_source().replace(f"local VERSION = {VERSION}\n",
+                                     f"local VERSION = {VERSION + 1}\n")
+    c.execute_command("FUNCTION", "LOAD", "REPLACE", newer)
+    try:
+        with pytest.raises(ValueError, match="newer than this valqd"):
+            with ThreadedServer(store=ValkeyStore(parse_store_url(valkey_server.url))):
+                pass
+    finally:
+        c.execute_command("FUNCTION", "DELETE", "valq")
+        c.close()
+
+
+# -- several front ends ----------------------------------------------------------------------
+
+def test_two_front_ends_serve_one_queue_and_a_lease_that_runs_out_redelivers(valkey_server):
+    clock = ManualClock()
+    url = parse_store_url(valkey_server.url)
+    with ThreadedServer(clock, store=ValkeyStore(url, test_clock=True)) as one, \
+            ThreadedServer(clock, store=ValkeyStore(url, test_clock=True)) as two:
+        a, b = one.client(), two.client()
+        a.flushall()
+        a.execute_command("VALQ", "CREATE", "q", 5)
+        for i in range(10):
+            (a if i % 2 else b).execute_command("VALQ", "PUSH", "q", f"m{i}")
+        got = [a.execute_command("VALQ", "POP", "q"), b.execute_command("VALQ", "POP", "q")]
+        assert [m[1] for m in got] == [b"m0", b"m1"]  # each message to one consumer
+        clock.advance(5)  # the first lease runs out: either front end redelivers it
+        assert b.execute_command("VALQ", "POP", "q", "WITHMETA")[:4] == \
+            [b"attempts", b"2", b"body", b"m0"]
+        assert a.execute_command("VALQ", "INFO", "q")[9] == b"10"
+        a.close()
+        b.close()
+
+
+# -- as a user runs it ------------------------------------------------------------------------
+
+def test_valqd_store_url_as_a_process(tmp_path):
+    valkey_ = ValkeyServerProcess(tmp_path / "v", True).start()
+    try:
+        server = ValqdProcess(tmp_path / "q", "--store", valkey_.url).start()
+        try:
+            c = server.client(protocol=3)
+            c.execute_command("VALQ", "CREATE", "jobs")
+            assert c.execute_command("VALQ", "PUSH", "jobs", "hello") == b"1"
+            assert c.execute_command("VALQ", "POP", "jobs") == {b"body": b"hello", b"id": b"1"}
+            direct = valkey.Valkey(port=valkey_.port)
+            assert direct.execute_command("FCALL", "valq_info", 1, "valq:{jobs}")[9] == b"1"
+            direct.close()
+            c.close()
+        finally:
+            assert server.stop() == 0
+        assert not (tmp_path / "q" / "appendonly.aof").exists()
+    finally:
+        valkey_.stop()
+
+
+def test_a_transaction_runs_as_one_valkey_transaction(fc, frontend):
+    fc.execute_command("VALQ", "CREATE", "q")
+    pipe = fc.pipeline(transaction=True)
+    pipe.execute_command("VALQ", "PUSH", "q", "a")
+    pipe.ping()
+    pipe.execute_command("VALQ", "PUSH", "q", "b")
+    pipe.execute_command("VALQ", "ACK", "q", 99)
+    assert pipe.execute(raise_on_error=False)[:3] == [b"1", True, b"2"]
+    c3 = frontend.client(protocol=3)
+    pipe = c3.pipeline(transaction=True)
+    pipe.execute_command("VALQ", "POP", "q")
+    pipe.execute_command("VALQ", "INFO", "q")
+    popped, info = pipe.execute()
+    assert popped == {b"body": b"a", b"id": b"1"} and info[b"msgs"] == b"2"
+    c3.close()
+
+
+# -- valqd load-functions ----------------------------------------------------------------------
+
+def load_functions(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "valqd", "load-functions", *args],
+                          capture_output=True, text=True, env=CHILD_ENV, timeout=60)
+
+
+def test_load_functions_loads_the_library_for_fcall_users(valkey_server):
+    c = valkey_server.client()
+    c.execute_command("FUNCTION", "FLUSH")
+    done = load_functions(valkey_server.url)
+    assert done.returncode == 0, done.stderr
+    assert f"valq library version {VERSION} loaded" in done.stdout
+    assert c.execute_command("FCALL", "valq_version", 0) == VERSION
+    c.close()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    ((), 2, "Usage: valqd load-functions URL"),
+    (("http://h",), 2, "must start with valkey://"),
+    (("valkey://127.0.0.1:1",), 1, "unreachable"),
+])
+def test_load_functions_says_what_went_wrong(args, code, message):
+    done = load_functions(*args)
+    assert done.returncode == code and message in done.stderr

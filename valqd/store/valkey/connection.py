@@ -1,0 +1,374 @@
+"""A small asyncio RESP client for valqd's own use: one pipelined connection to one Valkey
+server, replies matched to requests first in, first out.
+
+Callers hand `send()` a command and a callback; the callback gets the decoded reply
+(bytes, int, list, None, a `ReplyError` for an error reply) or a `StoreUnavailable` when no
+reply will come. Callbacks run inside `data_received`, without a trip through the event
+loop, so a front end's reply leaves in the same turn as the store's answer. Commands sent
+in one turn of the event loop go out in one write.
+
+The client keeps its connection: when it is lost, the requests in flight fail (they may or
+may not have run) and it reconnects with backoff; commands sent meanwhile wait for the new
+connection up to `timeout_s`, then fail. A connection that holds requests but receives no
+reply for `timeout_s` is considered dead and closed. Every new connection authenticates
+(AUTH), selects its database (SELECT) and names itself (CLIENT SETNAME) before anything else.
+
+`cluster` routing (MOVED/ASK) and Sentinel discovery build on `Client.address` and
+`Client.connect_to()`: they change where the next connection goes.
+"""
+
+import asyncio
+import collections
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import hiredis
+
+from ...resp import encode
+from ..url import StoreUrl
+
+log = logging.getLogger("valqd")
+
+Arg = bytes | str | int
+Reply = Any  # bytes | int | list | None | ReplyError | StoreUnavailable
+Callback = Callable[[Reply], None]
+# sends one command on a connection being set up and awaits its reply
+SetupCall = Callable[..., Awaitable[Reply]]
+
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 2.0
+WATCHDOG_S = 0.25
+LOG_EVERY_S = 10.0
+
+
+class ReplyError(Exception):
+    """An error reply; `str()` is its text, code first (`NOSCRIPT No matching script`)."""
+
+
+class StoreUnavailable(Exception):
+    """No reply will come: the store could not be reached, or the connection was lost."""
+
+
+def command_bytes(args: Sequence[Arg]) -> bytes:
+    """A command as RESP: an array of bulk strings."""
+    return encode.bulk_array([a if isinstance(a, bytes) else
+                              (a.encode() if isinstance(a, str) else b"%d" % a)
+                              for a in args])
+
+
+def tls_context(url: StoreUrl) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=url.tls_ca_cert_file or None)
+    if not url.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Wire(asyncio.Protocol):
+    """One socket: bytes out, replies in, matched to the callbacks in order."""
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+        self.reader = hiredis.Reader(replyError=ReplyError)
+        self.transport: asyncio.Transport | None = None
+        self.callbacks: collections.deque[Callback] = collections.deque()
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.replies = 0  # replies received, for the watchdog
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def write(self, data: bytes, callback: Callback) -> None:
+        self.callbacks.append(callback)
+        self.out.append(data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.out and self.transport is not None and not self.lost:
+            data = b"".join(self.out)
+            self.out.clear()
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        callbacks = self.callbacks
+        try:
+            while (reply := reader.gets()) is not False:
+                self.replies += 1
+                callback = callbacks.popleft()
+                try:
+                    callback(reply)
+                except Exception:  # a bug in a callback must not cost the others their replies
+                    log.exception("bug: a store reply's callback failed")
+        except (hiredis.ProtocolError, IndexError) as exc:
+            log.error("Protocol error from the store (%s): closing the connection", exc)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.client.lost(self, exc)
+
+    def fail_all(self, reason: StoreUnavailable) -> None:
+        callbacks, self.callbacks = self.callbacks, collections.deque()
+        self.out.clear()
+        for callback in callbacks:
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("bug: a store reply's callback failed")
+
+
+class Client:
+    """One pipelined connection to `url`'s server (database `db`), kept open."""
+
+    def __init__(self, url: StoreUrl, db: int = 0, timeout_s: float = 5.0,
+                 name: str = "valqd",
+                 on_connect: Callable[[SetupCall], Awaitable[None]] | None = None) -> None:
+        """`on_connect` runs on every new connection before it carries any command (the
+        store loads its library there, should the server have restarted empty)."""
+        self.on_connect = on_connect
+        self.url = url
+        self.db = db
+        self.timeout_s = timeout_s
+        self.name = name
+        self.address: tuple[str, int] | None = url.hosts[0] if url.hosts else None
+        self._wire: _Wire | None = None  # set once the handshake passed
+        self._waiting: collections.deque[tuple[bytes, Callback, float]] = collections.deque()
+        self._connecting: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()  # a command waits: try to connect without more backoff
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._seen_replies = 0
+        self._stalled_since: float | None = None
+        self._closed = False
+        self._last_error = "not connected yet"
+        self._logged_at = -LOG_EVERY_S
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, args: Sequence[Arg], callback: Callback) -> None:
+        """Send one command; `callback` gets its reply (see the module's docstring)."""
+        self.send_raw(command_bytes(args), callback)
+
+    def send_raw(self, data: bytes, callback: Callback) -> None:
+        wire = self._wire
+        if wire is not None:
+            wire.write(data, callback)
+            if self._watchdog is None:
+                self._arm_watchdog()
+            return
+        if self._closed:
+            callback(StoreUnavailable("the store's client is closed"))
+            return
+        self._waiting.append((data, callback, time.monotonic()))
+        self._ensure_connecting()
+        self._arm_watchdog()
+
+    async def call(self, *args: Arg) -> Reply:
+        """One command's reply, awaited; a `ReplyError` is returned, not raised;
+        StoreUnavailable is raised."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Reply) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self.send(args, done)
+        reply = await future
+        if isinstance(reply, StoreUnavailable):
+            raise reply
+        return reply
+
+    @property
+    def connected(self) -> bool:
+        return self._wire is not None
+
+    # -- connecting ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect now (if not connected); StoreUnavailable after `timeout_s`."""
+        if self._wire is not None:
+            return
+        self._ensure_connecting()
+        assert self._connecting is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connecting), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise StoreUnavailable(self.unreachable_text()) from None
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        """Point the client at another server (a failover, a redirection): the current
+        connection closes and the next one goes to `address`."""
+        self.address = address
+        if self._wire is not None and self._wire.transport is not None:
+            self._wire.transport.close()
+
+    def unreachable_text(self) -> str:
+        return f"the store at {self.url.address} is unreachable ({self._last_error})"
+
+    def _ensure_connecting(self) -> None:
+        if self._connecting is None and not self._closed:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect_loop())
+        else:
+            self._kick.set()
+
+    async def _connect_loop(self) -> None:
+        backoff = BACKOFF_FIRST_S
+        try:
+            while not self._closed:
+                try:
+                    wire = await self._open()
+                except Exception as exc:  # noqa: BLE001 - any failure: log, retry later
+                    self._last_error = str(exc) or type(exc).__name__
+                    self._log_trouble(f"Cannot connect to the store at {self.url.address}: "
+                                      f"{self._last_error}")
+                    await self._back_off(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
+                self._wire = wire
+                log.info("Connected to the store at %s (database %d)", self.url.address,
+                         self.db)
+                waiting, self._waiting = self._waiting, collections.deque()
+                for data, callback, _ in waiting:
+                    wire.write(data, callback)
+                return
+        finally:
+            self._connecting = None
+
+    async def _back_off(self, backoff: float) -> None:
+        """Wait `backoff` seconds before the next attempt, or less when a command arrives
+        meanwhile, but at least BACKOFF_FIRST_S: a store that is back is found at the next
+        command, and one that is down costs at most 20 attempts a second."""
+        self._kick.clear()
+        try:
+            await asyncio.wait_for(self._kick.wait(), backoff)
+        except asyncio.TimeoutError:
+            return
+        await asyncio.sleep(BACKOFF_FIRST_S)
+
+    async def _open(self) -> _Wire:
+        loop = asyncio.get_running_loop()
+        url = self.url
+        context = tls_context(url) if url.tls else None
+        if url.unix_path:
+            _, wire = await asyncio.wait_for(loop.create_unix_connection(
+                lambda: _Wire(self), url.unix_path, ssl=context), self.timeout_s)
+        else:
+            assert self.address is not None
+            host, port = self.address
+            _, wire = await asyncio.wait_for(loop.create_connection(
+                lambda: _Wire(self), host, port, ssl=context,
+                server_hostname=host if context else None), self.timeout_s)
+        try:
+            await asyncio.wait_for(self._handshake(wire), self.timeout_s)
+        except BaseException:
+            if wire.transport is not None:
+                wire.transport.abort()
+            raise
+        return wire
+
+    async def _handshake(self, wire: _Wire) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def setup_call(*args: Arg) -> Reply:
+            future: asyncio.Future[Reply] = loop.create_future()
+
+            def done(reply: Reply) -> None:
+                if not future.done():
+                    future.set_result(reply)
+
+            wire.write(command_bytes(args), done)
+            return await future
+
+        commands: list[list[Arg]] = []
+        if self.url.password:
+            commands.append(["AUTH", self.url.username, self.url.password]
+                            if self.url.username else ["AUTH", self.url.password])
+        if self.db:
+            commands.append(["SELECT", self.db])
+        commands.append(["CLIENT", "SETNAME", self.name])
+        for args, reply in zip(commands, await asyncio.gather(
+                *(setup_call(*args) for args in commands))):
+            if isinstance(reply, (ReplyError, StoreUnavailable)):
+                raise ReplyError(f"{str(args[0])} failed: {reply}")
+        if self.on_connect is not None:
+            await self.on_connect(setup_call)
+
+    def lost(self, wire: _Wire, exc: Exception | None) -> None:
+        """The connection `wire` closed: fail what it had in flight, reconnect."""
+        if self._wire is wire:
+            self._wire = None
+            self._last_error = f"connection lost: {exc}" if exc else "connection closed"
+            if not self._closed:
+                self._log_trouble(f"Lost the connection to the store at {self.url.address}")
+                self._ensure_connecting()
+        wire.fail_all(StoreUnavailable(
+            f"the connection to the store at {self.url.address} was lost; the command may "
+            "or may not have run"))
+
+    def _log_trouble(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_S:
+            self._logged_at = now
+            log.warning("%s", text)
+
+    # -- timeouts --------------------------------------------------------------------------
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None and not self._closed:
+            self._watchdog = asyncio.get_running_loop().call_later(WATCHDOG_S, self._watch)
+
+    def _watch(self) -> None:
+        """Fail the commands that waited for a connection longer than timeout_s; close a
+        connection that holds requests but answered nothing for timeout_s."""
+        self._watchdog = None
+        now = time.monotonic()
+        waiting = self._waiting
+        while waiting and now - waiting[0][2] >= self.timeout_s:
+            _, callback, _ = waiting.popleft()
+            callback(StoreUnavailable(self.unreachable_text()))
+        wire = self._wire
+        if wire is not None and wire.callbacks:
+            if wire.replies != self._seen_replies:
+                self._seen_replies, self._stalled_since = wire.replies, now
+            elif self._stalled_since is None:
+                self._stalled_since = now
+            elif now - self._stalled_since >= self.timeout_s:
+                self._last_error = f"no reply for {self.timeout_s:g} s"
+                log.warning("The store at %s sent no reply for %g s: reconnecting",
+                            self.url.address, self.timeout_s)
+                self._stalled_since = None
+                if wire.transport is not None:
+                    wire.transport.abort()
+        else:
+            self._stalled_since = None
+        if waiting or (wire is not None and wire.callbacks) or self._connecting is not None:
+            self._arm_watchdog()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            try:
+                await self._connecting
+            except (asyncio.CancelledError, Exception):
+                pass
+        wire, self._wire = self._wire, None
+        if wire is not None and wire.transport is not None:
+            wire.flush()
+            wire.transport.close()
+        waiting, self._waiting = self._waiting, collections.deque()
+        for _, callback, _ in waiting:
+            callback(StoreUnavailable("the store's client is closed"))

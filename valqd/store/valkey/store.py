@@ -1,0 +1,515 @@
+"""The Valkey store: a front end's queues live in a Valkey deployment, in the valq Functions
+library (valq.lua). Each VALQ command becomes one FCALL on the pipelined connection of the
+client's database, and its reply is re-encoded for the client (RESP2 maps are flat arrays;
+a RESP3 client gets maps). Keyspace commands work on the library's keys: the main key of
+queue q is the hash `valq:{q}`, and only main keys end with `}` (every other key of q is
+`valq:{q}:<part>`), so `valq:{<pattern>}` matches exactly the queues a pattern names.
+
+Every reply reaches the client in order (see `Pending`); commands of several steps (SCAN,
+FLUSHDB, FLUSHALL) are barriers: the client's later commands wait for them. The store
+being unreachable answers `-TRYAGAIN` after `timeout_s`, never a traceback.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from ...commands.args import Args, parse_int
+from ...commands import multi
+from ...commands.context import Blocked, Pending, ServerState, Session
+from ...commands.valq import MAX_BLOCK_MS
+from ...errors import CommandError
+from ...resp import encode
+from .. import STORE_COMMANDS, Handler, refuse
+from ..url import StoreUrl
+from . import LIBRARY_NAME, VERSION, LibraryError, library_source, source_version
+from .connection import Client, Reply, ReplyError, SetupCall, StoreUnavailable
+
+log = logging.getLogger("valqd")
+
+QUEUE_TYPE = b"valq-type"
+SCAN_KEYS_PER_QUEUE = 9  # a queue has up to 9 keys: SCAN's COUNT is scaled by it
+BLOCK_POLL_S = 0.1  # stage 1: a blocking POP polls this often (markers replace it)
+# subcommands whose reply is a map, and those whose reply is an array of maps
+MAP_REPLIES = frozenset((b"info", b"stats", b"get"))
+MAPS_REPLIES = frozenset((b"peek",))
+REFUSED = {
+    "swapdb": "the store's databases are Valkey's",
+    "move": "the store's databases are Valkey's",
+    "watch": "a front end shares its connection to the store between clients",
+    "bgrewriteaof": "Valkey persists the queues (its own BGREWRITEAOF, appendfsync)",
+    "save": "Valkey persists the queues (its own SAVE, BGSAVE, appendfsync)",
+    "debug|digest": "the digest is of the embedded engine's state",
+}
+
+
+def queue_key(name: bytes) -> bytes:
+    return b"valq:{" + name + b"}"
+
+
+def to_resp(value: Reply, proto: int) -> bytes:
+    """A decoded RESP2 reply, encoded again for a client of `proto`."""
+    kind = type(value)
+    if kind is bytes:
+        return encode.bulk(value)
+    if kind is int:
+        return encode.integer(value)
+    if kind is list:
+        return encode.array([to_resp(v, proto) for v in value])
+    if value is None:
+        return encode.null(proto)
+    if isinstance(value, ReplyError):
+        return b"-%b\r\n" % str(value).replace("\r", " ").replace("\n", " ").encode()
+    if isinstance(value, StoreUnavailable):
+        return encode.error("TRYAGAIN", str(value))
+    raise TypeError(f"unexpected store reply {value!r}")
+
+
+def map_resp(value: Reply, proto: int) -> bytes:
+    """A flat [key, value, ...] array as a map (RESP3) or as it is (RESP2)."""
+    if proto == 2 or type(value) is not list:
+        return to_resp(value, proto)
+    return encode.map_([to_resp(v, proto) for v in value], proto)
+
+
+def reply_for(subcommand: bytes, value: Reply, proto: int) -> bytes:
+    if proto == 2 or type(value) is not list:
+        return to_resp(value, proto)
+    if subcommand in MAP_REPLIES or (subcommand == b"pop" and value and
+                                     type(value[0]) is bytes):
+        return map_resp(value, proto)
+    if subcommand in MAPS_REPLIES or subcommand == b"pop":
+        return encode.array([map_resp(v, proto) for v in value])
+    return to_resp(value, proto)
+
+
+class ValkeyStore:
+    """Queues in Valkey. `test_clock`: the library's test build, sent the server's clock
+    (state.clock, a test's manual clock) with every call; never in production."""
+
+    kind = "valkey"
+
+    def __init__(self, url: StoreUrl, timeout_s: float = 5.0, test_clock: bool = False) -> None:
+        if url.kind != "standalone":
+            raise ValueError(f"store URL {url.text!r}: {url.kind} deployments are not "
+                             "served yet")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.test_clock = test_clock
+        self.state: ServerState | None = None
+        self._clients: dict[int, Client] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._library_loaded = False
+        # while EXEC runs its queued commands: the calls they make, sent afterwards as one
+        # Valkey MULTI/EXEC per database: (db, command, finish, pending)
+        self._transaction: list[tuple[int, list[bytes], Callable[[Reply], bytes],
+                                      Pending]] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def client(self, db: int) -> Client:
+        """The pipelined connection of valqd database `db` (Valkey's url.db + db)."""
+        client = self._clients.get(db)
+        if client is None:
+            client = self._clients[db] = Client(self.url, self.url.db + db, self.timeout_s,
+                                                f"valqd-db{db}", self._ensure_library)
+        return client
+
+    async def open(self, state: ServerState) -> None:
+        self.state = state
+        client = self.client(0)
+        try:
+            await client.connect()
+            version = await load_library(client.call, self.test_clock)
+            self._library_loaded = True
+        except StoreUnavailable as exc:
+            raise OSError(str(exc)) from None
+        except LibraryError as exc:
+            raise ValueError(str(exc)) from None
+        log.info("Serving queues from the store at %s (valq library version %d)",
+                 self.url.text, version)
+
+    async def _ensure_library(self, call: SetupCall) -> None:
+        """On every new connection: load the library if the server lost it (a restart
+        without persistence), so that calls do not fail with `Function not found`."""
+        if self._library_loaded:  # open() loads it the first time, refusing a newer one
+            await load_library(call, self.test_clock, only_if_missing=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    def handlers(self) -> Mapping[str, Handler]:
+        handlers: dict[str, Handler] = {}
+        for name in STORE_COMMANDS:
+            if name.startswith("valq|"):
+                handlers[name] = self._forward
+        handlers.update({
+            "valq|pop": self._pop, "valq|push": self._push, "valq|mpush": self._push,
+            "valq|list": self._list, "valq|mpop": self._mpop,
+            "dbsize": self._dbsize, "keys": self._keys, "scan": self._scan,
+            "type": self._type, "exists": self._exists, "del": self._del,
+            "flushdb": self._flushdb, "flushall": self._flushall, "exec": self._exec,
+        })
+        for name, why in REFUSED.items():
+            handlers[name] = refuse(name, why)
+        return handlers
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def _fcall(self, session: Session, argv: list[bytes],
+               finish: Callable[[Reply], bytes]) -> Pending:
+        """FCALL of argv (`[VALQ, SUB, queue, args...]`): a Pending that `finish` resolves
+        from the decoded reply."""
+        return self.send(session.db, self._fcall_args(argv), finish)
+
+    def send(self, db: int, args: list[bytes], finish: Callable[[Reply], bytes],
+             barrier: bool = False) -> Pending:
+        pending = Pending(barrier)
+        state = self.state
+        if self._transaction is not None:
+            self._transaction.append((db, args, finish, pending))
+            return pending
+
+        def done(reply: Reply) -> None:
+            try:
+                data = finish(reply) if not isinstance(reply, StoreUnavailable) else \
+                    to_resp(reply, 2)
+            except Exception:
+                log.exception("bug: a store reply could not be encoded")
+                data = encode.error("ERR", "internal error")
+            if data[:1] == b"-" and state is not None:
+                state.count_error(data)
+            pending.resolve(data)
+
+        self.client(db).send(args, done)
+        return pending
+
+    def _forward(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+        """Every VALQ subcommand the library serves as it is: one FCALL."""
+        subcommand = argv[1].lower()
+        proto = session.proto
+        return self._fcall(session, argv, lambda reply: reply_for(subcommand, reply, proto))
+
+    def _push(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+        """PUSH and MPUSH: max-message-size is the front end's setting, checked here."""
+        bodies = argv[3:4] if argv[1].lower() == b"push" else argv[3:]
+        largest = max(map(len, bodies))
+        if largest > state.max_message_size:
+            raise CommandError(f"message body is {largest} bytes, more than "
+                               f"max-message-size ({state.max_message_size})")
+        return self._forward(state, session, argv)
+
+    def _pop(self, state: ServerState, session: Session,
+             argv: list[bytes]) -> Pending | bytes | Blocked:
+        """POP; with BLOCK the front end waits (the library never does)."""
+        block_at = _block_index(argv, 3)
+        if block_at is None:
+            return self._forward(state, session, argv)
+        block_ms = parse_int(argv[block_at + 1], 0, MAX_BLOCK_MS,
+                             "timeout is not an integer or out of range")
+        call = argv[:block_at] + argv[block_at + 2:]
+        proto = session.proto
+        empty = encode.EMPTY_ARRAY if any(a.upper() == b"COUNT" for a in call[3:]) \
+            else encode.EMPTY_BULK
+        return self._spawn(self._blocking(session, call, block_ms, empty, proto))
+
+    async def _blocking(self, session: Session, call: list[bytes], block_ms: int,
+                        empty: bytes, proto: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block_ms / 1000 if block_ms else None
+        while True:
+            reply = await self._await(session.db, self._fcall_args(call))
+            if reply != b"" and reply != []:
+                return reply_for(b"pop", reply, proto)
+            if deadline is not None and loop.time() >= deadline:
+                return empty
+            await asyncio.sleep(BLOCK_POLL_S if deadline is None else
+                                max(0.0, min(BLOCK_POLL_S, deadline - loop.time())))
+
+    def _fcall_args(self, argv: list[bytes]) -> list[bytes]:
+        """`FCALL valq_<sub> 1 valq:{queue} args...`; REDRIVE ... TO other names the other
+        queue's key too; the test build gets the clock first."""
+        keys = [queue_key(argv[2])]
+        rest = argv[3:]
+        if argv[1].lower() == b"redrive":
+            upper = [a.upper() for a in rest]
+            if b"TO" in upper[:-1]:
+                other = rest[upper.index(b"TO") + 1]
+                if other != argv[2]:
+                    keys.append(queue_key(other))
+        head = [b"FCALL", b"valq_" + argv[1].lower(), b"%d" % len(keys), *keys]
+        if self.test_clock:
+            assert self.state is not None
+            head.append(b"%d" % self.state.clock())
+        return head + rest
+
+    def _mpop(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
+        """MPOP numqueues queue... [COUNT n] [BLOCK ms] [WITHMETA] [NOACK]: a POP of each
+        queue in turn until one delivers (the queues may live in different slots, so this
+        is not one atomic call)."""
+        numqueues = parse_int(argv[2], message="numqueues should be greater than 0")
+        if numqueues < 1:
+            raise CommandError("numqueues should be greater than 0")
+        if numqueues > len(argv) - 3:
+            raise CommandError("Number of queues can't be greater than number of args")
+        names = argv[3:3 + numqueues]
+        options = argv[3 + numqueues:]
+        block_at = _block_index(argv, 3 + numqueues)
+        block_ms = None
+        if block_at is not None:
+            block_ms = parse_int(argv[block_at + 1], 0, MAX_BLOCK_MS,
+                                 "timeout is not an integer or out of range")
+            options = argv[3 + numqueues:block_at] + argv[block_at + 2:]
+        with_count = [o for o in options if o.upper() == b"COUNT"]
+        return self._spawn(self._mpop_run(session, names, options, block_ms,
+                                          bool(with_count)))
+
+    async def _mpop_run(self, session: Session, names: list[bytes], options: list[bytes],
+                        block_ms: int | None, with_count: bool) -> bytes:
+        proto = session.proto
+        loop = asyncio.get_running_loop()
+        deadline = None if not block_ms else loop.time() + block_ms / 1000
+        for name in names:  # every queue must exist, as in the embedded store
+            exists = await self._await(session.db, [b"EXISTS", queue_key(name)])
+            if exists == 0:
+                return encode.error("NOQUEUE", f"no such queue '{_shown(name)}'")
+        while True:
+            for name in names:
+                reply = await self._await(session.db, self._fcall_args(
+                    [b"VALQ", b"POP", name, *options, *([] if with_count else
+                                                       [b"COUNT", b"1"])]))
+                if isinstance(reply, ReplyError):
+                    return to_resp(reply, proto)
+                if reply:
+                    return encode.array([encode.bulk(name), encode.array(
+                        [map_resp(m, proto) for m in reply])])
+            if block_ms is None or (deadline is not None and loop.time() >= deadline):
+                return encode.null_array(proto)
+            await asyncio.sleep(BLOCK_POLL_S)
+
+    # -- several steps -----------------------------------------------------------------------
+
+    async def _await(self, db: int, args: list[bytes]) -> Reply:
+        reply = await self.client(db).call(*args)
+        return reply
+
+    def _spawn(self, work: Coroutine[Any, Any, bytes]) -> Pending | bytes:
+        """Run `work` (several calls) as a barrier: the client's next commands wait."""
+        if self._transaction is not None:
+            work.close()
+            return encode.error("ERR", "this command has several steps and cannot run "
+                                "inside MULTI with this store")
+        pending = Pending(barrier=True)
+        state = self.state
+
+        async def run() -> None:
+            try:
+                data = await work
+            except StoreUnavailable as exc:
+                data = encode.error("TRYAGAIN", str(exc))
+            except CommandError as exc:
+                data = encode.error(exc.code, exc.message)
+            except Exception:
+                log.exception("bug: a store command failed")
+                data = encode.error("ERR", "internal error")
+            if data[:1] == b"-" and state is not None:
+                state.count_error(data)
+            pending.resolve(data)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return pending
+
+    async def _queue_names(self, db: int, pattern: bytes = b"*") -> list[bytes]:
+        reply = await self._await(db, [b"KEYS", queue_key(pattern)])
+        if isinstance(reply, ReplyError):
+            raise CommandError(str(reply).partition(" ")[2], str(reply).partition(" ")[0])
+        return sorted(key[6:-1] for key in reply)
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def _exec(self, state: ServerState, session: Session, argv: list[bytes]) -> bytes | Pending:
+        """EXEC: the queued commands' calls run as one Valkey MULTI/EXEC (per database),
+        so no other client's call comes in between."""
+        self._transaction = []
+        try:
+            reply = multi.exec_(state, session, argv)
+        finally:
+            calls, self._transaction = self._transaction, None
+        by_db: dict[int, list[tuple[list[bytes], Callable[[Reply], bytes], Pending]]] = {}
+        for db, args, finish, pending in calls:
+            by_db.setdefault(db, []).append((args, finish, pending))
+        for db, group in by_db.items():
+            self._send_transaction(db, group)
+        return reply
+
+    def _send_transaction(self, db: int, group: list[tuple[list[bytes],
+                                                          Callable[[Reply], bytes], Pending]]
+                          ) -> None:
+        client = self.client(db)
+        client.send([b"MULTI"], _ignore)
+        for args, _, _ in group:
+            client.send(args, _ignore)  # +QUEUED; an FCALL is never refused while queued
+
+        def done(reply: Reply) -> None:
+            for i, (_, finish, pending) in enumerate(group):
+                value = reply[i] if type(reply) is list else reply
+                pending.resolve(finish(value) if not isinstance(value, StoreUnavailable)
+                                else to_resp(value, 2))
+
+        client.send([b"EXEC"], done)
+
+    # -- keyspace ------------------------------------------------------------------------------
+
+    def _list(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+        """VALQ LIST -> the queue names, sorted."""
+        return self.send(session.db, [b"KEYS", queue_key(b"*")],
+                         lambda reply: encode.bulk_array(sorted(k[6:-1] for k in reply))
+                         if type(reply) is list else to_resp(reply, 2))
+
+    def _keys(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+        """KEYS pattern -> the queue names the pattern matches."""
+        return self.send(session.db, [b"KEYS", queue_key(argv[1])],
+                         lambda reply: encode.bulk_array(sorted(k[6:-1] for k in reply))
+                         if type(reply) is list else to_resp(reply, 2))
+
+    def _dbsize(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
+        """DBSIZE -> the number of queues (a walk over the database's keys)."""
+        return self._spawn(self._count(session.db))
+
+    async def _count(self, db: int) -> bytes:
+        count, cursor = 0, b"0"
+        while True:
+            reply = await self._await(db, [b"SCAN", cursor, b"MATCH", queue_key(b"*"),
+                                           b"COUNT", b"1000", b"TYPE", b"hash"])
+            if isinstance(reply, ReplyError):
+                return to_resp(reply, 2)
+            cursor, batch = reply
+            count += len(batch)
+            if cursor == b"0":
+                return encode.integer(count)
+
+    def _scan(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+        """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: Valkey's cursor over the
+        queues' main keys."""
+        cursor = parse_int(argv[1], 0, 2**64 - 1, "invalid cursor")
+        args = Args(argv, 2)
+        pattern, count, kind = b"*", 10, QUEUE_TYPE
+        while args.remaining():
+            option = args.next_keyword()
+            if option == "MATCH":
+                pattern = args.next_bytes()
+            elif option == "COUNT":
+                count = args.next_int()
+                if count < 1:
+                    raise CommandError("syntax error")
+            elif option == "TYPE":
+                kind = args.next_bytes().lower()
+            else:
+                raise CommandError("syntax error")
+        wanted = kind == QUEUE_TYPE
+
+        def finish(reply: Reply) -> bytes:
+            if type(reply) is not list:
+                return to_resp(reply, 2)
+            next_cursor, batch = reply
+            names = [k[6:-1] for k in batch] if wanted else []
+            return encode.array([encode.bulk(next_cursor), encode.bulk_array(names)])
+
+        return self.send(session.db, [b"SCAN", b"%d" % cursor, b"MATCH", queue_key(pattern),
+                                      b"COUNT", b"%d" % (count * SCAN_KEYS_PER_QUEUE),
+                                      b"TYPE", b"hash"], finish)
+
+    def _type(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+        """TYPE key -> valq-type for a queue, none otherwise."""
+        return self.send(session.db, [b"EXISTS", queue_key(argv[1])],
+                         lambda reply: encode.simple(QUEUE_TYPE if reply == 1 else b"none")
+                         if type(reply) is int else to_resp(reply, 2))
+
+    def _exists(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+        """EXISTS key [key ...] -> how many of the names are queues (repeats count)."""
+        return self.send(session.db, [b"EXISTS", *map(queue_key, argv[1:])],
+                         lambda reply: to_resp(reply, 2))
+
+    def _del(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
+        """DEL key [key ...] -> how many queues were deleted."""
+        return self._spawn(self._delete(session.db, argv[1:]))
+
+    async def _delete(self, db: int, names: list[bytes]) -> bytes:
+        deleted = 0
+        for name in names:
+            if await self._await(db, [b"EXISTS", queue_key(name)]) == 1:
+                reply = await self._await(db, self._fcall_args([b"VALQ", b"DELETE", name]))
+                if isinstance(reply, ReplyError):
+                    return to_resp(reply, 2)
+                deleted += 1
+        return encode.integer(deleted)
+
+    def _flushdb(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
+        """FLUSHDB [ASYNC|SYNC] -> +OK: every queue of the database is deleted (other keys
+        of the Valkey database stay)."""
+        _flush_type(argv)
+        return self._spawn(self._flush([session.db]))
+
+    def _flushall(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
+        """FLUSHALL [ASYNC|SYNC] -> +OK: every queue of every database is deleted."""
+        _flush_type(argv)
+        return self._spawn(self._flush(list(range(len(state.databases)))))
+
+    async def _flush(self, dbs: list[int]) -> bytes:
+        for db in dbs:
+            names = await self._queue_names(db)
+            reply = await self._delete(db, names)
+            if reply[:1] == b"-":
+                return reply
+        return encode.OK
+
+
+def _ignore(reply: Reply) -> None:
+    return None
+
+
+def _flush_type(argv: list[bytes]) -> None:
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise CommandError("syntax error")
+
+
+def _block_index(argv: list[bytes], start: int) -> int | None:
+    """Where BLOCK ms is among the options (None without it)."""
+    for i in range(start, len(argv) - 1):
+        if argv[i].upper() == b"BLOCK":
+            return i
+    return None
+
+
+def _shown(name: bytes) -> str:
+    return name.decode("utf-8", "replace")
+
+
+async def load_library(call: SetupCall, test_clock: bool = False,
+                       only_if_missing: bool = False) -> int:
+    """Load (or upgrade) the library with FUNCTION LOAD REPLACE; LibraryError when the
+    server has a newer version (this front end is older than another one). With
+    `only_if_missing`, an equal version stays as it is."""
+    listing = await call("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME, "WITHCODE")
+    if isinstance(listing, ReplyError):
+        raise LibraryError(f"FUNCTION LIST failed: {listing} (valqd needs Valkey 7 or newer)")
+    for entry in listing:
+        fields = dict(zip(entry[0::2], entry[1::2]))
+        if fields.get(b"library_name") == LIBRARY_NAME.encode():
+            current = source_version(fields[b"library_code"].decode())
+            if current > VERSION:
+                raise LibraryError(f"the store has valq library version {current}, newer "
+                                   f"than this valqd's {VERSION}: upgrade valqd instead")
+            if current == VERSION and only_if_missing:
+                return VERSION
+    reply = await call("FUNCTION", "LOAD", "REPLACE", library_source(test_clock))
+    if isinstance(reply, ReplyError):
+        raise LibraryError(f"FUNCTION LOAD failed: {reply}")
+    return VERSION
