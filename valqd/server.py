@@ -155,8 +155,8 @@ class Connection(asyncio.Protocol):
         readied = server.databases.readied
         parser = self.parser
         next_command = parser.next_command
-        replies: list[bytes | Pending] = []
-        pending = False
+        replies: list[bytes] = []
+        outbox = self.outbox
         size = 0
         turn_left = COMMANDS_PER_TURN
         close = False
@@ -176,15 +176,15 @@ class Connection(asyncio.Protocol):
                     server.serve_waiters()
                 if parser.authenticated is not session.authenticated:
                     parser.authenticated = session.authenticated
-                if isinstance(reply, Pending):  # a store's reply, still on its way
-                    replies.append(reply)
-                    pending = True
+                if isinstance(reply, Pending):  # a store's reply, still on its way: the
+                    outbox.extend(replies)  # replies before and after it wait in line
+                    replies.clear()
+                    outbox.append(reply)
                     turn_left -= 1
                     if reply.barrier:  # reading goes on, to notice a disconnect meanwhile
                         self._resume_reading(transport)
                         break
-                    if not turn_left or \
-                            len(self.outbox) + len(replies) >= MAX_PENDING_REPLIES:
+                    if not turn_left or len(outbox) >= MAX_PENDING_REPLIES:
                         self._end_turn(transport)  # resumed once the replies are in
                         break
                     continue
@@ -213,13 +213,13 @@ class Connection(asyncio.Protocol):
                         exc, session.id, session.addr, session.laddr)
         session.last_command_at = time.monotonic()
         server.after_commands()
-        if pending or self.outbox:
-            self.outbox.extend(replies)
+        if outbox:
+            outbox.extend(replies)
             if close:
                 self.close_when_sent = True
             self._send_ready()
         elif replies or close:
-            server.reply(self, b"".join(replies), close)  # type: ignore[arg-type]
+            server.reply(self, b"".join(replies), close)
 
     def blocked(self) -> bool:
         """Whether the client waits in a blocking pop (here, or in a store's front end)."""

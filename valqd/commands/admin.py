@@ -523,13 +523,13 @@ def keys(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return encode.bulk_array([n for n in names if glob_match(pattern, n)])
 
 
-def scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type] -> [next cursor, [names]].
-    The cursor is the creation serial of the last queue returned: a queue that exists for the
-    whole scan is returned exactly once, and a call costs O(log n + COUNT)."""
+def scan_options(argv: list[bytes]) -> tuple[int, bytes | None, int, bytes | None]:
+    """SCAN's arguments, checked: (cursor, MATCH pattern or None, COUNT, TYPE or None)."""
     cursor = parse_int(argv[1], 0, U64_MAX, "invalid cursor")
     args = Args(argv, 2)
-    pattern, count, kind = None, 10, None
+    pattern: bytes | None = None
+    kind: bytes | None = None
+    count = 10
     while args.remaining():
         option = args.next_keyword()
         if option == "MATCH":
@@ -542,6 +542,14 @@ def scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
             kind = args.next_bytes()
         else:
             raise CommandError("syntax error")
+    return cursor, pattern, count, kind
+
+
+def scan(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type] -> [next cursor, [names]].
+    The cursor is the creation serial of the last queue returned: a queue that exists for the
+    whole scan is returned exactly once, and a call costs O(log n + COUNT)."""
+    cursor, pattern, count, kind = scan_options(argv)
     batch, next_cursor = state.engine.scan(cursor, count)
     names = [q.name for q in batch
              if (pattern is None or glob_match(pattern, q.name))

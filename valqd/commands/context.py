@@ -45,12 +45,18 @@ class Pending:
     `barrier` is a reply of several steps (a flush, a scan): the connection runs nothing
     else until it is resolved, so no later command of the same client overtakes it."""
 
-    __slots__ = ("reply", "listener", "barrier")
+    __slots__ = ("reply", "listener", "barrier", "blocked", "cancelled")
 
-    def __init__(self, barrier: bool = False) -> None:
+    def __init__(self, barrier: bool = False, blocked: bool = False) -> None:
+        """`blocked`: a blocking pop waiting in a store's front end (a barrier too)."""
         self.reply: bytes | None = None
         self.listener: Callable[[], None] | None = None
-        self.barrier = barrier
+        self.barrier = barrier or blocked
+        self.blocked = blocked
+        self.cancelled = False  # the client went away: nobody will read the reply
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def resolve(self, reply: bytes) -> None:
         if self.reply is None:

@@ -267,7 +267,9 @@ def message_map(d: Delivery, proto: int, withmeta: bool) -> bytes:
     ], proto)
 
 
-class _PopOptions:
+class PopOptions:
+    """POP's and MPOP's options, checked (a store's front end checks them the same way)."""
+
     __slots__ = ("count", "block_ms", "withmeta", "noack")
 
     def __init__(self, args: Args) -> None:
@@ -290,7 +292,7 @@ class _PopOptions:
                 raise CommandError("syntax error")
 
 
-def _deliver(state: ServerState, name: bytes, opts: _PopOptions,
+def _deliver(state: ServerState, name: bytes, opts: PopOptions,
              proto: int) -> list[bytes]:
     count = opts.count or 1
     return [message_map(d, proto, opts.withmeta)
@@ -309,7 +311,7 @@ def valq_pop(state: ServerState, session: Session, argv: list[bytes]) -> bytes |
             return encode.EMPTY_BULK
         message_id, body = delivered
         return encode.body_id_map(body, message_id, session.proto)
-    opts = _PopOptions(Args(argv, 3))
+    opts = PopOptions(Args(argv, 3))
     proto = session.proto
 
     def attempt() -> bytes | None:
@@ -327,19 +329,24 @@ def valq_pop(state: ServerState, session: Session, argv: list[bytes]) -> bytes |
     return Blocked([name], opts.block_ms, attempt, empty, session.db)
 
 
-def valq_mpop(state: ServerState, session: Session, argv: list[bytes]) -> bytes | Blocked:
-    """VALQ MPOP numqueues queue [queue ...] [COUNT n] [BLOCK ms] [WITHMETA] [NOACK]
-    -> [queue, [message maps]] from the first queue, left to right, that has a visible
-    message; nil when nothing came. NOQUEUE."""
+def mpop_queues(argv: list[bytes]) -> list[bytes]:
+    """MPOP's queues (numqueues of them, named as often as given), checked."""
     numqueues = parse_int(argv[2], message="numqueues should be greater than 0")
     if numqueues < 1:
         raise CommandError("numqueues should be greater than 0")
     if numqueues > len(argv) - 3:
         raise CommandError("Number of queues can't be greater than number of args")
-    names = argv[3:3 + numqueues]
+    return argv[3:3 + numqueues]
+
+
+def valq_mpop(state: ServerState, session: Session, argv: list[bytes]) -> bytes | Blocked:
+    """VALQ MPOP numqueues queue [queue ...] [COUNT n] [BLOCK ms] [WITHMETA] [NOACK]
+    -> [queue, [message maps]] from the first queue, left to right, that has a visible
+    message; nil when nothing came. NOQUEUE."""
+    names = mpop_queues(argv)
     for name in names:
         state.engine.queue(name)
-    opts = _PopOptions(Args(argv, 3 + numqueues))
+    opts = PopOptions(Args(argv, 3 + len(names)))
     proto = session.proto
 
     def attempt() -> bytes | None:

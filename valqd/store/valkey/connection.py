@@ -133,10 +133,13 @@ class Client:
 
     def __init__(self, url: StoreUrl, db: int = 0, timeout_s: float = 5.0,
                  name: str = "valqd",
-                 on_connect: Callable[[SetupCall], Awaitable[None]] | None = None) -> None:
+                 on_connect: Callable[[SetupCall], Awaitable[None]] | None = None,
+                 quiet: bool = False) -> None:
         """`on_connect` runs on every new connection before it carries any command (the
-        store loads its library there, should the server have restarted empty)."""
+        store loads its library there, should the server have restarted empty); `quiet`
+        logs connecting at debug level (a short-lived connection for one wait)."""
         self.on_connect = on_connect
+        self.quiet = quiet
         self.url = url
         self.db = db
         self.timeout_s = timeout_s
@@ -235,8 +238,8 @@ class Client:
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
                 self._wire = wire
-                log.info("Connected to the store at %s (database %d)", self.url.address,
-                         self.db)
+                log.log(logging.DEBUG if self.quiet else logging.INFO,
+                        "Connected to the store at %s (database %d)", self.url.address, self.db)
                 waiting, self._waiting = self._waiting, collections.deque()
                 for data, callback, _ in waiting:
                     wire.write(data, callback)

@@ -15,22 +15,29 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from ...commands.args import Args, parse_int
+from ...commands.args import Args
 from ...commands import multi
 from ...commands.context import Blocked, Pending, ServerState, Session
-from ...commands.valq import MAX_BLOCK_MS
+from ...commands.admin import scan_options
+from ...commands.valq import PopOptions, mpop_queues
 from ...errors import CommandError
 from ...resp import encode
 from .. import STORE_COMMANDS, Handler, refuse
 from ..url import StoreUrl
 from . import LIBRARY_NAME, VERSION, LibraryError, library_source, source_version
+from .blocking import MAX_WAIT_S, Waiter, Waits
 from .connection import Client, Reply, ReplyError, SetupCall, StoreUnavailable
 
 log = logging.getLogger("valqd")
 
 QUEUE_TYPE = b"valq-type"
 SCAN_KEYS_PER_QUEUE = 9  # a queue has up to 9 keys: SCAN's COUNT is scaled by it
-BLOCK_POLL_S = 0.1  # stage 1: a blocking POP polls this often (markers replace it)
+POLL_S = 0.1  # with the test build's manual clock, a blocked pop polls this often
+# subcommands after which a queue may have a message to deliver: this front end's blocked
+# pops of that queue try again at once
+READ_ONLY = frozenset((b"info", b"stats", b"get", b"peek"))  # no WAIT after these
+READYING = frozenset((b"push", b"mpush", b"nack", b"extend", b"reschedule", b"redrive",
+                      b"resume", b"create", b"update"))
 # subcommands whose reply is a map, and those whose reply is an array of maps
 MAP_REPLIES = frozenset((b"info", b"stats", b"get"))
 MAPS_REPLIES = frozenset((b"peek",))
@@ -90,17 +97,26 @@ class ValkeyStore:
 
     kind = "valkey"
 
-    def __init__(self, url: StoreUrl, timeout_s: float = 5.0, test_clock: bool = False) -> None:
+    def __init__(self, url: StoreUrl, timeout_s: float = 5.0, test_clock: bool = False,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+        """`wait_replicas`: a write's reply waits until that many replicas have it (WAIT),
+        at most `wait_timeout_ms`."""
         if url.kind != "standalone":
             raise ValueError(f"store URL {url.text!r}: {url.kind} deployments are not "
                              "served yet")
         self.url = url
         self.timeout_s = timeout_s
         self.test_clock = test_clock
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        # writes of this turn whose replies wait for WAIT, per database: (pending, reply)
+        self._unreplicated: dict[int, list[tuple[Pending, list[bytes]]]] = {}
         self.state: ServerState | None = None
         self._clients: dict[int, Client] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._library_loaded = False
+        self.waits = Waits(self._waiting_client, self._pop_woken, self._wake,
+                           POLL_S if test_clock else MAX_WAIT_S)
         # while EXEC runs its queued commands: the calls they make, sent afterwards as one
         # Valkey MULTI/EXEC per database: (db, command, finish, pending)
         self._transaction: list[tuple[int, list[bytes], Callable[[Reply], bytes],
@@ -136,7 +152,27 @@ class ValkeyStore:
         if self._library_loaded:  # open() loads it the first time, refusing a newer one
             await load_library(call, self.test_clock, only_if_missing=True)
 
+    def _waiting_client(self, db: int) -> Client:
+        """A connection of its own for a watcher's BLPOP (a blocking call would hold up the
+        pipelined connection); its silence is allowed for the length of a wait."""
+        return Client(self.url, self.url.db + db, self.timeout_s + self.waits.max_wait_s,
+                      f"valqd-wait-db{db}", self._ensure_library, quiet=True)
+
+    async def _pop_woken(self, db: int, argv: list[bytes]) -> Reply:
+        """A waiter's POP: valq_pop_woken, which re-arms the wake marker it may have taken."""
+        args = self._fcall_args(argv)
+        args[1] = b"valq_pop_woken"
+        return await self._await(db, args)
+
+    async def _wake(self, db: int, name: bytes) -> Reply:
+        """valq_wake: [1 if a message is ready, ms to the queue's next due event or -1]."""
+        reply = await self._await(db, self._fcall_args([b"VALQ", b"WAKE", name]))
+        if isinstance(reply, ReplyError):
+            raise ValueError(str(reply))
+        return reply
+
     async def close(self) -> None:
+        await self.waits.close()
         for task in list(self._tasks):
             task.cancel()
         for client in self._clients.values():
@@ -165,34 +201,88 @@ class ValkeyStore:
                finish: Callable[[Reply], bytes]) -> Pending:
         """FCALL of argv (`[VALQ, SUB, queue, args...]`): a Pending that `finish` resolves
         from the decoded reply."""
-        return self.send(session.db, self._fcall_args(argv), finish)
+        return self.send(session.db, self._fcall_args(argv), finish,
+                         write=argv[1].lower() not in READ_ONLY)
 
     def send(self, db: int, args: list[bytes], finish: Callable[[Reply], bytes],
-             barrier: bool = False) -> Pending:
+             barrier: bool = False, write: bool = False) -> Pending:
+        """Send one command; the Pending gets `finish(reply)`. A `write` waits for
+        store-wait-replicas replicas first, when that is set."""
         pending = Pending(barrier)
-        state = self.state
         if self._transaction is not None:
             self._transaction.append((db, args, finish, pending))
             return pending
-
-        def done(reply: Reply) -> None:
-            try:
-                data = finish(reply) if not isinstance(reply, StoreUnavailable) else \
-                    to_resp(reply, 2)
-            except Exception:
-                log.exception("bug: a store reply could not be encoded")
-                data = encode.error("ERR", "internal error")
-            if data[:1] == b"-" and state is not None:
-                state.count_error(data)
-            pending.resolve(data)
-
-        self.client(db).send(args, done)
+        if write and self.wait_replicas:
+            box: list[bytes] = []
+            self.client(db).send(args, lambda reply: box.append(self._encoded(finish, reply)))
+            self._replicated(db, pending, box)
+            return pending
+        self.client(db).send(args, lambda reply: pending.resolve(self._encoded(finish, reply)))
         return pending
 
+    def _encoded(self, finish: Callable[[Reply], bytes], reply: Reply) -> bytes:
+        """The client's reply of a store's reply (errors counted in errorstats)."""
+        try:
+            data = finish(reply) if not isinstance(reply, StoreUnavailable) else \
+                to_resp(reply, 2)
+        except Exception:
+            log.exception("bug: a store reply could not be encoded")
+            data = encode.error("ERR", "internal error")
+        if data[:1] == b"-" and self.state is not None:
+            self.state.count_error(data)
+        return data
+
+    def _replicated(self, db: int, pending: Pending, box: list[bytes]) -> None:
+        """Resolve `pending` with `box`'s reply once the replicas have the write: one WAIT
+        after every write of this turn on the database's connection (so it runs after
+        them), answered for all of them."""
+        batch = self._unreplicated.get(db)
+        if batch is None:
+            batch = self._unreplicated[db] = []
+            asyncio.get_running_loop().call_soon(self._send_wait, db)
+        batch.append((pending, box))
+
+    def _send_wait(self, db: int) -> None:
+        batch = self._unreplicated.pop(db)
+        wanted = self.wait_replicas
+
+        def done(reply: Reply) -> None:
+            short = None
+            if not (type(reply) is int and reply >= wanted):
+                got = reply if type(reply) is int else 0
+                short = encode.error(
+                    "NOREPLICAS", f"the change was applied, but {got} of the {wanted} "
+                    f"replicas store-wait-replicas asks for acknowledged it within "
+                    f"{self.wait_timeout_ms} ms")
+            for pending, box in batch:
+                data = box[0] if box else encode.error("ERR", "internal error")
+                if short is not None and data[:1] != b"-":
+                    data = short
+                    if self.state is not None:
+                        self.state.count_error(short)
+                pending.resolve(data)
+
+        self.client(db).send([b"WAIT", b"%d" % wanted, b"%d" % self.wait_timeout_ms], done)
+
     def _forward(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
-        """Every VALQ subcommand the library serves as it is: one FCALL."""
+        """Every VALQ subcommand the library serves as it is: one FCALL. After a write that
+        may make a message deliverable, this front end's blocked pops of the queue try
+        again; STATS counts them as `blocked`."""
         subcommand = argv[1].lower()
         proto = session.proto
+        if subcommand in READYING:
+            db, names = session.db, [argv[2], *_redrive_target(argv)]
+
+            def finish(reply: Reply) -> bytes:
+                for name in names:
+                    self.waits.readied(db, name)
+                return reply_for(subcommand, reply, proto)
+
+            return self._fcall(session, argv, finish)
+        if subcommand == b"stats":
+            key = (session.db, argv[2])
+            return self._fcall(session, argv, lambda reply: reply_for(
+                subcommand, _with_blocked(reply, self.waits.blocked(*key)), proto))
         return self._fcall(session, argv, lambda reply: reply_for(subcommand, reply, proto))
 
     def _push(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
@@ -204,32 +294,26 @@ class ValkeyStore:
                                f"max-message-size ({state.max_message_size})")
         return self._forward(state, session, argv)
 
-    def _pop(self, state: ServerState, session: Session,
-             argv: list[bytes]) -> Pending | bytes | Blocked:
-        """POP; with BLOCK the front end waits (the library never does)."""
+    def _pop(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+        """POP; with BLOCK the client waits in this front end (`Waits`), as the library
+        never waits: a barrier, so that what the client sends after it runs after it."""
         block_at = _block_index(argv, 3)
         if block_at is None:
             return self._forward(state, session, argv)
-        block_ms = parse_int(argv[block_at + 1], 0, MAX_BLOCK_MS,
-                             "timeout is not an integer or out of range")
-        call = argv[:block_at] + argv[block_at + 2:]
+        opts = PopOptions(Args(argv, 3))  # the embedded store's checks and errors
+        assert opts.block_ms is not None
+        if self._transaction is not None:  # in EXEC: answers at once, as in the embedded
+            return self._forward(state, session, argv[:block_at] + argv[block_at + 2:])
+        pending = Pending(blocked=True)
+        deadline = asyncio.get_running_loop().time() + opts.block_ms / 1000 \
+            if opts.block_ms else None
+        empty = encode.EMPTY_ARRAY if opts.count is not None else encode.EMPTY_BULK
+        pop = argv[:block_at] + argv[block_at + 2:]
         proto = session.proto
-        empty = encode.EMPTY_ARRAY if any(a.upper() == b"COUNT" for a in call[3:]) \
-            else encode.EMPTY_BULK
-        return self._spawn(self._blocking(session, call, block_ms, empty, proto))
-
-    async def _blocking(self, session: Session, call: list[bytes], block_ms: int,
-                        empty: bytes, proto: int) -> bytes:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + block_ms / 1000 if block_ms else None
-        while True:
-            reply = await self._await(session.db, self._fcall_args(call))
-            if reply != b"" and reply != []:
-                return reply_for(b"pop", reply, proto)
-            if deadline is not None and loop.time() >= deadline:
-                return empty
-            await asyncio.sleep(BLOCK_POLL_S if deadline is None else
-                                max(0.0, min(BLOCK_POLL_S, deadline - loop.time())))
+        self.waits.add(session.db, Waiter(
+            [argv[2]], lambda name: pop, lambda name, reply: reply_for(b"pop", reply, proto),
+            pending, deadline, empty))
+        return pending
 
     def _fcall_args(self, argv: list[bytes]) -> list[bytes]:
         """`FCALL valq_<sub> 1 valq:{queue} args...`; REDRIVE ... TO other names the other
@@ -252,25 +336,22 @@ class ValkeyStore:
         """MPOP numqueues queue... [COUNT n] [BLOCK ms] [WITHMETA] [NOACK]: a POP of each
         queue in turn until one delivers (the queues may live in different slots, so this
         is not one atomic call)."""
-        numqueues = parse_int(argv[2], message="numqueues should be greater than 0")
-        if numqueues < 1:
-            raise CommandError("numqueues should be greater than 0")
-        if numqueues > len(argv) - 3:
-            raise CommandError("Number of queues can't be greater than number of args")
-        names = argv[3:3 + numqueues]
-        options = argv[3 + numqueues:]
+        numqueues = len(mpop_queues(argv))
+        names = list(dict.fromkeys(argv[3:3 + numqueues]))
+        opts = PopOptions(Args(argv, 3 + numqueues))
         block_at = _block_index(argv, 3 + numqueues)
-        block_ms = None
-        if block_at is not None:
-            block_ms = parse_int(argv[block_at + 1], 0, MAX_BLOCK_MS,
-                                 "timeout is not an integer or out of range")
-            options = argv[3 + numqueues:block_at] + argv[block_at + 2:]
-        with_count = [o for o in options if o.upper() == b"COUNT"]
-        return self._spawn(self._mpop_run(session, names, options, block_ms,
-                                          bool(with_count)))
+        options = argv[3 + numqueues:] if block_at is None else \
+            argv[3 + numqueues:block_at] + argv[block_at + 2:]
+        if self._transaction is not None:
+            opts.block_ms = None
+        pending = Pending(barrier=True, blocked=opts.block_ms is not None)
+        return self._spawn(self._mpop_run(session, names, options, opts.block_ms,
+                                          opts.count is not None, pending), pending)
 
     async def _mpop_run(self, session: Session, names: list[bytes], options: list[bytes],
-                        block_ms: int | None, with_count: bool) -> bytes:
+                        block_ms: int | None, with_count: bool, pending: Pending
+                        ) -> bytes | None:
+        """The reply, or None once the MPOP waits in `Waits` to resolve `pending`."""
         proto = session.proto
         loop = asyncio.get_running_loop()
         deadline = None if not block_ms else loop.time() + block_ms / 1000
@@ -278,19 +359,35 @@ class ValkeyStore:
             exists = await self._await(session.db, [b"EXISTS", queue_key(name)])
             if exists == 0:
                 return encode.error("NOQUEUE", f"no such queue '{_shown(name)}'")
-        while True:
-            for name in names:
-                reply = await self._await(session.db, self._fcall_args(
-                    [b"VALQ", b"POP", name, *options, *([] if with_count else
-                                                       [b"COUNT", b"1"])]))
-                if isinstance(reply, ReplyError):
-                    return to_resp(reply, proto)
-                if reply:
-                    return encode.array([encode.bulk(name), encode.array(
-                        [map_resp(m, proto) for m in reply])])
-            if block_ms is None or (deadline is not None and loop.time() >= deadline):
-                return encode.null_array(proto)
-            await asyncio.sleep(BLOCK_POLL_S)
+        reply = await self._mpop_round(session, names, options, with_count)
+        if reply is not None or block_ms is None:
+            return reply if reply is not None else encode.null_array(proto)
+        count = [] if with_count else [b"COUNT", b"1"]
+
+        def answer(name: bytes, popped: Reply) -> bytes:
+            if isinstance(popped, ReplyError):
+                return to_resp(popped, proto)
+            return encode.array([encode.bulk(name), encode.array(
+                [map_resp(m, proto) for m in popped])])
+
+        self.waits.add(session.db, Waiter(
+            names, lambda name: [b"VALQ", b"POP", name, *options, *count], answer, pending,
+            deadline, encode.null_array(proto)))
+        return None
+
+    async def _mpop_round(self, session: Session, names: list[bytes], options: list[bytes],
+                          with_count: bool) -> bytes | None:
+        """One POP of each queue in turn: the reply of the first that delivers, or None."""
+        proto = session.proto
+        for name in names:
+            reply = await self._await(session.db, self._fcall_args(
+                [b"VALQ", b"POP", name, *options, *([] if with_count else [b"COUNT", b"1"])]))
+            if isinstance(reply, ReplyError):
+                return to_resp(reply, proto)
+            if reply:
+                return encode.array([encode.bulk(name), encode.array(
+                    [map_resp(m, proto) for m in reply])])
+        return None
 
     # -- several steps -----------------------------------------------------------------------
 
@@ -298,13 +395,17 @@ class ValkeyStore:
         reply = await self.client(db).call(*args)
         return reply
 
-    def _spawn(self, work: Coroutine[Any, Any, bytes]) -> Pending | bytes:
-        """Run `work` (several calls) as a barrier: the client's next commands wait."""
+    def _spawn(self, work: Coroutine[Any, Any, bytes | None],
+               pending: Pending | None = None) -> Pending | bytes:
+        """Run `work` (several calls) as a barrier: the client's next commands wait. Its
+        result resolves `pending` (made here unless given); None: `work` handed `pending`
+        on (to `Waits`)."""
         if self._transaction is not None:
             work.close()
             return encode.error("ERR", "this command has several steps and cannot run "
                                 "inside MULTI with this store")
-        pending = Pending(barrier=True)
+        if pending is None:
+            pending = Pending(barrier=True)
         state = self.state
 
         async def run() -> None:
@@ -317,6 +418,8 @@ class ValkeyStore:
             except Exception:
                 log.exception("bug: a store command failed")
                 data = encode.error("ERR", "internal error")
+            if data is None:
+                return
             if data[:1] == b"-" and state is not None:
                 state.count_error(data)
             pending.resolve(data)
@@ -357,13 +460,19 @@ class ValkeyStore:
         for args, _, _ in group:
             client.send(args, _ignore)  # +QUEUED; an FCALL is never refused while queued
 
+        boxes: list[list[bytes]] = [[] for _ in group]
+
         def done(reply: Reply) -> None:
             for i, (_, finish, pending) in enumerate(group):
                 value = reply[i] if type(reply) is list else reply
-                pending.resolve(finish(value) if not isinstance(value, StoreUnavailable)
-                                else to_resp(value, 2))
+                boxes[i].append(self._encoded(finish, value))
+                if not self.wait_replicas:
+                    pending.resolve(boxes[i][0])
 
         client.send([b"EXEC"], done)
+        if self.wait_replicas:
+            for (_, _, pending), box in zip(group, boxes):
+                self._replicated(db, pending, box)
 
     # -- keyspace ------------------------------------------------------------------------------
 
@@ -398,22 +507,8 @@ class ValkeyStore:
     def _scan(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
         """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: Valkey's cursor over the
         queues' main keys."""
-        cursor = parse_int(argv[1], 0, 2**64 - 1, "invalid cursor")
-        args = Args(argv, 2)
-        pattern, count, kind = b"*", 10, QUEUE_TYPE
-        while args.remaining():
-            option = args.next_keyword()
-            if option == "MATCH":
-                pattern = args.next_bytes()
-            elif option == "COUNT":
-                count = args.next_int()
-                if count < 1:
-                    raise CommandError("syntax error")
-            elif option == "TYPE":
-                kind = args.next_bytes().lower()
-            else:
-                raise CommandError("syntax error")
-        wanted = kind == QUEUE_TYPE
+        cursor, pattern, count, kind = scan_options(argv)
+        wanted = kind is None or kind.lower() == QUEUE_TYPE
 
         def finish(reply: Reply) -> bytes:
             if type(reply) is not list:
@@ -422,7 +517,8 @@ class ValkeyStore:
             names = [k[6:-1] for k in batch] if wanted else []
             return encode.array([encode.bulk(next_cursor), encode.bulk_array(names)])
 
-        return self.send(session.db, [b"SCAN", b"%d" % cursor, b"MATCH", queue_key(pattern),
+        return self.send(session.db, [b"SCAN", b"%d" % cursor, b"MATCH",
+                                      queue_key(b"*" if pattern is None else pattern),
                                       b"COUNT", b"%d" % (count * SCAN_KEYS_PER_QUEUE),
                                       b"TYPE", b"hash"], finish)
 
@@ -473,6 +569,23 @@ class ValkeyStore:
 
 def _ignore(reply: Reply) -> None:
     return None
+
+
+def _redrive_target(argv: list[bytes]) -> list[bytes]:
+    """REDRIVE ... TO other: [other]; else []."""
+    if argv[1].lower() != b"redrive":
+        return []
+    upper = [a.upper() for a in argv[3:]]
+    return [argv[3 + upper.index(b"TO") + 1]] if b"TO" in upper[:-1] else []
+
+
+def _with_blocked(reply: Reply, blocked: int) -> Reply:
+    """STATS' reply with `blocked` counting this front end's blocked clients (the library
+    has none to count)."""
+    if type(reply) is list and b"blocked" in reply[0::2]:
+        reply = list(reply)
+        reply[reply.index(b"blocked") + 1] = b"%d" % blocked
+    return reply
 
 
 def _flush_type(argv: list[bytes]) -> None:

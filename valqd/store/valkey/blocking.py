@@ -1,0 +1,221 @@
+"""Blocking pops in front of a store: this front end's clients wait here, first come first
+served per queue, and no wake-up is lost.
+
+One watcher task per (database, queue) that has waiting clients. It tries the pop for the
+first of them (`valq_pop_woken`, which re-arms the wake marker when the queue is still
+ready, for the next waiter of any front end); when nothing came, it asks the library when
+the queue's next due event falls (`valq_wake`, which also sets the marker to the queue's
+readiness) and waits for whichever comes first:
+- a write to the queue through this front end (`readied`): at once;
+- the queue's wake marker `valq:{<queue>}:wake`, a list that the library keeps holding one
+  element exactly while the queue has a message ready to pop (level-triggered), read with
+  BLPOP on a connection of the watcher's own, so that a write through any other front end
+  wakes it within a round trip;
+- a timeout: the first client's deadline, the queue's next due event (a delay ending, a
+  lease running out: the next pop applies it), and at most MAX_WAIT_S. The cap is short
+  because the due time the library reported can move earlier through another front end
+  (a delayed PUSH, an EXTEND there) without touching the marker: such a message reaches
+  this front end's waiters at most MAX_WAIT_S after it fell due. It also keeps a wait from
+  outliving a failover or a resharding by long.
+
+Across front ends nothing is ordered: each front end serves its own clients in order, and
+whichever front end pops first gets the message.
+"""
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ...commands.context import Pending
+from ...resp import encode
+from .connection import Client, Reply, ReplyError, StoreUnavailable
+
+log = logging.getLogger("valqd")
+
+MAX_WAIT_S = 1.0  # the longest a watcher waits before it pops again (see above)
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One blocked client (a POP, or an MPOP waiting on each of its queues): the POP to run
+    for a queue, how to answer its reply, and what to answer when time is up."""
+
+    queues: list[bytes]
+    pop: Callable[[bytes], list[bytes]]  # queue -> the POP's argv (BLOCK taken out)
+    answer: Callable[[bytes, Reply], bytes]  # (queue, the POP's reply) -> the client's reply
+    pending: Pending
+    deadline: float | None  # event-loop time; None: forever
+    empty: bytes
+    claimed: bool = False  # a watcher is popping for it (an MPOP's other watchers wait)
+
+    def gone(self) -> bool:
+        """Whether the client went away or was answered (by another queue's watcher)."""
+        return self.pending.cancelled or self.pending.reply is not None
+
+
+@dataclass(eq=False)
+class Watch:
+    waiters: collections.deque[Waiter] = field(default_factory=collections.deque)
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+    task: "asyncio.Task[None] | None" = None
+
+
+def wake_key(name: bytes) -> bytes:
+    return b"valq:{" + name + b"}:wake"
+
+
+Pop = Callable[[int, list[bytes]], Awaitable[Reply]]  # (db, POP argv) -> the store's reply
+Wake = Callable[[int, bytes], Awaitable[Reply]]  # (db, queue) -> valq_wake's [ready, wait_ms]
+
+
+class Waits:
+    """The blocked pops of one front end, by (database, queue)."""
+
+    def __init__(self, connect: Callable[[int], Client], pop: Pop, wake: Wake,
+                 max_wait_s: float = MAX_WAIT_S) -> None:
+        """`connect(db)`: a new client of the store for a watcher's BLPOP; `pop` runs a
+        POP (woken: it re-arms the marker), `wake` valq_wake; `max_wait_s` caps a wait
+        (a test's manual clock does not move with the wall clock: it polls)."""
+        self._connect = connect
+        self._pop = pop
+        self._wake = wake
+        self.max_wait_s = max_wait_s
+        self._watches: dict[tuple[int, bytes], Watch] = {}
+
+    def add(self, db: int, waiter: Waiter) -> None:
+        """Park `waiter` behind the others of each of its queues."""
+        for name in waiter.queues:
+            key = (db, name)
+            watch = self._watches.get(key)
+            if watch is None:
+                watch = self._watches[key] = Watch()
+            watch.waiters.append(waiter)
+            if watch.task is None:
+                watch.task = asyncio.get_running_loop().create_task(self._serve(key, watch))
+            else:
+                watch.woken.set()  # its deadline may be the first one now
+
+    def readied(self, db: int, name: bytes) -> None:
+        """A write to the queue went through this front end: its waiters try again now."""
+        watch = self._watches.get((db, name))
+        if watch is not None:
+            watch.woken.set()
+
+    def blocked(self, db: int, name: bytes) -> int:
+        """How many clients of this front end wait on the queue."""
+        watch = self._watches.get((db, name))
+        return 0 if watch is None else sum(not w.gone() for w in watch.waiters)
+
+    def total(self) -> int:
+        return sum(self.blocked(db, name) for db, name in self._watches)
+
+    async def close(self) -> None:
+        for watch in list(self._watches.values()):
+            if watch.task is not None:
+                watch.task.cancel()
+
+    async def _serve(self, key: tuple[int, bytes], watch: Watch) -> None:
+        db, name = key
+        loop = asyncio.get_running_loop()
+        waiters = watch.waiters
+        marker: Client | None = None
+        blpop: asyncio.Future[Reply] | None = None
+        try:
+            while waiters:
+                soonest = _expire(waiters, loop.time())
+                if not waiters:
+                    break
+                head = waiters[0]
+                watch.woken.clear()
+                if head.claimed:  # an MPOP's other queue is being popped for it
+                    await _wait(watch.woken, self.max_wait_s)
+                    continue
+                head.claimed = True
+                try:
+                    reply = await self._pop(db, head.pop(name))
+                except StoreUnavailable as exc:
+                    reply = exc
+                finally:
+                    head.claimed = False
+                if head.gone():
+                    continue  # went away meanwhile (its message, if any, is redelivered)
+                if isinstance(reply, StoreUnavailable):
+                    waiters.popleft()
+                    head.pending.resolve(encode.error("TRYAGAIN", str(reply)))
+                    self._release(db, head)
+                    continue
+                if isinstance(reply, ReplyError) or (reply != b"" and reply != []):
+                    waiters.popleft()
+                    head.pending.resolve(head.answer(name, reply))
+                    self._release(db, head)
+                    continue
+                try:
+                    ready, wait_ms = await self._wake(db, name)
+                except (StoreUnavailable, ValueError, TypeError):  # an error reply: retry
+                    ready, wait_ms = 0, 100
+                if ready and not watch.woken.is_set():
+                    continue  # ready again already (another waiter's pop re-armed it)
+                timeout = self.max_wait_s
+                if wait_ms >= 0:
+                    timeout = min(timeout, wait_ms / 1000)
+                if soonest is not None:
+                    timeout = min(timeout, soonest - loop.time())
+                timeout = max(timeout, 0.001)
+                if marker is None:
+                    marker = self._connect(db)
+                if blpop is None or blpop.done():
+                    blpop = loop.create_future()
+                    marker.send([b"BLPOP", wake_key(name), b"%.3f" % timeout], _set(blpop))
+                await _wait(watch.woken, timeout + 0.05, blpop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug must not leave clients blocked for ever
+            log.exception("bug: a blocked pop's watcher failed")
+            for waiter in waiters:
+                waiter.pending.resolve(encode.error("ERR", "internal error"))
+        finally:
+            if self._watches.get(key) is watch:
+                del self._watches[key]
+            if marker is not None:
+                await marker.close()  # a BLPOP still waiting ends with its connection
+
+    def _release(self, db: int, waiter: Waiter) -> None:
+        """An MPOP was answered: its other queues' watchers drop it now."""
+        for name in waiter.queues:
+            self.readied(db, name)
+
+
+def _expire(waiters: collections.deque[Waiter], now: float) -> float | None:
+    """Drop the waiters that went away, answer those whose time is up (wherever they are
+    in the line); the soonest deadline of the others."""
+    soonest = None
+    for waiter in list(waiters):
+        if waiter.gone():
+            waiters.remove(waiter)
+        elif waiter.deadline is not None:
+            if now >= waiter.deadline:
+                waiters.remove(waiter)
+                waiter.pending.resolve(waiter.empty)
+            elif soonest is None or waiter.deadline < soonest:
+                soonest = waiter.deadline
+    return soonest
+
+
+async def _wait(woken: asyncio.Event, timeout: float,
+                also: "asyncio.Future[Reply] | None" = None) -> None:
+    """Until `woken` is set, `also` is done, or `timeout` seconds passed."""
+    waiting = asyncio.get_running_loop().create_task(woken.wait())
+    try:
+        await asyncio.wait((waiting,) if also is None else (waiting, also), timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+
+
+def _set(future: "asyncio.Future[Reply]") -> Callable[[Reply], None]:
+    def done(reply: Reply) -> None:
+        if not future.done():
+            future.set_result(reply)
+    return done
