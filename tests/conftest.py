@@ -133,10 +133,11 @@ def valkey_cluster(tmp_path_factory):
     cluster.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def valkey_sentinels(tmp_path_factory):
-    """A primary, its replica and three sentinels watching it (master name `valq`), for
-    the tests of one module (a failover changes who is primary)."""
+    """A primary, its replica and three sentinels watching it (master name `valq`), started
+    once per session; a failover changes which server is primary (`current_primary()`), and
+    a test that kills one brings it back."""
     sentinels = ValkeySentinels(tmp_path_factory.mktemp("valkey-sentinel")).start()
     yield sentinels
     sentinels.stop()

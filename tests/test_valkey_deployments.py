@@ -43,6 +43,7 @@ def test_a_queues_keys_share_the_queues_hash_tag():
 
 
 def test_the_sentinels_name_the_primary(valkey_sentinels):
-    assert valkey_sentinels.primary_port() == valkey_sentinels.primary.port
-    replica = valkey_sentinels.replicas[0]
-    assert replica.info("replication")["master_link_status"] == "up"
+    primary = valkey_sentinels.current_primary()
+    assert primary.info("replication")["role"] == "master"
+    replica = next(s for s in valkey_sentinels.servers if s is not primary)
+    assert replica.info("replication")["master_port"] == str(primary.port)

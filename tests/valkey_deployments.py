@@ -168,7 +168,9 @@ class ValkeyCluster:
                    "--cluster-node-timeout", str(node_timeout_ms),
                    # a replica takes over however long ago it last heard its primary
                    "--cluster-replica-validity-factor", "0",
-                   "--cluster-allow-replica-migration", "no"]
+                   "--cluster-allow-replica-migration", "no",
+                   # numbered databases, as valqd has them (Valkey 9)
+                   "--cluster-databases", "16"]
         self.nodes = [ValkeyNode(directory / f"node{i}", options, cluster_bus=True)
                       for i in range(shards * (1 + replicas))]
 
@@ -254,9 +256,6 @@ class ValkeyCluster:
         """Every node's address, comma separated (a cluster URL's seed list)."""
         return ",".join(n.address for n in self.nodes)
 
-    def for_each_primary(self, *args: Any) -> list[Any]:
-        return [node.call(*args) for node in self.primaries()]
-
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
@@ -316,7 +315,7 @@ class ValkeySentinels:
     def __init__(self, directory: Path, replicas: int = 1, sentinels: int = 3,
                  down_after_ms: int = 2000) -> None:
         self.directory = directory
-        self.primary = ValkeyNode(directory / "primary", [])
+        self.primary = ValkeyNode(directory / "primary", [])  # at first: current_primary()
         self.replicas = [ValkeyNode(directory / f"replica{i}", []) for i in range(replicas)]
         self.down_after_ms = down_after_ms
         self.sentinel_count = sentinels
