@@ -42,6 +42,11 @@ COMPILED = [
     "valqd/persistence/format.py",
     "valqd/persistence/aof.py",
     "valqd/persistence/loader.py",
+    "valqd/commands/args.py",
+    "valqd/commands/context.py",
+    "valqd/commands/dispatch.py",
+    "valqd/commands/lean.py",
+    "valqd/commands/valq.py",
 ]
 GROUP = "valqd.compiled"  # mypyc's shared library: valqd/compiled__mypyc.*.so
 MANIFEST = "valqd/compiled.json"  # read by valqd/buildinfo.py
