@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from ...commands.context import Pending
 from ...resp import encode
+from . import wake_key
 from .connection import Client, Reply, ReplyError, StoreUnavailable
 
 log = logging.getLogger("valqd")
@@ -60,10 +61,6 @@ class Watch:
     waiters: collections.deque[Waiter] = field(default_factory=collections.deque)
     woken: asyncio.Event = field(default_factory=asyncio.Event)
     task: "asyncio.Task[None] | None" = None
-
-
-def wake_key(name: bytes) -> bytes:
-    return b"valq:{" + name + b"}:wake"
 
 
 Pop = Callable[[int, list[bytes]], Awaitable[Reply]]  # (db, POP argv) -> the store's reply
