@@ -65,19 +65,22 @@ class Watch:
 
 Pop = Callable[[int, list[bytes]], Awaitable[Reply]]  # (db, POP argv) -> the store's reply
 Wake = Callable[[int, bytes], Awaitable[Reply]]  # (db, queue) -> valq_wake's [ready, wait_ms]
+GiveBack = Callable[[int, list[bytes], Reply], None]  # (db, POP argv, what it delivered)
 
 
 class Waits:
     """The blocked pops of one front end, by (database, queue)."""
 
     def __init__(self, connect: Callable[[int], Client], pop: Pop, wake: Wake,
-                 max_wait_s: float = MAX_WAIT_S) -> None:
+                 give_back: GiveBack, max_wait_s: float = MAX_WAIT_S) -> None:
         """`connect(db)`: a new client of the store for a watcher's BLPOP; `pop` runs a
-        POP (woken: it re-arms the marker), `wake` valq_wake; `max_wait_s` caps a wait
+        POP (woken: it re-arms the marker), `wake` valq_wake; `give_back` returns what a
+        POP delivered for a client that went away meanwhile; `max_wait_s` caps a wait
         (a test's manual clock does not move with the wall clock: it polls)."""
         self._connect = connect
         self._pop = pop
         self._wake = wake
+        self._give_back = give_back
         self.max_wait_s = max_wait_s
         self._watches: dict[tuple[int, bytes], Watch] = {}
 
@@ -130,17 +133,19 @@ class Waits:
                     await _wait(watch.woken, self.max_wait_s)
                     continue
                 head.claimed = True
+                pop = head.pop(name)
                 try:
-                    reply = await self._pop(db, head.pop(name))
+                    reply = await self._pop(db, pop)
                 except StoreUnavailable as exc:
                     reply = exc
                 finally:
                     head.claimed = False
-                if head.gone():
-                    continue  # went away meanwhile (its message, if any, is redelivered)
+                if head.gone():  # went away (or was answered) meanwhile
+                    self._give_back(db, pop, reply)
+                    continue
                 if isinstance(reply, StoreUnavailable):
                     waiters.popleft()
-                    head.pending.resolve(encode.error("TRYAGAIN", str(reply)))
+                    head.pending.resolve(encode.error(reply.code, str(reply)))
                     self._release(db, head)
                     continue
                 if isinstance(reply, ReplyError) or (reply != b"" and reply != []):

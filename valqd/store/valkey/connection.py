@@ -7,9 +7,13 @@ reply will come. Callbacks run inside `data_received`, without a trip through th
 loop, so a front end's reply leaves in the same turn as the store's answer. Commands sent
 in one turn of the event loop go out in one write.
 
-The client keeps its connection: when it is lost, the requests in flight fail (they may or
-may not have run) and it reconnects with backoff; commands sent meanwhile wait for the new
-connection up to `timeout_s`, then fail. A connection that holds requests but receives no
+The client keeps its connection: when it is lost, it reconnects with backoff, and commands
+sent meanwhile wait for the new connection up to `timeout_s`, then fail. What was in flight
+on the lost connection is sent again only when that cannot run it twice: a command never
+written to the socket (queued for the write at the end of the turn) goes on the new
+connection, and so does a `resend` command (a read: it may run twice); every other written
+command fails with `ReplyLost` -- it may have run (a PUSH stored), and sending it again
+could run it twice (a PUSH stored twice), so the caller says so instead of guessing. A connection that holds requests but receives no
 reply for `timeout_s` is considered dead and closed. Every new connection authenticates
 (AUTH), selects its database (SELECT) and names itself (CLIENT SETNAME) before anything else.
 
@@ -35,6 +39,11 @@ log = logging.getLogger("valqd")
 Arg = bytes | str | int
 Reply = Any  # bytes | int | list | None | ReplyError | StoreUnavailable
 Callback = Callable[[Reply], None]
+# one request on a connection: its callback and, for a `resend` command, its bytes and when
+# it was first sent (a request sent again keeps its timeout)
+InFlight = tuple[Callback, bytes | None, float]
+# a request waiting for a connection: its bytes, callback, when it was first sent, resend
+Waiting = tuple[bytes, Callback, float, bool]
 # sends one command on a connection being set up and awaits its reply
 SetupCall = Callable[..., Awaitable[Reply]]
 
@@ -49,7 +58,15 @@ class ReplyError(Exception):
 
 
 class StoreUnavailable(Exception):
-    """No reply will come: the store could not be reached, or the connection was lost."""
+    """No reply will come: the store could not be reached (the command did not run)."""
+
+    code = "TRYAGAIN"  # the error code a front end answers
+
+
+class ReplyLost(StoreUnavailable):
+    """The connection was lost after the command was written: it may have run."""
+
+    code = "INDOUBT"
 
 
 def command_bytes(args: Sequence[Arg]) -> bytes:
@@ -74,8 +91,8 @@ class _Wire(asyncio.Protocol):
         self.client = client
         self.reader = hiredis.Reader(replyError=ReplyError)
         self.transport: asyncio.Transport | None = None
-        self.callbacks: collections.deque[Callback] = collections.deque()
-        self.out: list[bytes] = []
+        self.callbacks: collections.deque[InFlight] = collections.deque()
+        self.out: list[bytes] = []  # the requests not written yet, the last len(out) ones
         self.flush_scheduled = False
         self.replies = 0  # replies received, for the watchdog
         self.lost = False
@@ -83,8 +100,11 @@ class _Wire(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def write(self, data: bytes, callback: Callback) -> None:
-        self.callbacks.append(callback)
+    def write(self, data: bytes, callback: Callback, resend: bool = False,
+              since: float = 0.0) -> None:
+        """Queue `data` for the write at the end of this turn; `resend`: written and lost,
+        it is sent again (`since`: when it was first sent)."""
+        self.callbacks.append((callback, data if resend else None, since))
         self.out.append(data)
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -92,10 +112,12 @@ class _Wire(asyncio.Protocol):
 
     def flush(self) -> None:
         self.flush_scheduled = False
-        if self.out and self.transport is not None and not self.lost:
+        transport = self.transport
+        if self.out and transport is not None and not self.lost and \
+                not transport.is_closing():  # closing: the requests go on the next one
             data = b"".join(self.out)
             self.out.clear()
-            self.transport.write(data)
+            transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -104,7 +126,7 @@ class _Wire(asyncio.Protocol):
         try:
             while (reply := reader.gets()) is not False:
                 self.replies += 1
-                callback = callbacks.popleft()
+                callback = callbacks.popleft()[0]
                 try:
                     callback(reply)
                 except Exception:  # a bug in a callback must not cost the others their replies
@@ -118,14 +140,29 @@ class _Wire(asyncio.Protocol):
         self.lost = True
         self.client.lost(self, exc)
 
-    def fail_all(self, reason: StoreUnavailable) -> None:
-        callbacks, self.callbacks = self.callbacks, collections.deque()
-        self.out.clear()
-        for callback in callbacks:
-            try:
-                callback(reason)
-            except Exception:
-                log.exception("bug: a store reply's callback failed")
+    def take_back(self, lost: ReplyLost) -> list["Waiting"]:
+        """The connection is gone: fail its written requests that must not run twice with
+        `lost`; the others, to send again, in order."""
+        entries, self.callbacks = list(self.callbacks), collections.deque()
+        unwritten, self.out = self.out, []
+        written = len(entries) - len(unwritten)
+        again = []
+        now = time.monotonic()
+        for i, (callback, data, since) in enumerate(entries):
+            if i >= written:
+                again.append((unwritten[i - written], callback, since or now, data is not None))
+            elif data is not None:
+                again.append((data, callback, since, True))
+            else:
+                _answer(callback, lost)
+        return again
+
+
+def _answer(callback: Callback, reply: Reply) -> None:
+    try:
+        callback(reply)
+    except Exception:
+        log.exception("bug: a store reply's callback failed")
 
 
 class Client:
@@ -146,7 +183,7 @@ class Client:
         self.name = name
         self.address: tuple[str, int] | None = url.hosts[0] if url.hosts else None
         self._wire: _Wire | None = None  # set once the handshake passed
-        self._waiting: collections.deque[tuple[bytes, Callback, float]] = collections.deque()
+        self._waiting: collections.deque[Waiting] = collections.deque()
         self._connecting: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()  # a command waits: try to connect without more backoff
         self._watchdog: asyncio.TimerHandle | None = None
@@ -158,34 +195,38 @@ class Client:
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, args: Sequence[Arg], callback: Callback) -> None:
-        """Send one command; `callback` gets its reply (see the module's docstring)."""
-        self.send_raw(command_bytes(args), callback)
+    def send(self, args: Sequence[Arg], callback: Callback, resend: bool = False) -> None:
+        """Send one command; `callback` gets its reply (see the module's docstring).
+        `resend`: running it twice does no harm (a read), so it is sent again when its
+        connection is lost before the reply came."""
+        self.send_raw(command_bytes(args), callback, resend)
 
-    def send_raw(self, data: bytes, callback: Callback) -> None:
+    def send_raw(self, data: bytes, callback: Callback, resend: bool = False,
+                 since: float = 0.0) -> None:
+        """`since`: when the command was first sent (one sent again keeps its timeout)."""
         wire = self._wire
         if wire is not None:
-            wire.write(data, callback)
+            wire.write(data, callback, resend, since or (time.monotonic() if resend else 0.0))
             if self._watchdog is None:
                 self._arm_watchdog()
             return
         if self._closed:
             callback(StoreUnavailable("the store's client is closed"))
             return
-        self._waiting.append((data, callback, time.monotonic()))
+        self._waiting.append((data, callback, since or time.monotonic(), resend))
         self._ensure_connecting()
         self._arm_watchdog()
 
-    async def call(self, *args: Arg) -> Reply:
+    async def call(self, *args: Arg, resend: bool = False) -> Reply:
         """One command's reply, awaited; a `ReplyError` is returned, not raised;
-        StoreUnavailable is raised."""
+        StoreUnavailable is raised. `resend` as for `send`."""
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
         def done(reply: Reply) -> None:
             if not future.done():
                 future.set_result(reply)
 
-        self.send(args, done)
+        self.send(args, done, resend)
         reply = await future
         if isinstance(reply, StoreUnavailable):
             raise reply
@@ -241,8 +282,8 @@ class Client:
                 log.log(logging.DEBUG if self.quiet else logging.INFO,
                         "Connected to the store at %s (database %d)", self.url.address, self.db)
                 waiting, self._waiting = self._waiting, collections.deque()
-                for data, callback, _ in waiting:
-                    wire.write(data, callback)
+                for data, callback, since, resend in waiting:
+                    wire.write(data, callback, resend, since)
                 return
         finally:
             self._connecting = None
@@ -307,16 +348,23 @@ class Client:
             await self.on_connect(setup_call)
 
     def lost(self, wire: _Wire, exc: Exception | None) -> None:
-        """The connection `wire` closed: fail what it had in flight, reconnect."""
-        if self._wire is wire:
-            self._wire = None
-            self._last_error = f"connection lost: {exc}" if exc else "connection closed"
-            if not self._closed:
-                self._log_trouble(f"Lost the connection to the store at {self.url.address}")
-                self._ensure_connecting()
-        wire.fail_all(StoreUnavailable(
-            f"the connection to the store at {self.url.address} was lost; the command may "
-            "or may not have run"))
+        """The connection `wire` closed: reconnect; what it had in flight is sent again
+        or fails (see the module's docstring)."""
+        again = wire.take_back(ReplyLost(
+            f"the connection to the store at {self.url.address} was lost after the command "
+            "was sent: it may have run; check before repeating it"))
+        if self._wire is not wire or self._closed:  # a handshake that failed, or closing
+            for _, callback, _, _ in again:
+                _answer(callback, StoreUnavailable(
+                    f"the connection to the store at {self.url.address} was lost"))
+            return
+        self._wire = None
+        self._last_error = f"connection lost: {exc}" if exc else "connection closed"
+        self._log_trouble(f"Lost the connection to the store at {self.url.address}")
+        self._waiting.extendleft(reversed(again))
+        self._ensure_connecting()
+        if again:
+            self._arm_watchdog()
 
     def _log_trouble(self, text: str) -> None:
         now = time.monotonic()
@@ -337,7 +385,7 @@ class Client:
         now = time.monotonic()
         waiting = self._waiting
         while waiting and now - waiting[0][2] >= self.timeout_s:
-            _, callback, _ = waiting.popleft()
+            callback = waiting.popleft()[1]
             callback(StoreUnavailable(self.unreachable_text()))
         wire = self._wire
         if wire is not None and wire.callbacks:
@@ -373,5 +421,5 @@ class Client:
             wire.flush()
             wire.transport.close()
         waiting, self._waiting = self._waiting, collections.deque()
-        for _, callback, _ in waiting:
+        for _, callback, _, _ in waiting:
             callback(StoreUnavailable("the store's client is closed"))

@@ -68,8 +68,8 @@ def to_resp(value: Reply, proto: int) -> bytes:
         return encode.null(proto)
     if isinstance(value, ReplyError):
         return b"-%b\r\n" % str(value).replace("\r", " ").replace("\n", " ").encode()
-    if isinstance(value, StoreUnavailable):
-        return encode.error("TRYAGAIN", str(value))
+    if isinstance(value, StoreUnavailable):  # TRYAGAIN, or INDOUBT when it may have run
+        return encode.error(value.code, str(value))
     raise TypeError(f"unexpected store reply {value!r}")
 
 
@@ -116,7 +116,7 @@ class ValkeyStore:
         self._tasks: set[asyncio.Task[None]] = set()
         self._library_loaded = False
         self.waits = Waits(self._waiting_client, self._pop_woken, self._wake,
-                           POLL_S if test_clock else MAX_WAIT_S)
+                           self.give_back, POLL_S if test_clock else MAX_WAIT_S)
         # while EXEC runs its queued commands: the calls they make, sent afterwards as one
         # Valkey MULTI/EXEC per database: (db, command, finish, pending)
         self._transaction: list[tuple[int, list[bytes], Callable[[Reply], bytes],
@@ -166,7 +166,7 @@ class ValkeyStore:
 
     async def _wake(self, db: int, name: bytes) -> Reply:
         """valq_wake: [1 if a message is ready, ms to the queue's next due event or -1]."""
-        reply = await self._await(db, self._fcall_args([b"VALQ", b"WAKE", name]))
+        reply = await self._await(db, self._fcall_args([b"VALQ", b"WAKE", name]), resend=True)
         if isinstance(reply, ReplyError):
             raise ValueError(str(reply))
         return reply
@@ -207,7 +207,9 @@ class ValkeyStore:
     def send(self, db: int, args: list[bytes], finish: Callable[[Reply], bytes],
              barrier: bool = False, write: bool = False) -> Pending:
         """Send one command; the Pending gets `finish(reply)`. A `write` waits for
-        store-wait-replicas replicas first, when that is set."""
+        store-wait-replicas replicas first, when that is set; any other command is sent
+        again when the connection to the store is lost before its reply came (a write is
+        not: it may have run, and the client is answered INDOUBT)."""
         pending = Pending(barrier)
         if self._transaction is not None:
             self._transaction.append((db, args, finish, pending))
@@ -217,7 +219,8 @@ class ValkeyStore:
             self.client(db).send(args, lambda reply: box.append(self._encoded(finish, reply)))
             self._replicated(db, pending, box)
             return pending
-        self.client(db).send(args, lambda reply: pending.resolve(self._encoded(finish, reply)))
+        self.client(db).send(args, lambda reply: pending.resolve(self._encoded(finish, reply)),
+                             resend=not write)
         return pending
 
     def _encoded(self, finish: Callable[[Reply], bytes], reply: Reply) -> bytes:
@@ -299,11 +302,11 @@ class ValkeyStore:
         never waits: a barrier, so that what the client sends after it runs after it."""
         block_at = _block_index(argv, 3)
         if block_at is None:
-            return self._forward(state, session, argv)
+            return self._pop_now(session, argv)
         opts = PopOptions(Args(argv, 3))  # the embedded store's checks and errors
         assert opts.block_ms is not None
         if self._transaction is not None:  # in EXEC: answers at once, as in the embedded
-            return self._forward(state, session, argv[:block_at] + argv[block_at + 2:])
+            return self._pop_now(session, argv[:block_at] + argv[block_at + 2:])
         pending = Pending(blocked=True)
         deadline = asyncio.get_running_loop().time() + opts.block_ms / 1000 \
             if opts.block_ms else None
@@ -314,6 +317,37 @@ class ValkeyStore:
             [argv[2]], lambda name: pop, lambda name, reply: reply_for(b"pop", reply, proto),
             pending, deadline, empty))
         return pending
+
+    def _pop_now(self, session: Session, argv: list[bytes]) -> Pending:
+        """POP without BLOCK: one FCALL. When the client went away before the reply came,
+        what it popped is given back at once (`give_back`)."""
+        db, proto = session.db, session.proto
+        pending: Pending | None = None
+
+        def finish(reply: Reply) -> bytes:
+            if pending is not None and pending.cancelled:
+                self.give_back(db, argv, reply)
+            return reply_for(b"pop", reply, proto)
+
+        pending = self._fcall(session, argv, finish)
+        return pending
+
+    def give_back(self, db: int, argv: list[bytes], reply: Reply) -> None:
+        """The messages `reply` delivered for `VALQ POP ...` (`argv`) to a client that
+        went away before it came: NACKed with no delay (and the lease receipt, when the
+        reply has it), so they are ready again now instead of when their leases run out.
+        The attempt counts, as when a lease runs out (at max-attempts the message goes to
+        the DLQ). A POP ... NOACK removed them already: nothing to give back."""
+        if b"NOACK" in (a.upper() for a in argv[3:]):
+            return
+        name = argv[2]
+        for message in _popped(reply):
+            fields = dict(zip(message[0::2], message[1::2]))
+            receipt = fields.get(b"lease")
+            nack = [b"VALQ", b"NACK", name, fields[b"id"], b"0",
+                    *([b"LEASE", receipt] if receipt else [])]
+            self.client(db).send(self._fcall_args(nack),
+                                 lambda reply: self.waits.readied(db, name))
 
     def _fcall_args(self, argv: list[bytes]) -> list[bytes]:
         """`FCALL valq_<sub> 1 valq:{queue} args...`; REDRIVE ... TO other names the other
@@ -356,10 +390,10 @@ class ValkeyStore:
         loop = asyncio.get_running_loop()
         deadline = None if not block_ms else loop.time() + block_ms / 1000
         for name in names:  # every queue must exist, as in the embedded store
-            exists = await self._await(session.db, [b"EXISTS", queue_key(name)])
+            exists = await self._await(session.db, [b"EXISTS", queue_key(name)], resend=True)
             if exists == 0:
                 return encode.error("NOQUEUE", f"no such queue '{_shown(name)}'")
-        reply = await self._mpop_round(session, names, options, with_count)
+        reply = await self._mpop_round(session, names, options, with_count, pending)
         if reply is not None or block_ms is None:
             return reply if reply is not None else encode.null_array(proto)
         count = [] if with_count else [b"COUNT", b"1"]
@@ -376,14 +410,18 @@ class ValkeyStore:
         return None
 
     async def _mpop_round(self, session: Session, names: list[bytes], options: list[bytes],
-                          with_count: bool) -> bytes | None:
-        """One POP of each queue in turn: the reply of the first that delivers, or None."""
+                          with_count: bool, pending: Pending) -> bytes | None:
+        """One POP of each queue in turn: the reply of the first that delivers, or None
+        (what it delivered given back when the client went away meanwhile)."""
         proto = session.proto
         for name in names:
-            reply = await self._await(session.db, self._fcall_args(
-                [b"VALQ", b"POP", name, *options, *([] if with_count else [b"COUNT", b"1"])]))
+            pop = [b"VALQ", b"POP", name, *options, *([] if with_count else [b"COUNT", b"1"])]
+            reply = await self._await(session.db, self._fcall_args(pop))
             if isinstance(reply, ReplyError):
                 return to_resp(reply, proto)
+            if reply and pending.cancelled:
+                self.give_back(session.db, pop, reply)
+                return None
             if reply:
                 return encode.array([encode.bulk(name), encode.array(
                     [map_resp(m, proto) for m in reply])])
@@ -391,8 +429,9 @@ class ValkeyStore:
 
     # -- several steps -----------------------------------------------------------------------
 
-    async def _await(self, db: int, args: list[bytes]) -> Reply:
-        reply = await self.client(db).call(*args)
+    async def _await(self, db: int, args: list[bytes], resend: bool = False) -> Reply:
+        """`args`' reply; `resend`: a read, sent again should the connection be lost."""
+        reply = await self.client(db).call(*args, resend=resend)
         return reply
 
     def _spawn(self, work: Coroutine[Any, Any, bytes | None],
@@ -412,7 +451,7 @@ class ValkeyStore:
             try:
                 data = await work
             except StoreUnavailable as exc:
-                data = encode.error("TRYAGAIN", str(exc))
+                data = encode.error(exc.code, str(exc))
             except CommandError as exc:
                 data = encode.error(exc.code, exc.message)
             except Exception:
@@ -430,7 +469,7 @@ class ValkeyStore:
         return pending
 
     async def _queue_names(self, db: int, pattern: bytes = b"*") -> list[bytes]:
-        reply = await self._await(db, [b"KEYS", queue_key(pattern)])
+        reply = await self._await(db, [b"KEYS", queue_key(pattern)], resend=True)
         if isinstance(reply, ReplyError):
             raise CommandError(str(reply).partition(" ")[2], str(reply).partition(" ")[0])
         return sorted(key[6:-1] for key in reply)
@@ -496,7 +535,7 @@ class ValkeyStore:
         count, cursor = 0, b"0"
         while True:
             reply = await self._await(db, [b"SCAN", cursor, b"MATCH", queue_key(b"*"),
-                                           b"COUNT", b"1000", b"TYPE", b"hash"])
+                                           b"COUNT", b"1000", b"TYPE", b"hash"], resend=True)
             if isinstance(reply, ReplyError):
                 return to_resp(reply, 2)
             cursor, batch = reply
@@ -540,7 +579,7 @@ class ValkeyStore:
     async def _delete(self, db: int, names: list[bytes]) -> bytes:
         deleted = 0
         for name in names:
-            if await self._await(db, [b"EXISTS", queue_key(name)]) == 1:
+            if await self._await(db, [b"EXISTS", queue_key(name)], resend=True) == 1:
                 reply = await self._await(db, self._fcall_args([b"VALQ", b"DELETE", name]))
                 if isinstance(reply, ReplyError):
                     return to_resp(reply, 2)
@@ -577,6 +616,13 @@ def _redrive_target(argv: list[bytes]) -> list[bytes]:
         return []
     upper = [a.upper() for a in argv[3:]]
     return [argv[3 + upper.index(b"TO") + 1]] if b"TO" in upper[:-1] else []
+
+
+def _popped(reply: Reply) -> list[list[bytes]]:
+    """The messages (flat maps) of a POP's reply: one map, an array of them, or none."""
+    if type(reply) is not list or not reply:
+        return []
+    return [reply] if type(reply[0]) is bytes else [m for m in reply if type(m) is list]
 
 
 def _with_blocked(reply: Reply, blocked: int) -> Reply:
