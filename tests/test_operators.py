@@ -490,7 +490,6 @@ def _expect_event(sub, proto, channel, payload, pattern=None):
         assert reply == [b"pmessage", pattern, channel, payload]
 
 
-@pytest.mark.embedded_only("live events are not relayed from the Valkey store yet")
 def test_events_for_every_kind_in_order(timed_server, tc, proto):
     sub = subscriber(timed_server.port, proto)
     assert sub.call("SUBSCRIBE", "valq:q") == [b"subscribe", b"valq:q", 1]
@@ -536,7 +535,6 @@ def test_events_for_every_kind_in_order(timed_server, tc, proto):
     sub.close()
 
 
-@pytest.mark.embedded_only("live events are not relayed from the Valkey store yet")
 def test_events_counts_match_stats(timed_server, tc, proto):
     """Every counted event kind arrives as often as STATS counts it."""
     sub = subscriber(timed_server.port, proto)
@@ -568,7 +566,6 @@ def test_events_counts_match_stats(timed_server, tc, proto):
     sub.close()
 
 
-@pytest.mark.embedded_only("live events are not relayed from the Valkey store yet")
 def test_unsubscribe_and_no_listener_without_subscribers(timed_server, tc, proto):
     engine = timed_server.server.databases[0]
     valq(tc, "CREATE", "q")
@@ -616,7 +613,6 @@ def test_resp2_subscribed_mode_rejects_other_commands(timed_server):
     sub.close()
 
 
-@pytest.mark.embedded_only("live events are not relayed from the Valkey store yet")
 def test_resp3_subscribed_connection_keeps_running_commands(timed_server):
     sub = subscriber(timed_server.port, 3)
     sub.call("SUBSCRIBE", "valq:q")

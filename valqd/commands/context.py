@@ -163,6 +163,12 @@ class SlowLogBook(Protocol):
 class Subscriptions(Protocol):
     """Every connection's pub/sub subscriptions (valqd.commands.pubsub.PubSub)."""
 
+    channels: dict[bytes, set[Session]]
+    patterns: dict[bytes, set[Session]]
+    on_change: Callable[[], None] | None
+
+    def publish(self, channel: bytes, payload: bytes) -> None: ...
+
     def subscribe(self, session: Session, names: list[bytes], pattern: bool) -> bytes: ...
 
     def unsubscribe(self, session: Session, names: list[bytes], pattern: bool) -> bytes: ...

@@ -6,6 +6,8 @@ module publishes it as `<event> <id>` on channel `valq:<queue>` for a queue of d
 is subscribed, so events cost nothing when nobody listens.
 """
 
+from collections.abc import Callable
+
 from ..engine import Databases, Engine
 from ..engine.engine import Listener
 from ..errors import CommandError
@@ -30,8 +32,13 @@ class PubSub:
         self.databases = databases
         self.channels: dict[bytes, set[Session]] = {}
         self.patterns: dict[bytes, set[Session]] = {}
+        # called after every change of the subscriptions: a store that relays its events
+        # (valqd.store.valkey.relay) follows them
+        self.on_change: Callable[[], None] | None = None
 
     def _listen_if_needed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
         listening = bool(self.channels or self.patterns)
         for engine in self.databases.engines:
             engine.listener = self._listener(engine) if listening else None

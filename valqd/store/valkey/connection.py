@@ -123,9 +123,12 @@ class _Wire(asyncio.Protocol):
         reader = self.reader
         reader.feed(data)
         callbacks = self.callbacks
+        push = self.client.on_push
         try:
             while (reply := reader.gets()) is not False:
                 self.replies += 1
+                if push is not None and type(reply) is list and push(reply):
+                    continue
                 callback = callbacks.popleft()[0]
                 try:
                     callback(reply)
@@ -171,11 +174,15 @@ class Client:
     def __init__(self, url: StoreUrl, db: int = 0, timeout_s: float = 5.0,
                  name: str = "valqd",
                  on_connect: Callable[[SetupCall], Awaitable[None]] | None = None,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False,
+                 on_push: Callable[[list[Any]], bool] | None = None) -> None:
         """`on_connect` runs on every new connection before it carries any command (the
         store loads its library there, should the server have restarted empty); `quiet`
-        logs connecting at debug level (a short-lived connection for one wait)."""
+        logs connecting at debug level (a short-lived connection for one wait); `on_push`
+        sees every array reply first and answers True for those that are pushes, not
+        replies (a subscriber connection's messages), which then match no command."""
         self.on_connect = on_connect
+        self.on_push = on_push
         self.quiet = quiet
         self.url = url
         self.db = db

@@ -27,6 +27,7 @@ from ..url import StoreUrl
 from . import LIBRARY_NAME, VERSION, LibraryError, library_source, source_version
 from .blocking import MAX_WAIT_S, Waiter, Waits
 from .connection import Client, Reply, ReplyError, SetupCall, StoreUnavailable
+from .relay import LISTEN_S, REFRESH_S, TEST_LISTEN_S, Relay
 
 log = logging.getLogger("valqd")
 
@@ -112,6 +113,8 @@ class ValkeyStore:
         # writes of this turn whose replies wait for WAIT, per database: (pending, reply)
         self._unreplicated: dict[int, list[tuple[Pending, list[bytes]]]] = {}
         self.state: ServerState | None = None
+        self.relay: Relay | None = None  # events for SUBSCRIBE clients, from open()
+        self.relay_refresh_s = REFRESH_S
         self._clients: dict[int, Client] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._library_loaded = False
@@ -145,6 +148,16 @@ class ValkeyStore:
             raise ValueError(str(exc)) from None
         log.info("Serving queues from the store at %s (valq library version %d)",
                  self.url.text, version)
+        self.relay = Relay(state.pubsub, len(state.databases), self.url, self.timeout_s,
+                           self._listen, self._queue_names,
+                           TEST_LISTEN_S if self.test_clock else LISTEN_S,
+                           self.relay_refresh_s)
+
+    def _listen(self, db: int, name: bytes, seconds: int,
+                callback: Callable[[Reply], None]) -> None:
+        """valq_listen: the queue's events are published for the next `seconds`."""
+        self.client(db).send(self._fcall_args(
+            [b"VALQ", b"LISTEN", name, b"%d" % seconds, b"%d" % db]), callback)
 
     async def _ensure_library(self, call: SetupCall) -> None:
         """On every new connection: load the library if the server lost it (a restart
@@ -172,6 +185,8 @@ class ValkeyStore:
         return reply
 
     async def close(self) -> None:
+        if self.relay is not None:
+            await self.relay.close()
         await self.waits.close()
         for task in list(self._tasks):
             task.cancel()
@@ -190,19 +205,38 @@ class ValkeyStore:
             "dbsize": self._dbsize, "keys": self._keys, "scan": self._scan,
             "type": self._type, "exists": self._exists, "del": self._del,
             "flushdb": self._flushdb, "flushall": self._flushall, "exec": self._exec,
+            "subscribe": self._subscribe(False), "psubscribe": self._subscribe(True),
         })
         for name, why in REFUSED.items():
             handlers[name] = refuse(name, why)
         return handlers
+
+    def _subscribe(self, pattern: bool) -> Handler:
+        """SUBSCRIBE, PSUBSCRIBE: the relay's (which exists once the store is open)."""
+
+        def subscribe(state: ServerState, session: Session, argv: list[bytes]
+                      ) -> bytes | Blocked | Pending:
+            assert self.relay is not None, "commands run once the store is open"
+            return self.relay.handler(pattern)(state, session, argv)
+
+        subscribe.__doc__ = "(P)SUBSCRIBE name [name ...] -> a confirmation each, once " \
+            "the queues are relayed from the store (valqd.store.valkey.relay)."
+        return subscribe
 
     # -- calls -----------------------------------------------------------------------------
 
     def _fcall(self, session: Session, argv: list[bytes],
                finish: Callable[[Reply], bytes]) -> Pending:
         """FCALL of argv (`[VALQ, SUB, queue, args...]`): a Pending that `finish` resolves
-        from the decoded reply."""
-        return self.send(session.db, self._fcall_args(argv), finish,
-                         write=argv[1].lower() not in READ_ONLY)
+        from the decoded reply. A subscribed client's reply waits until the relay's
+        connections have answered a PING sent after the call: the events the call
+        published, relayed on those connections, arrive before it, as with the embedded
+        store."""
+        pending = self.send(session.db, self._fcall_args(argv), finish,
+                            write=argv[1].lower() not in READ_ONLY)
+        if (session.channels or session.patterns) and self.relay is not None:
+            return self.relay.after_events(pending)
+        return pending
 
     def send(self, db: int, args: list[bytes], finish: Callable[[Reply], bytes],
              barrier: bool = False, write: bool = False) -> Pending:
@@ -281,7 +315,10 @@ class ValkeyStore:
                     self.waits.readied(db, name)
                 return reply_for(subcommand, reply, proto)
 
-            return self._fcall(session, argv, finish)
+            pending = self._fcall(session, argv, finish)
+            relayed = self.relay.created(db, argv[2]) if subcommand == b"create" and \
+                self.relay is not None else None
+            return pending if relayed is None else _after(pending, relayed)
         if subcommand == b"stats":
             key = (session.db, argv[2])
             return self._fcall(session, argv, lambda reply: reply_for(
@@ -608,6 +645,19 @@ class ValkeyStore:
 
 def _ignore(reply: Reply) -> None:
     return None
+
+
+def _after(pending: Pending, also: "asyncio.Future[None]") -> Pending:
+    """`pending`'s reply, given once `also` is done too."""
+    outer = Pending()
+
+    def both(*_: object) -> None:
+        if pending.reply is not None and also.done():
+            outer.resolve(pending.reply)
+
+    pending.listener = both
+    also.add_done_callback(both)
+    return outer
 
 
 def _redrive_target(argv: list[bytes]) -> list[bytes]:
