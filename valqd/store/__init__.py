@@ -31,6 +31,8 @@ STORE_COMMANDS = frozenset((
     "valq|peek", "valq|cancel", "valq|reschedule", "valq|redrive",
     "dbsize", "keys", "scan", "type", "exists", "del", "flushall", "flushdb", "swapdb",
     "move", "exec", "watch", "bgrewriteaof", "save", "debug|digest",
+    # a store whose events come from elsewhere confirms a subscription once it relays them
+    "subscribe", "psubscribe",
 ))
 
 
