@@ -179,16 +179,23 @@ class AppendOnlyFile:
 
     def commit(self) -> bool:
         """Write the pending records as one batch (and fsync under `always`)."""
-        if not self.pending and not self.unwritten:
-            return True
-        if self.pending:  # after the records of a failed write, in the same batch
-            self.unwritten += encode_effects(self.pending)
-            self.pending.clear()
-        batch = encode_batch(self.unwritten)
+        pending, unwritten = self.pending, self.unwritten
+        payload: bytes | bytearray
+        if not unwritten:  # the usual case: this turn's records alone, encoded once
+            if not pending:
+                return True
+            payload = encode_effects(pending)
+        else:  # after the records of a failed write, in the same batch
+            unwritten += encode_effects(pending)
+            payload = unwritten
+        pending.clear()
+        batch = encode_batch(payload)
         start = self.size
         try:
             self._write(batch)
         except OSError as exc:
+            if payload is not unwritten:  # kept for the next commit, whatever happens now
+                unwritten += payload
             if exc.errno == errno.ENOSPC and self.reserve_size:
                 self._release_reserve()
                 try:
