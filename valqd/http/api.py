@@ -298,7 +298,7 @@ def get_message(call: Call, request: Request, params: Params, body: Body) -> Out
     return 200, message_json(call("VALQ", "GET", params["queue"], params["id"]))
 
 
-PEEK_STATES = ("ready", "inflight", "delayed", "dlq")
+PEEK_STATES: tuple[str, ...] = ("ready", "inflight", "delayed", "dlq")
 
 
 def peek(call: Call, request: Request, params: Params, body: Body) -> Outcome:
