@@ -240,6 +240,50 @@ def test_a_transaction_runs_as_one_valkey_transaction(fc, frontend):
     c3.close()
 
 
+def test_del_and_mpop_run_inside_a_transaction(fc, frontend):
+    """DEL: EXISTS and valq_delete of each queue in the Valkey transaction; MPOP: one
+    valq_mpop, answering at once (BLOCK ignored, as in the embedded store)."""
+    for name in ("a", "b", "empty", "full"):
+        fc.execute_command("VALQ", "CREATE", name)
+    fc.execute_command("VALQ", "PUSH", "full", "m")
+    wire = Wire(frontend.port)
+    replies = [wire.call(*command) for command in (
+        ("MULTI",), ("VALQ", "PUSH", "a", "x"), ("DEL", "a", "b", "nope", "a"),
+        ("VALQ", "MPOP", 2, "empty", "full", "BLOCK", 100),
+        ("VALQ", "MPOP", 1, "empty", "BLOCK", 0), ("VALQ", "MPOP", 2, "empty", "nope"), ("VALQ", "LIST"), ("EXEC",))]
+    assert replies[:7] == [b"OK"] + [b"QUEUED"] * 6
+    pushed, deleted, popped, nothing, missing, names = replies[7]
+    assert (pushed, deleted, popped, nothing, names) == \
+        (b"1", 2, [b"full", [[b"body", b"m", b"id", b"1"]]], None, [b"empty", b"full"])
+    assert str(missing) == "NOQUEUE no such queue 'nope'"
+    wire.close()
+    c3 = frontend.client(protocol=3)
+    pipe = c3.pipeline(transaction=True)
+    pipe.execute_command("VALQ", "PUSH", "empty", "n")
+    pipe.execute_command("VALQ", "MPOP", 1, "empty")
+    pipe.execute_command("DEL", "empty")
+    assert pipe.execute() == [b"1", [b"empty", [{b"body": b"n", b"id": b"1"}]], 1]
+    c3.close()
+
+
+@pytest.mark.parametrize("command", [("DBSIZE",), ("FLUSHDB",), ("FLUSHALL", "ASYNC")])
+def test_a_walk_over_the_keyspace_is_refused_inside_a_transaction(fc, frontend, command):
+    """DBSIZE and the flushes take several calls to Valkey, which no Valkey transaction
+    can hold: refused while MULTI queues (COMMAND shows no_multi), so EXEC aborts and
+    nothing of the transaction runs."""
+    fc.execute_command("VALQ", "CREATE", "q")
+    wire = Wire(frontend.port)
+    assert wire.call("MULTI") == b"OK"
+    assert wire.call("VALQ", "PUSH", "q", "x") == b"QUEUED"
+    assert wire.call(*command) == "ERR Command not allowed inside a transaction"
+    assert wire.call("EXEC") == \
+        "EXECABORT Transaction discarded because of previous errors."
+    assert b"no_multi" in wire.call("COMMAND", "INFO", command[0])[0][2]
+    wire.close()
+    assert stats(fc)["pushed"] == 0
+    assert fc.execute_command(*command) in (0, b"OK", True)  # outside MULTI, served
+
+
 # -- valqd load-functions ----------------------------------------------------------------------
 
 def load_functions(*args: str) -> subprocess.CompletedProcess:

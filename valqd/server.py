@@ -560,7 +560,8 @@ class Server:
         self._follow_config()
         self.state.read_file = read_file
         self.state.write_file = replace_file
-        self.dispatcher = Dispatcher(self.state, config.renames, self.store.handlers())
+        self.dispatcher = Dispatcher(self.state, config.renames, self.store.handlers(),
+                                     self.store.no_multi)
         # the lean path of a RESP connection's commands (embedded engine only), while
         # `lean-path` is yes; the dispatcher serves what it does not
         self.lean = LeanPath(self.state, self.dispatcher, self.serve_waiters, REPLY_SLICE)

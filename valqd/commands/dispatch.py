@@ -8,7 +8,7 @@ answered with `-ERR internal error`, and the server keeps serving.
 """
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from time import monotonic, perf_counter_ns
 from typing import Any
@@ -115,14 +115,18 @@ def record_slow(state: ServerState, session: Session, name: str, argv: list[byte
 
 
 def _with_handlers(commands: dict[str, CommandSpec],
-                   handlers: Mapping[str, Callable[..., Any]]) -> dict[str, CommandSpec]:
-    """A copy of the command table whose specs named in `handlers` run those handlers."""
+                   handlers: Mapping[str, Callable[..., Any]],
+                   no_multi: Collection[str] = ()) -> dict[str, CommandSpec]:
+    """A copy of the command table whose specs named in `handlers` run those handlers;
+    those named in `no_multi` are refused inside MULTI (flag no_multi, as COMMAND shows)."""
     unknown = set(handlers) - {name for spec in commands.values()
                                for name in (spec.name, *spec.subcommands)}
     if unknown:
         raise ValueError(f"a store serves commands the table does not have: {sorted(unknown)}")
     table = {}
     for key, spec in commands.items():
+        if spec.name in no_multi and "no_multi" not in spec.flags:
+            spec = replace(spec, flags=(*spec.flags, "no_multi"))
         subcommands = {sub_key: replace(sub, handler=handlers[sub.name])
                        if sub.name in handlers else sub
                        for sub_key, sub in spec.subcommands.items()}
@@ -133,9 +137,11 @@ def _with_handlers(commands: dict[str, CommandSpec],
 
 class Dispatcher:
     def __init__(self, state: ServerState, renames: dict[str, str] | None = None,
-                 handlers: Mapping[str, Callable[..., Any]] | None = None) -> None:
+                 handlers: Mapping[str, Callable[..., Any]] | None = None,
+                 no_multi: Collection[str] = ()) -> None:
         """`renames` maps a command to the name it answers to ("" disables it); `handlers`
-        are a store's, replacing the table's for the commands named (valqd.store)."""
+        are a store's, replacing the table's for the commands named (valqd.store), and
+        `no_multi` the store's commands a transaction cannot hold."""
         self.state = state
         self._attack_logged_at: float | None = None
         state.call = self.call
@@ -154,7 +160,7 @@ class Dispatcher:
                                  "command name already exists")
             taken.add(new_name)
         if handlers:
-            state.commands = _with_handlers(state.commands, handlers)
+            state.commands = _with_handlers(state.commands, handlers, no_multi)
         for spec in state.commands.values():
             name = renames.get(spec.name, spec.name).encode()
             if not name:

@@ -40,6 +40,9 @@ class Store(Protocol):
     """What the server needs of a store."""
 
     kind: str  # "embedded", "valkey": for INFO and the log
+    # commands (names from STORE_COMMANDS) that take several calls to the store, so that
+    # a transaction cannot hold them: refused while MULTI queues (EXEC then aborts)
+    no_multi: frozenset[str]
 
     def handlers(self) -> Mapping[str, Handler]:
         """Handlers that replace the command table's for these commands (names from

@@ -11,6 +11,7 @@ from .. import Handler
 
 class EmbeddedStore:
     kind = "embedded"
+    no_multi: frozenset[str] = frozenset()
 
     def handlers(self) -> Mapping[str, Handler]:
         return {}

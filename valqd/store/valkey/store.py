@@ -24,7 +24,8 @@ from ...errors import CommandError
 from ...resp import encode
 from .. import STORE_COMMANDS, Handler, refuse
 from ..url import StoreUrl
-from . import LIBRARY_NAME, VERSION, LibraryError, library_source, source_version
+from . import (LIBRARY_NAME, VERSION, LibraryError, fcall_args, library_source,
+               source_version)
 from .blocking import MAX_WAIT_S, Waiter, Waits
 from .connection import Client, Reply, ReplyError, SetupCall, StoreUnavailable
 from .relay import LISTEN_S, REFRESH_S, TEST_LISTEN_S, Relay
@@ -97,6 +98,9 @@ class ValkeyStore:
     (state.clock, a test's manual clock) with every call; never in production."""
 
     kind = "valkey"
+    # a walk over the keyspace: no Valkey transaction can hold one (DEL and MPOP can: one
+    # call per queue, and valq_mpop)
+    no_multi = frozenset(("dbsize", "flushdb", "flushall"))
 
     def __init__(self, url: StoreUrl, timeout_s: float = 5.0, test_clock: bool = False,
                  wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
@@ -413,11 +417,28 @@ class ValkeyStore:
         block_at = _block_index(argv, 3 + numqueues)
         options = argv[3 + numqueues:] if block_at is None else \
             argv[3 + numqueues:block_at] + argv[block_at + 2:]
-        if self._transaction is not None:
-            opts.block_ms = None
+        if self._transaction is not None:  # in EXEC: valq_mpop, which answers at once
+            return self._mpop_call(session, argv[2], argv[3:3 + numqueues] + options)
         pending = Pending(barrier=True, blocked=opts.block_ms is not None)
         return self._spawn(self._mpop_run(session, names, options, opts.block_ms,
                                           opts.count is not None, pending), pending)
+
+    def _mpop_call(self, session: Session, numqueues: bytes, args: list[bytes]) -> Pending:
+        """MPOP as one call of valq_mpop (`args`: the queues, then the options without
+        BLOCK); on a cluster, the queues must share a slot (else CROSSSLOT)."""
+        proto = session.proto
+        clock = self.state.clock() if self.test_clock and self.state is not None else None
+
+        def finish(reply: Reply) -> bytes:
+            if reply is None:
+                return encode.null_array(proto)
+            if type(reply) is not list:
+                return to_resp(reply, proto)
+            return encode.array([encode.bulk(reply[0]), encode.array(
+                [map_resp(m, proto) for m in reply[1]])])
+
+        return self.send(session.db, fcall_args("mpop", numqueues, args, clock), finish,
+                         write=True)
 
     async def _mpop_run(self, session: Session, names: list[bytes], options: list[bytes],
                         block_ms: int | None, with_count: bool, pending: Pending
@@ -472,14 +493,11 @@ class ValkeyStore:
         return reply
 
     def _spawn(self, work: Coroutine[Any, Any, bytes | None],
-               pending: Pending | None = None) -> Pending | bytes:
+               pending: Pending | None = None) -> Pending:
         """Run `work` (several calls) as a barrier: the client's next commands wait. Its
         result resolves `pending` (made here unless given); None: `work` handed `pending`
         on (to `Waits`)."""
-        if self._transaction is not None:
-            work.close()
-            return encode.error("ERR", "this command has several steps and cannot run "
-                                "inside MULTI with this store")
+        assert self._transaction is None, "several steps inside EXEC: list it in no_multi"
         if pending is None:
             pending = Pending(barrier=True)
         state = self.state
@@ -611,7 +629,36 @@ class ValkeyStore:
 
     def _del(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """DEL key [key ...] -> how many queues were deleted."""
+        if self._transaction is not None:
+            return self._delete_in_transaction(session.db, argv[1:])
         return self._spawn(self._delete(session.db, argv[1:]))
+
+    def _delete_in_transaction(self, db: int, names: list[bytes]) -> Pending:
+        """DEL inside EXEC: EXISTS and valq_delete of each queue, in the one Valkey
+        transaction; the reply counts the queues that existed (a name given twice counts
+        once, as the second EXISTS finds it gone)."""
+        whole = Pending()
+        existed = 0
+
+        def exists(reply: Reply) -> bytes:
+            nonlocal existed
+            existed += reply == 1
+            return to_resp(reply, 2)
+
+        parts = [part for name in names for part in (
+            self.send(db, [b"EXISTS", queue_key(name)], exists),
+            self.send(db, self._fcall_args([b"VALQ", b"DELETE", name]),
+                      lambda reply: to_resp(reply, 2), write=True))]
+
+        def one_more() -> None:
+            replies = [part.reply for part in parts]
+            if all(reply is not None for reply in replies):
+                error = next((r for r in replies if r is not None and r[:1] == b"-"), None)
+                whole.resolve(error or encode.integer(existed))
+
+        for part in parts:
+            part.listener = one_more
+        return whole
 
     async def _delete(self, db: int, names: list[bytes]) -> bytes:
         deleted = 0
