@@ -193,13 +193,20 @@ class ValkeyCluster:
         for node in self.nodes[1:]:
             assert self.nodes[0].call("CLUSTER", "MEET", "127.0.0.1", node.port,
                                       node.bus_port) == b"OK"
-        wait_until(lambda: all(len(self.node_table(n)) == len(self.nodes)
-                               for n in self.nodes), timeout, "every node to know every node")
+        # known by its real id: a node still in handshake is listed under a made-up one,
+        # which CLUSTER REPLICATE <primary's id> does not find yet
+        wait_until(lambda: all(self._knows_every_node(n) for n in self.nodes), timeout,
+                   "every node to know every node")
         for index, node in enumerate(self.nodes[self.shards:]):
             primary = first_primaries[index % self.shards]
             primary_id = primary.call("CLUSTER", "MYID").decode()
             assert node.call("CLUSTER", "REPLICATE", primary_id) == b"OK"
         self.wait_healthy(timeout)
+
+    def _knows_every_node(self, node: ValkeyNode) -> bool:
+        table = self.node_table(node)
+        return len(table) == len(self.nodes) and \
+            not any("handshake" in fields[2] or "noaddr" in fields[2] for fields in table)
 
     def node_table(self, node: ValkeyNode) -> list[list[str]]:
         """CLUSTER NODES as `node` sees it, one list of fields per node."""
