@@ -38,6 +38,7 @@ COMPILED = [
     "valqd/engine/engine.py",
     "valqd/engine/queue.py",
     "valqd/engine/record.py",
+    "valqd/engine/order.py",
     "valqd/engine/databases.py",
     "valqd/resp/parser.py",
     "valqd/resp/encode.py",

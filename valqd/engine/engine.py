@@ -282,7 +282,7 @@ class Engine:
             raise NoQueueError(name)
         if q.paused or not q.ready:
             return None
-        message_id = q.ready[0] & ID_MASK
+        message_id = q.ready.first() & ID_MASK
         attempts = record.unpack(q.records[message_id])[3] + 1
         deadline_at = now + q.settings.visibility_timeout * 1000
         self._emit(("lease", name, message_id, deadline_at, attempts, q.lease_seq + 1))
@@ -299,7 +299,7 @@ class Engine:
         deliveries: list[Delivery] = []
         deadline_at = now + q.settings.visibility_timeout * 1000
         while q.ready and len(deliveries) < count:
-            message_id = q.ready[0] & ID_MASK
+            message_id = q.ready.first() & ID_MASK
             enqueued_at, _, _, attempts, priority = record.unpack(q.records[message_id])
             attempts += 1
             if noack:
@@ -445,7 +445,7 @@ class Engine:
                 return budget
             at, which = due
             if which == "lease":
-                message_id = q.lease_order[0] & ID_MASK
+                message_id = q.lease_order.first() & ID_MASK
                 attempts = record.unpack(q.records[message_id])[3]
                 if attempts >= q.settings.max_delivery_attempts:
                     self._count(q, "expired")
@@ -455,12 +455,12 @@ class Engine:
                     wait = q.settings.backoff_ms(attempts)
                     self._emit(("expire", name, message_id, at + wait if wait else 0))
             elif which == "delay":
-                message_id = q.delayed_order[0] & ID_MASK
+                message_id = q.delayed_order.first() & ID_MASK
                 delivered_before = record.unpack(q.records[message_id])[3] > 0
                 self._emit(("promote", name, message_id,
                             0 if delivered_before else q.promote_seq + 1))
             elif which == "drop":
-                self._emit(("drop", name, q.dead_order[0] & ID_MASK))
+                self._emit(("drop", name, q.dead_order.first() & ID_MASK))
             else:  # dedup keys expire without a record: replay ignores expired keys too
                 q.forget_expired_dedup(now)
             if budget is not None:

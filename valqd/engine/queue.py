@@ -15,9 +15,8 @@ what they remove. Times are integer Unix milliseconds; the queue never reads a c
 from dataclasses import dataclass, fields
 from typing import Any, Iterator
 
-from sortedcontainers import SortedList
-
 from . import record
+from .order import OrderIndex
 from .record import ID_BITS, ID_MASK, time_key
 
 # An effect record (engine.py): its kind, then fields whose number and types depend on the
@@ -106,15 +105,15 @@ class Queue:
         self.promote_seq = 0  # last rank given to a delayed message that fell due
         self.lease_seq = 0  # last delivery serial
         self.records: dict[int, bytes] = {}
-        self.ready: SortedList = SortedList()
+        self.ready: OrderIndex = OrderIndex()
         self.leases: dict[int, int] = {}
-        self.lease_order: SortedList = SortedList()
+        self.lease_order: OrderIndex = OrderIndex()
         self.delayed: dict[int, int] = {}
-        self.delayed_order: SortedList = SortedList()
+        self.delayed_order: OrderIndex = OrderIndex()
         self.dead: dict[int, int] = {}
-        self.dead_order: SortedList = SortedList()
+        self.dead_order: OrderIndex = OrderIndex()
         self.dedup: dict[bytes, tuple[int, int]] = {}  # key -> (message id, expires_at)
-        self.dedup_order: SortedList = SortedList()  # (expires_at, key)
+        self.dedup_order: OrderIndex = OrderIndex()  # (expires_at, key)
         self.reasons: dict[int, bytes] = {}  # the last NACK reason of a message
         self.paused = False
         self.counters = dict.fromkeys(COUNTERS, 0)  # since start-up, not persisted
@@ -147,24 +146,24 @@ class Queue:
         """How long ago the next message to be delivered was pushed; 0 with none ready."""
         if not self.ready:
             return 0
-        return max(0, now - record.unpack(self.records[self.ready[0] & ID_MASK])[0])
+        return max(0, now - record.unpack(self.records[self.ready.first() & ID_MASK])[0])
 
     def next_due(self) -> tuple[int, str] | None:
         """The earliest time at which a lease ("lease"), a delay ("delay"), a DLQ retention
         ("drop") or a dedup key ("dedup") runs out, and which; on a tie, in that order."""
         best = None
         if self.lease_order:
-            best = (self.lease_order[0] >> ID_BITS, "lease")
+            best = (self.lease_order.first() >> ID_BITS, "lease")
         if self.delayed_order:
-            at = self.delayed_order[0] >> ID_BITS
+            at = self.delayed_order.first() >> ID_BITS
             if best is None or at < best[0]:
                 best = (at, "delay")
         if self.dead_order:
-            at = (self.dead_order[0] >> ID_BITS) + self.settings.retention_period * 1000
+            at = (self.dead_order.first() >> ID_BITS) + self.settings.retention_period * 1000
             if best is None or at < best[0]:
                 best = (at, "drop")
         if self.dedup_order:
-            at = self.dedup_order[0][0]
+            at = self.dedup_order.first()[0]
             if best is None or at < best[0]:
                 best = (at, "dedup")
         return best
@@ -215,16 +214,13 @@ class Queue:
         old_deadline = self.leases.get(message_id)
         if old_deadline is None:
             key = record.order_key(message_id, promote_seq, priority)
-            if self.ready[0] == key:  # a POP: the head, cheaper to take than to search
-                self.ready.pop(0)
-            else:
-                self.ready.remove(key)
+            self.ready.remove(key)  # a POP takes the head: the index's cheapest removal
             self.totals.inflight += 1
         else:
             self.lease_order.remove(time_key(old_deadline, message_id))
         if attempts != old_attempts or lease_no != old_lease_no:
             new = self.records[message_id] = record.pack(
-                enqueued_at, promote_seq, lease_no, attempts, priority, record.body_of(rec))
+                enqueued_at, promote_seq, lease_no, attempts, priority, bytes(record.body_of(rec)))
             self.totals.bytes += len(new) - len(rec)
         if lease_no > self.lease_seq:
             self.lease_seq = lease_no
@@ -303,8 +299,8 @@ class Queue:
         self.dedup_order.add((expires_at, key))
 
     def forget_expired_dedup(self, now: int) -> None:
-        while self.dedup_order and self.dedup_order[0][0] <= now:
-            _, key = self.dedup_order.pop(0)
+        while self.dedup_order and self.dedup_order.first()[0] <= now:
+            _, key = self.dedup_order.pop_first()
             del self.dedup[key]
 
     def restore(self, message_id: int, state: str, at: int, enqueued_at: int,

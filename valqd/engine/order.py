@@ -1,0 +1,164 @@
+"""A sorted list of keys, for a queue's indexes (ready, leases, delays, DLQ, dedup keys).
+
+The same layout as sortedcontainers' SortedList, which these indexes used before: the keys
+sit in sorted sublists of at most `2 * LOAD` keys, and `maxes` holds each sublist's last key,
+so that one bisect over `maxes` and one within a sublist find any key. What it keeps is what
+a queue asks of an index: add, remove, the first key, iteration in order from the start.
+It is compiled with mypyc with the rest of the engine (sortedcontainers is not, and was
+the largest interpreted cost of a delivery and an ack); the cases a queue runs most, a key
+larger than every other (a new id, a later deadline) and the first key (the head of the
+queue, the earliest deadline), touch one end of one sublist.
+
+Keys are `Any`: compiled, an `int` parameter is a machine integer, and putting one into a
+list would box it into a new object, while a ready message's key is the very object that
+keys its record (see Queue.add). Every operation is O(log n) plus a move of at most
+`2 * LOAD` references within one sublist, except `__getitem__` and `islice`, which walk the
+sublists before the position they start at.
+"""
+
+from bisect import bisect_left, bisect_right, insort
+from itertools import chain
+from typing import Any, Iterator
+
+LOAD = 1000  # a sublist splits past 2 * LOAD keys, and merges with a neighbour below LOAD / 2
+
+
+class OrderIndex:
+    """Keys in ascending order; a key may be held more than once."""
+
+    def __init__(self) -> None:
+        self._lists: list[list[Any]] = []
+        self._maxes: list[Any] = []
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return chain.from_iterable(self._lists)
+
+    def __repr__(self) -> str:
+        return f"OrderIndex({list(self)!r})"
+
+    def first(self) -> Any:
+        """The smallest key; IndexError when empty."""
+        if not self._len:
+            raise IndexError("first of an empty index")
+        return self._lists[0][0]
+
+    def __getitem__(self, index: int) -> Any:
+        """The key at `index` (negative counts from the end): O(1) at either end."""
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError("index out of range")
+        for sub in self._lists:
+            if index < len(sub):
+                return sub[index]
+            index -= len(sub)
+        raise AssertionError("unreachable: the sublists hold _len keys")
+
+    def islice(self, start: int, stop: int) -> list[Any]:
+        """The keys at positions start..stop-1 (as many as there are), in order."""
+        taken: list[Any] = []
+        if stop <= start:
+            return taken
+        for sub in self._lists:
+            if start >= len(sub):
+                start -= len(sub)
+                stop -= len(sub)
+                continue
+            taken.extend(sub[start:stop])
+            stop -= len(sub)
+            start = 0
+            if stop <= 0:
+                break
+        return taken
+
+    def add(self, key: Any) -> None:
+        maxes = self._maxes
+        self._len += 1
+        if not maxes:
+            self._lists.append([key])
+            maxes.append(key)
+            return
+        last = len(maxes) - 1
+        if key >= maxes[last]:  # the usual case: a new id, a later deadline
+            sub = self._lists[last]
+            sub.append(key)
+            maxes[last] = key
+            pos = last
+        else:
+            pos = bisect_right(maxes, key)
+            sub = self._lists[pos]
+            insort(sub, key)
+        if len(sub) > 2 * LOAD:
+            self._split(pos)
+
+    def remove(self, key: Any) -> None:
+        """Remove one occurrence of `key`; ValueError when there is none."""
+        lists = self._lists
+        if lists and lists[0][0] == key:  # the usual case: the head
+            self._delete(0, 0)
+            return
+        pos = bisect_left(self._maxes, key)
+        if pos < len(lists):
+            sub = lists[pos]
+            at = bisect_left(sub, key)
+            if sub[at] == key:
+                self._delete(pos, at)
+                return
+        raise ValueError(f"{key!r} is not in the index")
+
+    def pop_first(self) -> Any:
+        """Remove and return the smallest key; IndexError when empty."""
+        if not self._len:
+            raise IndexError("pop from an empty index")
+        key = self._lists[0][0]
+        self._delete(0, 0)
+        return key
+
+    def clear(self) -> None:
+        self._lists = []
+        self._maxes = []
+        self._len = 0
+
+    def _delete(self, pos: int, at: int) -> None:
+        lists = self._lists
+        sub = lists[pos]
+        del sub[at]
+        self._len -= 1
+        if not sub:
+            del lists[pos]
+            del self._maxes[pos]
+            return
+        if at == len(sub):
+            self._maxes[pos] = sub[-1]
+        if len(sub) < LOAD // 2 and len(lists) > 1:
+            self._merge(pos)
+
+    def _split(self, pos: int) -> None:
+        """Halve the sublist at `pos`, which has grown past 2 * LOAD keys."""
+        sub = self._lists[pos]
+        half = len(sub) // 2
+        upper = sub[half:]
+        del sub[half:]
+        self._lists.insert(pos + 1, upper)
+        self._maxes[pos] = sub[-1]
+        self._maxes.insert(pos + 1, upper[-1])
+
+    def _merge(self, pos: int) -> None:
+        """Fold the short sublist at `pos` into a neighbour (and split the result again if
+        it grew too long), so that the number of sublists stays about n / LOAD."""
+        if pos == len(self._lists) - 1:
+            pos -= 1
+        lists, maxes = self._lists, self._maxes
+        lists[pos].extend(lists[pos + 1])
+        maxes[pos] = maxes[pos + 1]
+        del lists[pos + 1]
+        del maxes[pos + 1]
+        if len(lists[pos]) > 2 * LOAD:
+            self._split(pos)
