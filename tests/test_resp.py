@@ -307,7 +307,7 @@ def test_encoded_replies_are_valid_resp():
 
 @pytest.mark.parametrize("proto", [2, 3])
 def test_body_id_map_is_the_map_of_body_and_id(proto):
-    for body, message_id in [(b"", 1), (b"x" * 300, 2**64 - 1), (memoryview(b"job"), 42)]:
+    for body, message_id in [(b"", 1), (b"x" * 300, 2**64 - 1), (b"job", 42)]:
         assert encode.body_id_map(body, message_id, proto) == encode.map_(
             [encode.bulk(b"body"), encode.bulk(body), encode.bulk(b"id"),
              encode.bulk_int(message_id)], proto)

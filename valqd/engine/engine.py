@@ -57,9 +57,7 @@ READYING = frozenset(("push", "expire", "nack", "promote", "redrive", "pause"))
 
 class Delivery(NamedTuple):
     id: int
-    # in quotes: compiled by mypyc, a NamedTuple whose field names the memoryview class
-    # failed at import (KeyError: 'memoryview'), and so did everything importing the engine
-    body: "memoryview"
+    body: bytes
     attempts: int
     lease_no: int  # 0 when delivered with NOACK
     enqueued_at: int
@@ -274,7 +272,7 @@ class Engine:
 
     # -- consuming -------------------------------------------------------------------------
 
-    def pop(self, name: bytes, now: int) -> tuple[int, memoryview] | None:
+    def pop(self, name: bytes, now: int) -> tuple[int, bytes] | None:
         """Deliver the head of the queue: (id, body), leased for the visibility timeout.
         The module's POP, and the hot path: pop_many() does the same for several."""
         q = self.queues.get(name)
@@ -635,7 +633,7 @@ class Engine:
             q.revive(message_id)
             return
         priority = record.unpack(q.records[message_id])[4]
-        body = bytes(record.body_of(q.records[message_id]))
+        body = record.body_of(q.records[message_id])
         q.remove(message_id)
         other = self.queues[target]
         other.version += 1

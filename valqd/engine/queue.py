@@ -220,7 +220,7 @@ class Queue:
             self.lease_order.remove(time_key(old_deadline, message_id))
         if attempts != old_attempts or lease_no != old_lease_no:
             new = self.records[message_id] = record.pack(
-                enqueued_at, promote_seq, lease_no, attempts, priority, bytes(record.body_of(rec)))
+                enqueued_at, promote_seq, lease_no, attempts, priority, record.body_of(rec))
             self.totals.bytes += len(new) - len(rec)
         if lease_no > self.lease_seq:
             self.lease_seq = lease_no
@@ -343,7 +343,7 @@ class Queue:
             enqueued_at, promote_seq, lease_no, attempts, priority = record.unpack(rec)
             state, at = self.state_at(message_id)
             yield ("restore", self.name, message_id, state, at, enqueued_at, promote_seq,
-                   lease_no, attempts, priority, bytes(record.body_of(rec)))
+                   lease_no, attempts, priority, record.body_of(rec))
             reason = self.reasons.get(message_id)
             if reason is not None:
                 yield ("reason", self.name, message_id, reason)

@@ -35,11 +35,11 @@ _PRIORITY_STEP = 1 << 130
 
 
 def pack(enqueued_at: int, promote_seq: int, lease_no: int, attempts: int, priority: int,
-         body: bytes | memoryview) -> bytes:
+         body: bytes) -> bytes:
     if not (promote_seq or lease_no or attempts or priority):
         return SHORT.pack(0, enqueued_at) + body
-    return b"".join((FULL.pack(1, enqueued_at, promote_seq, lease_no,
-                               min(attempts, MAX_ATTEMPTS_STORED), priority), body))
+    return FULL.pack(1, enqueued_at, promote_seq, lease_no, min(attempts, MAX_ATTEMPTS_STORED),
+                     priority) + body
 
 
 def unpack(record: bytes) -> tuple[int, int, int, int, int]:
@@ -49,8 +49,11 @@ def unpack(record: bytes) -> tuple[int, int, int, int, int]:
     return SHORT.unpack_from(record)[1], 0, 0, 0, 0
 
 
-def body_of(record: bytes) -> memoryview:
-    return memoryview(record)[FULL.size if record[0] else SHORT.size:]
+def body_of(record: bytes) -> bytes:
+    """The body, copied: for the bodies a queue carries (up to max-message-size, 1 MB by
+    default) one copy costs less than the memoryview objects that would spare it, and the
+    reply that carries the body copies it anyway."""
+    return record[FULL.size if record[0] else SHORT.size:]
 
 
 def order_key(message_id: int, promote_seq: int, priority: int) -> int:
