@@ -275,7 +275,7 @@ class Engine:
     def pop(self, name: bytes, now: int) -> tuple[int, bytes] | None:
         """Deliver the head of the queue: (id, body), leased for the visibility timeout.
         The module's POP, and the hot path: pop_many() does the same for several."""
-        q = self.queues.get(name)
+        q: Queue | None = self.queues.get(name)
         if q is None:
             raise NoQueueError(name)
         if q.paused or not q.ready:
@@ -549,10 +549,10 @@ class Engine:
             self._schedule(q)
 
     def _emit(self, effect: Effect) -> None:
-        kind = effect[0]
+        kind: str = effect[0]
         apply, on_queue, event, counter, readying = _KINDS[kind]
         if on_queue:  # what `_apply` does, inline: this runs for every record
-            q = self.queues[effect[1]]
+            q: Queue = self.queues[effect[1]]
             apply(q, *effect[2:])
             q.version += 1
             if counter is not None:
@@ -576,7 +576,7 @@ class Engine:
     def _apply(self, effect: Effect, apply: Callable[..., object], on_queue: bool) -> None:
         """Apply one record: a queue record to the queue named by its first field."""
         if on_queue:
-            q = self.queues[effect[1]]
+            q: Queue = self.queues[effect[1]]
             apply(q, *effect[2:])
             q.version += 1
         else:
@@ -677,6 +677,8 @@ RECORD_KINDS = frozenset(_ENGINE_APPLY) | frozenset(_QUEUE_APPLY) | DATABASE_REC
 _IDENTITY_CHECKED = frozenset(("create", "push", "redrive", "restore"))  # at replay
 # kind -> (apply function, whether it applies to a queue, the event it publishes and the
 # counter it bumps (or None), whether it can make a message visible)
-_KINDS = {kind: (apply, on_queue, *COUNTED.get(kind, (None, None)), kind in READYING)
-          for on_queue, table in ((False, _ENGINE_APPLY), (True, _QUEUE_APPLY))
-          for kind, apply in table.items()}
+# (typed: compiled, `_emit` reads the fields unboxed)
+_KINDS: dict[str, tuple[Callable[..., object], bool, str | None, str | None, bool]] = {
+    kind: (apply, on_queue, *COUNTED.get(kind, (None, None)), kind in READYING)
+    for on_queue, table in ((False, _ENGINE_APPLY), (True, _QUEUE_APPLY))
+    for kind, apply in table.items()}

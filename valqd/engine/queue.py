@@ -188,13 +188,14 @@ class Queue:
 
     # -- transitions (each one is a journal record kind, see engine.py) -------------------
 
-    def add(self, message_id: int, enqueued_at: int, due_at: int, priority: int,
+    def add(self, message_id: Any, enqueued_at: int, due_at: int, priority: int,
             body: bytes) -> None:
-        # One int object for the record's key and the ready entry. Compiled by mypyc,
-        # `message_id` is a machine integer, and each use would box it into an object of its
-        # own: 32 bytes more per message.
-        boxed_id: Any = message_id
-        rec = self.records[boxed_id] = record.pack(enqueued_at, 0, 0, 0, priority, body)
+        # `message_id` is Any, the int object the effect record holds: it becomes the
+        # record's key and the ready entry, one object for the three. Compiled by mypyc, an
+        # `int` parameter is a machine integer, and each use would box it into an object of
+        # its own (32 bytes each: one more per message, and one more per record that waits
+        # for the AOF's commit).
+        rec = self.records[message_id] = record.pack(enqueued_at, 0, 0, 0, priority, body)
         totals = self.totals
         totals.messages += 1
         totals.bytes += len(rec)
@@ -205,7 +206,7 @@ class Queue:
             self.delayed[message_id] = due_at
             self.delayed_order.add(time_key(due_at, message_id))
         else:
-            self.ready.add(record.order_key(message_id, 0, priority) if priority else boxed_id)
+            self.ready.add(record.order_key(message_id, 0, priority) if priority else message_id)
 
     def lease(self, message_id: int, deadline_at: int, attempts: int, lease_no: int) -> None:
         """Make a ready or in-flight message invisible until deadline_at."""
