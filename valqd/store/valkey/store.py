@@ -28,6 +28,7 @@ from . import (LIBRARY_NAME, VERSION, LibraryError, fcall_args, library_source,
                source_version)
 from .blocking import MAX_WAIT_S, Waiter, Waits
 from .connection import Client, Reply, ReplyError, SetupCall, StoreUnavailable
+from .reaper import ROUND_S, Primary, Reaper, all_slots
 from .relay import LISTEN_S, REFRESH_S, TEST_LISTEN_S, Relay
 
 log = logging.getLogger("valqd")
@@ -119,6 +120,8 @@ class ValkeyStore:
         self.state: ServerState | None = None
         self.relay: Relay | None = None  # events for SUBSCRIBE clients, from open()
         self.relay_refresh_s = REFRESH_S
+        self.reaper: Reaper | None = None  # due events of queues nobody calls, from open()
+        self.reaper_round_s = ROUND_S
         self._clients: dict[int, Client] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._library_loaded = False
@@ -156,12 +159,33 @@ class ValkeyStore:
                            self._listen, self._queue_names,
                            TEST_LISTEN_S if self.test_clock else LISTEN_S,
                            self.relay_refresh_s)
+        primary = Primary(self.url.address, all_slots(),
+                          lambda db, args, callback: self.client(db).send(args, callback,
+                                                                          resend=True))
+        self.reaper = Reaper(lambda: [primary], len(state.databases), self._library_clock,
+                             self._reap_args, self.reaper_round_s)
+        self.reaper.start()
+
+    async def _library_clock(self, primary: Primary) -> int:
+        """The library's time on `primary`, Unix ms: its TIME (the test build: ours)."""
+        if self.test_clock:
+            assert self.state is not None
+            return self.state.clock()
+        reply = await primary.call(0, b"TIME")
+        if type(reply) is not list:
+            raise StoreUnavailable(f"TIME failed: {reply}")
+        return int(reply[0]) * 1000 + int(reply[1]) // 1000
+
+    def _reap_args(self, index: bytes, queues: int, budget: int) -> list[bytes]:
+        """FCALL valq_reap 1 <index> <queues> <budget> (the test build: the clock first)."""
+        clock = [b"%d" % self.state.clock()] if self.test_clock and self.state else []
+        return [b"FCALL", b"valq_reap", b"1", index, *clock, b"%d" % queues, b"%d" % budget]
 
     def _listen(self, db: int, name: bytes, seconds: int,
                 callback: Callable[[Reply], None]) -> None:
         """valq_listen: the queue's events are published for the next `seconds`."""
         self.client(db).send(self._fcall_args(
-            [b"VALQ", b"LISTEN", name, b"%d" % seconds, b"%d" % db]), callback)
+            [b"VALQ", b"LISTEN", name, b"%d" % seconds, b"%d" % db]), callback, resend=True)
 
     async def _ensure_library(self, call: SetupCall) -> None:
         """On every new connection: load the library if the server lost it (a restart
@@ -189,6 +213,8 @@ class ValkeyStore:
         return reply
 
     async def close(self) -> None:
+        if self.reaper is not None:
+            await self.reaper.close()
         if self.relay is not None:
             await self.relay.close()
         await self.waits.close()
