@@ -9,6 +9,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable
 
 from .. import BUILD, __version__
@@ -380,18 +381,34 @@ def _messages_info(state: ServerState) -> list[str]:
     """Totals over every queue, kept by the engine: O(1) however many queues there are."""
     totals = state.engine.totals  # shared by every database's engine
     queues = sum(len(engine.queues) for engine in state.databases.engines)
-    return [f"queues:{queues}", f"messages:{totals.messages}",
-            f"messages_ready:{totals.ready}", f"messages_inflight:{totals.inflight}",
-            f"messages_delayed:{totals.delayed}", f"messages_dlq:{totals.dead}"]
+    return messages_info_lines(queues, totals.ready, totals.inflight, totals.delayed,
+                               totals.dead)
 
 
 def _queues_info(state: ServerState) -> list[str]:
     """A line per queue of the selected database, in name order: only when the `queues`
     section is asked for by name (or `everything`), as it grows with the number of queues."""
-    return [f"queue{i}:name={_escape_name(name)},msgs={q.main_count()},"
-            f"ready={len(q.ready)},inflight={len(q.leases)},delayed={len(q.delayed)},"
-            f"dlq={len(q.dead)}"
+    return [queue_info_line(i, name, len(q.ready), len(q.leases), len(q.delayed), len(q.dead))
             for i, (name, q) in enumerate(state.engine.queues.items())]
+
+
+def queue_info_line(i: int, name: bytes, ready: int, inflight: int, delayed: int,
+                    dlq: int) -> str:
+    """The `queues` section's line of one queue (`msgs`: ready and in flight)."""
+    return (f"queue{i}:name={_escape_name(name)},msgs={ready + inflight},ready={ready},"
+            f"inflight={inflight},delayed={delayed},dlq={dlq}")
+
+
+def messages_info_lines(queues: int, ready: int, inflight: int, delayed: int,
+                        dlq: int) -> list[str]:
+    """The `messages` section: totals over every queue."""
+    return [f"queues:{queues}", f"messages:{ready + inflight + delayed + dlq}",
+            f"messages_ready:{ready}", f"messages_inflight:{inflight}",
+            f"messages_delayed:{delayed}", f"messages_dlq:{dlq}"]
+
+
+def keyspace_info_line(db: int, queues: int) -> str:
+    return f"db{db}:keys={queues},expires=0,avg_ttl=0"
 
 
 def _loading_info(state: ServerState) -> list[str]:
@@ -426,9 +443,10 @@ _INFO_SECTIONS: dict[str, Callable[[ServerState], list[str]]] = {
     "errorstats": lambda state: [f"errorstat_{code}:count={count}"
                                  for code, count in sorted(state.error_stats.items())],
     "messages": _messages_info,
-    "keyspace": lambda state: [f"db{index}:keys={len(engine.queues)},expires=0,avg_ttl=0"
+    "keyspace": lambda state: [keyspace_info_line(index, len(engine.queues))
                                for index, engine in enumerate(state.databases.engines)
                                if engine.queues],
+    "store": lambda state: ["store:embedded"],  # a store's INFO tells more (valqd.store)
     "queues": _queues_info,
 }
 
@@ -438,28 +456,45 @@ _DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "rep
 _ALL_SECTIONS = tuple(name for name in _INFO_SECTIONS if name != "queues")
 
 
-def info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """INFO [section ...] -> text, `# Section` headers and `field:value` lines. Sections:
-    server, clients, memory, persistence, stats, replication, cpu, commandstats, errorstats,
-    messages, keyspace, queues; `default` (without commandstats and queues), `all` (without queues),
-    `everything`."""
+def info_sections(argv: list[bytes],
+                  default: tuple[str, ...] = _DEFAULT_SECTIONS) -> list[str]:
+    """The sections `INFO [section ...]` asks for, in order; `default` is what INFO alone
+    and INFO default show (a store may show fewer)."""
     sections = _INFO_SECTIONS
     wanted = [a.decode("latin-1").lower() for a in argv[1:]] or ["default"]
     chosen: list[str] = []
     for word in wanted:
         if word == "default":
-            chosen += _DEFAULT_SECTIONS
+            chosen += default
         elif word == "all":
-            chosen += _ALL_SECTIONS
+            chosen += _ALL_SECTIONS if default is _DEFAULT_SECTIONS else \
+                [*default, "commandstats"]
         elif word == "everything":
             chosen += sections
         elif word in sections:
             chosen.append(word)
+    return list(dict.fromkeys(chosen))
+
+
+def render_info(state: ServerState, session: Session, names: list[str],
+                given: Mapping[str, list[str]] | None = None) -> bytes:
+    """INFO's reply: the sections `names`, their lines from `given` (a store's) or made
+    here."""
     blocks = []
-    for name in dict.fromkeys(chosen):
+    for name in names:
         title = "CPU" if name == "cpu" else name.capitalize()
-        blocks.append("".join(f"{line}\r\n" for line in [f"# {title}", *sections[name](state)]))
+        lines = given[name] if given is not None and name in given else \
+            _INFO_SECTIONS[name](state)
+        blocks.append("".join(f"{line}\r\n" for line in [f"# {title}", *lines]))
     return encode.verbatim("\r\n".join(blocks).encode(), session.proto)
+
+
+def info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """INFO [section ...] -> text, `# Section` headers and `field:value` lines. Sections:
+    server, clients, memory, persistence, stats, replication, cpu, commandstats, errorstats,
+    messages, keyspace, queues; `default` (without commandstats and queues), `all` (without queues),
+    `everything`."""
+    return render_info(state, session, info_sections(argv))
 
 
 # -- CONFIG ----------------------------------------------------------------------------

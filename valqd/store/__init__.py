@@ -33,6 +33,7 @@ STORE_COMMANDS = frozenset((
     "move", "exec", "watch", "bgrewriteaof", "save", "debug|digest",
     # a store whose events come from elsewhere confirms a subscription once it relays them
     "subscribe", "psubscribe",
+    "info",  # its messages, keyspace and queues sections are the store's
 ))
 
 

@@ -18,7 +18,8 @@ from typing import Any
 from ...commands.args import Args
 from ...commands import multi
 from ...commands.context import Blocked, Pending, ServerState, Session
-from ...commands.admin import scan_options
+from ...commands.admin import (info_sections, keyspace_info_line, messages_info_lines,
+                               queue_info_line, render_info, scan_options)
 from ...commands.valq import PopOptions, mpop_queues
 from ...errors import CommandError
 from ...resp import encode
@@ -44,6 +45,12 @@ READYING = frozenset((b"push", b"mpush", b"nack", b"extend", b"reschedule", b"re
 # subcommands whose reply is a map, and those whose reply is an array of maps
 MAP_REPLIES = frozenset((b"info", b"stats", b"get"))
 MAPS_REPLIES = frozenset((b"peek",))
+# INFO: the default sections with this store (each costs the same however many queues there
+# are), and those it answers itself; `messages`, `keyspace` and `queues` walk the queues, so
+# they are shown only when asked for by name (or INFO everything)
+DEFAULT_INFO = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
+                "errorstats", "store")
+WALKING_INFO = frozenset(("messages", "keyspace", "queues"))
 REFUSED = {
     "swapdb": "the store's databases are Valkey's",
     "move": "the store's databases are Valkey's",
@@ -236,6 +243,7 @@ class ValkeyStore:
             "type": self._type, "exists": self._exists, "del": self._del,
             "flushdb": self._flushdb, "flushall": self._flushall, "exec": self._exec,
             "subscribe": self._subscribe(False), "psubscribe": self._subscribe(True),
+            "info": self._info,
         })
         for name, why in REFUSED.items():
             handlers[name] = refuse(name, why)
@@ -554,6 +562,59 @@ class ValkeyStore:
         if isinstance(reply, ReplyError):
             raise CommandError(str(reply).partition(" ")[2], str(reply).partition(" ")[0])
         return sorted(key[6:-1] for key in reply)
+
+    # -- INFO --------------------------------------------------------------------------------
+
+    def _info(self, state: ServerState, session: Session, argv: list[bytes]) -> bytes | Pending:
+        """INFO [section ...] -> text. With this store, `store` (among the default
+        sections: the store, the relay, the reaper, as this front end knows them) and, by
+        name only, `messages`, `keyspace` and `queues`, which walk the queues in Valkey (a
+        valq_stats per queue)."""
+        names = info_sections(argv, DEFAULT_INFO)
+        given = {"store": self._store_info()}
+        if not WALKING_INFO & set(names):
+            return render_info(state, session, names, given)
+
+        async def walk() -> bytes:
+            if "messages" in names or "keyspace" in names:
+                counts = [await self._queue_counts(db) for db in range(len(state.databases))]
+                totals = [sum(c[i] for db in counts for c in db.values()) for i in range(4)]
+                given["messages"] = messages_info_lines(sum(map(len, counts)), *totals)
+                given["keyspace"] = [keyspace_info_line(db, len(c))
+                                     for db, c in enumerate(counts) if c]
+            if "queues" in names:
+                given["queues"] = [queue_info_line(i, name, *c) for i, (name, c) in enumerate(
+                    (await self._queue_counts(session.db)).items())]
+            return render_info(state, session, names, given)
+
+        return self._spawn(walk())
+
+    def _store_info(self) -> list[str]:
+        """INFO's `store` section: what this front end knows, without a call."""
+        relay, reaper = self.relay, self.reaper
+        lines = [f"store:{self.kind}", f"store_url:{self.url.text}",
+                 f"store_library_version:{VERSION}"]
+        if relay is not None:
+            lines += [f"relay_queues:{len(relay.relayed)}",
+                      f"relay_messages:{relay.messages}"]
+        if reaper is not None:
+            stats = reaper.stats
+            lines += [f"reaper_primaries:{stats.leading}", f"reaper_calls:{stats.calls}",
+                      f"reaper_queues:{stats.queues}", f"reaper_events:{stats.events}"]
+        return lines
+
+    async def _queue_counts(self, db: int) -> dict[bytes, tuple[int, int, int, int]]:
+        """(ready, inflight, delayed, dlq) of every queue of a database, by name in order."""
+        names = await self._queue_names(db)
+        replies = await asyncio.gather(*(self._await(db, self._fcall_args(
+            [b"VALQ", b"STATS", name]), resend=True) for name in names))
+        counts = {}
+        for name, reply in zip(names, replies):
+            if type(reply) is list:  # (a queue deleted meanwhile answers NOQUEUE)
+                fields = dict(zip(reply[0::2], reply[1::2]))
+                counts[name] = (int(fields[b"ready"]), int(fields[b"inflight"]),
+                                int(fields[b"delayed"]), int(fields[b"dlq"]))
+        return counts
 
     # -- transactions ----------------------------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""INFO in front of Valkey: the default sections cost the same however many queues there are
+(a `store` section from what the front end knows: no call to Valkey), and the sections
+that walk the queues (`messages`, `keyspace`, `queues`) answer from the store when asked
+for by name. INFO's sections with the embedded store are checked by test_operators.py."""
+
+import time
+
+import pytest
+from valkey.exceptions import ResponseError
+
+from support import ThreadedServer, ValkeyServerProcess, Wire, stats, wait_until
+from valqd.store.url import parse_store_url
+from valqd.store.valkey import VERSION
+from valqd.store.valkey.store import ValkeyStore
+
+
+@pytest.fixture(scope="module")
+def frontend(valkey_server):
+    with ThreadedServer(store=ValkeyStore(parse_store_url(valkey_server.url),
+                                          test_clock=True)) as server:
+        yield server
+
+
+def test_default_info_shows_the_store_and_walks_no_queue(frontend):
+    c = frontend.client()
+    c.flushall()
+    info = c.info()
+    assert info["store"] == "valkey" and info["store_library_version"] == VERSION
+    assert info["store_url"].startswith("unix://")
+    for field in ("relay_queues", "relay_messages", "reaper_primaries", "reaper_calls",
+                  "reaper_queues", "reaper_events"):
+        assert isinstance(info[field], int), field
+    wire = Wire(frontend.port)
+    text = wire.call("INFO", "default").decode()
+    assert "# Store" in text and "# Messages" not in text and "# Keyspace" not in text
+    assert "# Commandstats" in wire.call("INFO", "all").decode()
+    wire.sock.close()
+    c.close()
+
+
+def test_the_walking_sections_answer_from_the_store_by_name(frontend):
+    c = frontend.client()
+    c.flushall()
+    c.execute_command("VALQ", "CREATE", "q", "MAXATTEMPTS", "1")
+    c.execute_command("VALQ", "CREATE", "b")
+    c.execute_command("VALQ", "MPUSH", "q", "a", "b", "c")
+    c.execute_command("VALQ", "PUSH", "q", "later", "100")
+    c.execute_command("VALQ", "PUSH", "q", "x")
+    c.execute_command("VALQ", "POP", "q", "COUNT", "2")
+    c.execute_command("VALQ", "NACK", "q", "2")
+    three = frontend.client(db=3)
+    three.execute_command("VALQ", "CREATE", "other")
+    three.execute_command("VALQ", "PUSH", "other", "o")
+    assert c.info("messages") == {"queues": 3, "messages": 6, "messages_ready": 3,
+                                  "messages_inflight": 1, "messages_delayed": 1,
+                                  "messages_dlq": 1}
+    assert c.info("keyspace") == {"db0": {"keys": 2, "expires": 0, "avg_ttl": 0},
+                                  "db3": {"keys": 1, "expires": 0, "avg_ttl": 0}}
+    assert c.info("queues") == {
+        "queue0": {"name": "b", "msgs": 0, "ready": 0, "inflight": 0, "delayed": 0, "dlq": 0},
+        "queue1": {"name": "q", "msgs": 3, "ready": 2, "inflight": 1, "delayed": 1, "dlq": 1}}
+    assert three.info("queues") == {"queue0": {"name": "other", "msgs": 1, "ready": 1,
+                                               "inflight": 0, "delayed": 0, "dlq": 0}}
+    everything = c.info("everything")
+    assert everything["queue1"]["name"] == "q" and everything["queues"] == 3
+    assert everything["store"] == "valkey"
+    # a walk has several steps: not in MULTI (the default sections are)
+    pipe = c.pipeline(transaction=True)
+    pipe.execute_command("INFO")
+    pipe.execute_command("INFO", "messages")
+    default, walked = pipe.execute(raise_on_error=False)
+    assert default["store"] == "valkey"
+    assert isinstance(walked, ResponseError) and "cannot run inside MULTI" in str(walked)
+    c.close()
+    three.close()
+
+
+def test_an_unreachable_store_fails_only_the_walking_sections(tmp_path):
+    valkey_ = ValkeyServerProcess(tmp_path / "v", True).start()
+    store = ValkeyStore(parse_store_url(valkey_.url), timeout_s=0.5, test_clock=True)
+    try:
+        with ThreadedServer(store=store) as server:
+            c = server.client()
+            valkey_.stop()
+            assert c.info()["store"] == "valkey"
+            started = time.monotonic()
+            with pytest.raises(ResponseError, match="TRYAGAIN .*unreachable"):
+                c.info("keyspace")
+            assert time.monotonic() - started < 3
+            c.close()
+    finally:
+        valkey_.stop()
+
+
+def test_the_embedded_store_names_itself():
+    with ThreadedServer() as server:
+        c = server.client()
+        assert c.info("store") == {"store": "embedded"}
+        assert "store" not in c.info()  # not among the embedded store's default sections
+        c.close()
+
