@@ -7,7 +7,7 @@ from valkey_deployments import ValkeyCluster, ValkeySentinels
 # and valqd in front of a real valkey-server (`--store`). A test that cannot apply to a
 # store is marked `@pytest.mark.embedded_only("why")`.
 STORES = ("embedded", "valkey")
-SERVER_FIXTURES = {"valqd", "client", "fresh_valqd", "timed_server", "tc"}
+SERVER_FIXTURES = {"valqd", "client", "fresh_valqd", "timed_server", "tc", "store_valkey"}
 
 
 def pytest_generate_tests(metafunc):

@@ -15,10 +15,13 @@ from valqd.http.routes import ROUTES, STATUS_BY_CODE
 
 jsonschema = pytest.importorskip("jsonschema", reason="pip install -e '.[test]' (jsonschema)")
 
+RUN_ON_STORES = True  # and again with valqd in front of Valkey (conftest.py)
+
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    process, port = http_valqd(tmp_path_factory.mktemp("http"))
+def server(tmp_path_factory, store_valkey):
+    store = () if store_valkey is None else ("--store", store_valkey.url)
+    process, port = http_valqd(tmp_path_factory.mktemp("http"), *store)
     process.http_port = port
     yield process
     process.stop()
@@ -121,7 +124,7 @@ def test_push_over_http_pop_over_resp_and_back(api, resp):
     assert stats(resp, "jobs")["acked"] == 2
 
 
-def test_queue_routes(api, resp):
+def test_queue_routes(api, resp, store_kind):
     assert api.get("/api/queues").json == {"queues": [], "cursor": "0"}
     created = api.put("/api/queues/a", {"visibility": 10, "maxattempts": 2, "retention": 60,
                                         "backoff": "exponential 1 30", "dedup_window": 5,
@@ -145,12 +148,16 @@ def test_queue_routes(api, resp):
     assert [q["path"] for q in page["queues"]] == ["a", "b", "c%20d", "jobs%2Fx"]
     assert page["queues"][0]["ready"] == 1 and page["queues"][0]["pushed"] == 1
     assert api.get("/api/queues/jobs%2Fx").json["name"] == "jobs/x"
-    # pages
+    # pages (in front of Valkey, `count` is a hint, as SCAN's COUNT is there)
     first = api.get("/api/queues?count=3").json
-    assert len(first["queues"]) == 3 and first["cursor"] != "0"
-    rest = api.get(f"/api/queues?count=3&cursor={first['cursor']}").json
-    assert [q["name"] for q in first["queues"] + rest["queues"]] == ["a", "b", "c d", "jobs/x"]
-    assert rest["cursor"] == "0"
+    names = [q["name"] for q in first["queues"]]
+    if store_kind == "embedded":
+        assert len(names) == 3 and first["cursor"] != "0"
+    if first["cursor"] != "0":
+        rest = api.get(f"/api/queues?count=3&cursor={first['cursor']}").json
+        names += [q["name"] for q in rest["queues"]]
+        assert rest["cursor"] == "0"
+    assert sorted(names) == ["a", "b", "c d", "jobs/x"]
     assert [q["name"] for q in api.get("/api/queues?match=jobs*").json["queues"]] == \
         ["jobs/x"]
     assert api.get("/api/queues/a").json["ready"] == 1

@@ -99,3 +99,33 @@ def test_the_embedded_store_names_itself():
         assert "store" not in c.info()  # not among the embedded store's default sections
         c.close()
 
+
+# -- the HTTP listener in store mode (the JSON API runs on both stores: test_http_api.py) --------
+
+def test_metrics_have_the_process_figures_only_and_a_waiting_request_ends_with_the_server(
+        valkey_server):
+    from http_support import Api, free_port
+    port = free_port()
+    store = ValkeyStore(parse_store_url(valkey_server.url), test_clock=True)
+    with ThreadedServer(store=store, **{"http-port": str(port)}) as server:
+        c = server.client()
+        c.flushall()
+        c.execute_command("VALQ", "CREATE", "q")
+        api = Api(port)
+        body = api.get("/metrics").body.decode()
+        assert "valqd_info{" in body and "valqd_connected_clients" in body
+        assert "valqd_queues" not in body and "valqd_messages" not in body
+        waiting = Wire(port)  # a pop that waits, in one of the HTTP threads
+        payload = b'{"block_ms": 0}'
+        waiting.send(b"POST /api/queues/q/pop HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                     % (len(payload), payload))
+        wait_until(lambda: stats(c)["blocked"] == 1, what="the HTTP pop waits")
+        api.close()
+        c.close()
+    # the server stopped (without waiting for the pop): the request's connection is closed,
+    # with a 500 when the answer made it out first
+    waiting.sock.settimeout(5)
+    answer = waiting.sock.recv(4096)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 500"), answer
+    waiting.sock.close()

@@ -45,6 +45,7 @@ from .persistence.loader import LoadResult, load_steps
 from .resp import RequestParser, encode
 from .resp.parser import Limits
 from .store import Store
+from .store.bridge import StoreGone, ThreadedHttp
 from .store.embedded import EmbeddedStore
 
 log = logging.getLogger("valqd")
@@ -319,6 +320,7 @@ class HttpConnection(asyncio.Protocol):
         self.waiter: Waiter | None = None  # set while a pop waits
         self.over_soft_limit_since: float | None = None
         self.waiting: tuple[Request, Waiting] | None = None
+        self.threaded = False  # a request runs in a thread (valqd.store.bridge)
         self.timer: asyncio.TimerHandle | None = None
         self.addr = self.laddr = ""
         self.counted = False
@@ -341,7 +343,7 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
-        if self.waiting is None:
+        if self.waiting is None and not self.threaded:
             self.process()
         elif self.parser.buffered() > MAX_HEAD + self.parser.max_body and \
                 self.transport is not None:
@@ -353,7 +355,8 @@ class HttpConnection(asyncio.Protocol):
         a long pipeline does not hold up other clients)."""
         server, transport = self.server, self.transport
         turn_left = REQUESTS_PER_TURN
-        while self.waiting is None and transport is not None and not transport.is_closing():
+        while self.waiting is None and not self.threaded and transport is not None and \
+                not transport.is_closing():
             if not turn_left:
                 if not self.reading_paused:
                     transport.pause_reading()
@@ -373,6 +376,9 @@ class HttpConnection(asyncio.Protocol):
                     transport.resume_reading()
                 return
             self._disarm()
+            if server.http_bridge is not None:  # a store's: the request runs in a thread
+                self._handle_in_thread(server.http_bridge, request)
+                return
             outcome = server.http_app.handle(request, self.addr, self.laddr)
             if server.databases.readied:
                 server.serve_waiters()
@@ -382,6 +388,29 @@ class HttpConnection(asyncio.Protocol):
                 server.block(self, outcome.blocked)
                 return
             self._respond(request, outcome)
+
+    def _handle_in_thread(self, bridge: ThreadedHttp, request: Request) -> None:
+        """Answer `request` from a worker thread; the next request waits for it."""
+        self.threaded = True
+
+        def done(future: "asyncio.Future[Response | Waiting]") -> None:
+            self.threaded = False
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            exc = future.exception() if not future.cancelled() else None
+            outcome = None if future.cancelled() or exc is not None else future.result()
+            if not isinstance(outcome, Response):  # the server stops (or a bug)
+                if exc is not None and not isinstance(exc, StoreGone):
+                    log.error("bug: an HTTP request failed", exc_info=exc)
+                self.server.reply(self, error_response(500, "ERR", "internal error").encode(
+                    False), True)
+                return
+            self._respond(request, outcome)
+            asyncio.get_running_loop().call_soon(self.process)
+
+        bridge.run(self.server.http_app.handle, request, self.addr, self.laddr
+                   ).add_done_callback(done)
 
     def _respond(self, request: Request, response: Response) -> None:
         close = not request.keep_alive
@@ -420,6 +449,8 @@ class HttpConnection(asyncio.Protocol):
         self._disarm()
         if self.waiter is not None:
             self.server.unblock(self.waiter, None)
+        if self.threaded and self.server.http_bridge is not None:
+            self.server.http_bridge.gone(self.addr)
         if self.counted:
             self.server.http_clients -= 1
             self.counted = False
@@ -572,6 +603,7 @@ class Server:
                                 lambda: self.state.loading,
                                 lambda: len(self.state.acl.users) > 1)
         self.http_clients = 0  # open HTTP connections, counted against maxclients
+        self.http_bridge: ThreadedHttp | None = None  # with a store: HTTP in threads
         self._client_ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
         self._listeners: list[asyncio.AbstractServer] = []
@@ -604,13 +636,13 @@ class Server:
         self._capture_signals(loop)
         fit_maxclients(self.config)
         self.config.checks["maxclients"] = check_maxclients
-        if self.store.kind != "embedded" and self.config.int("http-port"):
-            raise ValueError("http-port: the HTTP API is not served with a store yet")
         try:
             await self.store.open(self.state)
         except BaseException:
             await self.store.close()  # no connection left retrying for a server not started
             raise
+        if self.store.kind != "embedded" and self.config.int("http-port"):
+            self._serve_http_in_threads(loop)
         await self._listen_all(loop)
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
         if self.config["appendonly"] == "yes" and self.store.kind == "embedded":
@@ -741,9 +773,18 @@ class Server:
             hook(config[name])
             config.on_change[name] = hook
 
+    def _serve_http_in_threads(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A store that answers later (Pending): the HTTP app runs in threads, its
+        commands on this loop (valqd.store.bridge)."""
+        bridge = self.http_bridge = ThreadedHttp(loop, self.dispatcher.execute,
+                                                 self.new_session, self.metrics)
+        self.http_app = HttpApp(bridge.execute, bridge.new_session, bridge.metrics,
+                                lambda: self.state.loading,
+                                lambda: len(self.state.acl.users) > 1)
+
     def _http_execute(self, session: Session, argv: list[bytes]) -> bytes | Blocked:
         reply = self.dispatcher.execute(session, argv)
-        assert not isinstance(reply, Pending), "HTTP is not served with a store (start())"
+        assert not isinstance(reply, Pending), "with a store, HTTP runs in threads (start())"
         return reply
 
     def _choose_path(self, lean: object) -> None:
@@ -802,6 +843,8 @@ class Server:
         if self.aof is not None:
             log.warning("Calling fsync() on the AOF file.")
             self.aof.close()
+        if self.http_bridge is not None:
+            self.http_bridge.close()
         await self.store.close()
         log.warning("valqd is now ready to exit, bye bye...")
 
@@ -818,7 +861,7 @@ class Server:
             "valqd_aof_size_bytes": ("gauge", "Size of the append-only file.",
                                      self.aof.size if self.aof is not None else 0),
         }
-        return render_metrics(self.state, extra)
+        return render_metrics(self.state, extra, with_queues=self.store.kind == "embedded")
 
     # -- clients ---------------------------------------------------------------------------
 

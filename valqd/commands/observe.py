@@ -107,14 +107,19 @@ def _family(metric: str, kind: str, help_text: str, samples: list[str]) -> list[
     return [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}", *samples]
 
 
-def render_metrics(state: ServerState, extra: dict[str, tuple[str, str, float]]) -> str:
+def render_metrics(state: ServerState, extra: dict[str, tuple[str, str, float]],
+                   with_queues: bool = True) -> str:
     """The Prometheus text format (version 0.0.4). `extra` holds process figures:
     name -> (type, help, value).
 
     Totals over every queue always; series per queue only for the first
     `metrics-queue-series` queues in name order, so that a scrape costs the same with
     100,000 queues as with 100 (`valqd_queues_without_series` says how many were left out).
+    Without `with_queues` (a store that is not the embedded engine): the process figures
+    only.
     """
+    if not with_queues:
+        return "\n".join(_process_metrics(extra)) + "\n"
     engine = state.engine
     totals = engine.totals
     lines = _family("valqd_queues", "gauge", "Queues.", [f"valqd_queues {len(engine.queues)}"])
@@ -143,8 +148,12 @@ def render_metrics(state: ServerState, extra: dict[str, tuple[str, str, float]])
         metric = f"valqd_queue_{counter}_total"  # text format 0.0.4: TYPE names the sample
         lines += _family(metric, "counter", f"{help_text} Since the server started.", [
             f'{metric}{{queue="{_label(q.name)}"}} {q.counters[counter]}' for q in queues])
-    lines += _family("valqd_info", "gauge", "Build information.",
-                     [f'valqd_info{{version="{__version__}"}} 1'])
+    return "\n".join(lines + _process_metrics(extra)) + "\n"
+
+
+def _process_metrics(extra: dict[str, tuple[str, str, float]]) -> list[str]:
+    lines = _family("valqd_info", "gauge", "Build information.",
+                    [f'valqd_info{{version="{__version__}"}} 1'])
     for metric, (kind, help_text, value) in extra.items():
         lines += _family(metric, kind, help_text, [f"{metric} {value}"])
-    return "\n".join(lines) + "\n"
+    return lines
