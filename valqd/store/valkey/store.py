@@ -269,8 +269,18 @@ class ValkeyStore:
         from the decoded reply. A subscribed client's reply waits until the relay's
         connections have answered a PING sent after the call: the events the call
         published, relayed on those connections, arrive before it, as with the embedded
-        store."""
-        pending = self.send(session.db, self._fcall_args(argv), finish,
+        store. An error reply counts as a failed call of the subcommand (commandstats), as
+        an error the handler raised does."""
+        stats = self.state.command_stats.get("valq|" + argv[1].lower().decode("latin-1")) \
+            if self.state is not None else None
+
+        def counted(reply: Reply) -> bytes:
+            data = finish(reply)
+            if data[:1] == b"-" and stats is not None:
+                stats[2] += 1
+            return data
+
+        pending = self.send(session.db, self._fcall_args(argv), counted,
                             write=argv[1].lower() not in READ_ONLY)
         if (session.channels or session.patterns) and self.relay is not None:
             return self.relay.after_events(pending)
