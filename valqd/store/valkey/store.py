@@ -579,11 +579,14 @@ class ValkeyStore:
         """INFO [section ...] -> text. With this store, `store` (among the default
         sections: the store, the relay, the reaper, as this front end knows them) and, by
         name only, `messages`, `keyspace` and `queues`, which walk the queues in Valkey (a
-        valq_stats per queue)."""
+        valq_stats per queue); those cannot run inside MULTI (ERR)."""
         names = info_sections(argv, DEFAULT_INFO)
         given = {"store": self._store_info()}
         if not WALKING_INFO & set(names):
             return render_info(state, session, names, given)
+        if self._transaction is not None:
+            raise CommandError("INFO messages, keyspace and queues walk the queues in "
+                               "several calls, which a transaction cannot hold with this store")
 
         async def walk() -> bytes:
             if "messages" in names or "keyspace" in names:
