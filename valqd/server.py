@@ -28,7 +28,7 @@ from .commands import acl
 from .commands.acl import load_acl_file
 from .commands.context import Blocked, Pending, ServerState, Session, wall_clock_ms
 from .commands.dispatch import Dispatcher
-from .commands.lean import LeanPath, LeanServe
+from .commands.lean import LeanPath
 from .commands.observe import render_metrics, rss_bytes
 from .commands.table import TABLE
 from .config import AUTO_PORT, Config, int_value, output_limits
@@ -151,28 +151,29 @@ class Connection(asyncio.Protocol):
                 (self.outbox and self._held_back()):  # wait for the store's replies
             return
         server = self.server
-        execute = server.dispatcher.execute
-        serve = server.lean_serve  # None with lean-path no
+        # compiled, a method called on its object is a direct call; one taken as a value
+        # (a bound method) is called the slow way: only the lean path is handed one
+        dispatcher = server.dispatcher
+        lean = server.lean if server.lean_on else None
         readied = server.databases.readied
         parser = self.parser
-        next_command = parser.next_command
         replies: list[bytes] = []
         outbox = self.outbox
         size = 0
         turn_left = COMMANDS_PER_TURN
         close = False
         try:
-            while (argv := next_command()) is not None:
-                if serve is not None:
-                    argv, turn_left, size = serve(session, argv, next_command, replies,
-                                                  turn_left, size)
+            while (argv := parser.next_command()) is not None:
+                if lean is not None:
+                    argv, turn_left, size = lean.serve(session, argv, parser.next_command,
+                                                       replies, turn_left, size)
                     if argv is None:  # the lean path served all there was, or the share
                         if size > REPLY_SLICE or not turn_left:
                             self._end_turn(transport)
                         else:  # the parser has nothing complete left (serve asked it)
                             self._resume_reading(transport)
                         break
-                reply = execute(session, argv)
+                reply = dispatcher.execute(session, argv)
                 if readied:
                     server.serve_waiters()
                 if parser.authenticated is not session.authenticated:
@@ -596,7 +597,7 @@ class Server:
         # the lean path of a RESP connection's commands (embedded engine only), while
         # `lean-path` is yes; the dispatcher serves what it does not
         self.lean = LeanPath(self.state, self.dispatcher, self.serve_waiters, REPLY_SLICE)
-        self.lean_serve: LeanServe | None = None
+        self.lean_on = False
         self._choose_path(config["lean-path"])
         config.on_change["lean-path"] = self._choose_path
         self.http_app = HttpApp(self._http_execute, self.new_session, self.metrics,
@@ -617,6 +618,7 @@ class Server:
         self.aof: AppendOnlyFile | None = None
         self._held: list[tuple[Connection | HttpConnection, bytes, bool]] = []
         self._commit_scheduled = False
+        self._commit_soon = self._commit  # bound once: the group commit runs every turn
         self._housekeeping: asyncio.TimerHandle | None = None
         self._housekeeping_round = 0
         self._waiters: dict[tuple[int, bytes], collections.deque[Waiter]] = {}  # (db, queue)
@@ -789,8 +791,7 @@ class Server:
 
     def _choose_path(self, lean: object) -> None:
         """The lean path serves the embedded engine only: with another store, never."""
-        self.lean_serve = self.lean.serve if lean == "yes" and self.store.kind == "embedded" \
-            else None
+        self.lean_on = lean == "yes" and self.store.kind == "embedded"
 
     def _set_default_password(self, password: object) -> None:
         """`requirepass` is the default user's password, as in Valkey."""
@@ -1037,7 +1038,7 @@ class Server:
     def _schedule_commit(self) -> None:
         if not self._commit_scheduled:
             self._commit_scheduled = True
-            asyncio.get_running_loop().call_soon(self._commit)
+            asyncio.get_running_loop().call_soon(self._commit_soon)
 
     def _commit(self) -> None:
         self._commit_scheduled = False
