@@ -11,7 +11,8 @@ import pytest
 
 from support import ManualClock, ThreadedServer, ValkeyServerProcess, Wire, wait_until
 from valqd.store.url import parse_store_url
-from valqd.store.valkey.relay import TEST_LISTEN_S, may_match_database, queue_of
+from valqd.store.valkey.connection import ReplyError
+from valqd.store.valkey.relay import TEST_LISTEN_S, may_match_database, moved_to, queue_of
 from valqd.store.valkey.store import ValkeyStore
 
 QUICK_REFRESH_S = 0.2  # the relay's refresh in these tests (10 s in production)
@@ -59,6 +60,14 @@ def test_queue_channels_are_named_as_the_embedded_store_names_them():
     assert may_match_database(b"valq:*", 0) and not may_match_database(b"valq:*", 3)
     assert may_match_database(b"*", 3) and may_match_database(b"valq@3:j*", 3)
     assert may_match_database(b"valq?3:*", 3) and not may_match_database(b"news*", 0)
+
+
+def test_a_moved_reply_names_where_to_subscribe():
+    assert moved_to(ReplyError("MOVED 866 127.0.0.1:7001")) == ("127.0.0.1", 7001)
+    assert moved_to(ReplyError("MOVED 866 ::1:7001")) == ("::1", 7001)
+    for reply in (ReplyError("ASK 866 127.0.0.1:7001"), ReplyError("MOVED 866"),
+                  ReplyError("MOVED 866 host:port"), [b"ssubscribe", b"c", 1], None):
+        assert moved_to(reply) is None, reply
 
 
 @pytest.mark.parametrize("proto", [2, 3])

@@ -77,6 +77,17 @@ def queue_of(channel: bytes, databases: int) -> tuple[int, bytes] | None:
     return None
 
 
+def moved_to(reply: Reply) -> tuple[str, int] | None:
+    """The address of a `MOVED slot host:port` error reply, else None."""
+    if not isinstance(reply, ReplyError):
+        return None
+    words = str(reply).split()
+    if len(words) != 3 or words[0] != "MOVED":
+        return None
+    host, _, port = words[2].rpartition(":")
+    return (host, int(port)) if port.isdigit() and host else None
+
+
 def _literal_head(pattern: bytes) -> bytes:
     """The bytes every channel a glob pattern matches starts with."""
     for i, byte in enumerate(pattern):
@@ -278,6 +289,11 @@ class Relay:
         left = [2]
 
         def done(reply: Reply) -> None:
+            moved = moved_to(reply)
+            if moved is not None and self.relayed.get(key) is relayed:
+                relayed.address = moved  # the slot is served elsewhere now: subscribe there
+                self._subscriber(moved).send([b"SSUBSCRIBE", key], done)
+                return
             if isinstance(reply, (ReplyError, StoreUnavailable)):
                 self._log_trouble(f"Cannot relay the events of a queue ({reply})")
             left[0] -= 1
@@ -350,7 +366,7 @@ class Relay:
             try:
                 if self.pubsub.patterns:
                     await self._list_patterns()
-            except StoreUnavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - unreachable, an error reply: next time
                 self._log_trouble(f"Cannot list the queues for a pattern subscription ({exc})")
             for relayed in self.relayed.values():
                 self._listen(relayed.db, relayed.name, self.listen_s, _ignore)
