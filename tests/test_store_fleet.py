@@ -377,6 +377,28 @@ def test_a_push_in_flight_when_the_connection_breaks_answers_indoubt_not_twice(f
     c.close()
 
 
+def test_a_transaction_in_flight_when_the_connection_breaks_answers_indoubt(fleet, valkey_):
+    """The transaction waits in Valkey (a paused write is held even while MULTI queues
+    it), the connection dies: every reply in EXEC's array is INDOUBT, and nothing is sent
+    again."""
+    c = fleet[0].client()
+    c.execute_command("VALQ", "CREATE", "q")
+    valkey_.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    wire = Wire(fleet[0].port)
+    assert [wire.call(*command) for command in (
+        ("MULTI",), ("VALQ", "PUSH", "q", "a"), ("VALQ", "PUSH", "q", "b"))] == \
+        [b"OK", b"QUEUED", b"QUEUED"]
+    wire.send(encode_command(("EXEC",)))
+    wait_until(lambda: blocked_in_valkey(valkey_, "fcall"), 10, "the transaction in Valkey")
+    kill_front_end_connections(valkey_)
+    replies = wire.reply()
+    assert [str(r).split(" ")[0] for r in replies] == ["INDOUBT", "INDOUBT"]
+    valkey_.execute_command("CLIENT", "UNPAUSE")
+    assert stats(c)["pushed"] == 0
+    wire.close()
+    c.close()
+
+
 # -- a client that goes away while its POP is in flight -------------------------------------------
 
 @pytest.mark.parametrize("pop", [
