@@ -402,12 +402,13 @@ def test_a_transaction_in_flight_when_the_connection_breaks_answers_indoubt(flee
 # -- a client that goes away while its POP is in flight -------------------------------------------
 
 @pytest.mark.parametrize("pop", [
-    ("VALQ", "POP", "q"),
-    ("VALQ", "POP", "q", "WITHMETA"),
-    ("VALQ", "POP", "q", "COUNT", "2"),
-    ("VALQ", "POP", "q", "BLOCK", "0"),
-    ("VALQ", "MPOP", "2", "empty", "q"),
-], ids=["pop", "withmeta", "count", "block", "mpop"])
+    [("VALQ", "POP", "q")],
+    [("VALQ", "POP", "q", "WITHMETA")],
+    [("VALQ", "POP", "q", "COUNT", "2")],
+    [("VALQ", "POP", "q", "BLOCK", "0")],
+    [("VALQ", "MPOP", "2", "empty", "q")],
+    [("MULTI",), ("VALQ", "POP", "q"), ("EXEC",)],
+], ids=["pop", "withmeta", "count", "block", "mpop", "exec"])
 def test_a_pop_whose_client_went_away_gives_its_messages_back_at_once(fleet, valkey_, pop):
     """The POP waits in Valkey (CLIENT PAUSE WRITE) while its client disconnects; when
     its reply comes, the front end NACKs what it delivered: ready again now, not after
@@ -419,14 +420,14 @@ def test_a_pop_whose_client_went_away_gives_its_messages_back_at_once(fleet, val
     valkey_.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
     wire = Wire(fleet[0].port)
     client_id = wire.call("CLIENT", "ID")
-    wire.send(encode_command(pop))
+    wire.send(b"".join(map(encode_command, pop)))
     wait_until(lambda: blocked_in_valkey(valkey_, "fcall"), 10, "the pop in Valkey")
     wire.close()
     wait_until(lambda: gone_from(c, client_id), 10, "the front end saw the client go")
     valkey_.execute_command("CLIENT", "UNPAUSE")
     wait_until(lambda: stats(c)["nacked"] >= 1, 10, "the message given back")
     counts = stats(c)
-    delivered = 2 if "COUNT" in pop else 1
+    delivered = 2 if "COUNT" in pop[0] else 1
     assert (counts["delivered"], counts["nacked"], counts["ready"], counts["inflight"]) == \
         (delivered, delivered, 2, 0)
     assert [m[1] for m in c.execute_command("VALQ", "POP", "q", "COUNT", 2)] == [b"a", b"b"]

@@ -138,6 +138,9 @@ class ValkeyStore:
         # Valkey MULTI/EXEC per database: (db, command, finish, pending)
         self._transaction: list[tuple[int, list[bytes], Callable[[Reply], bytes],
                                       Pending]] | None = None
+        # and EXEC's own reply, once it is made (a POP in it gives back what it took when
+        # the client went away before that reply)
+        self._exec_reply: list[bytes | Pending] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -408,9 +411,11 @@ class ValkeyStore:
         what it popped is given back at once (`give_back`)."""
         db, proto = session.db, session.proto
         pending: Pending | None = None
+        in_exec = self._exec_reply if self._transaction is not None else []
 
         def finish(reply: Reply) -> bytes:
-            if pending is not None and pending.cancelled:
+            if (pending is not None and pending.cancelled) or \
+                    any(type(r) is Pending and r.cancelled for r in in_exec):
                 self.give_back(db, argv, reply)
             return reply_for(b"pop", reply, proto)
 
@@ -634,9 +639,10 @@ class ValkeyStore:
     def _exec(self, state: ServerState, session: Session, argv: list[bytes]) -> bytes | Pending:
         """EXEC: the queued commands' calls run as one Valkey MULTI/EXEC (per database),
         so no other client's call comes in between."""
-        self._transaction = []
+        self._transaction, self._exec_reply = [], []
         try:
             reply = multi.exec_(state, session, argv)
+            self._exec_reply.append(reply)
         finally:
             calls, self._transaction = self._transaction, None
         by_db: dict[int, list[tuple[list[bytes], Callable[[Reply], bytes], Pending]]] = {}
