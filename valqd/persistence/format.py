@@ -14,7 +14,7 @@ but never wrote), was cut short by a crash: that is truncation, not corruption.
 
 import mmap
 import zlib
-from typing import Generator, Iterator
+from typing import Final, Generator, Iterator
 
 import hiredis
 
@@ -35,7 +35,7 @@ class AofCorruption(Exception):
         self.reason = reason
 
 
-INT64_MAX = 2**63 - 1
+INT64_MAX: Final = 2**63 - 1  # Final: compiled, a constant rather than a global looked up
 
 
 def _encode_fields(effect: Effect) -> bytes:
@@ -64,6 +64,10 @@ def _encode_push(e: Effect) -> bytes:
     body: bytes = e[6]
     if due_at > INT64_MAX:
         return _encode_fields(e)
+    if due_at == enqueued_at and not priority:  # the usual push: one time to format, twice
+        at = b"%d" % due_at
+        return (b"*7\r\n$4\r\npush\r\n$%d\r\n%b\r\n:%d\r\n:%b\r\n:%b\r\n:0\r\n$%d\r\n%b\r\n"
+                % (len(queue), queue, message_id, at, at, len(body), body))
     return (b"*7\r\n$4\r\npush\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n$%d\r\n%b\r\n"
             % (len(queue), queue, message_id, enqueued_at, due_at, priority, len(body), body))
 
