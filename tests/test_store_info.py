@@ -129,3 +129,33 @@ def test_metrics_have_the_process_figures_only_and_a_waiting_request_ends_with_t
     answer = waiting.sock.recv(4096)
     assert answer == b"" or answer.startswith(b"HTTP/1.1 500"), answer
     waiting.sock.close()
+
+
+def test_the_health_route_answers_while_every_http_thread_waits(valkey_server):
+    from http_support import Api, free_port
+    from valqd.store.bridge import HTTP_THREADS
+    port = free_port()
+    store = ValkeyStore(parse_store_url(valkey_server.url), test_clock=True)
+    with ThreadedServer(store=store, **{"http-port": str(port)}) as server:
+        c = server.client()
+        c.flushall()
+        c.execute_command("VALQ", "CREATE", "q")
+        payload = b'{"block_ms": 0}'
+        pops = []
+        for _ in range(HTTP_THREADS):  # every thread holds a pop that waits
+            pop = Wire(port)
+            pop.send(b"POST /api/queues/q/pop HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                     % (len(payload), payload))
+            pops.append(pop)
+        wait_until(lambda: stats(c)["blocked"] == HTTP_THREADS, what="every thread waits")
+        api = Api(port)
+        assert api.get("/healthz").status == 200
+        assert api.get("/nowhere").status == 404
+        c.execute_command("VALQ", "MPUSH", "q", *["m"] * HTTP_THREADS)
+        for pop in pops:
+            assert pop.raw(15) == b"HTTP/1.1 200 OK"
+            pop.sock.close()
+        assert api.get("/api/queues/q").json["inflight"] == HTTP_THREADS
+        api.close()
+        c.close()

@@ -377,8 +377,8 @@ class HttpConnection(asyncio.Protocol):
                     transport.resume_reading()
                 return
             self._disarm()
-            if server.http_bridge is not None:  # a store's: the request runs in a thread
-                self._handle_in_thread(server.http_bridge, request)
+            if server.http_bridge is not None and not server.http_app.runs_no_command(request):
+                self._handle_in_thread(server.http_bridge, request)  # a store's: in a thread
                 return
             outcome = server.http_app.handle(request, self.addr, self.laddr)
             if server.databases.readied:

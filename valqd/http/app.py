@@ -113,6 +113,14 @@ class HttpApp:
         except api.ApiError as exc:
             return _error(exc)
 
+    def runs_no_command(self, request: Request) -> bool:
+        """Whether `request` is answered without running a command (the health route, a
+        path or method served by no route): a server that runs requests in threads
+        answers it at once, however many threads are busy."""
+        method = "GET" if request.method == "HEAD" else request.method
+        found = self._match(method, request.path)
+        return isinstance(found, Response) or not found[0].auth
+
     def _match(self, method: str, path: str) -> tuple[Route, dict[str, Any]] | Response:
         segments = tuple(path.strip("/").split("/")) if path != "/" else ()
         allowed = []
