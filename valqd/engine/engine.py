@@ -18,7 +18,7 @@ returns the earliest deadline left, so the server arms one timer.
 import hashlib
 import heapq
 import itertools
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Final, Iterator, NamedTuple
 
 from sortedcontainers import SortedDict
 
@@ -678,7 +678,7 @@ _IDENTITY_CHECKED = frozenset(("create", "push", "redrive", "restore"))  # at re
 # kind -> (apply function, whether it applies to a queue, the event it publishes and the
 # counter it bumps (or None), whether it can make a message visible)
 # (typed: compiled, `_emit` reads the fields unboxed)
-_KINDS: dict[str, tuple[Callable[..., object], bool, str | None, str | None, bool]] = {
+_KINDS: Final[dict[str, tuple[Callable[..., object], bool, str | None, str | None, bool]]] = {
     kind: (apply, on_queue, *COUNTED.get(kind, (None, None)), kind in READYING)
     for on_queue, table in ((False, _ENGINE_APPLY), (True, _QUEUE_APPLY))
     for kind, apply in table.items()}

@@ -18,9 +18,9 @@ sublists before the position they start at.
 
 from bisect import bisect_left, bisect_right, insort
 from itertools import chain
-from typing import Any, Iterator
+from typing import Any, Final, Iterator
 
-LOAD = 1000  # a sublist splits past 2 * LOAD keys, and merges with a neighbour below LOAD / 2
+LOAD: Final = 1000  # a sublist splits past 2 * LOAD keys, and merges with a neighbour below LOAD / 2
 
 
 class OrderIndex:

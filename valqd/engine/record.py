@@ -20,18 +20,19 @@ All little-endian.
 """
 
 import struct
+from typing import Final
 
-SHORT = struct.Struct("<Bq")
-FULL = struct.Struct("<BqQQHi")
-MAX_ATTEMPTS_STORED = 0xFFFF
+SHORT: Final = struct.Struct("<Bq")
+FULL: Final = struct.Struct("<BqQQHi")
+MAX_ATTEMPTS_STORED: Final = 0xFFFF
 
 # Order keys: an int per ready message, smallest delivered first. A plain message's key is
 # its id; a delayed message that fell due sorts before every plain one of the same
 # priority, in the order in which they fell due; the id sits in the low 64 bits.
-ID_BITS = 64
-ID_MASK = (1 << ID_BITS) - 1
-_PROMOTED_BASE = -(1 << 128)
-_PRIORITY_STEP = 1 << 130
+ID_BITS: Final = 64
+ID_MASK: Final = (1 << ID_BITS) - 1
+_PROMOTED_BASE: Final = -(1 << 128)
+_PRIORITY_STEP: Final = 1 << 130
 
 
 def pack(enqueued_at: int, promote_seq: int, lease_no: int, attempts: int, priority: int,
