@@ -40,6 +40,10 @@ from valqd.store.valkey.store import REFUSED, ValkeyStore
     ("valkey+sentinel://s1:26379,s2:26380/mymaster/1",
      StoreUrl("sentinel", (("s1", 26379), ("s2", 26380)), master_name="mymaster", db=1)),
     ("valkey+cluster://n1:7000,n2:7001", StoreUrl("cluster", (("n1", 7000), ("n2", 7001)))),
+    ("valkey+cluster://n1:7000/3", StoreUrl("cluster", (("n1", 7000),), db=3)),
+    ("redis+sentinel://:pw@s1/m?sentinel_password=spw",
+     StoreUrl("sentinel", (("s1", 26379),), password="pw", master_name="m",
+              sentinel_password="spw")),
 ])
 def test_store_urls(url, expected):
     assert parse_store_url(url) == expected
@@ -52,7 +56,8 @@ def test_store_urls(url, expected):
     ("valkey://h/x", "the database must be a number"),
     ("valkey://a:1,b:2", "one host for a standalone server"),
     ("valkey+sentinel://s1:26379", "names the master"),
-    ("valkey+cluster://n1:7000/3", "only database 0"),
+    ("valkey+cluster://n1:7000/x", "the database must be a number"),
+    ("valkey+cluster://n1:7000?sentinel_password=x", "unknown option"),
     ("valkey://h?colour=red", "unknown option"),
 ])
 def test_bad_store_urls_say_what_is_wrong(url, message):
@@ -62,6 +67,8 @@ def test_bad_store_urls_say_what_is_wrong(url, message):
 
 def test_a_password_never_shows_in_the_urls_text():
     assert "hunter2" not in parse_store_url("valkey://u:hunter2@h:1").text
+    assert "hunter3" not in parse_store_url(
+        "valkey+sentinel://s:1/m?sentinel_password=hunter3").text
 
 
 # -- one front end -------------------------------------------------------------------------
@@ -284,6 +291,30 @@ def test_a_walk_over_the_keyspace_is_refused_inside_a_transaction(fc, frontend, 
     assert fc.execute_command(*command) in (0, b"OK", True)  # outside MULTI, served
 
 
+def test_mpop_is_one_call_of_the_library_and_runs_in_a_transaction(fc, valkey_server):
+    """MPOP over queues of one server is valq_mpop: one atomic FCALL (so it can be queued
+    in MULTI too); its errors are the library's, as the embedded store's."""
+    for name in ("a", "b", "c"):
+        fc.execute_command("VALQ", "CREATE", name)
+    fc.execute_command("VALQ", "PUSH", "c", "x")
+    direct = valkey_server.client()
+
+    def fcalls() -> int:
+        return direct.info("commandstats")["cmdstat_fcall"]["calls"]
+
+    before = fcalls()
+    assert fc.execute_command("VALQ", "MPOP", 3, "a", "b", "c", "WITHMETA")[0] == b"c"
+    assert fcalls() == before + 1
+    with pytest.raises(ResponseError, match="^NOQUEUE no such queue 'nothing'"):
+        fc.execute_command("VALQ", "MPOP", 2, "a", "nothing")
+    fc.execute_command("VALQ", "PUSH", "b", "y")
+    pipe = fc.pipeline(transaction=True)
+    pipe.execute_command("VALQ", "MPOP", 2, "a", "b", "BLOCK", 100)
+    pipe.execute_command("VALQ", "MPOP", 2, "a", "b", "COUNT", 2)
+    assert pipe.execute() == [[b"b", [[b"body", b"y", b"id", b"1"]]], None]
+    direct.close()
+
+
 # -- valqd load-functions ----------------------------------------------------------------------
 
 def load_functions(*args: str) -> subprocess.CompletedProcess:
@@ -357,22 +388,38 @@ def readme_section(title: str) -> str:
     return text[start:text.index("\n## ", start + 1)]
 
 
-def test_the_readmes_store_commands_run(tmp_path):
-    """`valqd --store URL` and `valqd load-functions URL` as the README writes them,
-    pointed at a real valkey-server instead of port 6379."""
+README_CLUSTER_URL = "valkey+cluster://127.0.0.1:7000,127.0.0.1:7001"
+README_SENTINEL_URL = "valkey+sentinel://127.0.0.1:26379/mymaster"
+
+
+def test_the_readmes_store_commands_run(tmp_path, valkey_cluster, valkey_sentinels):
+    """`valqd --store URL` in its three forms and `valqd load-functions URL` as the README
+    writes them, pointed at a real valkey-server, a real cluster and real sentinels
+    instead of the README's addresses."""
     section = readme_section("Running on Valkey") + readme_section("Valkey Functions library")
     lines = [line for block in re.findall(r"^```sh\n(.*?)^```", section, re.M | re.S)
              for line in block.splitlines() if line.startswith("valqd ")]
-    assert lines == [f"valqd --store {README_URL}", f"valqd load-functions {README_URL}"]
+    assert lines == [f"valqd --store {README_URL}", f"valqd --store {README_CLUSTER_URL}",
+                     f"valqd --store {README_SENTINEL_URL}",
+                     f"valqd load-functions {README_URL}"]
     valkey_ = ValkeyServerProcess(tmp_path / "v", True).start()
     try:
         url = f"valkey://127.0.0.1:{valkey_.port}"
         done = load_functions(url)
         assert done.returncode == 0, done.stderr
-        words = lines[0].replace(README_URL, url).split()
-        server = ValqdProcess(tmp_path / "q", *words[1:]).start()
-        assert server.client().execute_command("VALQ", "CREATE", "jobs") == b"created jobs"
-        assert server.stop() == 0
+        cluster = ",".join(n.address for n in valkey_cluster.primaries()[:2])
+        sentinels = valkey_sentinels.sentinels[0].address
+        for i, (line, real) in enumerate(((lines[0], url),
+                           (lines[1], f"valkey+cluster://{cluster}"),
+                           (lines[2], f"valkey+sentinel://{sentinels}/"
+                                      f"{valkey_sentinels.MASTER_NAME}"))):
+            words = line.replace(line.split()[-1], real).split()
+            server = ValqdProcess(tmp_path / f"q{i}", *words[1:]).start()
+            c = server.client()
+            assert c.execute_command("VALQ", "CREATE", "jobs") == b"created jobs"
+            assert c.execute_command("VALQ", "DELETE", "jobs") == b"deleted jobs"
+            c.close()
+            assert server.stop() == 0
     finally:
         valkey_.stop()
 
@@ -438,6 +485,116 @@ def test_a_write_is_answered_once_a_replica_has_it(tmp_path):
     finally:
         replica.stop()
         primary.stop()
+
+
+def keyspace(c) -> dict:
+    """Every key of a Valkey server with its type and content: a primary and a replica
+    that has all its writes give the same."""
+    dump = {}
+    for key in c.keys("*"):
+        kind = c.type(key)
+        dump[key] = (kind, c.hgetall(key) if kind == b"hash" else
+                     c.zrange(key, 0, -1, withscores=True) if kind == b"zset" else
+                     c.lrange(key, 0, -1) if kind == b"list" else c.dump(key))
+    return dump
+
+
+@pytest.fixture
+def primary_and_replica(tmp_path):
+    primary = ValkeyServerProcess(tmp_path / "p", True).start()
+    replica = ValkeyServerProcess(tmp_path / "r", True, "--replicaof", "127.0.0.1",
+                                  str(primary.port)).start()
+    replica_client = replica.client()
+    try:
+        wait_until(lambda: replica_client.info("replication")["master_link_status"] == "up",
+                   what="the replica in sync")
+        yield primary, replica, replica_client
+    finally:
+        replica_client.close()
+        replica.stop()
+        primary.stop()
+
+
+def test_every_kind_of_write_waits_for_the_replica(primary_and_replica):
+    """MPOP, a blocking POP, DEL and the flushes (several calls each) are answered once the
+    replica has all they wrote, as single calls are; a pop that took nothing does not wait."""
+    primary, replica, replica_client = primary_and_replica
+    store = ValkeyStore(parse_store_url(primary.url), wait_replicas=1, wait_timeout_ms=2000)
+    with ThreadedServer(store=store) as server:
+        c, direct = server.client(), primary.client()
+
+        def replicated() -> None:
+            assert keyspace(replica_client) == keyspace(direct)
+
+        for name in ("a", "b", "c", "d"):
+            c.execute_command("VALQ", "CREATE", name)
+            c.execute_command("VALQ", "PUSH", name, f"to {name}")
+        assert c.execute_command("VALQ", "MPOP", 2, "a", "b", "COUNT", 1)[0] == b"a"
+        replicated()
+        assert c.execute_command("VALQ", "POP", "b", "BLOCK", 1000)[1] == b"to b"
+        replicated()
+        assert c.delete("c", "nothing") == 1
+        replicated()
+        assert c.execute_command("FLUSHDB") is True
+        replicated()
+        c.execute_command("VALQ", "CREATE", "e")
+        assert c.execute_command("FLUSHALL") is True
+        replicated()
+        replica.stop()
+        with pytest.raises(ResponseError, match="^NOREPLICAS"):
+            c.execute_command("VALQ", "CREATE", "f")  # made all the same
+        assert c.execute_command("VALQ", "MPOP", 1, "f") is None  # took nothing: no wait
+        assert c.execute_command("VALQ", "POP", "f") == b""
+        c.close()
+        direct.close()
+
+
+@pytest.mark.parametrize("command, applied", [
+    (("VALQ", "MPOP", 2, "a", "b"), lambda c: stats(c, "b")["inflight"] == 1),
+    (("VALQ", "POP", "b", "BLOCK", 1000), lambda c: stats(c, "b")["inflight"] == 1),
+    (("DEL", "a", "b"), lambda c: c.exists("a", "b") == 0),
+    (("FLUSHDB",), lambda c: c.dbsize() == 0),
+    (("FLUSHALL",), lambda c: c.dbsize() == 0),
+])
+def test_a_write_without_its_replica_is_noreplicas_and_applied(primary_and_replica, command,
+                                                               applied):
+    primary, replica, _ = primary_and_replica
+    store = ValkeyStore(parse_store_url(primary.url), wait_replicas=1, wait_timeout_ms=200)
+    with ThreadedServer(store=store) as server:
+        c = server.client()
+        c.execute_command("VALQ", "CREATE", "a")
+        c.execute_command("VALQ", "CREATE", "b")
+        c.execute_command("VALQ", "PUSH", "b", "x")
+        replica.stop()
+        with pytest.raises(ResponseError, match="^NOREPLICAS the change was applied, but 0 of "
+                                                "the 1 replicas store-wait-replicas asks for"):
+            c.execute_command(*command)
+        assert applied(c)
+        c.close()
+
+
+def test_store_wait_aof_waits_for_the_primarys_aof(tmp_path):
+    """WAITAOF 1 0: answered once the primary's AOF has the write fsynced; a primary
+    without an AOF cannot say so: -NOREPLICAS naming WAITAOF's answer (the change made)."""
+    with_aof = ValkeyServerProcess(tmp_path / "aof", True, "--appendonly", "yes").start()
+    without = ValkeyServerProcess(tmp_path / "none", True).start()
+    try:
+        for valkey_, reply in ((with_aof, None), (without, "WAITAOF answered ERR WAITAOF")):
+            store = ValkeyStore(parse_store_url(valkey_.url), wait_aof=True,
+                                wait_timeout_ms=1000)
+            with ThreadedServer(store=store) as server:
+                c = server.client()
+                if reply is None:
+                    assert c.execute_command("VALQ", "CREATE", "q") == b"created q"
+                else:
+                    with pytest.raises(ResponseError, match=f"^NOREPLICAS the change was "
+                                                            f"applied, but .*{reply}"):
+                        c.execute_command("VALQ", "CREATE", "q")
+                assert c.execute_command("VALQ", "LIST") == [b"q"]
+                c.close()
+    finally:
+        with_aof.stop()
+        without.stop()
 
 
 # -- the client's connection: TLS and AUTH -----------------------------------------------------------

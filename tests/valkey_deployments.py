@@ -259,6 +259,35 @@ class ValkeyCluster:
                                                                     .split("@")[0]))
         raise AssertionError(f"{primary.address} has no replica")
 
+    def move_slot(self, slot: int, target: ValkeyNode, db: int = 0) -> None:
+        """Reshard `slot` to the primary `target` as valkey-cli does: IMPORTING, MIGRATING,
+        MIGRATE of its keys (database `db`), then SETSLOT NODE on every primary."""
+        source = next(p for p in self.primaries()
+                      if any(low <= slot <= high and port == p.port
+                             for low, high, port in self.slot_ranges()))
+        if source.port == target.port:
+            return
+        target_id = target.call("CLUSTER", "MYID")
+        assert target.call("CLUSTER", "SETSLOT", slot, "IMPORTING",
+                           source.call("CLUSTER", "MYID")) == b"OK"
+        assert source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id) == b"OK"
+        wire = Wire(source.port)
+        try:
+            if db:
+                assert wire.call("SELECT", db) == b"OK"
+            while keys := wire.call("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                assert wire.call("MIGRATE", "127.0.0.1", target.port, "", db, 5000,
+                                 "KEYS", *keys) == b"OK"
+        finally:
+            wire.close()
+        for node in [target, source, *(p for p in self.primaries()
+                                       if p.port not in (source.port, target.port))]:
+            assert node.call("CLUSTER", "SETSLOT", slot, "NODE", target_id) == b"OK"
+        wait_until(lambda: self.owner_port(slot) == target.port, 30, "the slot's new owner")
+
+    def owner_port(self, slot: int) -> int:
+        return next(port for low, high, port in self.slot_ranges() if low <= slot <= high)
+
     def seeds(self) -> str:
         """Every node's address, comma separated (a cluster URL's seed list)."""
         return ",".join(n.address for n in self.nodes)

@@ -145,26 +145,26 @@ def load_functions_main(args: list[str]) -> int:
     library there, the server unreachable), 2 on bad usage."""
     if len(args) != 1 or args[0].startswith("-"):
         print("Usage: valqd load-functions URL   (valkey://[user:password@]host:port[/db], "
-              "valkeys://, redis://, rediss://, unix:///path)", file=sys.stderr)
+              "valkeys://, redis://, rediss://, unix:///path, "
+              "valkey+cluster://host:port[,...], valkey+sentinel://host:port[,...]/master)",
+              file=sys.stderr)
         return 2
     from .store.url import parse_store_url
     from .store.valkey import LibraryError
-    from .store.valkey.connection import Client, StoreUnavailable
-    from .store.valkey.store import load_library
+    from .store.valkey.connection import StoreUnavailable
+    from .store.valkey.store import deployment_client, load_library, node_calls
     try:
         url = parse_store_url(args[0])
     except ValueError as exc:
         print(f"valqd load-functions: {exc}", file=sys.stderr)
         return 2
-    if url.kind != "standalone":
-        print(f"valqd load-functions: {url.kind} URLs are not served yet", file=sys.stderr)
-        return 2
 
     async def load() -> int:
-        client = Client(url, url.db, name="valqd-load-functions")
+        """On every primary of a cluster, or the one primary there is."""
+        client = deployment_client(url, url.db, 5.0, "valqd-load-functions")
         try:
             await client.connect()
-            return await load_library(client.call)
+            return min([await load_library(call) for call in node_calls(client)])
         finally:
             await client.close()
 

@@ -189,8 +189,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(Valkey tools read it)", "enum", ("",)),
     Setting("store", "", "where the queues live: empty for the embedded engine and its AOF, "
             "or a Valkey URL (valkey://[user:password@]host:port[/db], valkeys:// for TLS, "
-            "redis://, rediss://, unix:///path) whose valq library serves them; see "
-            "README, Running on Valkey"),
+            "redis://, rediss://, unix:///path; valkey+cluster://host:port[,...][/db], "
+            "valkey+sentinel://host:port[,...]/master[/db]) whose valq library serves them; "
+            "see README, Running on Valkey"),
     Setting("store-timeout", "5000", "milliseconds a command waits for an unreachable store "
             "before it is answered -TRYAGAIN", "int", low=1, high=3_600_000),
     Setting("store-wait-replicas", "0", "with a store: reply to a write only once this many "
@@ -199,6 +200,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store-wait-timeout", "1000", "milliseconds store-wait-replicas waits; a write "
             "fewer replicas acknowledged in time is answered -NOREPLICAS (it was applied)",
             "int", low=1, high=3_600_000),
+    Setting("store-wait-aof", "no", "with a store: reply to a write only once the primary's "
+            "AOF (and store-wait-replicas replicas' AOFs) fsynced it (Valkey's WAITAOF, one "
+            "per event-loop turn), else -NOREPLICAS after store-wait-timeout", "enum", YES_NO),
     Setting("appendonly", "yes", "persist every change to the append-only file", "enum",
             YES_NO),
     Setting("appendfilename", "appendonly.aof", "name of the append-only file, in dir"),

@@ -555,7 +555,8 @@ def open_store(config: Config) -> Store:
     from .store.valkey.store import ValkeyStore
     return ValkeyStore(parse_store_url(url), config.int("store-timeout") / 1000,
                        wait_replicas=config.int("store-wait-replicas"),
-                       wait_timeout_ms=config.int("store-wait-timeout"))
+                       wait_timeout_ms=config.int("store-wait-timeout"),
+                       wait_aof=config["store-wait-aof"] == "yes")
 
 
 def _is_loopback(host: str) -> bool:

@@ -4,8 +4,17 @@
     valkeys://...                                   the same over TLS
     redis://..., rediss://...                       the same, as redis-py spells them
     unix://[[user]:password@]/path/to/socket[?db=n] a Unix socket
-    valkey+sentinel://[...@]host:port[,host:port...]/master-name[/db]   (reserved)
-    valkey+cluster://[...@]host:port[,host:port...]                     (reserved)
+    valkey+sentinel://[...@]host:port[,host:port...]/master-name[/db]
+        the primary that the sentinels at host:port,... name master-name; the user and
+        password are the primary's (and its replicas'); sentinels that need their own
+        take `sentinel_username=` and `sentinel_password=` options; a sentinel's port
+        is 26379 unless given
+    valkey+cluster://[...@]host:port[,host:port...][/db]
+        a Valkey Cluster: any of its nodes as seeds (one is enough; the others are
+        tried when it does not answer); `/db` where the cluster has databases (Valkey 9's
+        cluster-databases)
+    valkeys+..., redis+..., rediss+...                  the same, over TLS or as spelled
+                                                        by redis clients
 
 TLS takes two query options: `tls_ca_cert_file=PATH` (the CAs that sign the server's
 certificate; default: the system's) and `tls_verify=no` (no verification, for tests only).
@@ -16,10 +25,12 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
 PLAIN_SCHEMES = {"valkey": False, "redis": False, "valkeys": True, "rediss": True}
 SENTINEL_SCHEMES = ("valkey+sentinel", "redis+sentinel", "valkeys+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("valkey+cluster", "redis+cluster", "valkeys+cluster", "rediss+cluster")
 TLS_OPTIONS = ("tls_ca_cert_file", "tls_verify")
+SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,8 @@ class StoreUrl:
     password: str = ""
     db: int = 0
     master_name: str = ""  # sentinel only
+    sentinel_username: str = ""  # the sentinels' own credentials (sentinel only)
+    sentinel_password: str = ""
     tls_ca_cert_file: str = ""
     tls_verify: bool = True
     text: str = field(default="", compare=False)  # the URL with the password masked
@@ -53,7 +66,8 @@ def _db(text: str, url: str) -> int:
     return int(text)
 
 
-def _hosts(netloc: str, url: str) -> tuple[tuple[str, int], ...]:
+def _hosts(netloc: str, url: str,
+           default_port: int = DEFAULT_PORT) -> tuple[tuple[str, int], ...]:
     hosts = []
     for part in netloc.split(","):
         if part.startswith("["):  # [ipv6]:port
@@ -63,7 +77,7 @@ def _hosts(netloc: str, url: str) -> tuple[tuple[str, int], ...]:
             host, _, port_text = part.partition(":")
         if not host:
             raise ValueError(f"store URL {url!r} names no host")
-        port = DEFAULT_PORT
+        port = default_port
         if port_text:
             if not port_text.isdigit() or not 0 < int(port_text) < 65536:
                 raise ValueError(f"store URL {url!r}: bad port {port_text!r}")
@@ -91,7 +105,8 @@ def parse_store_url(url: str) -> StoreUrl:
     username, password = unquote(username), unquote(password)
     location, _, query_text = location.partition("?")
     query = {k: v[-1] for k, v in parse_qs(query_text, keep_blank_values=True).items()}
-    unknown = set(query) - {*TLS_OPTIONS, "db"}
+    unknown = set(query) - {*TLS_OPTIONS, "db",
+                            *(SENTINEL_OPTIONS if scheme in SENTINEL_SCHEMES else ())}
     if unknown:
         raise ValueError(f"store URL {_masked(url, password)!r}: unknown option "
                          f"{sorted(unknown)[0]!r}")
@@ -112,12 +127,19 @@ def parse_store_url(url: str) -> StoreUrl:
         if not master:
             raise ValueError(f"store URL {url!r}: a Sentinel URL names the master after the "
                              "sentinels: valkey+sentinel://host:26379,host:26380/mymaster")
-        return StoreUrl("sentinel", _hosts(netloc, url), master_name=unquote(master),
-                        db=_db(db_text, url) if db_text else 0, **common)  # type: ignore[arg-type]
+        sentinel_password = query.get("sentinel_password", "")
+        if sentinel_password:
+            common["text"] = str(common["text"]).replace(
+                "sentinel_password=" + sentinel_password, "sentinel_password=***")
+        return StoreUrl("sentinel", _hosts(netloc, url, DEFAULT_SENTINEL_PORT), master_name=unquote(master),
+                        db=_db(db_text, url) if db_text else 0,
+                        sentinel_username=query.get("sentinel_username", ""),
+                        sentinel_password=sentinel_password,
+                        **common)  # type: ignore[arg-type]
     if scheme in CLUSTER_SCHEMES:
-        if path.strip("/") not in ("", "0"):
-            raise ValueError(f"store URL {url!r}: a cluster has only database 0")
-        return StoreUrl("cluster", _hosts(netloc, url), **common)  # type: ignore[arg-type]
+        db_text = path.strip("/")
+        return StoreUrl("cluster", _hosts(netloc, url), db=_db(db_text, url) if db_text else 0,
+                        **common)  # type: ignore[arg-type]
     hosts = _hosts(netloc, url)
     if len(hosts) != 1:
         raise ValueError(f"store URL {url!r}: one host for a standalone server (several are "

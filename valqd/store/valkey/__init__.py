@@ -12,7 +12,7 @@ build has no such argument (see valq.lua).
 """
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
@@ -177,25 +177,38 @@ def fcall_args(subcommand: str, name: bytes, args: Sequence[Any],
     return fcall(sub, keys, args, clock)
 
 
-def redrive_across(call: Callable[..., Any], is_error: Callable[[Any], bool], name: bytes,
-                   args: Sequence[Any], clock: int | None = None) -> Any:
+def redrive_steps(is_error: Callable[[Any], bool], name: bytes, args: Sequence[Any],
+                  clock: int | None = None) -> Generator[list[Any], Any, Any]:
     """`VALQ REDRIVE name ... TO other` when other lives in another slot of a cluster: the
-    library's three calls (valq_redrive_out, _in, _done; see valq.lua), each sent with
-    `call(*command)`. Returns REDRIVE's reply, or the first error reply. Not atomic: a
-    message may be redriven twice if this stops between the second and third call."""
+    library's three calls (valq_redrive_out, _in, _done; see valq.lua) as a generator that
+    yields each command and is sent its reply; it returns REDRIVE's reply, or the first
+    error reply. Not atomic: a message may be redriven twice if this stops between the
+    second and third call."""
     other = redrive_target(name, args)
     if other is None:
-        return call(*fcall_args("REDRIVE", name, args, clock))
-    moving = call(*fcall("redrive_out", [queue_key(name)], args, clock))
+        return (yield fcall_args("REDRIVE", name, args, clock))
+    moving = yield fcall("redrive_out", [queue_key(name)], args, clock)
     if is_error(moving):
         return moving
     ids = moving[0::3]
     pairs = [value for i in range(0, len(moving), 3) for value in moving[i + 1:i + 3]]
-    moved = call(*fcall("redrive_in", [queue_key(other)], pairs, clock))
+    moved = yield fcall("redrive_in", [queue_key(other)], pairs, clock)
     if is_error(moved) or not ids:
         return moved
-    done = call(*fcall("redrive_done", [queue_key(name)], ids, clock))
+    done = yield fcall("redrive_done", [queue_key(name)], ids, clock)
     return done if is_error(done) else moved
+
+
+def redrive_across(call: Callable[..., Any], is_error: Callable[[Any], bool], name: bytes,
+                   args: Sequence[Any], clock: int | None = None) -> Any:
+    """`redrive_steps`, each command sent with `call(*command)`."""
+    steps = redrive_steps(is_error, name, args, clock)
+    try:
+        command = next(steps)
+        while True:
+            command = steps.send(call(*command))
+    except StopIteration as finished:
+        return finished.value
 
 
 class Library:

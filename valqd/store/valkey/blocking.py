@@ -18,6 +18,14 @@ readiness) and waits for whichever comes first:
   this front end's waiters at most MAX_WAIT_S after it fell due. It also keeps a wait from
   outliving a failover or a resharding by long.
 
+On a cluster or behind Sentinel the marker lives on the queue's primary (`locate`): a
+BLPOP answered `MOVED` (the slot moved, or its primary became a replica) goes at once to
+the new owner; one answered another error (`UNBLOCKED`: the server became a replica;
+`READONLY`, `CLUSTERDOWN`, `ASK`, a lost connection) or never answered has the map read
+again and the watcher wait one round before it pops again (a failover is under way: a pop
+sent to a primary that dies meanwhile answers -INDOUBT), the pops themselves going
+through the router's retries.
+
 Across front ends nothing is ordered: each front end serves its own clients in order, and
 whichever front end pops first gets the message.
 """
@@ -36,6 +44,7 @@ from .connection import Client, Reply, ReplyError, StoreUnavailable
 log = logging.getLogger("valqd")
 
 MAX_WAIT_S = 1.0  # the longest a watcher waits before it pops again (see above)
+LATE_S = 1.0  # a BLPOP not answered this long after its timeout is given up
 
 
 @dataclass(eq=False)
@@ -66,23 +75,32 @@ class Watch:
 Pop = Callable[[int, list[bytes]], Awaitable[Reply]]  # (db, POP argv) -> the store's reply
 Wake = Callable[[int, bytes], Awaitable[Reply]]  # (db, queue) -> valq_wake's [ready, wait_ms]
 GiveBack = Callable[[int, list[bytes], Reply], None]  # (db, POP argv, what it delivered)
+Address = tuple[str, int]
+# (db, marker key, the last BLPOP's error reply or None, the address it came from) -> the
+# address of the primary to BLPOP the marker on (None: none known right now)
+Locate = Callable[[int, bytes, Reply, "Address | None"], "Address | None"]
 
 
 class Waits:
     """The blocked pops of one front end, by (database, queue)."""
 
-    def __init__(self, connect: Callable[[int], Client], pop: Pop, wake: Wake,
-                 give_back: GiveBack, max_wait_s: float = MAX_WAIT_S) -> None:
-        """`connect(db)`: a new client of the store for a watcher's BLPOP; `pop` runs a
+    def __init__(self, connect: Callable[[int, "Address | None"], Client], pop: Pop,
+                 wake: Wake, give_back: GiveBack, max_wait_s: float = MAX_WAIT_S,
+                 locate: Locate | None = None) -> None:
+        """`connect(db, address)`: a new client of the store for a watcher's BLPOP (on the
+        server at `address`; None: the store's URL's); `pop` runs a
         POP (woken: it re-arms the marker), `wake` valq_wake; `give_back` returns what a
         POP delivered for a client that went away meanwhile; `max_wait_s` caps a wait
-        (a test's manual clock does not move with the wall clock: it polls)."""
+        (a test's manual clock does not move with the wall clock: it polls); `locate`:
+        where a marker lives on a deployment of several servers (None: one server)."""
         self._connect = connect
         self._pop = pop
         self._wake = wake
         self._give_back = give_back
         self.max_wait_s = max_wait_s
+        self._locate = locate
         self._watches: dict[tuple[int, bytes], Watch] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # markers of a queue's old primary
 
     def add(self, db: int, waiter: Waiter) -> None:
         """Park `waiter` behind the others of each of its queues."""
@@ -122,6 +140,8 @@ class Waits:
         waiters = watch.waiters
         marker: Client | None = None
         blpop: asyncio.Future[Reply] | None = None
+        blpop_late = 0.0  # when the BLPOP in flight should have answered by
+        trouble: Reply = None  # the last BLPOP's error reply
         try:
             while waiters:
                 soonest = _expire(waiters, loop.time())
@@ -165,12 +185,29 @@ class Waits:
                 if soonest is not None:
                     timeout = min(timeout, soonest - loop.time())
                 timeout = max(timeout, 0.001)
-                if marker is None:
-                    marker = self._connect(db)
-                if blpop is None or blpop.done():
+                if blpop is None:
+                    marker = self._marker(db, name, marker, trouble)
+                if blpop is None and marker is not None:
                     blpop = loop.create_future()
+                    blpop_late = loop.time() + timeout + LATE_S
                     marker.send([b"BLPOP", wake_key(name), b"%.3f" % timeout], _set(blpop))
                 await _wait(watch.woken, timeout + 0.05, blpop)
+                trouble = None
+                if blpop is not None and blpop.done():
+                    reply, blpop = blpop.result(), None
+                    if isinstance(reply, (ReplyError, StoreUnavailable)):
+                        trouble = reply
+                elif blpop is not None and loop.time() > blpop_late:
+                    # its server is gone without a word (a primary killed, its connection
+                    # waiting to be made again): look for the queue's primary again
+                    blpop, trouble = None, StoreUnavailable("the wake marker's BLPOP is late")
+                if trouble is not None and not str(trouble).startswith("MOVED "):
+                    # a failover under way: the map is read again, and the watcher waits a
+                    # round before it pops (a pop sent to a primary dying may be lost)
+                    if self._locate is not None:
+                        self._locate(db, wake_key(name), trouble, None)
+                    trouble = None
+                    await _wait(watch.woken, self.max_wait_s)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a bug must not leave clients blocked for ever
@@ -182,6 +219,25 @@ class Waits:
                 del self._watches[key]
             if marker is not None:
                 await marker.close()  # a BLPOP still waiting ends with its connection
+
+    def _marker(self, db: int, name: bytes, marker: Client | None,
+                trouble: Reply) -> Client | None:
+        """The connection to BLPOP the queue's marker on: `marker`, or a new one when the
+        queue's primary is another (the old one closes; `trouble`, the last BLPOP's MOVED,
+        says where it went); None: wait this round without it (no primary is known)."""
+        if self._locate is None:
+            return marker or self._connect(db, None)
+        asked = marker.address if marker is not None else None
+        address = self._locate(db, wake_key(name), trouble, asked)
+        if address is None:
+            return None
+        if marker is not None and marker.address == address:
+            return marker
+        if marker is not None:
+            closing = asyncio.get_running_loop().create_task(marker.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        return self._connect(db, address)
 
     def _release(self, db: int, waiter: Waiter) -> None:
         """An MPOP was answered: its other queues' watchers drop it now."""

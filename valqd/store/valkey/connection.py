@@ -175,15 +175,20 @@ class Client:
                  name: str = "valqd",
                  on_connect: Callable[[SetupCall], Awaitable[None]] | None = None,
                  quiet: bool = False,
-                 on_push: Callable[[list[Any]], bool] | None = None) -> None:
+                 on_push: Callable[[list[Any]], bool] | None = None,
+                 requeue: bool = True) -> None:
         """`on_connect` runs on every new connection before it carries any command (the
         store loads its library there, should the server have restarted empty); `quiet`
         logs connecting at debug level (a short-lived connection for one wait); `on_push`
         sees every array reply first and answers True for those that are pushes, not
-        replies (a subscriber connection's messages), which then match no command."""
+        replies (a subscriber connection's messages), which then match no command;
+        `requeue`: what a lost connection had in flight and may be sent again goes on the
+        next connection; False: it fails with StoreUnavailable, for a caller that sends it
+        again elsewhere (a cluster's router, to the slot's primary of the moment)."""
         self.on_connect = on_connect
         self.on_push = on_push
         self.quiet = quiet
+        self.requeue = requeue
         self.url = url
         self.db = db
         self.timeout_s = timeout_s
@@ -368,6 +373,11 @@ class Client:
         self._wire = None
         self._last_error = f"connection lost: {exc}" if exc else "connection closed"
         self._log_trouble(f"Lost the connection to the store at {self.url.address}")
+        if not self.requeue:
+            for _, callback, _, _ in again:
+                _answer(callback, StoreUnavailable(
+                    f"the connection to the store at {self.url.address} was lost"))
+            again = []
         self._waiting.extendleft(reversed(again))
         self._ensure_connecting()
         if again:

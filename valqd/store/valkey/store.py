@@ -8,11 +8,17 @@ queue q is the hash `valq:{q}`, and only main keys end with `}` (every other key
 Every reply reaches the client in order (see `Pending`); commands of several steps (SCAN,
 FLUSHDB, FLUSHALL) are barriers: the client's later commands wait for them. The store
 being unreachable answers `-TRYAGAIN` after `timeout_s`, never a traceback.
+
+A Valkey Cluster or a primary found through Sentinel is served through a `Router`
+(router.py): each call goes to its queue's primary, and what spans every queue (LIST, KEYS,
+SCAN, DBSIZE, the flushes) asks every primary.
 """
 
 import asyncio
+import dataclasses
+import functools
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from ...commands.args import Args
@@ -25,14 +31,20 @@ from ...errors import CommandError
 from ...resp import encode
 from .. import STORE_COMMANDS, Handler, refuse
 from ..url import StoreUrl
-from . import (LIBRARY_NAME, VERSION, LibraryError, fcall_args, library_source,
+from . import (LIBRARY_NAME, VERSION, LibraryError, library_source, redrive_steps,
                source_version)
 from .blocking import MAX_WAIT_S, Waiter, Waits
-from .connection import Client, Reply, ReplyError, SetupCall, StoreUnavailable
+from .connection import Arg, Client, Reply, ReplyError, SetupCall, StoreUnavailable
 from .reaper import ROUND_S, Primary, Reaper, all_slots
 from .relay import LISTEN_S, REFRESH_S, TEST_LISTEN_S, Relay
+from .replicas import ReplicaWait
+from .router import (SCAN_NODE_BITS, Address, ClusterTopology, Router, SentinelTopology,
+                     command_key)
+from .slots import key_slot
 
 log = logging.getLogger("valqd")
+
+NodeCall = Callable[..., Coroutine[Any, Any, Reply]]  # call(*args) on one primary
 
 QUEUE_TYPE = b"valq-type"
 SCAN_KEYS_PER_QUEUE = 9  # a queue has up to 9 keys: SCAN's COUNT is scaled by it
@@ -107,33 +119,38 @@ class ValkeyStore:
 
     kind = "valkey"
     # a walk over the keyspace: no Valkey transaction can hold one (DEL and MPOP can: one
-    # call per queue, and valq_mpop)
+    # call per queue, and valq_mpop); on a cluster KEYS and SCAN too (every primary)
     no_multi = frozenset(("dbsize", "flushdb", "flushall"))
 
     def __init__(self, url: StoreUrl, timeout_s: float = 5.0, test_clock: bool = False,
-                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000,
+                 wait_aof: bool = False) -> None:
         """`wait_replicas`: a write's reply waits until that many replicas have it (WAIT),
-        at most `wait_timeout_ms`."""
-        if url.kind != "standalone":
-            raise ValueError(f"store URL {url.text!r}: {url.kind} deployments are not "
-                             "served yet")
+        at most `wait_timeout_ms`; `wait_aof`: until the primary's AOF and theirs have it
+        fsynced (WAITAOF)."""
         self.url = url
         self.timeout_s = timeout_s
         self.test_clock = test_clock
-        self.wait_replicas = wait_replicas
-        self.wait_timeout_ms = wait_timeout_ms
-        # writes of this turn whose replies wait for WAIT, per database: (pending, reply)
-        self._unreplicated: dict[int, list[tuple[Pending, list[bytes]]]] = {}
+        self.wait = ReplicaWait(wait_replicas, wait_aof, wait_timeout_ms) \
+            if wait_replicas or wait_aof else None
+        # a cluster or Sentinel: commands go through a Router (router.py); on a cluster,
+        # what spans every queue asks every primary
+        self.routed = url.kind != "standalone"
+        self.sharded = url.kind == "cluster"
+        if self.sharded:
+            self.no_multi = self.no_multi | {"keys", "scan"}
         self.state: ServerState | None = None
         self.relay: Relay | None = None  # events for SUBSCRIBE clients, from open()
         self.relay_refresh_s = REFRESH_S
         self.reaper: Reaper | None = None  # due events of queues nobody calls, from open()
         self.reaper_round_s = ROUND_S
-        self._clients: dict[int, Client] = {}
+        self._reaped: dict[Address | None, Primary] = {}  # the reaper's view of each primary
+        self._clients: dict[int, Client | Router] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._library_loaded = False
         self.waits = Waits(self._waiting_client, self._pop_woken, self._wake,
-                           self.give_back, POLL_S if test_clock else MAX_WAIT_S)
+                           self.give_back, POLL_S if test_clock else MAX_WAIT_S,
+                           self._marker_primary if self.routed else None)
         # while EXEC runs its queued commands: the calls they make, sent afterwards as one
         # Valkey MULTI/EXEC per database: (db, command, finish, pending)
         self._transaction: list[tuple[int, list[bytes], Callable[[Reply], bytes],
@@ -144,12 +161,35 @@ class ValkeyStore:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def client(self, db: int) -> Client:
-        """The pipelined connection of valqd database `db` (Valkey's url.db + db)."""
+    def client(self, db: int) -> Client | Router:
+        """The pipelined connection of valqd database `db` (Valkey's url.db + db); on a
+        cluster or behind Sentinel, the router over one such connection per primary."""
         client = self._clients.get(db)
         if client is None:
-            client = self._clients[db] = Client(self.url, self.url.db + db, self.timeout_s,
-                                                f"valqd-db{db}", self._ensure_library)
+            client = self._clients[db] = deployment_client(
+                self.url, self.url.db + db, self.timeout_s, f"valqd-db{db}",
+                self._ensure_library)
+        return client
+
+    def node_calls(self, db: int) -> list[NodeCall]:
+        """One `call(*args)` per primary of database `db`, in slot order."""
+        return node_calls(self.client(db))
+
+    def primary_clients(self, db: int) -> list[Client]:
+        """The pipelined connection to each primary (database `db`), in slot order: one for
+        a standalone server; on a cluster, those the slot map names now."""
+        client = self.client(db)
+        if isinstance(client, Router):
+            return [client.client(address) for address in client.primaries]
+        return [client]
+
+    def key_client(self, db: int, key: bytes) -> Client | None:
+        """The pipelined connection to the primary of `key`'s slot (database `db`); None
+        while the deployment has no primary for it (the map is being read again)."""
+        client = self.client(db)
+        if isinstance(client, Router):
+            address = client.owner(key_slot(key))
+            return None if address is None else client.client(address)
         return client
 
     async def open(self, state: ServerState) -> None:
@@ -157,24 +197,51 @@ class ValkeyStore:
         client = self.client(0)
         try:
             await client.connect()
-            version = await load_library(client.call, self.test_clock)
+            for call in self.node_calls(0):  # every primary of a cluster has the library
+                await load_library(call, self.test_clock)
             self._library_loaded = True
         except StoreUnavailable as exc:
             raise OSError(str(exc)) from None
         except LibraryError as exc:
             raise ValueError(str(exc)) from None
         log.info("Serving queues from the store at %s (valq library version %d)",
-                 self.url.text, version)
+                 self.url.text, VERSION)
         self.relay = Relay(state.pubsub, len(state.databases), self.url, self.timeout_s,
                            self._listen, self._queue_names,
                            TEST_LISTEN_S if self.test_clock else LISTEN_S,
                            self.relay_refresh_s)
-        primary = Primary(self.url.address, all_slots(),
-                          lambda db, args, callback: self.client(db).send(args, callback,
-                                                                          resend=True))
-        self.reaper = Reaper(lambda: [primary], len(state.databases), self._library_clock,
-                             self._reap_args, self.reaper_round_s)
+        self.reaper = Reaper(self._reaper_primaries, len(state.databases),
+                             self._library_clock, self._reap_args, self.reaper_round_s)
         self.reaper.start()
+
+    def _reaper_primaries(self) -> list[Primary]:
+        """Each primary with the slots it owns now (one for a standalone server or behind
+        Sentinel), the same object while it owns the same slots (it keeps the reaper's
+        view of it); each is called on its first slot."""
+        client = self.client(0)
+        owned: Sequence[tuple[Address | None, list[int]]] = [(None, all_slots())]
+        if isinstance(client, Router):
+            owned = list(client.slots_by_primary().items())
+        primaries = []
+        for address, slots in owned:
+            primary = self._reaped.get(address)
+            if primary is None or primary.slots != slots:
+                name = self.url.address if address is None else f"{address[0]}:{address[1]}"
+                primary = self._reaped[address] = Primary(
+                    name, slots, functools.partial(self._send_to_slot, slots[0]))
+            primaries.append(primary)
+        for gone in set(self._reaped) - {address for address, _ in owned}:
+            del self._reaped[gone]
+        return primaries
+
+    def _send_to_slot(self, slot: int, db: int, args: list[bytes],
+                      callback: Callable[[Reply], None]) -> None:
+        """A read (or a call that may run twice) to the primary of `slot`."""
+        client = self.client(db)
+        if isinstance(client, Router):
+            client.send_to_slot(slot, args, callback, resend=True)
+        else:
+            client.send(args, callback, resend=True)
 
     async def _library_clock(self, primary: Primary) -> int:
         """The library's time on `primary`, Unix ms: its TIME (the test build: ours)."""
@@ -194,7 +261,7 @@ class ValkeyStore:
     def _listen(self, db: int, name: bytes, seconds: int,
                 callback: Callable[[Reply], None]) -> None:
         """valq_listen: the queue's events are published for the next `seconds`."""
-        self.client(db).send(self._fcall_args(
+        self._send(db, self._fcall_args(
             [b"VALQ", b"LISTEN", name, b"%d" % seconds, b"%d" % db]), callback, resend=True)
 
     async def _ensure_library(self, call: SetupCall) -> None:
@@ -203,17 +270,32 @@ class ValkeyStore:
         if self._library_loaded:  # open() loads it the first time, refusing a newer one
             await load_library(call, self.test_clock, only_if_missing=True)
 
-    def _waiting_client(self, db: int) -> Client:
+    def _waiting_client(self, db: int, address: Address | None) -> Client:
         """A connection of its own for a watcher's BLPOP (a blocking call would hold up the
-        pipelined connection); its silence is allowed for the length of a wait."""
-        return Client(self.url, self.url.db + db, self.timeout_s + self.waits.max_wait_s,
+        pipelined connection), to the primary at `address` (None: the URL's server); its
+        silence is allowed for the length of a wait."""
+        url = self.url if address is None else dataclasses.replace(self.url, hosts=(address,))
+        return Client(url, self.url.db + db, self.timeout_s + self.waits.max_wait_s,
                       f"valqd-wait-db{db}", self._ensure_library, quiet=True)
+
+    def _marker_primary(self, db: int, key: bytes, trouble: Reply,
+                        asked: tuple[str, int] | None) -> Address | None:
+        """Where a watcher BLPOPs the wake marker `key`: its slot's primary. `trouble`: the
+        last BLPOP's error reply (MOVED teaches the map; anything else has it read again)."""
+        router = self.client(db)
+        assert isinstance(router, Router)
+        if isinstance(trouble, ReplyError) and str(trouble).startswith("MOVED ") and \
+                asked is not None:
+            router.redirected(str(trouble), asked)
+        elif trouble is not None:
+            router.refresh()
+        return router.owner(key_slot(key))
 
     async def _pop_woken(self, db: int, argv: list[bytes]) -> Reply:
         """A waiter's POP: valq_pop_woken, which re-arms the wake marker it may have taken."""
         args = self._fcall_args(argv)
         args[1] = b"valq_pop_woken"
-        return await self._await(db, args)
+        return await self._await(db, args, write=True)
 
     async def _wake(self, db: int, name: bytes) -> Reply:
         """valq_wake: [1 if a message is ready, ms to the queue's next due event or -1]."""
@@ -299,14 +381,24 @@ class ValkeyStore:
         if self._transaction is not None:
             self._transaction.append((db, args, finish, pending))
             return pending
-        if write and self.wait_replicas:
-            box: list[bytes] = []
-            self.client(db).send(args, lambda reply: box.append(self._encoded(finish, reply)))
-            self._replicated(db, pending, box)
-            return pending
-        self.client(db).send(args, lambda reply: pending.resolve(self._encoded(finish, reply)),
-                             resend=not write)
+        self._send(db, args, lambda reply: pending.resolve(self._encoded(finish, reply)),
+                   write, resend=not write)
         return pending
+
+    def _send(self, db: int, args: Sequence[Arg], callback: Callable[[Reply], None],
+              write: bool = False, resend: bool = False) -> None:
+        """Send one command to its primary; a `write`'s reply waits for the replicas (or
+        the AOFs) that the store-wait settings ask for (replicas.py): one WAIT per primary
+        that got writes in this turn of the event loop. `resend`: a read, sent again when
+        its connection is lost (on a cluster, to the slot's primary of the moment)."""
+        client = self.client(db)
+        wait = self.wait if write else None
+        if isinstance(client, Router):
+            client.send(args, callback, wait, resend)
+        elif wait is not None:
+            wait.send(client, args, callback)
+        else:
+            client.send(args, callback, resend)
 
     def _encoded(self, finish: Callable[[Reply], bytes], reply: Reply) -> bytes:
         """The client's reply of a store's reply (errors counted in errorstats)."""
@@ -320,46 +412,22 @@ class ValkeyStore:
             self.state.count_error(data)
         return data
 
-    def _replicated(self, db: int, pending: Pending, box: list[bytes]) -> None:
-        """Resolve `pending` with `box`'s reply once the replicas have the write: one WAIT
-        after every write of this turn on the database's connection (so it runs after
-        them), answered for all of them."""
-        batch = self._unreplicated.get(db)
-        if batch is None:
-            batch = self._unreplicated[db] = []
-            asyncio.get_running_loop().call_soon(self._send_wait, db)
-        batch.append((pending, box))
-
-    def _send_wait(self, db: int) -> None:
-        batch = self._unreplicated.pop(db)
-        wanted = self.wait_replicas
-
-        def done(reply: Reply) -> None:
-            short = None
-            if not (type(reply) is int and reply >= wanted):
-                got = reply if type(reply) is int else 0
-                short = encode.error(
-                    "NOREPLICAS", f"the change was applied, but {got} of the {wanted} "
-                    f"replicas store-wait-replicas asks for acknowledged it within "
-                    f"{self.wait_timeout_ms} ms")
-            for pending, box in batch:
-                data = box[0] if box else encode.error("ERR", "internal error")
-                if short is not None and data[:1] != b"-":
-                    data = short
-                    if self.state is not None:
-                        self.state.count_error(short)
-                pending.resolve(data)
-
-        self.client(db).send([b"WAIT", b"%d" % wanted, b"%d" % self.wait_timeout_ms], done)
-
-    def _forward(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
-        """Every VALQ subcommand the library serves as it is: one FCALL. After a write that
+    def _forward(self, state: ServerState, session: Session,
+                 argv: list[bytes]) -> Pending | bytes:
+        """Every VALQ subcommand the library serves as it is: one FCALL (REDRIVE ... TO a
+        queue of another slot of a cluster: three, `_redrive_across`). After a write that
         may make a message deliverable, this front end's blocked pops of the queue try
         again; STATS counts them as `blocked`."""
         subcommand = argv[1].lower()
         proto = session.proto
         if subcommand in READYING:
             db, names = session.db, [argv[2], *_redrive_target(argv)]
+            if len(names) == 2 and self.url.kind == "cluster" and \
+                    key_slot(queue_key(names[0])) != key_slot(queue_key(names[1])):
+                if self._transaction is not None:
+                    raise CommandError("Keys in request don't hash to the same slot",
+                                       "CROSSSLOT")
+                return self._spawn(self._redrive_across(session, argv))
 
             def finish(reply: Reply) -> bytes:
                 for name in names:
@@ -376,7 +444,32 @@ class ValkeyStore:
                 subcommand, _with_blocked(reply, self.waits.blocked(*key)), proto))
         return self._fcall(session, argv, lambda reply: reply_for(subcommand, reply, proto))
 
-    def _push(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+    async def _redrive_across(self, session: Session, argv: list[bytes]) -> bytes:
+        """REDRIVE source ... TO target in another slot: the library's three calls (copy to
+        the target, then remove from the source: a message may be redriven twice, never
+        lost, should this stop in between; see valq.lua). With store-wait-replicas, the
+        reply waits for the replicas of both primaries once the three calls are done."""
+        db, source, target = session.db, argv[2], _redrive_target(argv)[0]
+        clock = self.state.clock() if self.test_clock and self.state is not None else None
+        steps = redrive_steps(lambda reply: isinstance(reply, ReplyError), source, argv[3:],
+                              clock)
+        reply: Reply = None
+        try:
+            command = next(steps)
+            while True:
+                command = steps.send(await self._await(db, command))
+        except StopIteration as finished:
+            reply = finished.value
+        for name in (source, target):
+            self.waits.readied(db, name)
+        if self.wait is not None and not isinstance(reply, ReplyError):
+            for name in (target, source):  # a WAIT behind each primary's writes
+                confirmed = await self._await(db, [b"EXISTS", queue_key(name)], write=True)
+                if isinstance(confirmed, ReplyError):
+                    reply = confirmed
+        return reply_for(b"redrive", reply, session.proto)
+
+    def _push(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """PUSH and MPUSH: max-message-size is the front end's setting, checked here."""
         bodies = argv[3:4] if argv[1].lower() == b"push" else argv[3:]
         largest = max(map(len, bodies))
@@ -385,7 +478,7 @@ class ValkeyStore:
                                f"max-message-size ({state.max_message_size})")
         return self._forward(state, session, argv)
 
-    def _pop(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+    def _pop(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """POP; with BLOCK the client waits in this front end (`Waits`), as the library
         never waits: a barrier, so that what the client sends after it runs after it."""
         block_at = _block_index(argv, 3)
@@ -436,109 +529,133 @@ class ValkeyStore:
             receipt = fields.get(b"lease")
             nack = [b"VALQ", b"NACK", name, fields[b"id"], b"0",
                     *([b"LEASE", receipt] if receipt else [])]
-            self.client(db).send(self._fcall_args(nack),
-                                 lambda reply: self.waits.readied(db, name))
+            self._send(db, self._fcall_args(nack), lambda reply: self.waits.readied(db, name))
 
     def _fcall_args(self, argv: list[bytes]) -> list[bytes]:
         """`FCALL valq_<sub> 1 valq:{queue} args...`; REDRIVE ... TO other names the other
-        queue's key too; the test build gets the clock first."""
-        keys = [queue_key(argv[2])]
-        rest = argv[3:]
-        if argv[1].lower() == b"redrive":
-            upper = [a.upper() for a in rest]
-            if b"TO" in upper[:-1]:
-                other = rest[upper.index(b"TO") + 1]
-                if other != argv[2]:
-                    keys.append(queue_key(other))
-        head = [b"FCALL", b"valq_" + argv[1].lower(), b"%d" % len(keys), *keys]
+        queue's key too, MPOP each queue's key (`FCALL valq_mpop n keys... n queues...`);
+        the test build gets the clock first."""
+        subcommand = argv[1].lower()
+        if subcommand == b"mpop":
+            keys = [queue_key(name) for name in argv[3:3 + int(argv[2])]]
+            rest = argv[2:]
+        else:
+            keys = [queue_key(argv[2])]
+            rest = argv[3:]
+            other = _redrive_target(argv)
+            if other and other[0] != argv[2]:
+                keys.append(queue_key(other[0]))
+        head = [b"FCALL", b"valq_" + subcommand, b"%d" % len(keys), *keys]
         if self.test_clock:
             assert self.state is not None
             head.append(b"%d" % self.state.clock())
         return head + rest
 
+    def _slot_runs(self, names: list[bytes]) -> list[list[bytes]]:
+        """`names` cut into runs of consecutive queues in one slot: one run but on a
+        cluster, where one call can declare only the keys of one slot."""
+        if self.url.kind != "cluster":
+            return [names]
+        runs: list[list[bytes]] = []
+        slot = -1
+        for name in names:
+            name_slot = key_slot(queue_key(name))
+            if name_slot != slot:
+                runs.append([])
+                slot = name_slot
+            runs[-1].append(name)
+        return runs
+
     def _mpop(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
-        """MPOP numqueues queue... [COUNT n] [BLOCK ms] [WITHMETA] [NOACK]: a POP of each
-        queue in turn until one delivers (the queues may live in different slots, so this
-        is not one atomic call)."""
-        numqueues = len(mpop_queues(argv))
-        names = list(dict.fromkeys(argv[3:3 + numqueues]))
-        opts = PopOptions(Args(argv, 3 + numqueues))
-        block_at = _block_index(argv, 3 + numqueues)
-        options = argv[3 + numqueues:] if block_at is None else \
-            argv[3 + numqueues:block_at] + argv[block_at + 2:]
-        if self._transaction is not None:  # in EXEC: valq_mpop, which answers at once
-            return self._mpop_call(session, argv[2], argv[3:3 + numqueues] + options)
-        pending = Pending(barrier=True, blocked=opts.block_ms is not None)
-        return self._spawn(self._mpop_run(session, names, options, opts.block_ms,
-                                          opts.count is not None, pending), pending)
+        """MPOP numqueues queue... [COUNT n] [BLOCK ms] [WITHMETA] [NOACK]: the library's
+        valq_mpop, one atomic call over queues of one slot (every queue of one server). On
+        a cluster, queues of several slots take one call per run of consecutive queues in
+        one slot, left to right, after a check that every queue exists: not atomic (a
+        message pushed meanwhile to a run already tried is passed over)."""
+        names = mpop_queues(argv)
+        opts = PopOptions(Args(argv, 3 + len(names)))  # the embedded store's checks
+        block_at = _block_index(argv, 3 + len(names))
+        options = argv[3 + len(names):] if block_at is None else \
+            argv[3 + len(names):block_at] + argv[block_at + 2:]
+        runs = self._slot_runs(names)
+        if self._transaction is not None or opts.block_ms is None:
+            if len(runs) == 1:  # one call (in EXEC, answered at once as in the embedded)
+                db, proto = session.db, session.proto
+                pending: Pending | None = None
 
-    def _mpop_call(self, session: Session, numqueues: bytes, args: list[bytes]) -> Pending:
-        """MPOP as one call of valq_mpop (`args`: the queues, then the options without
-        BLOCK); on a cluster, the queues must share a slot (else CROSSSLOT)."""
-        proto = session.proto
-        clock = self.state.clock() if self.test_clock and self.state is not None else None
+                def finish(reply: Reply) -> bytes:
+                    if pending is not None and pending.cancelled:
+                        self._give_back_mpop(db, options, reply)
+                    return _mpop_reply(reply, proto)
 
-        def finish(reply: Reply) -> bytes:
-            if reply is None:
-                return encode.null_array(proto)
-            if type(reply) is not list:
-                return to_resp(reply, proto)
-            return encode.array([encode.bulk(reply[0]), encode.array(
-                [map_resp(m, proto) for m in reply[1]])])
+                pending = self._fcall(session, [b"VALQ", b"MPOP", b"%d" % len(names), *names,
+                                                *options], finish)
+                return pending
+            if self._transaction is not None:
+                raise CommandError("Keys in request don't hash to the same slot", "CROSSSLOT")
+        waiting = Pending(barrier=True, blocked=opts.block_ms is not None)
+        return self._spawn(self._mpop_run(session, list(dict.fromkeys(names)), runs, options,
+                                          opts.block_ms, opts.count is not None, waiting),
+                           waiting)
 
-        return self.send(session.db, fcall_args("mpop", numqueues, args, clock), finish,
-                         write=True)
-
-    async def _mpop_run(self, session: Session, names: list[bytes], options: list[bytes],
-                        block_ms: int | None, with_count: bool, pending: Pending
-                        ) -> bytes | None:
+    async def _mpop_run(self, session: Session, names: list[bytes], runs: list[list[bytes]],
+                        options: list[bytes], block_ms: int | None, with_count: bool,
+                        pending: Pending) -> bytes | None:
         """The reply, or None once the MPOP waits in `Waits` to resolve `pending`."""
         proto = session.proto
         loop = asyncio.get_running_loop()
         deadline = None if not block_ms else loop.time() + block_ms / 1000
-        for name in names:  # every queue must exist, as in the embedded store
-            exists = await self._await(session.db, [b"EXISTS", queue_key(name)], resend=True)
-            if exists == 0:
-                return encode.error("NOQUEUE", f"no such queue '{_shown(name)}'")
-        reply = await self._mpop_round(session, names, options, with_count, pending)
-        if reply is not None or block_ms is None:
-            return reply if reply is not None else encode.null_array(proto)
+        if len(runs) > 1:  # every queue must exist, as in the embedded store
+            for name in names:
+                exists = await self._await(session.db, [b"EXISTS", queue_key(name)],
+                                           resend=True)
+                if exists == 0:
+                    return encode.error("NOQUEUE", f"no such queue '{_shown(name)}'")
+        for run in runs:
+            reply = await self._await(session.db, self._fcall_args(
+                [b"VALQ", b"MPOP", b"%d" % len(run), *run, *options]), write=True)
+            if reply is not None and pending.cancelled:
+                self._give_back_mpop(session.db, options, reply)
+                return None
+            if reply is not None:
+                return _mpop_reply(reply, proto)
+        if block_ms is None:
+            return encode.null_array(proto)
         count = [] if with_count else [b"COUNT", b"1"]
 
         def answer(name: bytes, popped: Reply) -> bytes:
             if isinstance(popped, ReplyError):
                 return to_resp(popped, proto)
-            return encode.array([encode.bulk(name), encode.array(
-                [map_resp(m, proto) for m in popped])])
+            return _mpop_reply([name, popped], proto)
 
         self.waits.add(session.db, Waiter(
             names, lambda name: [b"VALQ", b"POP", name, *options, *count], answer, pending,
             deadline, encode.null_array(proto)))
         return None
 
-    async def _mpop_round(self, session: Session, names: list[bytes], options: list[bytes],
-                          with_count: bool, pending: Pending) -> bytes | None:
-        """One POP of each queue in turn: the reply of the first that delivers, or None
-        (what it delivered given back when the client went away meanwhile)."""
-        proto = session.proto
-        for name in names:
-            pop = [b"VALQ", b"POP", name, *options, *([] if with_count else [b"COUNT", b"1"])]
-            reply = await self._await(session.db, self._fcall_args(pop))
-            if isinstance(reply, ReplyError):
-                return to_resp(reply, proto)
-            if reply and pending.cancelled:
-                self.give_back(session.db, pop, reply)
-                return None
-            if reply:
-                return encode.array([encode.bulk(name), encode.array(
-                    [map_resp(m, proto) for m in reply])])
-        return None
+    def _give_back_mpop(self, db: int, options: list[bytes], reply: Reply) -> None:
+        """What valq_mpop's `reply` ([queue, [messages]]) delivered to a client that went
+        away: given back as a POP's (`give_back`)."""
+        if type(reply) is list and len(reply) == 2:
+            self.give_back(db, [b"VALQ", b"POP", reply[0], *options], reply[1])
 
     # -- several steps -----------------------------------------------------------------------
 
-    async def _await(self, db: int, args: list[bytes], resend: bool = False) -> Reply:
-        """`args`' reply; `resend`: a read, sent again should the connection be lost."""
-        reply = await self.client(db).call(*args, resend=resend)
+    async def _await(self, db: int, args: Sequence[Arg], write: bool = False,
+                     resend: bool = False) -> Reply:
+        """One command's reply (as `_send` gets it, a `write` once the replicas have it,
+        a `resend` sent again should its connection be lost): StoreUnavailable is
+        raised."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Reply) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self._send(db, args, done, write, resend)
+        reply = await future
+        if isinstance(reply, StoreUnavailable):
+            raise reply
         return reply
 
     def _spawn(self, work: Coroutine[Any, Any, bytes | None],
@@ -573,10 +690,17 @@ class ValkeyStore:
         return pending
 
     async def _queue_names(self, db: int, pattern: bytes = b"*") -> list[bytes]:
-        reply = await self._await(db, [b"KEYS", queue_key(pattern)], resend=True)
-        if isinstance(reply, ReplyError):
-            raise CommandError(str(reply).partition(" ")[2], str(reply).partition(" ")[0])
-        return sorted(key[6:-1] for key in reply)
+        """The names of the queues `pattern` matches, on every primary, sorted."""
+        names: list[bytes] = []
+        for call in self.node_calls(db):
+            reply = await call(b"KEYS", queue_key(pattern))
+            if isinstance(reply, ReplyError):
+                raise CommandError(str(reply).partition(" ")[2], str(reply).partition(" ")[0])
+            names += [key[6:-1] for key in reply]
+        return sorted(names)
+
+    async def _names_reply(self, db: int, pattern: bytes) -> bytes:
+        return encode.bulk_array(await self._queue_names(db, pattern))
 
     # -- INFO --------------------------------------------------------------------------------
 
@@ -648,6 +772,10 @@ class ValkeyStore:
         by_db: dict[int, list[tuple[list[bytes], Callable[[Reply], bytes], Pending]]] = {}
         for db, args, finish, pending in calls:
             by_db.setdefault(db, []).append((args, finish, pending))
+        keys = {command_key(args) for _, args, _, _ in calls}
+        if self.url.kind == "cluster" and len({key_slot(k) for k in keys if k}) > 1:
+            # a cluster runs a transaction in one slot: Valkey's own refusal, for all of it
+            return encode.error("CROSSSLOT", "Keys in request don't hash to the same slot")
         for db, group in by_db.items():
             self._send_transaction(db, group)
         return reply
@@ -655,35 +783,40 @@ class ValkeyStore:
     def _send_transaction(self, db: int, group: list[tuple[list[bytes],
                                                           Callable[[Reply], bytes], Pending]]
                           ) -> None:
-        client = self.client(db)
-        client.send([b"MULTI"], _ignore)
-        for args, _, _ in group:
-            client.send(args, _ignore)  # +QUEUED; an FCALL is never refused while queued
-
-        boxes: list[list[bytes]] = [[] for _ in group]
-
         def done(reply: Reply) -> None:
             for i, (_, finish, pending) in enumerate(group):
                 value = reply[i] if type(reply) is list else reply
-                boxes[i].append(self._encoded(finish, value))
-                if not self.wait_replicas:
-                    pending.resolve(boxes[i][0])
+                pending.resolve(self._encoded(finish, value))
 
-        client.send([b"EXEC"], done)
-        if self.wait_replicas:
-            for (_, _, pending), box in zip(group, boxes):
-                self._replicated(db, pending, box)
+        client = self.client(db)
+        if isinstance(client, Router):
+            client.transaction([args for args, _, _ in group], done, self.wait)
+            return
+        client.send([b"MULTI"], _ignore)
+        for args, _, _ in group:
+            client.send(args, _ignore)  # +QUEUED; an FCALL is never refused while queued
+        if self.wait is not None:
+            self.wait.send(client, [b"EXEC"], done)
+        else:
+            client.send([b"EXEC"], done)
 
     # -- keyspace ------------------------------------------------------------------------------
 
-    def _list(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+    def _list(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """VALQ LIST -> the queue names, sorted."""
+        if self.sharded:
+            if self._transaction is not None:
+                raise CommandError("VALQ LIST asks every primary of a cluster: it cannot run "
+                                   "inside MULTI")
+            return self._spawn(self._names_reply(session.db, b"*"))
         return self.send(session.db, [b"KEYS", queue_key(b"*")],
                          lambda reply: encode.bulk_array(sorted(k[6:-1] for k in reply))
                          if type(reply) is list else to_resp(reply, 2))
 
-    def _keys(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+    def _keys(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """KEYS pattern -> the queue names the pattern matches."""
+        if self.sharded:
+            return self._spawn(self._names_reply(session.db, argv[1]))
         return self.send(session.db, [b"KEYS", queue_key(argv[1])],
                          lambda reply: encode.bulk_array(sorted(k[6:-1] for k in reply))
                          if type(reply) is list else to_resp(reply, 2))
@@ -693,18 +826,21 @@ class ValkeyStore:
         return self._spawn(self._count(session.db))
 
     async def _count(self, db: int) -> bytes:
-        count, cursor = 0, b"0"
-        while True:
-            reply = await self._await(db, [b"SCAN", cursor, b"MATCH", queue_key(b"*"),
-                                           b"COUNT", b"1000", b"TYPE", b"hash"], resend=True)
-            if isinstance(reply, ReplyError):
-                return to_resp(reply, 2)
-            cursor, batch = reply
-            count += len(batch)
-            if cursor == b"0":
-                return encode.integer(count)
+        count = 0
+        for call in self.node_calls(db):
+            cursor = b"0"
+            while True:
+                reply = await call(b"SCAN", cursor, b"MATCH", queue_key(b"*"), b"COUNT",
+                                   b"1000", b"TYPE", b"hash")
+                if isinstance(reply, ReplyError):
+                    return to_resp(reply, 2)
+                cursor, batch = reply
+                count += len(batch)
+                if cursor == b"0":
+                    break
+        return encode.integer(count)
 
-    def _scan(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+    def _scan(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: Valkey's cursor over the
         queues' main keys."""
         cursor, pattern, count, kind = scan_options(argv)
@@ -717,10 +853,33 @@ class ValkeyStore:
             names = [k[6:-1] for k in batch] if wanted else []
             return encode.array([encode.bulk(next_cursor), encode.bulk_array(names)])
 
-        return self.send(session.db, [b"SCAN", b"%d" % cursor, b"MATCH",
-                                      queue_key(b"*" if pattern is None else pattern),
-                                      b"COUNT", b"%d" % (count * SCAN_KEYS_PER_QUEUE),
-                                      b"TYPE", b"hash"], finish)
+        scan = [b"MATCH", queue_key(b"*" if pattern is None else pattern),
+                b"COUNT", b"%d" % (count * SCAN_KEYS_PER_QUEUE), b"TYPE", b"hash"]
+        if self.sharded:
+            return self._spawn(self._scan_nodes(session.db, cursor, scan, finish))
+        return self.send(session.db, [b"SCAN", b"%d" % cursor, *scan], finish)
+
+    async def _scan_nodes(self, db: int, cursor: int, scan: list[bytes],
+                          finish: Callable[[Reply], bytes]) -> bytes:
+        """SCAN over every primary in turn: valqd's cursor is the primary's cursor shifted
+        left by SCAN_NODE_BITS, plus the primary's index in slot order. (A failover or a
+        resharding between two calls may repeat or miss queues, as Valkey's cursor of one
+        node may across a resize.)"""
+        calls = self.node_calls(db)
+        index, node_cursor = cursor & ((1 << SCAN_NODE_BITS) - 1), cursor >> SCAN_NODE_BITS
+        if index >= len(calls):
+            return finish([b"0", []])
+        reply = await calls[index](b"SCAN", b"%d" % node_cursor, *scan)
+        if type(reply) is not list:
+            return finish(reply)
+        next_cursor = int(reply[0])
+        if next_cursor == 0:
+            index, next_cursor = index + 1, 0
+            if index == len(calls):
+                return finish([b"0", reply[1]])
+        if next_cursor >= 1 << (64 - SCAN_NODE_BITS):
+            raise CommandError("the store's cursor does not fit valqd's")
+        return finish([b"%d" % (next_cursor << SCAN_NODE_BITS | index), reply[1]])
 
     def _type(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
         """TYPE key -> valq-type for a queue, none otherwise."""
@@ -728,10 +887,22 @@ class ValkeyStore:
                          lambda reply: encode.simple(QUEUE_TYPE if reply == 1 else b"none")
                          if type(reply) is int else to_resp(reply, 2))
 
-    def _exists(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending:
+    def _exists(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """EXISTS key [key ...] -> how many of the names are queues (repeats count)."""
+        if self.sharded and len({key_slot(queue_key(name)) for name in argv[1:]}) > 1:
+            if self._transaction is not None:
+                raise CommandError("Keys in request don't hash to the same slot", "CROSSSLOT")
+            return self._spawn(self._exists_each(session.db, argv[1:]))
         return self.send(session.db, [b"EXISTS", *map(queue_key, argv[1:])],
                          lambda reply: to_resp(reply, 2))
+
+    async def _exists_each(self, db: int, names: list[bytes]) -> bytes:
+        """EXISTS of names in several slots: one EXISTS per name, summed."""
+        replies = await asyncio.gather(*(self._await(db, [b"EXISTS", queue_key(name)],
+                                                     resend=True)
+                                         for name in names))
+        errors = [r for r in replies if type(r) is not int]
+        return to_resp(errors[0], 2) if errors else encode.integer(sum(replies))
 
     def _del(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """DEL key [key ...] -> how many queues were deleted."""
@@ -767,14 +938,21 @@ class ValkeyStore:
         return whole
 
     async def _delete(self, db: int, names: list[bytes]) -> bytes:
+        """Delete the queues of `names` that exist: how many, or the first error. A queue
+        deleted but not acknowledged by enough replicas (NOREPLICAS) does not stop the
+        others from going: the reply is that error once they went."""
         deleted = 0
+        short: bytes | None = None
         for name in names:
             if await self._await(db, [b"EXISTS", queue_key(name)], resend=True) == 1:
-                reply = await self._await(db, self._fcall_args([b"VALQ", b"DELETE", name]))
+                reply = await self._await(db, self._fcall_args([b"VALQ", b"DELETE", name]),
+                                          write=True)
                 if isinstance(reply, ReplyError):
-                    return to_resp(reply, 2)
+                    if not str(reply).startswith("NOREPLICAS "):
+                        return to_resp(reply, 2)
+                    short = short or to_resp(reply, 2)
                 deleted += 1
-        return encode.integer(deleted)
+        return short or encode.integer(deleted)
 
     def _flushdb(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """FLUSHDB [ASYNC|SYNC] -> +OK: every queue of the database is deleted (other keys
@@ -788,16 +966,50 @@ class ValkeyStore:
         return self._spawn(self._flush(list(range(len(state.databases)))))
 
     async def _flush(self, dbs: list[int]) -> bytes:
+        short: bytes | None = None
         for db in dbs:
             names = await self._queue_names(db)
             reply = await self._delete(db, names)
-            if reply[:1] == b"-":
+            if reply.startswith(b"-NOREPLICAS "):
+                short = short or reply
+            elif reply[:1] == b"-":
                 return reply
-        return encode.OK
+        return short or encode.OK
 
 
 def _ignore(reply: Reply) -> None:
     return None
+
+
+def deployment_client(url: StoreUrl, db: int, timeout_s: float, name: str,
+                      on_connect: Callable[[SetupCall], Awaitable[None]] | None = None
+                      ) -> Client | Router:
+    """The pipelined connection to `url`'s server; for a cluster or Sentinel URL, the
+    router over one such connection per primary."""
+    if url.kind == "standalone":
+        return Client(url, db, timeout_s, name, on_connect)
+    topology = (ClusterTopology if url.kind == "cluster" else SentinelTopology)(url, timeout_s)
+    return Router(topology, db, timeout_s, name, on_connect)
+
+
+def node_calls(client: Client | Router) -> list[NodeCall]:
+    """One `call(*args)` per primary of the deployment (one for a standalone server), in
+    slot order: for reads (and FUNCTION LOAD), sent again should a connection be lost."""
+    if isinstance(client, Router):
+        return [functools.partial(client.call_on_slot, slot, resend=True)
+                for slot in client.primary_slots()]
+    return [functools.partial(client.call, resend=True)]
+
+
+def _mpop_reply(reply: Reply, proto: int) -> bytes:
+    """valq_mpop's [queue, [message maps]] (nil: nothing came) for a client of `proto`."""
+    if reply is None:
+        return encode.null_array(proto)
+    if type(reply) is not list:
+        return to_resp(reply, proto)
+    name, popped = reply
+    return encode.array([encode.bulk(name), encode.array([map_resp(m, proto)
+                                                          for m in popped])])
 
 
 def _after(pending: Pending, also: "asyncio.Future[None]") -> Pending:
@@ -813,19 +1025,19 @@ def _after(pending: Pending, also: "asyncio.Future[None]") -> Pending:
     return outer
 
 
+def _popped(reply: Reply) -> list[list[bytes]]:
+    """The messages (flat maps) of a POP's reply: one map, an array of them, or none."""
+    if type(reply) is not list or not reply:
+        return []
+    return [reply] if type(reply[0]) is bytes else [m for m in reply if type(m) is list]
+
+
 def _redrive_target(argv: list[bytes]) -> list[bytes]:
     """REDRIVE ... TO other: [other]; else []."""
     if argv[1].lower() != b"redrive":
         return []
     upper = [a.upper() for a in argv[3:]]
     return [argv[3 + upper.index(b"TO") + 1]] if b"TO" in upper[:-1] else []
-
-
-def _popped(reply: Reply) -> list[list[bytes]]:
-    """The messages (flat maps) of a POP's reply: one map, an array of them, or none."""
-    if type(reply) is not list or not reply:
-        return []
-    return [reply] if type(reply[0]) is bytes else [m for m in reply if type(m) is list]
 
 
 def _with_blocked(reply: Reply, blocked: int) -> Reply:
