@@ -715,3 +715,30 @@ def test_a_write_in_flight_is_indoubt_and_a_read_is_routed_again(fc, front_end,
     assert stats(fc, "q")["pushed"] == 0  # killed before it ran, and not sent again
     push.close()
     info.close()
+
+
+def test_what_asks_every_primary_is_refused_inside_a_transaction(fc, front_end):
+    """KEYS and SCAN ask every primary, which no transaction of one slot can hold: refused
+    while MULTI queues (EXEC aborts); VALQ LIST is refused inside EXEC, EXISTS over
+    several slots is CROSSSLOT there."""
+    other = other_slot("q")
+    for name in ("q", other):
+        fc.execute_command("VALQ", "CREATE", name)
+    wire = Wire(front_end.port)
+    try:
+        for command in (("KEYS", "*"), ("SCAN", 0)):
+            assert wire.call("MULTI") == b"OK"
+            assert wire.call(*command) == "ERR Command not allowed inside a transaction"
+            assert wire.call("EXEC") == \
+                "EXECABORT Transaction discarded because of previous errors."
+        assert wire.call("MULTI") == b"OK"
+        assert wire.call("VALQ", "LIST") == b"QUEUED"
+        assert wire.call("EXISTS", "q", other) == b"QUEUED"
+        assert wire.call("VALQ", "PUSH", "q", "x") == b"QUEUED"
+        listed, exists, pushed = wire.call("EXEC")
+        assert str(listed) == ("ERR VALQ LIST asks every primary of a cluster: it cannot run "
+                               "inside MULTI")
+        assert str(exists) == "CROSSSLOT Keys in request don't hash to the same slot"
+        assert pushed == b"1"
+    finally:
+        wire.close()
