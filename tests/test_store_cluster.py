@@ -18,7 +18,7 @@ from support import (CHILD_ENV, Background, Error, ThreadedServer, ValqdProcess,
                      encode_command, stats, wait_until)
 from valkey_deployments import ValkeyCluster
 from valqd.store.url import parse_store_url
-from valqd.store.valkey import VERSION, queue_key
+from valqd.store.valkey import VERSION, queue_key, wake_key
 from valqd.store.valkey.slots import key_slot
 from valqd.store.valkey.store import ValkeyStore
 
@@ -742,3 +742,29 @@ def test_what_asks_every_primary_is_refused_inside_a_transaction(fc, front_end):
         assert pushed == b"1"
     finally:
         wire.close()
+
+
+def test_the_reaper_reaps_every_primary_of_a_cluster(valkey_cluster):
+    """Leases that run out on queues of every shard, with no client calling them: the
+    reaper of a front end (this one, or another of the module leading on a primary), on
+    each primary for the slots it owns, makes them ready again (each queue's wake marker,
+    on its own primary, says so)."""
+    url = parse_store_url(f"valkey+cluster://{valkey_cluster.seeds()}")
+    made = ValkeyStore(url)  # the library's clock (other front ends of the module may reap)
+    made.reaper_round_s = 0.05
+    made.relay_refresh_s = 3600
+    names = QUEUES[:6]
+    with ThreadedServer(store=made) as server:
+        c = server.client()
+        for name in names:
+            c.execute_command("VALQ", "CREATE", name, "VISIBILITY", "1")
+            c.execute_command("VALQ", "PUSH", name, "leased")
+            c.execute_command("VALQ", "POP", name)
+        owners = {name: valkey_cluster.owner(queue_key(name.encode())) for name in names}
+        assert len({node.port for node in owners.values()}) == 3
+        # every lease runs out within a second: nobody calls the queues
+        for name, node in owners.items():
+            wait_until(lambda: node.call("LLEN", wake_key(name.encode())) == 1, 30,
+                       f"{name} ready again")
+        c.flushall()
+        c.close()
