@@ -193,6 +193,20 @@ def sentinel_valqd(sentinels, directory) -> ValqdProcess:
                         "--store-timeout", "30000").start()
 
 
+def settled(sentinels) -> None:
+    """Until the sentinels know everything and the replica is in sync with the primary
+    again (an earlier failover's old primary comes back as a replica)."""
+    sentinels.wait_ready(60)
+    primary = sentinels.current_primary()
+
+    def in_sync() -> bool:
+        replicas = [s for s in sentinels.servers if s.running and s.port != primary.port]
+        return bool(replicas) and all(
+            r.info("replication").get("master_link_status") == "up" for r in replicas)
+
+    wait_until(in_sync, 60, "the replica in sync")
+
+
 def test_a_front_end_follows_sentinel_to_the_new_primary(valkey_sentinels, tmp_path):
     old = valkey_sentinels.current_primary()
 
@@ -214,6 +228,7 @@ def test_a_front_end_follows_sentinel_to_the_new_primary(valkey_sentinels, tmp_p
 def test_a_primary_switched_by_sentinel_is_followed(valkey_sentinels, tmp_path):
     """SENTINEL FAILOVER: the old primary turns replica with its connections open, so the
     front end's calls there are refused with READONLY; they are sent to the new primary."""
+    settled(valkey_sentinels)
     old = valkey_sentinels.primary_port()
 
     def failover() -> None:
@@ -478,19 +493,28 @@ def test_a_blocked_pop_follows_sentinels_switch(valkey_sentinels):
     """SENTINEL FAILOVER while a pop waits: the old primary turns replica and unblocks the
     watcher's BLPOP (-UNBLOCKED); the watcher waits on the new primary, where a push
     through another front end wakes it."""
+    settled(valkey_sentinels)
     url = parse_store_url(f"valkey+sentinel://{valkey_sentinels.seeds()}/valq")
     old = valkey_sentinels.current_primary()
     with ThreadedServer(store=ValkeyStore(url, timeout_s=30.0)) as one, \
             ThreadedServer(store=ValkeyStore(url, timeout_s=30.0)) as two:
         a, b = one.client(), two.client()
+        a.flushall()
         a.execute_command("VALQ", "CREATE", "q")
+        assert old.call("WAIT", 1, 5000) == 1  # the replica that takes over has the queue
         waiting = blocked_pop(one.port, "q", a)
         wait_until(lambda: marker_waits_on(old, "q"), what="BLPOP on the primary")
         assert valkey_sentinels.sentinels[0].call(
             "SENTINEL", "FAILOVER", valkey_sentinels.MASTER_NAME) == b"OK"
         wait_until(lambda: valkey_sentinels.primary_port() != old.port, 40, "the switch")
         new = valkey_sentinels.current_primary()
-        wait_until(lambda: marker_waits_on(new, "q"), 30, "BLPOP on the new primary")
+        wait_until(lambda: waiting.done() or marker_waits_on(new, "q"), 30,
+                   "BLPOP on the new primary")
+        if waiting.done():  # its pop was on its way when the sentinels cut the connections
+            with pytest.raises(ResponseError, match="^INDOUBT "):
+                waiting.get()
+            waiting = blocked_pop(one.port, "q", a)
+            wait_until(lambda: marker_waits_on(new, "q"), 30, "BLPOP there")
         assert b.execute_command("VALQ", "PUSH", "q", "switched") == b"1"
         assert waiting.get(30)[1] == b"switched"
         b.flushall()
