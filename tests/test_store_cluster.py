@@ -59,6 +59,26 @@ def test_queues_on_every_shard_are_served(cc, valkey_cluster):
     assert cc.exists(*QUEUES[:5], "nothing") == 5
 
 
+def test_subscribers_get_the_events_of_queues_on_every_shard(cluster_valqd, cc,
+                                                              valkey_cluster):
+    """The relay subscribes to each queue's sharded channel on the primary of its slot."""
+    names = []  # one queue per shard
+    for name in QUEUES:
+        if valkey_cluster.owner(queue_key(name.encode())).port not in \
+                {valkey_cluster.owner(queue_key(n.encode())).port for n in names}:
+            names.append(name)
+    assert len(names) == 3
+    sub = Wire(cluster_valqd.port)
+    for count, name in enumerate(names, 1):
+        assert sub.call("SUBSCRIBE", f"valq:{name}") == [b"subscribe", f"valq:{name}".encode(),
+                                                          count]
+    for name in names:
+        cc.execute_command("VALQ", "CREATE", name)
+        cc.execute_command("VALQ", "PUSH", name, "x")
+        assert sub.reply() == [b"message", f"valq:{name}".encode(), b"pushed 1"]
+    sub.sock.close()
+
+
 def test_scan_walks_every_primary_once(cc):
     for name in QUEUES:
         cc.execute_command("VALQ", "CREATE", name)
@@ -223,6 +243,24 @@ def test_a_front_end_follows_sentinel_to_the_new_primary(valkey_sentinels, tmp_p
         valkey_sentinels.wait_ready(60)
     assert_only_in_doubt(traffic.errors)
     assert traffic.longest < 30, traffic.longest
+
+
+def test_subscribers_behind_sentinel_get_the_primarys_events(valkey_sentinels, tmp_path):
+    """The relay subscribes on the primary the sentinels name, not on a sentinel."""
+    settled(valkey_sentinels)
+    server = sentinel_valqd(valkey_sentinels, tmp_path)
+    try:
+        sub = Wire(server.port)
+        assert sub.call("SUBSCRIBE", "valq:events-q") == [b"subscribe", b"valq:events-q", 1]
+        c = server.client()
+        c.execute_command("VALQ", "CREATE", "events-q")
+        c.execute_command("VALQ", "PUSH", "events-q", "x")
+        assert sub.reply() == [b"message", b"valq:events-q", b"pushed 1"]
+        c.execute_command("VALQ", "DELETE", "events-q")
+        c.close()
+        sub.sock.close()
+    finally:
+        server.stop()
 
 
 def test_a_primary_switched_by_sentinel_is_followed(valkey_sentinels, tmp_path):

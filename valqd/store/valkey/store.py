@@ -209,10 +209,19 @@ class ValkeyStore:
         self.relay = Relay(state.pubsub, len(state.databases), self.url, self.timeout_s,
                            self._listen, self._queue_names,
                            TEST_LISTEN_S if self.test_clock else LISTEN_S,
-                           self.relay_refresh_s)
+                           self.relay_refresh_s,
+                           self._channel_primary if self.routed else lambda channel: None)
         self.reaper = Reaper(self._reaper_primaries, len(state.databases),
                              self._library_clock, self._reap_args, self.reaper_round_s)
         self.reaper.start()
+
+    def _channel_primary(self, channel: bytes) -> Address | None:
+        """The primary that serves a queue's sharded event channel: on a cluster its
+        slot's, behind Sentinel the one the sentinels name (never the URL's first host,
+        which is a seed node or a sentinel)."""
+        router = self.client(0)
+        assert isinstance(router, Router)
+        return router.owner(key_slot(channel))
 
     def _reaper_primaries(self) -> list[Primary]:
         """Each primary with the slots it owns now (one for a standalone server or behind
