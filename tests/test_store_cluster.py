@@ -263,6 +263,45 @@ def test_subscribers_behind_sentinel_get_the_primarys_events(valkey_sentinels, t
         server.stop()
 
 
+def test_events_follow_sentinel_to_the_new_primary(valkey_sentinels):
+    """A primary killed: the relay subscribes on the one the sentinels promote (at its next
+    refresh), so a subscriber keeps getting the queue's events; those of the switch's
+    seconds may be lost, as pub/sub's are."""
+    settled(valkey_sentinels)
+    old = valkey_sentinels.current_primary()
+    store = ValkeyStore(parse_store_url(f"valkey+sentinel://{valkey_sentinels.seeds()}/valq"),
+                        timeout_s=30)
+    store.relay_refresh_s = 0.2
+    try:
+        with ThreadedServer(store=store) as front_end:
+            sub = Wire(front_end.port)
+            assert sub.call("SUBSCRIBE", "valq:moving") == [b"subscribe", b"valq:moving", 1]
+            c = front_end.client()
+            c.execute_command("VALQ", "CREATE", "moving")
+            c.execute_command("VALQ", "PUSH", "moving", "before")
+            assert sub.reply() == [b"message", b"valq:moving", b"pushed 1"]
+            old.kill()
+            wait_until(lambda: valkey_sentinels.primary_port() != old.port, 40,
+                       "the sentinels to promote the replica")
+            pushed = []
+
+            def pushed_and_heard() -> bool:
+                try:
+                    pushed.append(c.execute_command("VALQ", "PUSH", "moving", "after"))
+                    event = sub.reply(timeout=1)
+                except (valkey.ValkeyError, OSError):
+                    return False
+                return event[:2] == [b"message", b"valq:moving"]
+
+            wait_until(pushed_and_heard, 30, "an event from the new primary")
+            c.execute_command("VALQ", "DELETE", "moving")
+            c.close()
+            sub.sock.close()
+    finally:
+        old.restart()  # the sentinels turn it into the new primary's replica
+        valkey_sentinels.wait_ready(60)
+
+
 def test_a_primary_switched_by_sentinel_is_followed(valkey_sentinels, tmp_path):
     """SENTINEL FAILOVER: the old primary turns replica with its connections open, so the
     front end's calls there are refused with READONLY; they are sent to the new primary."""

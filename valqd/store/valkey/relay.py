@@ -304,6 +304,16 @@ class Relay:
         self._subscriber(relayed.address).send([b"SSUBSCRIBE", key], done)
         self._listen(relayed.db, relayed.name, self.listen_s, done)
 
+    def _move(self, key: bytes, relayed: Relayed, owner: Address) -> None:
+        """The channel's slot has another primary now (a failover, a resharding):
+        subscribe there, and leave the old server if it still answers."""
+        old = self._subscribers.get(relayed.address)
+        if old is not None:
+            self._unsubscribing[key] = self._unsubscribing.get(key, 0) + 1
+            old.send([b"SUNSUBSCRIBE", key], self._unsubscribed(key))
+        relayed.address = owner
+        self._subscriber(owner).send([b"SSUBSCRIBE", key], _ignore)
+
     def _subscriber(self, address: Address) -> Client:
         """The connection that receives the sharded channels of `address`."""
         subscriber = self._subscribers.get(address)
@@ -368,8 +378,11 @@ class Relay:
                     await self._list_patterns()
             except Exception as exc:  # noqa: BLE001 - unreachable, an error reply: next time
                 self._log_trouble(f"Cannot list the queues for a pattern subscription ({exc})")
-            for relayed in self.relayed.values():
+            for key, relayed in list(self.relayed.items()):
                 self._listen(relayed.db, relayed.name, self.listen_s, _ignore)
+                owner = self.node_of(key)
+                if owner is not None and owner != relayed.address:
+                    self._move(key, relayed, owner)
             for subscriber in self._subscribers.values():
                 subscriber.send([b"PING"], _ignore)
 
