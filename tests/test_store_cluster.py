@@ -245,17 +245,24 @@ def test_a_front_end_follows_sentinel_to_the_new_primary(valkey_sentinels, tmp_p
     assert traffic.longest < 30, traffic.longest
 
 
+def subscribed_to_a_new_queue(port: int, c: valkey.Valkey, name: str) -> Wire:
+    """A subscriber of queue `name`'s events (created and pushed to through `c`), once it
+    heard the push."""
+    sub = Wire(port)
+    assert sub.call("SUBSCRIBE", f"valq:{name}") == [b"subscribe", f"valq:{name}".encode(), 1]
+    c.execute_command("VALQ", "CREATE", name)
+    c.execute_command("VALQ", "PUSH", name, "x")
+    assert sub.reply() == [b"message", f"valq:{name}".encode(), b"pushed 1"]
+    return sub
+
+
 def test_subscribers_behind_sentinel_get_the_primarys_events(valkey_sentinels, tmp_path):
     """The relay subscribes on the primary the sentinels name, not on a sentinel."""
     settled(valkey_sentinels)
     server = sentinel_valqd(valkey_sentinels, tmp_path)
     try:
-        sub = Wire(server.port)
-        assert sub.call("SUBSCRIBE", "valq:events-q") == [b"subscribe", b"valq:events-q", 1]
         c = server.client()
-        c.execute_command("VALQ", "CREATE", "events-q")
-        c.execute_command("VALQ", "PUSH", "events-q", "x")
-        assert sub.reply() == [b"message", b"valq:events-q", b"pushed 1"]
+        sub = subscribed_to_a_new_queue(server.port, c, "events-q")
         c.execute_command("VALQ", "DELETE", "events-q")
         c.close()
         sub.sock.close()
@@ -274,12 +281,8 @@ def test_events_follow_sentinel_to_the_new_primary(valkey_sentinels):
     store.relay_refresh_s = 0.2
     try:
         with ThreadedServer(store=store) as front_end:
-            sub = Wire(front_end.port)
-            assert sub.call("SUBSCRIBE", "valq:moving") == [b"subscribe", b"valq:moving", 1]
             c = front_end.client()
-            c.execute_command("VALQ", "CREATE", "moving")
-            c.execute_command("VALQ", "PUSH", "moving", "before")
-            assert sub.reply() == [b"message", b"valq:moving", b"pushed 1"]
+            sub = subscribed_to_a_new_queue(front_end.port, c, "moving")
             old.kill()
             wait_until(lambda: valkey_sentinels.primary_port() != old.port, 40,
                        "the sentinels to promote the replica")
