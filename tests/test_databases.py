@@ -12,6 +12,8 @@ from valqd.persistence.aof import AppendOnlyFile
 from valqd.persistence.format import iter_batches, parse_records
 from valqd.persistence.loader import load
 
+RUN_ON_STORES = True  # and again with valqd in front of Valkey (conftest.py)
+
 
 @pytest.fixture
 def dbs(timed_server, proto):
@@ -76,6 +78,7 @@ def test_select_errors_and_reset(timed_server):
     w.close()
 
 
+@pytest.mark.embedded_only("SWAPDB and MOVE are refused in store mode: the databases are Valkey's")
 def test_swapdb(dbs, timed_server):
     c0, c3, c15 = dbs
     valq(c0, "CREATE", "q")
@@ -93,6 +96,7 @@ def test_swapdb(dbs, timed_server):
     w.close()
 
 
+@pytest.mark.embedded_only("SWAPDB and MOVE are refused in store mode: the databases are Valkey's")
 def test_swapdb_serves_a_client_blocked_on_its_number(dbs, timed_server, proto):
     c0, c3, _ = dbs
     valq(c0, "CREATE", "q")
@@ -117,6 +121,7 @@ def test_a_push_in_another_database_does_not_wake_a_blocked_pop(dbs, timed_serve
     assert as_map(bg.get())[b"body"] == b"in 0"
 
 
+@pytest.mark.embedded_only("SWAPDB and MOVE are refused in store mode: the databases are Valkey's")
 def test_move_carries_messages_leases_and_timers(dbs, timed_server):
     c0, c3, _ = dbs
     valq(c0, "CREATE", "q", 30)
@@ -142,6 +147,7 @@ def test_move_carries_messages_leases_and_timers(dbs, timed_server):
         c3.execute_command("MOVE", "q", "x")
 
 
+@pytest.mark.embedded_only("SWAPDB and MOVE are refused in store mode: the databases are Valkey's")
 def test_events_of_other_databases_have_their_own_channel(dbs, timed_server):
     c0, c3, _ = dbs
     sub = Wire(timed_server.port)
@@ -159,6 +165,7 @@ def test_events_of_other_databases_have_their_own_channel(dbs, timed_server):
     sub.close()
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_watch_and_transactions_across_databases(dbs, timed_server):
     c0, c3, _ = dbs
     valq(c0, "CREATE", "q")

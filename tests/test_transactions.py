@@ -12,6 +12,8 @@ from valqd.engine import Engine
 from valqd.persistence.format import iter_batches, parse_records
 from valqd.persistence.loader import load
 
+RUN_ON_STORES = True  # and again with valqd in front of Valkey (conftest.py)
+
 
 def pipe(c: valkey.Valkey, *commands, raise_on_error=True):
     p = c.pipeline()  # transaction=True: MULTI ... EXEC
@@ -49,6 +51,7 @@ def test_a_transaction_of_every_valq_subcommand(client):
     assert stats(client)["id_sequence"] == 5
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_queued_replies_on_the_wire(timed_server):
     w = Wire(timed_server.port)
     assert w.call("MULTI") == b"OK"
@@ -130,6 +133,7 @@ def test_discard_drops_the_queue_and_reset_leaves_multi(timed_server):
     w.close()
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_client_list_counts_queued_and_watched(timed_server):
     c = timed_server.client()
     w = Wire(timed_server.port)
@@ -159,6 +163,7 @@ def watched_exec(c, name, change):
             return None
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_watch_fails_after_a_write_by_another_client(tc, timed_server):
     other = timed_server.client()
     valq(tc, "CREATE", "q")
@@ -172,6 +177,7 @@ def test_watch_fails_after_a_write_by_another_client(tc, timed_server):
     other.close()
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_watch_fails_after_a_lease_runs_out(tc, timed_server):
     valq(tc, "CREATE", "q", 30)
     valq(tc, "PUSH", "q", "a")
@@ -181,6 +187,7 @@ def test_watch_fails_after_a_lease_runs_out(tc, timed_server):
     assert stats(tc)["expired"] == 1
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_watch_fails_when_a_lease_runs_out_before_the_exec_even_without_the_timer(
         tc, timed_server):
     """The clock passes the deadline but the server's timer has not fired yet: EXEC
@@ -191,6 +198,7 @@ def test_watch_fails_when_a_lease_runs_out_before_the_exec_even_without_the_time
     assert watched_exec(tc, "q", lambda: timed_server.clock.advance(31)) is None
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_watch_fails_when_a_delay_falls_due_or_a_dlq_message_is_dropped(tc, timed_server):
     valq(tc, "CREATE", "q", 30, 1, 60)
     valq(tc, "PUSH", "q", "later", 10)
@@ -202,6 +210,7 @@ def test_watch_fails_when_a_delay_falls_due_or_a_dlq_message_is_dropped(tc, time
     assert stats(tc)["dropped"] == 1
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_watch_fails_on_delete_flush_and_creation(tc, timed_server):
     other = timed_server.client()
     valq(tc, "CREATE", "q")
@@ -219,6 +228,7 @@ def test_watch_fails_on_delete_flush_and_creation(tc, timed_server):
     other.close()
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_watch_of_a_missing_queue_that_stays_missing_passes(tc, timed_server):
     with tc.pipeline() as p:
         p.watch("q")
@@ -228,6 +238,7 @@ def test_watch_of_a_missing_queue_that_stays_missing_passes(tc, timed_server):
         assert p.execute() == [True]
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_own_write_unwatch_and_discard(timed_server):
     w = Wire(timed_server.port)
     w.call("VALQ", "CREATE", "q")
@@ -252,6 +263,7 @@ def test_own_write_unwatch_and_discard(timed_server):
     w.close()
 
 
+@pytest.mark.embedded_only("WATCH is refused in store mode: a front end shares its connection to Valkey between clients")
 def test_watch_nil_is_a_null_array_in_both_protocols(timed_server):
     w = Wire(timed_server.port)
     for proto, null in ((2, b"*-1\r\n"), (3, b"_\r\n")):
