@@ -102,6 +102,16 @@ def test_the_embedded_store_names_itself():
 
 # -- the HTTP listener in store mode (the JSON API runs on both stores: test_http_api.py) --------
 
+def http_pop_that_waits(port: int) -> Wire:
+    """A connection whose `POST /api/queues/q/pop` waits for a message (block_ms 0)."""
+    payload = b'{"block_ms": 0}'
+    pop = Wire(port)
+    pop.send(b"POST /api/queues/q/pop HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+             % (len(payload), payload))
+    return pop
+
+
 def test_metrics_have_the_process_figures_only_and_a_waiting_request_ends_with_the_server(
         valkey_server):
     from http_support import Api, free_port
@@ -115,11 +125,7 @@ def test_metrics_have_the_process_figures_only_and_a_waiting_request_ends_with_t
         body = api.get("/metrics").body.decode()
         assert "valqd_info{" in body and "valqd_connected_clients" in body
         assert "valqd_queues" not in body and "valqd_messages" not in body
-        waiting = Wire(port)  # a pop that waits, in one of the HTTP threads
-        payload = b'{"block_ms": 0}'
-        waiting.send(b"POST /api/queues/q/pop HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
-                     % (len(payload), payload))
+        waiting = http_pop_that_waits(port)  # in one of the HTTP threads
         wait_until(lambda: stats(c)["blocked"] == 1, what="the HTTP pop waits")
         api.close()
         c.close()
@@ -143,14 +149,7 @@ def test_the_health_route_answers_while_every_http_thread_waits(valkey_server):
         c = server.client()
         c.flushall()
         c.execute_command("VALQ", "CREATE", "q")
-        payload = b'{"block_ms": 0}'
-        pops = []
-        for _ in range(HTTP_THREADS):  # every thread holds a pop that waits
-            pop = Wire(port)
-            pop.send(b"POST /api/queues/q/pop HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
-                     % (len(payload), payload))
-            pops.append(pop)
+        pops = [http_pop_that_waits(port) for _ in range(HTTP_THREADS)]  # every thread
         wait_until(lambda: stats(c)["blocked"] == HTTP_THREADS, what="every thread waits")
         api = Api(port)
         assert api.get("/healthz").status == 200

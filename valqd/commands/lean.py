@@ -44,10 +44,6 @@ log = logging.getLogger("valqd")
 
 # (session, argv, engine, now) -> the reply, or None: the general path serves it
 LeanHandler = Callable[[ServerState, Session, list[bytes], Engine, int], bytes | None]
-# LeanPath.serve: (session, argv, next_command, replies, turn_left, size)
-#                 -> (the command it did not serve or None, turn_left, size)
-LeanServe = Callable[[Session, list[bytes], Callable[[], list[bytes] | None], list[bytes],
-                      int, int], tuple[list[bytes] | None, int, int]]
 
 EXTENDED = encode.bulk(b"extend")
 _PRIORITY_LOW, _PRIORITY_HIGH = PRIORITY_RANGE
