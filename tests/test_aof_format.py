@@ -24,6 +24,7 @@ from valqd.config import Config
 from valqd.engine import Databases, Engine, make_settings
 from valqd.engine.engine import RECORD_KINDS
 from valqd.persistence import aof as aof_module
+from valqd.persistence import format as format_module
 from valqd.persistence.aof import AppendOnlyFile, write_snapshot
 from valqd.persistence.format import (MAGIC, SCHEMAS, AofCorruption, decode_effect,
                                       encode_batch, encode_effect, iter_batches, parse_records)
@@ -173,6 +174,30 @@ def test_encode_effect_shape():
     assert encode_effect(("flush",)) == b"*1\r\n$5\r\nflush\r\n"
 
 
+# around the tables' edge (SMALL = 1024), the times of records in a row equal or not
+EDGE_INTS = [0, 1, 1023, 1024, 1025, T0, 2**63 - 1]
+EDGE_BYTES = [b"", b"q", BIN, b"n" * 1023, b"n" * 1024, b"n" * 1025]
+
+
+def test_the_hot_records_are_encoded_as_any_record_is():
+    """push, lease and the removals have encoders of their own (the cost of every job): the
+    bytes must be those of the field-by-field encoder every other record goes through."""
+    effects = []
+    for n, (number, name) in enumerate(itertools.product(EDGE_INTS, EDGE_BYTES)):
+        effects += [("push", name, number, T0, T0, 0, name),
+                    ("push", name, n, number, number, 0, name),
+                    ("push", name, n, T0, T0 + number, n % 3 - 1, b"body"),
+                    ("push", name, n, T0, 2**70, 0, b"far"),
+                    ("lease", name, number, T0 + n // 4, number, number),
+                    ("hold", name, n, number, 1, number),
+                    ("remove", name, number), ("take", name, n), ("cancel", name, n),
+                    ("drop", name, number)]
+    for effect in effects:
+        assert encode_effect(effect) == format_module._encode_fields(effect), effect
+    payload = b"".join(encode_effect(e) for e in effects)
+    assert list(parse_records(memoryview(payload))) == effects
+
+
 @pytest.mark.parametrize("fields", [
     [], [b"nosuch", b"q"], [b"remove", b"q"], [b"remove", b"q", b"1", b"2"],
     [b"remove", b"q", [b"1"]], [b"remove", b"q", b"one"],
@@ -182,15 +207,17 @@ def test_decode_effect_rejects_what_does_not_fit(fields):
         decode_effect(fields)
 
 
-def test_batch_header():
-    payload = encode_effect(("remove", b"q", 1))
+@pytest.mark.parametrize("body", [b"", b"x" * 954, b"x" * 955, b"x" * 956, b"x" * 5000])
+def test_batch_header(body):
+    payload = encode_effect(("push", b"q", 1, T0, T0, 0, body))  # 1023, 1024, 1025 bytes too
     batch = encode_batch(payload)
     header, _, rest = batch.partition(b"\n")
     kind, length, crc, check = header.split(b" ")
     assert (kind, int(length), int(crc, 16), rest) == (b"B", len(payload), zlib.crc32(payload),
                                                       payload)
-    assert int(check, 16) == zlib.crc32(b"B %d %08x" % (len(payload), zlib.crc32(payload))) \
-        & 0xFFFF
+    assert (length, crc) == (b"%d" % len(payload), b"%08x" % zlib.crc32(payload))
+    assert check == b"%04x" % (zlib.crc32(b"B %d %08x" % (len(payload), zlib.crc32(payload)))
+                               & 0xFFFF)
     data = MAGIC + batch + batch
     assert [bytes(p) for _, _, p in iter_batches(data, "x")] == [payload, payload]
 

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 
-from typing import Callable, Iterable
+from typing import Callable, Final, Iterable
 
 from ..engine import Effect, Journal
 from .format import MAGIC, encode_batch, encode_effect, encode_effects
@@ -68,22 +68,25 @@ def write_snapshot(path: str, effects: Iterable[Effect], parent_pid: int = 0) ->
             if len(payload) >= SNAPSHOT_BATCH_BYTES:
                 if parent_pid and os.getppid() != parent_pid:
                     raise Abandoned
-                size += _write_all(fd, encode_batch(payload))
+                size += _write_all(fd, encode_batch(bytes(payload)))
                 payload.clear()
         if payload:
-            size += _write_all(fd, encode_batch(payload))
+            size += _write_all(fd, encode_batch(bytes(payload)))
         os.fsync(fd)
         return size
     finally:
         os.close(fd)
 
 
+_os_write: Final = os.write  # compiled, a constant: no module attribute looked up per write
+
+
 def _write_all(fd: int, data: bytes) -> int:
-    written = os.write(fd, data)
+    written = _os_write(fd, data)
     if written < len(data):  # a short write: a signal, or the disk filled up meanwhile
         view = memoryview(data)[written:]
         while view:
-            view = view[os.write(fd, view):]
+            view = view[_os_write(fd, view):]
     return len(data)
 
 
@@ -180,21 +183,20 @@ class AppendOnlyFile:
     def commit(self) -> bool:
         """Write the pending records as one batch (and fsync under `always`)."""
         pending, unwritten = self.pending, self.unwritten
-        payload: bytes | bytearray
-        if not unwritten:  # the usual case: this turn's records alone, encoded once
-            if not pending:
-                return True
-            payload = encode_effects(pending)
-        else:  # after the records of a failed write, in the same batch
+        if unwritten:  # after the records of a failed write, in the same batch
             unwritten += encode_effects(pending)
-            payload = unwritten
+            payload = bytes(unwritten)
+        elif pending:  # the usual case: this turn's records alone, encoded once
+            payload = encode_effects(pending)
+        else:
+            return True
         pending.clear()
         batch = encode_batch(payload)
         start = self.size
         try:
             self._write(batch)
         except OSError as exc:
-            if payload is not unwritten:  # kept for the next commit, whatever happens now
+            if not unwritten:  # kept for the next commit, whatever happens now
                 unwritten += payload
             if exc.errno == errno.ENOSPC and self.reserve_size:
                 self._release_reserve()
@@ -213,9 +215,10 @@ class AppendOnlyFile:
                 else:
                     tail.append((start, self.size))
             elif len(self.unwritten) > self.snapshot_covers:  # the snapshot holds the rest
-                tail.append(encode_batch(self.unwritten[self.snapshot_covers:]))
+                tail.append(encode_batch(bytes(self.unwritten[self.snapshot_covers:])))
             self.snapshot_covers = 0
-        self.unwritten.clear()
+        if unwritten:
+            unwritten.clear()
         return True
 
     def _write(self, batch: bytes) -> None:

@@ -53,6 +53,48 @@ def _encode_fields(effect: Effect) -> bytes:
     return b"".join(parts)
 
 
+# What the encoders below avoid, compiled (each costs a few hundred instructions): an int
+# formatted anew (`b"%d" % n`, CPyTagged_AsciiBytes: a bytes object made and freed), a global
+# looked up by name (names are Final: C constants), a module attribute looked up per call
+# (`zlib.crc32`), a dict lookup to pick a record's encoder. Small ints (attempts, name, body
+# and batch lengths) come from tables, a time from `_TIMES`; only a message id and a lease
+# number are formatted.
+SMALL: Final = 1024
+_INT_FIELDS: Final = [b":%d\r\n" % n for n in range(SMALL)]
+_BULK_HEADS: Final = [b"$%d\r\n" % n for n in range(SMALL)]
+_crc32: Final = zlib.crc32
+
+
+def _int_field(n: int) -> bytes:
+    """`:<n>\r\n`, a RESP integer."""
+    return _INT_FIELDS[n] if 0 <= n < SMALL else b":%d\r\n" % n
+
+
+def _bulk_head(length: int) -> bytes:
+    """`$<length>\r\n`, the head of a bulk string."""
+    return _BULK_HEADS[length] if length < SMALL else b"$%d\r\n" % length
+
+
+class _TimeField:
+    """The last time (epoch ms) encoded, as a RESP integer. Every record of one event-loop
+    turn carries the same `now`, and every lease of a POP of several messages the same
+    deadline, so most times are the one before. (One for the process: only the event-loop
+    thread encodes; a rewrite's child is a process of its own.)"""
+
+    def __init__(self) -> None:
+        self.at = 0
+        self.field = b":0\r\n"
+
+    def get(self, at: int) -> bytes:
+        if at != self.at:
+            self.field = b":%d\r\n" % at
+            self.at = at
+        return self.field
+
+
+_TIMES: Final = _TimeField()
+
+
 def _encode_push(e: Effect) -> bytes:
     # the fields as locals of their types: mypyc then formats them in a step of its own
     # instead of through bytes.__mod__ (the same holds for the encoders below)
@@ -64,12 +106,13 @@ def _encode_push(e: Effect) -> bytes:
     body: bytes = e[6]
     if due_at > INT64_MAX:
         return _encode_fields(e)
-    if due_at == enqueued_at and not priority:  # the usual push: one time to format, twice
-        at = b"%d" % due_at
-        return (b"*7\r\n$4\r\npush\r\n$%d\r\n%b\r\n:%d\r\n:%b\r\n:%b\r\n:0\r\n$%d\r\n%b\r\n"
-                % (len(queue), queue, message_id, at, at, len(body), body))
-    return (b"*7\r\n$4\r\npush\r\n$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n$%d\r\n%b\r\n"
-            % (len(queue), queue, message_id, enqueued_at, due_at, priority, len(body), body))
+    if due_at == enqueued_at and not priority:  # the usual push
+        at = _TIMES.get(due_at)
+        return b"*7\r\n$4\r\npush\r\n%b%b\r\n:%d\r\n%b%b:0\r\n%b%b\r\n" % (
+            _bulk_head(len(queue)), queue, message_id, at, at, _bulk_head(len(body)), body)
+    return b"*7\r\n$4\r\npush\r\n%b%b\r\n:%d\r\n%b%b%b%b%b\r\n" % (
+        _bulk_head(len(queue)), queue, message_id, _TIMES.get(enqueued_at), _int_field(due_at),
+        _int_field(priority), _bulk_head(len(body)), body)
 
 
 def _encode_lease(head: bytes, e: Effect) -> bytes:
@@ -80,15 +123,16 @@ def _encode_lease(head: bytes, e: Effect) -> bytes:
     at: int = e[3]
     attempts: int = e[4]
     lease_no: int = e[5]
-    return b"%b$%d\r\n%b\r\n:%d\r\n:%d\r\n:%d\r\n:%d\r\n" % (
-        head, len(queue), queue, message_id, at, attempts, lease_no)
+    return b"%b%b%b\r\n:%d\r\n%b%b:%d\r\n" % (
+        head, _bulk_head(len(queue)), queue, message_id, _TIMES.get(at), _int_field(attempts),
+        lease_no)
 
 
 def _encode_removal(head: bytes, e: Effect) -> bytes:
     """(kind, queue, id): an ack, a NOACK delivery, a cancel or a DLQ drop."""
     queue: bytes = e[1]
     message_id: int = e[2]
-    return b"%b$%d\r\n%b\r\n:%d\r\n" % (head, len(queue), queue, message_id)
+    return b"%b%b%b\r\n:%d\r\n" % (head, _bulk_head(len(queue)), queue, message_id)
 
 
 def _kind_head(fields: int, kind: str) -> bytes:
@@ -97,14 +141,23 @@ def _kind_head(fields: int, kind: str) -> bytes:
 
 # The records written on every push, delivery and removal, each formatted in one step; any
 # other record field by field.
-_LEASE_HEADS = {kind: _kind_head(6, kind) for kind in ("lease", "hold")}
-_REMOVAL_HEADS = {kind: _kind_head(3, kind) for kind in ("remove", "take", "cancel", "drop")}
+_LEASE_HEAD: Final = _kind_head(6, "lease")
+_REMOVE_HEAD: Final = _kind_head(3, "remove")
+_LEASE_HEADS: Final = {kind: _kind_head(6, kind) for kind in ("lease", "hold")}
+_REMOVAL_HEADS: Final = {kind: _kind_head(3, kind)
+                         for kind in ("remove", "take", "cancel", "drop")}
 
 
 def encode_effect(effect: Effect) -> bytes:
-    kind = effect[0]
+    # the three records of every job, tried first, by a comparison each (typed: compiled,
+    # a str comparison, and the kinds are interned like the engine's, so an identity test)
+    kind: str = effect[0]
     if kind == "push":
         return _encode_push(effect)
+    if kind == "lease":
+        return _encode_lease(_LEASE_HEAD, effect)
+    if kind == "remove":
+        return _encode_removal(_REMOVE_HEAD, effect)
     head = _REMOVAL_HEADS.get(kind)
     if head is not None:
         return _encode_removal(head, effect)
@@ -120,21 +173,33 @@ def encode_effects(effects: list[Effect]) -> bytes:
     return b"".join([encode_effect(e) for e in effects])
 
 
-_HEX = [b"%02x" % byte for byte in range(256)]
+_HEX: Final = [b"%02x" % byte for byte in range(256)]
+_BATCH_HEADS: Final = [b"B %d " % n for n in range(SMALL)]
+
+
+def _head(length: int, crc: int) -> bytes:
+    """`B <length> <crc: 8 hex digits>`, the hex digits from a table: mypyc formats %b and %d
+    in a step of its own, %x only through bytes.__mod__ (twice the cost). The part of the
+    header its check covers."""
+    hexes = _HEX
+    return b"%b%b%b%b%b" % (_BATCH_HEADS[length] if length < SMALL else b"B %d " % length,
+                            hexes[crc >> 24], hexes[(crc >> 16) & 0xFF],
+                            hexes[(crc >> 8) & 0xFF], hexes[crc & 0xFF])
 
 
 def _header(length: int, crc: int) -> bytes:
-    """`B <length> <crc: 8 hex digits> <check: 4>\\n`, the hex digits from a table: mypyc
-    formats %b and %d in a step of its own, %x only through bytes.__mod__ (twice the cost)."""
-    hexes = _HEX
-    head = b"B %d %b%b%b%b" % (length, hexes[crc >> 24], hexes[(crc >> 16) & 0xFF],
-                               hexes[(crc >> 8) & 0xFF], hexes[crc & 0xFF])
-    check = zlib.crc32(head)
-    return b"%b %b%b\n" % (head, hexes[(check >> 8) & 0xFF], hexes[check & 0xFF])
+    """`B <length> <crc> <check: 4 hex digits>\n`."""
+    head = _head(length, crc)
+    check = _crc32(head)
+    return b"%b %b%b\n" % (head, _HEX[(check >> 8) & 0xFF], _HEX[check & 0xFF])
 
 
-def encode_batch(payload: bytes | bytearray) -> bytes:
-    return _header(len(payload), zlib.crc32(payload)) + payload
+def encode_batch(payload: bytes) -> bytes:
+    """`_header(...) + payload`, built in one step (`+` would go through the buffer protocol
+    twice)."""
+    head = _head(len(payload), _crc32(payload))
+    check = _crc32(head)
+    return b"%b %b%b\n%b" % (head, _HEX[(check >> 8) & 0xFF], _HEX[check & 0xFF], payload)
 
 
 # How each record kind's fields are typed: b = bytes, i = int, s = str.
@@ -219,7 +284,7 @@ def _batches(view: memoryview,
         end = start + length
         if end > size:
             return offset  # the last batch was being written when the process died
-        if zlib.crc32(view[start:end]) != crc:  # (no name holds a view: see iter_batches)
+        if _crc32(view[start:end]) != crc:  # (no name holds a view: see iter_batches)
             if not any(view[end - 1:size]):  # a payload ends in "\n": zeros to the end of the
                 return offset  # file are space allocated but never written, as after power loss
             raise AofCorruption(path, offset, "checksum mismatch")
