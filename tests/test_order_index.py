@@ -19,9 +19,15 @@ def check(index: OrderIndex, model: list[int]) -> None:
         assert index[0] == model[0] and index[-1] == model[-1]
         middle = len(model) // 2
         assert index[middle] == model[middle]
-    lists = index._lists
-    assert all(sub for sub in lists)  # no empty sublist
-    assert all(len(sub) <= 2 * LOAD for sub in lists)
+    lists, head = index._lists, index._head
+    if lists:
+        assert all(slot is None for slot in lists[0][:head])  # spent slots hold no key
+        assert head <= len(lists[0]) - head  # compacted once as many as the live keys
+    else:
+        assert head == 0
+    live = [len(sub) - (head if at == 0 else 0) for at, sub in enumerate(lists)]
+    assert all(live)  # no empty sublist
+    assert all(size <= 2 * LOAD for size in live)
     assert index._maxes == [sub[-1] for sub in lists]
 
 
@@ -73,6 +79,38 @@ def test_fifo_keys_fill_and_drain_across_sublists() -> None:
     for key in range(n // 2, n):
         index.remove(key)
     check(index, [])
+
+
+def test_head_removals_move_nothing_until_the_spent_slots_match_the_live_keys() -> None:
+    """A queue at a steady length: each POP removes the head, each PUSH adds at the end.
+    The first sublist is compacted only once its spent slots are as many as its keys."""
+    index, model = OrderIndex(), list(range(3 * LOAD))
+    for key in model:
+        index.add(key)
+    first = index._lists[0]
+    size = len(first)
+    spent = size // 2
+    for step in range(spent - 1):
+        assert index.pop_first() == model.pop(0)
+        index.add(model[-1] + 1)
+        model.append(model[-1] + 1)
+        assert index._lists[0] is first and index._head == step + 1
+    check(index, model)
+    assert index.islice(0, 3) == model[:3] and index[LOAD] == model[LOAD]
+    assert index.pop_first() == model.pop(0)  # the half of the sublist is spent: compacted
+    assert index._head == 0 and index._lists[0] is first and len(first) == size - spent
+    for step in range(10 * LOAD):  # steady churn at the head and both ends
+        key = model[0] if step % 3 else model[len(model) // 2]
+        index.remove(key)
+        model.remove(key)
+        index.add(model[-1] + 1)
+        model.append(model[-1] + 1)
+        if step % 7 == 0:
+            index.add(model[0] - 1)
+            model.insert(0, model[0] - 1)
+        if step % 499 == 0:
+            check(index, model)
+    check(index, model)
 
 
 def test_tuples_order_as_tuples() -> None:
