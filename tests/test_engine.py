@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from valqd.engine import (ATTEMPTS_RANGE, EXTEND_RANGE, MAX_DELAY, RETENTION_RANGE,
                           VISIBILITY_RANGE, Engine, make_settings)
 from valqd.engine import record
-from valqd.engine.engine import MAX_DUE_AT
-from valqd.engine.record import ID_MASK, time_key
+from valqd.engine.engine import _KINDS, MAX_DUE_AT
+from valqd.engine.queue import Queue
+from valqd.engine.record import ID_BITS, ID_MASK, time_key
 from valqd.errors import BusyQueueError, CommandError, NoMessageError, NoQueueError
 
 Q = b"q"
@@ -101,6 +102,11 @@ def real_next_event(e):
     return min(ats) if ats else None
 
 
+def deadlines(q):
+    """id -> lease deadline of every message in flight (`leases` holds their index keys)."""
+    return {message_id: key >> ID_BITS for message_id, key in q.leases.items()}
+
+
 def check_indexes(q):
     """Every message in exactly one state, and every index consistent with its dict."""
     ready = ready_ids(q)
@@ -112,7 +118,8 @@ def check_indexes(q):
     assert set().union(*parts) == set(q.records)
     assert sum(map(len, parts)) == len(q.records)
     assert q.main_count() == len(q.ready) + len(q.leases)
-    assert list(q.lease_order) == sorted(time_key(at, i) for i, at in q.leases.items())
+    assert list(q.lease_order) == sorted(q.leases.values())
+    assert all(key == time_key(key >> ID_BITS, i) for i, key in q.leases.items())
     assert list(q.delayed_order) == sorted(time_key(at, i) for i, at in q.delayed.items())
     assert list(q.dead_order) == sorted(time_key(at, i) for i, at in q.dead.items())
     for message_id in q.records:
@@ -234,7 +241,7 @@ def test_pop_leases_for_exactly_visibility_timeout():
     assert pop_id(e, T0 + 5) == 1
     q = e.queue(Q)
     deadline = T0 + 5 + 10 * SEC
-    assert q.leases == {1: deadline}
+    assert deadlines(q) == {1: deadline}
     assert q.state_of(1) == "inflight"
     assert pop(e, deadline - 1) is None
     assert q.state_of(1) == "inflight"
@@ -242,7 +249,7 @@ def test_pop_leases_for_exactly_visibility_timeout():
     e.tick(deadline)
     assert q.state_of(1) == "ready"
     assert pop(e, deadline) == (1, b"a")
-    assert q.leases == {1: deadline + 10 * SEC}
+    assert deadlines(q) == {1: deadline + 10 * SEC}
 
 
 def test_leased_message_invisible_but_others_delivered():
@@ -284,7 +291,7 @@ def test_update_visibility_timeout_applies_to_next_pop():
     assert pop_id(e, T0) == 1
     e.update_queue(Q, make_settings(20, base=e.queue(Q).settings))
     assert pop_id(e, T0) == 2
-    assert e.queue(Q).leases == {1: T0 + 10 * SEC, 2: T0 + 20 * SEC}
+    assert deadlines(e.queue(Q)) == {1: T0 + 10 * SEC, 2: T0 + 20 * SEC}
 
 
 # -- dead-letter queue -------------------------------------------------------------------------
@@ -598,7 +605,7 @@ def test_extend_sets_deadline_to_now_plus_seconds_not_added():
     assert pop_id(e, T0) == 1
     e.extend(Q, 1, 10, T0 + 5 * SEC)
     q = e.queue(Q)
-    assert q.leases == {1: T0 + 15 * SEC}  # not T0 + 40 s
+    assert deadlines(q) == {1: T0 + 15 * SEC}  # not T0 + 40 s
     assert pop(e, T0 + 15 * SEC - 1) is None
     assert pop_id(e, T0 + 15 * SEC) == 1
 
@@ -643,7 +650,7 @@ def test_extend_zero_releases_at_once():
     e.push(Q, b"a", T0)
     assert pop_id(e, T0) == 1
     e.extend(Q, 1, 0, T0 + 3)
-    assert e.queue(Q).leases == {1: T0 + 3}
+    assert deadlines(e.queue(Q)) == {1: T0 + 3}
     assert e.next_deadline() <= T0 + 3
     assert pop_id(e, T0 + 3) == 1
     assert attempts(e, 1) == 2
@@ -668,9 +675,9 @@ def test_extend_seconds_range():
         assert info.value.code == "ERR"
     assert e.queue(Q).state_of(1) == "ready"
     e.extend(Q, 1, 43200, T0)
-    assert e.queue(Q).leases == {1: T0 + 43200 * SEC}
+    assert deadlines(e.queue(Q)) == {1: T0 + 43200 * SEC}
     e.extend(Q, 1, 0, T0)
-    assert e.queue(Q).leases == {1: T0}
+    assert deadlines(e.queue(Q)) == {1: T0}
 
 
 def test_extend_delayed_dlq_and_unknown_messages_not_found():
@@ -698,7 +705,7 @@ def test_ack_in_flight_message():
     assert pop_id(e, T0) == 1
     e.ack(Q, 1)
     q = e.queue(Q)
-    assert q.records == {} and q.leases == {} and q.main_count() == 0
+    assert q.records == {} and not q.leases and q.main_count() == 0
     e.tick(T0 + 10 * SEC)
     assert pop(e, T0 + 10 * SEC) is None
 
@@ -912,7 +919,7 @@ def test_old_timers_do_not_touch_recreated_queue():
     first = pop_id(e, T0)
     e.tick(T0 + 10 * SEC)  # the old queue's lease deadline
     q = e.queue(Q)
-    assert q.leases == {first: T0 + 100 * SEC}
+    assert deadlines(q) == {first: T0 + 100 * SEC}
     assert e.next_deadline() == T0 + 100 * SEC
 
 
@@ -1099,6 +1106,14 @@ def test_replay_of_flush_and_recreate():
     assert replica.next_deadline() == T0 + 7 * SEC
 
 
+def test_the_hot_records_apply_through_the_functions_push_pop_and_ack_call():
+    """PUSH, POP and ACK call Queue.add, Queue.lease and Queue.remove directly, skipping the
+    table; replay goes through the table: both must name the same functions."""
+    assert _KINDS["push"][0] is Queue.add
+    assert _KINDS["lease"][0] is Queue.lease
+    assert _KINDS["remove"][0] is Queue.remove
+
+
 def test_apply_rejects_unknown_record():
     e = Engine()
     with pytest.raises(ValueError):
@@ -1226,7 +1241,7 @@ def compare(e, model):
     for message_id, (state, n, at, _) in model.msgs.items():
         assert q.state_of(message_id) == state
         assert attempts(e, message_id) == n
-    assert q.leases == {i: m[2] for i, m in model.msgs.items() if m[0] == "inflight"}
+    assert deadlines(q) == {i: m[2] for i, m in model.msgs.items() if m[0] == "inflight"}
     assert q.delayed == {i: m[2] for i, m in model.msgs.items() if m[0] == "delayed"}
     assert q.dead == {i: m[2] for i, m in model.msgs.items() if m[0] == "dlq"}
     expected_ready = sorted((m[3], i) for i, m in model.msgs.items() if m[0] == "ready")

@@ -127,7 +127,7 @@ def test_extend_by_43200_seconds_again_and_again():
         now += 40 * SEC
         engine.tick(now)
         engine.extend(Q, 1, 43200, now)
-        assert engine.queue(Q).leases[1] == now + 43200 * SEC
+        assert engine.queue(Q).lease_deadline(1) == now + 43200 * SEC
         assert engine.next_deadline() <= now + 43200 * SEC
     assert pop(engine, now + 43200 * SEC - 1) is None
     assert pop(engine, now + 43200 * SEC).id == 1
@@ -294,7 +294,7 @@ def test_random_clock_walk(seed):
             pass  # a refused operation is fine (QUEUEFULL, NOMSG, ...); nothing may break
         # the model's leases are exactly the engine's
         for (lname, message_id), deadline in leased.items():
-            assert engine.queue(lname).leases.get(message_id) == deadline, (step, message_id)
+            assert engine.queue(lname).lease_deadline(message_id) == deadline, (step, message_id)
     engine.tick(MAX_DUE_AT)
     assert true_next_deadline(engine) is None  # past the end of time nothing is left
     assert not any(q.leases or q.delayed for q in engine.queues.values())

@@ -178,7 +178,7 @@ def valq_stats(state: ServerState, session: Session, argv: list[bytes]) -> bytes
     s = q.settings
     backoff = {"none": "none", "fixed": f"fixed {s.backoff_base}",
                "exponential": f"exponential {s.backoff_base} {s.backoff_max}"}[s.backoff]
-    fields: dict[str, int | str] = dict(q.counters)
+    fields: dict[str, int | str] = dict(q.counters.as_dict())
     fields.update(
         backoff=backoff, blocked=state.blocked_consumers(q.name), dedup_window=s.dedup_window,
         delayed=len(q.delayed), dlq=len(q.dead), id_sequence=q.id_sequence,

@@ -75,12 +75,10 @@ class Databases(Shared):
 
     def _apply_move(self, name: bytes, source: int, target: int) -> None:
         src, dst = self.engines[source], self.engines[target]
-        q = src.queues.pop(name)
-        del src.by_serial[q.serial]
+        q = src._detach(name)
         q.serial = next(self.queue_serial)  # newer than every queue of the target: SCAN
         q.version += 1
-        dst.queues[name] = q
-        dst.by_serial[q.serial] = q
+        dst._adopt(q)
         q.scheduled_at = None  # its entry in the heap names the source: stale now
         dst._schedule(q)
         if q.ready and not q.paused:

@@ -6,7 +6,10 @@ tuples such as `("lease", queue, id, deadline_at, attempts, lease_no)`. `_emit` 
 effect through `_KINDS`, and then hands it to the journal (the AOF), counts it in the
 queue's counters and tells the listener (live events). Replaying a journal with `apply()`
 runs the very same apply functions and nothing else, so a log rebuilds exactly the state
-the live server had.
+the live server had. PUSH, POP and ACK, the hot path, call their apply functions (Queue.add,
+Queue.lease, Queue.remove) directly with the fields they put in the record, and then
+`_emitted` does the rest of `_emit`: the generic call through the table cost more than
+a push's whole apply function.
 
 Timers: each queue knows its next deadline (lease, delay, DLQ retention, dedup key). The
 engines of all databases share (`Shared`) a heap of `(at, serial, queue, engine)` with one
@@ -18,14 +21,14 @@ returns the earliest deadline left, so the server arms one timer.
 import hashlib
 import heapq
 import itertools
-from typing import Callable, Final, Iterator, NamedTuple
+from typing import Any, Callable, Final, Iterator, NamedTuple
 
 from sortedcontainers import SortedDict
 
 from ..errors import (BusyQueueError, CommandError, NoLeaseError, NoMessageError,
                       NoQueueError, QueueFullError)
 from . import record
-from .queue import COUNTERS, DEFAULT_EXTENSION, Effect, Queue, QueueSettings, Totals
+from .queue import DEFAULT_EXTENSION, Counters, Effect, Queue, QueueSettings, Totals
 from .record import ID_MASK
 
 VISIBILITY_RANGE = (1, 43200)
@@ -125,14 +128,14 @@ class Shared:
         self.queue_serial = itertools.count(1)
         self.readied: set[tuple[int, bytes]] = set()  # (database, queue)
         self.totals = Totals()
-        self.counters = dict.fromkeys(COUNTERS, 0)  # over every queue, deleted ones too
+        self.counters = Counters()  # over every queue, deleted ones too
 
     def next_deadline(self) -> int | None:
         """The earliest time at which `tick` has work (possibly a little early, never late)."""
         timers = self.timers
         while timers:
             at, _, q, engine = timers[0]
-            if q.scheduled_at == at and engine.queues.get(q.name) is q:
+            if q.scheduled_at == at and engine.by_name.get(q.name) is q:
                 self.due_at = at
                 return at
             heapq.heappop(timers)
@@ -146,7 +149,7 @@ class Shared:
         timers = self.timers
         while timers and timers[0][0] <= now:
             at, _, q, engine = heapq.heappop(timers)
-            if q.scheduled_at != at or engine.queues.get(q.name) is not q:
+            if q.scheduled_at != at or engine.by_name.get(q.name) is not q:
                 continue
             q.scheduled_at = None
             budget = engine._run_due(q, now, budget)
@@ -168,6 +171,10 @@ class Engine:
         self.index = index  # the number of the database this engine holds
         # name -> queue, iterated in name order (VALQ LIST, KEYS, INFO queues need no sort)
         self.queues: SortedDict = SortedDict()
+        # the same, in a plain dict, for lookups: compiled, a lookup in it is a C call, one in
+        # the SortedDict (a dict subclass) a Python method call, ~450 instructions more on
+        # every command
+        self.by_name: dict[bytes, Queue] = {}
         # creation serial -> queue: SCAN walks it from a cursor, O(log n + COUNT) per call
         self.by_serial: SortedDict = SortedDict()
         self.totals = shared.totals
@@ -179,7 +186,7 @@ class Engine:
     # -- lookups -------------------------------------------------------------------------
 
     def queue(self, name: bytes) -> Queue:
-        q: Queue | None = self.queues.get(name)
+        q = self.by_name.get(name)
         if q is None:
             raise NoQueueError(name)
         return q
@@ -252,15 +259,22 @@ class Engine:
         maxlen = q.settings.maxlen
         if maxlen and q.stored_count() >= maxlen:
             raise QueueFullError(name, maxlen)
-        message_id = q.id_sequence + 1
-        self._emit(("push", name, message_id, now, due_time(now, delay) if delay else 0,
-                    priority, body))
+        # boxed once, for the record, the queue's dict and its index (see Queue.add)
+        message_id: Any = q.id_sequence + 1
+        due_at = due_time(now, delay) if delay else 0
+        effect = ("push", name, message_id, now, due_at, priority, body)
+        q.add(message_id, now, due_at, priority, body)  # what replay applies (_QUEUE_APPLY)
+        q.counters.pushed += 1
+        self.counters.pushed += 1
+        self._emitted(q, effect, "pushed")
+        self.readied.add((self.index, name))
         if dedup_key is not None:
             self._emit(("dedup", name, dedup_key, message_id,
                         now + q.settings.dedup_window * 1000))
         if delay or dedup_key is not None:
             self._schedule(q)
-        return message_id
+        pushed: int = message_id
+        return pushed
 
     def push_many(self, name: bytes, bodies: list[bytes], now: int) -> list[int]:
         """Push several messages at once: all of them, or none when maxlen forbids."""
@@ -275,17 +289,17 @@ class Engine:
     def pop(self, name: bytes, now: int) -> tuple[int, bytes] | None:
         """Deliver the head of the queue: (id, body), leased for the visibility timeout.
         The module's POP, and the hot path: pop_many() does the same for several."""
-        q: Queue | None = self.queues.get(name)
+        q = self.by_name.get(name)
         if q is None:
             raise NoQueueError(name)
         if q.paused or not q.ready:
             return None
-        message_id = q.ready.first() & ID_MASK
-        attempts = record.unpack(q.records[message_id])[3] + 1
+        message_id = record.id_of(q.ready.first())
+        rec = q.records[message_id]  # the body stays as it is: this one serves the reply
         deadline_at = now + q.settings.visibility_timeout * 1000
-        self._emit(("lease", name, message_id, deadline_at, attempts, q.lease_seq + 1))
+        self._lease(q, message_id, deadline_at, record.attempts_of(rec) + 1)
         self._schedule_by(q, deadline_at)
-        return message_id, record.body_of(q.records[message_id])
+        return message_id, record.body_of(rec)
 
     def pop_many(self, name: bytes, now: int, count: int,
                  noack: bool = False) -> list[Delivery]:
@@ -297,7 +311,7 @@ class Engine:
         deliveries: list[Delivery] = []
         deadline_at = now + q.settings.visibility_timeout * 1000
         while q.ready and len(deliveries) < count:
-            message_id = q.ready.first() & ID_MASK
+            message_id = record.id_of(q.ready.first())
             enqueued_at, _, _, attempts, priority = record.unpack(q.records[message_id])
             attempts += 1
             if noack:
@@ -306,8 +320,7 @@ class Engine:
                 deliveries.append(Delivery(message_id, body, attempts, 0, enqueued_at, 0,
                                            priority))
                 continue
-            lease_no = q.lease_seq + 1
-            self._emit(("lease", name, message_id, deadline_at, attempts, lease_no))
+            lease_no = self._lease(q, message_id, deadline_at, attempts)
             deliveries.append(Delivery(message_id, record.body_of(q.records[message_id]),
                                        attempts, lease_no, enqueued_at, deadline_at,
                                        priority))
@@ -315,22 +328,37 @@ class Engine:
             self._schedule_by(q, deadline_at)
         return deliveries
 
+    def _lease(self, q: Queue, message_id: int, deadline_at: int, attempts: int) -> int:
+        """Deliver one ready message: the `lease` record, applied by a direct call of the
+        function replay runs for it; returns the delivery serial."""
+        boxed_id: Any = message_id  # boxed once, for the record and the queue's dicts
+        lease_no = q.lease_seq + 1
+        effect = ("lease", q.name, boxed_id, deadline_at, attempts, lease_no)
+        q.lease(boxed_id, deadline_at, attempts, lease_no)  # as replay does (_QUEUE_APPLY)
+        q.counters.delivered += 1
+        self.counters.delivered += 1
+        self._emitted(q, effect, "delivered")
+        return lease_no
+
     def _leased(self, q: Queue, message_id: int, lease_no: int | None) -> str:
         """The state of a main-queue message, "ready" or "inflight", after checking a LEASE
         receipt if one was given; NoMessageError for a message in no other state."""
-        state = q.state_of(message_id)
-        if lease_no is not None and (state != "inflight" or record.unpack(
-                q.records[message_id])[2] != lease_no):
+        if message_id in q.leases:  # the usual case, first
+            if lease_no is not None and \
+                    record.lease_no_of(q.records[message_id]) != lease_no:
+                raise NoLeaseError(q.name, message_id)
+            return "inflight"
+        if lease_no is not None:
             raise NoLeaseError(q.name, message_id)
-        if state not in ("ready", "inflight"):
+        if q.state_of(message_id) != "ready":
             raise NoMessageError(q.name, message_id)
-        return state
+        return "ready"
 
     def ack(self, name: bytes, message_id: int, lease_no: int | None = None) -> None:
         """Remove a message of the main queue, in flight or still visible."""
         q = self.queue(name)
         self._leased(q, message_id, lease_no)
-        self._emit(("remove", name, message_id))
+        self._remove_acked(q, message_id)
 
     def ack_many(self, name: bytes, message_ids: list[int]) -> int:
         """Ack each message of the main queue among `message_ids`; returns how many."""
@@ -338,9 +366,19 @@ class Engine:
         acked = 0
         for message_id in message_ids:
             if q.state_of(message_id) in ("ready", "inflight"):
-                self._emit(("remove", name, message_id))
+                self._remove_acked(q, message_id)
                 acked += 1
         return acked
+
+    def _remove_acked(self, q: Queue, message_id: int) -> None:
+        """The `remove` record of an ACK, applied by a direct call of the function replay
+        runs for it."""
+        boxed_id: Any = message_id  # boxed once, for the record and the queue's dicts
+        effect = ("remove", q.name, boxed_id)
+        q.remove(boxed_id)  # as replay does (_QUEUE_APPLY)
+        q.counters.acked += 1
+        self.counters.acked += 1
+        self._emitted(q, effect, "acked")
 
     def extend(self, name: bytes, message_id: int, seconds: int, now: int,
                lease_no: int | None = None) -> None:
@@ -504,7 +542,7 @@ class Engine:
         """Replay one journal record and re-arm its queue's timer."""
         self.replay(effect)
         if len(effect) > 1:
-            q = self.queues.get(effect[1])
+            q = self.by_name.get(effect[1])
             if q is not None:
                 self._schedule(q)
 
@@ -552,17 +590,17 @@ class Engine:
         kind: str = effect[0]
         apply, on_queue, event, counter, readying = _KINDS[kind]
         if on_queue:  # what `_apply` does, inline: this runs for every record
-            q: Queue = self.queues[effect[1]]
+            q = self.by_name[effect[1]]
             apply(q, *effect[2:])
             q.version += 1
             if counter is not None:
-                q.counters[counter] += 1
-                self.counters[counter] += 1
+                q.counters.bump(counter)
+                self.counters.bump(counter)
         else:
             apply(self, *effect[1:])
             if counter is not None:
-                self.queues[effect[1]].counters[counter] += 1
-                self.counters[counter] += 1
+                self.by_name[effect[1]].counters.bump(counter)
+                self.counters.bump(counter)
         if self.journal is not None:
             self.journal(effect)
         if readying:
@@ -573,10 +611,20 @@ class Engine:
             if event is not None:
                 self.listener(event, effect[1], effect[2] if kind != "pause" else None)
 
+    def _emitted(self, q: Queue, effect: Effect, event: str) -> None:
+        """What `_emit` does after it applied a queue record, for a record the caller
+        applied by a direct call and counted: the version WATCH reads, the journal, the
+        live event."""
+        q.version += 1
+        if self.journal is not None:
+            self.journal(effect)
+        if self.listener is not None:
+            self.listener(event, effect[1], effect[2])
+
     def _apply(self, effect: Effect, apply: Callable[..., object], on_queue: bool) -> None:
         """Apply one record: a queue record to the queue named by its first field."""
         if on_queue:
-            q: Queue = self.queues[effect[1]]
+            q = self.by_name[effect[1]]
             apply(q, *effect[2:])
             q.version += 1
         else:
@@ -584,8 +632,8 @@ class Engine:
 
     def _count(self, q: Queue, counter: str) -> None:
         """Count an event that has no effect record of its own."""
-        q.counters[counter] += 1
-        self.counters[counter] += 1
+        q.counters.bump(counter)
+        self.counters.bump(counter)
 
     def _notify(self, event: str, name: bytes, message_id: int) -> None:
         """Tell the listener of an event that has no effect record of its own (a NACK or a
@@ -593,10 +641,22 @@ class Engine:
         if self.listener is not None:
             self.listener(event, name, message_id)
 
-    def _apply_create(self, name: bytes, vt: int, mda: int, rp: int) -> None:
-        q = self.queues[name] = Queue(name, QueueSettings(vt, mda, rp),
-                                      next(self.shared.queue_serial), self.totals)
+    def _adopt(self, q: Queue) -> None:
+        """Hold a queue: in `queues`, `by_name` and `by_serial`, which stay in step."""
+        self.queues[q.name] = q
+        self.by_name[q.name] = q
         self.by_serial[q.serial] = q
+
+    def _detach(self, name: bytes) -> Queue:
+        """Let go of a queue (the opposite of `_adopt`) and return it."""
+        q = self.by_name.pop(name)
+        del self.queues[name]
+        del self.by_serial[q.serial]
+        return q
+
+    def _apply_create(self, name: bytes, vt: int, mda: int, rp: int) -> None:
+        self._adopt(Queue(name, QueueSettings(vt, mda, rp), next(self.shared.queue_serial),
+                          self.totals))
 
     def _apply_update(self, name: bytes, vt: int, mda: int, rp: int) -> None:
         q = self.queues[name]
@@ -614,14 +674,13 @@ class Engine:
         s.dedup_window, s.maxlen = dedup_window, maxlen
 
     def _apply_delete(self, name: bytes) -> None:
-        q = self.queues.pop(name)
-        del self.by_serial[q.serial]
-        self.totals.drop(q)
+        self.totals.drop(self._detach(name))
 
     def _apply_flush(self) -> None:
         for q in self.queues.values():
             self.totals.drop(q)
         self.queues.clear()
+        self.by_name.clear()
         self.by_serial.clear()
         self.shared.forget(self)
 

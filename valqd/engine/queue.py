@@ -4,7 +4,9 @@ A message lives in `records` (id -> packed record, see `record.py`) for as long 
 and in exactly one of four states:
 
     ready     its order key is in `ready`; POP takes the smallest key
-    inflight  leased: `leases[id]` is the deadline, `lease_order` sorts by (deadline, id)
+    inflight  leased: `lease_order` sorts by (deadline, id) in one int key (`time_key`), and
+              `leases[id]` is that key itself, so that an ACK finds it without building it
+              again (a big-int shift and or); `lease_deadline` reads the deadline out of it
     delayed   `delayed[id]` is the due time, `delayed_order` sorts by (due, id)
     dlq       `dead[id]` is when it entered the DLQ, `dead_order` sorts by (dead_at, id)
 
@@ -25,6 +27,40 @@ Effect = tuple[Any, ...]
 
 COUNTERS = ("pushed", "delivered", "acked", "nacked", "expired", "dead_lettered", "dropped",
             "deduplicated", "redriven", "cancelled")
+
+
+class Counters:
+    """What happened since start-up (not persisted), one attribute per name of COUNTERS:
+    compiled, the hot paths bump one in a few instructions (a dict of them cost two lookups
+    and a boxed addition per count). Read by name as a dict would be."""
+
+    __slots__ = ("pushed", "delivered", "acked", "nacked", "expired", "dead_lettered",
+                 "dropped", "deduplicated", "redriven", "cancelled")
+
+    def __init__(self) -> None:
+        self.pushed = 0
+        self.delivered = 0
+        self.acked = 0
+        self.nacked = 0
+        self.expired = 0
+        self.dead_lettered = 0
+        self.dropped = 0
+        self.deduplicated = 0
+        self.redriven = 0
+        self.cancelled = 0
+
+    def __getitem__(self, name: str) -> int:
+        if name not in COUNTERS:
+            raise KeyError(name)
+        value: int = getattr(self, name)
+        return value
+
+    def bump(self, name: str) -> None:
+        """Count one event by its name (the paths that are not hot)."""
+        setattr(self, name, self[name] + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: self[name] for name in COUNTERS}
 
 
 @dataclass(slots=True)
@@ -106,7 +142,7 @@ class Queue:
         self.lease_seq = 0  # last delivery serial
         self.records: dict[int, bytes] = {}
         self.ready: OrderIndex = OrderIndex()
-        self.leases: dict[int, int] = {}
+        self.leases: dict[int, int] = {}  # id -> its key in lease_order
         self.lease_order: OrderIndex = OrderIndex()
         self.delayed: dict[int, int] = {}
         self.delayed_order: OrderIndex = OrderIndex()
@@ -116,7 +152,7 @@ class Queue:
         self.dedup_order: OrderIndex = OrderIndex()  # (expires_at, key)
         self.reasons: dict[int, bytes] = {}  # the last NACK reason of a message
         self.paused = False
-        self.counters = dict.fromkeys(COUNTERS, 0)  # since start-up, not persisted
+        self.counters = Counters()
         self.totals = Totals() if totals is None else totals  # shared by the engine's queues
         self.scheduled_at: int | None = None  # the engine's timer entry for this queue
         self.version = 0  # bumped by every change, for WATCH
@@ -172,10 +208,15 @@ class Queue:
         due = self.next_due()
         return None if due is None else due[0]
 
+    def lease_deadline(self, message_id: int) -> int | None:
+        """When the message's lease runs out; None when it is not in flight."""
+        key = self.leases.get(message_id)
+        return None if key is None else key >> ID_BITS
+
     def state_at(self, message_id: int) -> tuple[str, int]:
         """(state, the time that state ends or began): lease deadline, due time or
         dead_at; 0 for a ready message."""
-        at = self.leases.get(message_id)
+        at = self.lease_deadline(message_id)
         if at is not None:
             return "inflight", at
         at = self.delayed.get(message_id)
@@ -208,31 +249,30 @@ class Queue:
         else:
             self.ready.add(record.order_key(message_id, 0, priority) if priority else message_id)
 
-    def lease(self, message_id: int, deadline_at: int, attempts: int, lease_no: int) -> None:
+    def lease(self, message_id: Any, deadline_at: int, attempts: int, lease_no: int) -> None:
         """Make a ready or in-flight message invisible until deadline_at."""
-        rec = self.records[message_id]
-        enqueued_at, promote_seq, old_lease_no, old_attempts, priority = record.unpack(rec)
-        old_deadline = self.leases.get(message_id)
-        if old_deadline is None:
-            key = record.order_key(message_id, promote_seq, priority)
-            self.ready.remove(key)  # a POP takes the head: the index's cheapest removal
+        # `message_id` is Any for the reason given in `add`: it keys three dicts here
+        records, leases = self.records, self.leases
+        rec = records[message_id]
+        old_key = leases.get(message_id)
+        if old_key is None:
+            # a POP takes the head: the index's cheapest removal
+            self.ready.remove(record.ready_key(message_id, rec))
             self.totals.inflight += 1
         else:
-            self.lease_order.remove(time_key(old_deadline, message_id))
-        if attempts != old_attempts or lease_no != old_lease_no:
-            new = self.records[message_id] = record.pack(
-                enqueued_at, promote_seq, lease_no, attempts, priority, record.body_of(rec))
+            self.lease_order.remove(old_key)
+        if attempts != record.attempts_of(rec) or lease_no != record.lease_no_of(rec):
+            new = records[message_id] = record.delivered(rec, lease_no, attempts)
             self.totals.bytes += len(new) - len(rec)
         if lease_no > self.lease_seq:
             self.lease_seq = lease_no
-        self.leases[message_id] = deadline_at
-        self.lease_order.add(time_key(deadline_at, message_id))
+        key = leases[message_id] = time_key(deadline_at, message_id)
+        self.lease_order.add(key)
 
     def release(self, message_id: int, due_at: int = 0) -> None:
         """An in-flight message returns: visible at once in its original place, or, with
         `due_at`, delayed until then (backoff)."""
-        deadline = self.leases.pop(message_id)
-        self.lease_order.remove(time_key(deadline, message_id))
+        self.lease_order.remove(self.leases.pop(message_id))
         totals = self.totals
         totals.inflight -= 1
         if due_at:
@@ -276,12 +316,18 @@ class Queue:
         self._rewrite(message_id, attempts=0)
         self.ready.add(self._order_key(message_id))
 
-    def remove(self, message_id: int) -> None:
+    def remove(self, message_id: Any) -> None:
+        # `message_id` is Any for the reason given in `add`. Compiled, `dict.pop` is a
+        # method call through Python; a lookup and a `del` are not.
         self._unlink(message_id)
+        records = self.records
+        size = len(records[message_id])
+        del records[message_id]
         totals = self.totals
         totals.messages -= 1
-        totals.bytes -= len(self.records.pop(message_id))
-        self.reasons.pop(message_id, None)
+        totals.bytes -= size
+        if self.reasons:
+            self.reasons.pop(message_id, None)
 
     def set_paused(self, paused: int) -> None:
         self.paused = bool(paused)
@@ -316,8 +362,8 @@ class Queue:
         if state == "ready":
             self.ready.add(record.order_key(message_id, promote_seq, priority))
         elif state == "inflight":
-            self.leases[message_id] = at
-            self.lease_order.add(time_key(at, message_id))
+            key = self.leases[message_id] = time_key(at, message_id)
+            self.lease_order.add(key)
             totals.inflight += 1
         elif state == "delayed":
             self.delayed[message_id] = at
@@ -391,15 +437,16 @@ class Queue:
             record.body_of(rec))
         self.totals.bytes += len(new) - len(rec)
 
-    def _order_key(self, message_id: int) -> int:
-        _, promote_seq, _, _, priority = record.unpack(self.records[message_id])
-        return record.order_key(message_id, promote_seq, priority)
+    def _order_key(self, message_id: Any) -> Any:
+        return record.ready_key(message_id, self.records[message_id])
 
-    def _unlink(self, message_id: int) -> None:
+    def _unlink(self, message_id: Any) -> None:
         """Take a message out of whichever state index holds it (records untouched)."""
-        at = self.leases.pop(message_id, None)
-        if at is not None:
-            self.lease_order.remove(time_key(at, message_id))
+        leases = self.leases
+        key = leases.get(message_id)
+        if key is not None:  # the usual case, an ACK
+            del leases[message_id]
+            self.lease_order.remove(key)
             self.totals.inflight -= 1
             return
         at = self.delayed.pop(message_id, None)
