@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 
 from valqd.errors import ProtocolError
 from valqd.resp import NEED_DATA, RequestParser, encode
-from valqd.resp.parser import INLINE_MAX_SIZE
+from valqd.resp.parser import INLINE_MAX_SIZE, _suspicious
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,61 @@ def test_non_bulk_element_is_an_error_at_every_split_point(element, before):
             out += drain(parser)
         assert out == expected, cut
     assert feed_whole(wire) == expected
+    assert feed_bytewise(wire) == expected
+
+
+def _suspicious_by_classes(data: bytes) -> bool:
+    """What the parser must find, spelled plainly: an aggregate mark then five digits, or
+    a CRLF then a non-bulk type."""
+    classes = bytes(b"A"[0] if c in b"*~>|" else b"1"[0] if c in b"0123456789" else
+                    b"R"[0] if c == 13 else b"N"[0] if c == 10 else
+                    b"P"[0] if c in b"+=(" else b"."[0] for c in data)
+    return b"A11111" in classes or b"RNP" in classes
+
+
+@given(st.binary(max_size=300) | st.lists(
+    st.sampled_from([b"*", b"~", b">", b"|", b"1", b"0", b"9", b"\r", b"\n", b"+", b"=",
+                     b"(", b"$", b"x", b"\xff", b"*12345", b"\r\n+"]), max_size=120
+).map(b"".join))
+def test_suspicious_finds_what_the_classes_find(data):
+    """The search with memchr and str.find (cheap per call) finds exactly what a
+    translation of every byte into classes finds, with any number of marks (past
+    _MARKS_SEARCHED of them the parser classifies instead)."""
+    assert _suspicious(data) == _suspicious_by_classes(data)
+
+
+@pytest.mark.parametrize("marks", [0, 31, 32, 33, 200])
+@pytest.mark.parametrize("mark", [b"*", b"~", b">", b"|"])
+def test_big_header_is_found_behind_many_marks(mark, marks):
+    data = (mark + b"1234x") * marks
+    assert not _suspicious(data)
+    assert _suspicious(data + mark + b"12345")
+    assert _suspicious(data + mark + b"12345" + data)
+    assert not _suspicious(data + mark + b"1234")
+
+
+@pytest.mark.parametrize("header", [b"*12345\r\n", b"~12345\r\n", b">12345\r\n",
+                                    b"|12345\r\n", b"*4000000000\r\n"])
+@pytest.mark.parametrize("before", [b"", PING, b"PING\r\n"], ids=["first", "after-ping",
+                                                                 "after-inline"])
+def test_big_aggregate_header_never_reaches_hiredis_at_any_split_point(header, before):
+    """hiredis allocates a list as long as any aggregate header before an element
+    arrives: cut anywhere (the header split between two reads included), the parser
+    turns careful before hiredis is fed the header, and answers as Valkey does."""
+    wire = before + b"*2\r\n$4\r\nECHO\r\n" + header + PING
+    expected = feed_whole(wire)
+    assert expected[-1] in (Err(f"expected '$', got '{chr(header[0])}'"),
+                            Err("invalid multibulk length"))
+    for cut in range(1, len(wire)):
+        for drained_between in (True, False):  # False: as for a client blocked meanwhile
+            parser = RequestParser()
+            parser.feed(wire[:cut])
+            out = drain(parser) if drained_between else []
+            if not out or not isinstance(out[-1], Err):
+                parser.feed(wire[cut:])
+                out += drain(parser)
+            assert parser._careful, (cut, drained_between)
+            assert out == expected, (cut, drained_between)
     assert feed_bytewise(wire) == expected
 
 

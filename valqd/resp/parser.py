@@ -18,8 +18,8 @@ Two ways to read multibulk requests:
   any aggregate header it meets (`*N`, `~N`, ... nested ones included) before a single
   element arrives (`*4000000000\\r\\n` stalled the garbage collector for seconds); so a
   connection whose bytes contain what could be a header of 10,000 elements or more
-  (`_SUSPICIOUS`, rare in real traffic) is read by the framer from then on; so is one whose
-  bytes hold a CRLF then `+`, `=` or `(` (`_NON_BULK`): hiredis returns such an element
+  (`_big_header`, rare in real traffic) is read by the framer from then on; so is one whose
+  bytes hold a CRLF then `+`, `=` or `(` (`_suspicious`): hiredis returns such an element
   (`*1\\r\\n+x\\r\\n`) as if it were a bulk string, where Valkey, and the framer, answer
   "expected '$', got '+'" and close.
 
@@ -29,35 +29,48 @@ still arriving is kept as a list of chunks and joined once, when complete.
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import hiredis
 
 from ..errors import ProtocolError
 
-NEED_DATA = None  # next_command() has nothing complete yet
-INLINE_MAX_SIZE = 64 * 1024  # Valkey's PROTO_INLINE_MAX_SIZE
-RESYNC_ABOVE = 1024 * 1024  # bytes kept for positions before they are worked out
-MAX_DIGITS = 19  # longer counts and lengths are out of range whatever their value
+NEED_DATA: Final = None  # next_command() has nothing complete yet
+INLINE_MAX_SIZE: Final = 64 * 1024  # Valkey's PROTO_INLINE_MAX_SIZE
+RESYNC_ABOVE: Final = 1024 * 1024  # bytes kept for positions before they are worked out
+MAX_DIGITS: Final = 19  # longer counts and lengths are out of range whatever their value
 
-# Two things hiredis must not read, found with one translation of every byte fed (_SCAN)
-# and two fast searches; the last bytes of the previous feed are searched with the first
-# of the next, for a header split between two reads:
+# Two things hiredis must not read, looked for in every byte fed while hiredis reads (and
+# in the last bytes held with the next feed, for one split between two reads):
 # - what could be a header for which hiredis allocates 10,000 elements or more (Valkey
 #   allocates at most 1024 ahead): `*`, `~`, `>` or `|` and five digits (`%` makes a dict,
-#   which grows as elements come) (_SUSPICIOUS);
+#   which grows as elements come) (_big_header);
 # - what could be an element that hiredis returns as bytes although it is no bulk string:
-#   `+x`, `=3\r\ntxt:x`, `(12` after a CRLF (_NON_BULK). hiredis hands them out as if they
-#   were `$1\r\nx`, so positions worked out from the canonical size of what it returned
-#   would be wrong, and an inline command would then be read from the middle of a bulk (a
-#   PUSH body smuggling `FLUSHALL\r\n`). The framer answers them as Valkey does.
-_SCAN = bytes(ord("A") if c in b"*~>|" else ord("1") if c in b"0123456789" else
-              ord("R") if c == 13 else ord("N") if c == 10 else
-              ord("P") if c in b"+=(" else ord(".") for c in range(256))
-_SUSPICIOUS = b"A11111"
-_NON_BULK = b"RNP"
-_SUSPICIOUS_SPAN = len(_SUSPICIOUS) - 1
-_NON_BULK_TYPES = b"+=("
+#   `+x`, `=3\r\ntxt:x`, `(12` after a CRLF. hiredis hands them out as if they were
+#   `$1\r\nx`, so positions worked out from the canonical size of what it returned would
+#   be wrong, and an inline command would then be read from the middle of a bulk (a PUSH
+#   body smuggling `FLUSHALL\r\n`). The framer answers them as Valkey does.
+# The search is the per-read cost of every request (_suspicious), so it uses what CPython
+# does cheapest per call: `byte in data` (memchr) and, on the latin-1 text of the bytes,
+# `str.find` and `str in str` (fastsearch). bytes.find parses its arguments with
+# PyArg_ParseTuple (~1.3k instructions a call in 3.11) and `bytes in bytes` raises and
+# clears a TypeError first; the per-byte translation into classes this replaced cost
+# 7 instructions a byte. Classes are still the answer for bytes full of aggregate marks
+# (_MARKS_SEARCHED).
+HEADER_DIGITS: Final = 5  # digits of a header of 10,000 elements or more
+_PLUS: Final = 43  # b"+", b"=", b"(": elements hiredis returns as bytes
+_EQUALS: Final = 61
+_PAREN: Final = 40
+_TILDE: Final = 126  # b"~", b">", b"|": aggregate marks rare in real traffic (`*` is not)
+_GREATER: Final = 62
+_BAR: Final = 124
+_NON_BULK_TYPES: Final = b"+=("
+# Past this many aggregate marks in one feed, one translation of every byte into classes
+# (_CLASSES: `A` a mark, `1` a digit) costs less than a search per mark.
+_MARKS_SEARCHED: Final = 32
+_CLASSES: Final = bytes(ord("A") if c in b"*~>|" else ord("1") if c in b"0123456789" else
+                        ord(".") for c in range(256))
+_BIG_HEADER_CLASSES: Final = "A" + "1" * HEADER_DIGITS
 
 
 class _Handoff(enum.Enum):
@@ -86,7 +99,7 @@ class RequestParser:
     (-1: none), and a bulk still arriving waits in `_parts` instead of `_buf`."""
 
     __slots__ = ("_reader", "_reader_busy", "_chunks", "_held", "_returned", "_walk_pos",
-                 "_walk_left", "_careful", "_seen_tail", "_buf", "_pos", "_args",
+                 "_walk_left", "_careful", "_buf", "_pos", "_args",
                  "_args_len", "_left", "_bulk", "_parts", "_parts_len", "limits",
                  "authenticated")
 
@@ -102,7 +115,6 @@ class RequestParser:
         self._walk_pos = 0
         self._walk_left = -1
         self._careful = False  # True: the framer reads multibulk requests too
-        self._seen_tail = b""  # the last bytes fed (of all feeds), for a header across feeds
         self._buf = b""
         self._pos = 0
         self._args: list[bytes] = []
@@ -116,25 +128,20 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         if not self._careful:
-            # the bytes of a bulk whose header was checked (`_check_unfinished`) are not
-            # searched: hiredis reads them as that bulk
-            start = 0
-            if self._reader_busy and not self._returned and self._walk_pos > self._held:
-                start = min(self._walk_pos - self._held, len(data))
-            if _suspicious(data[start:] if start else data) or (
-                    0 < start < len(data) and data[start] in _NON_BULK_TYPES) or (
-                    not start and self._seen_tail and
-                    _suspicious(self._seen_tail + data[:_SUSPICIOUS_SPAN])):
-                self._become_careful()
-            else:
-                self._seen_tail = data[-_SUSPICIOUS_SPAN:] if len(data) >= _SUSPICIOUS_SPAN \
-                    else (self._seen_tail + data)[-_SUSPICIOUS_SPAN:]
-                if self._reader_busy:
+            if self._reader_busy:
+                if not self._continues_safely(data):
+                    self._become_careful()
+                else:
                     self._reader.feed(data)
                     self._chunks.append(data)
                     self._held += len(data)
                     return
-                if data[:1] == b"*" and self._pos >= len(self._buf) and not self._parts_len:
+            elif self._pos >= len(self._buf) and not self._parts_len:
+                # nothing held: what came before was read whole, so a header cannot start
+                # before `data`
+                if _suspicious(data):
+                    self._become_careful()
+                elif data[:1] == b"*":
                     # a multibulk request at a request boundary: straight to hiredis, as
                     # the framer would hand it over (the usual way a request arrives)
                     self._buf, self._pos = b"", 0
@@ -142,6 +149,8 @@ class RequestParser:
                     self._rebase([data])
                     self._reader_busy = True
                     return
+            elif _suspicious(self._buf[max(self._pos, len(self._buf) - HEADER_DIGITS):] + data):
+                self._become_careful()  # (the framer holds the start of a line)
         if self._parts_len:
             self._parts.append(data)
             self._parts_len += len(data)
@@ -151,6 +160,19 @@ class RequestParser:
         else:
             self._buf = self._buf[self._pos:] + data
             self._pos = 0
+
+    def _continues_safely(self, data: bytes) -> bool:
+        """Whether hiredis may read `data` after what it holds: the bytes of a bulk whose
+        header was checked (`_check_unfinished`) are not searched (hiredis reads them as
+        that bulk), and the search starts in the last bytes held otherwise (a header split
+        between two reads)."""
+        held = self._held
+        if not self._returned and self._walk_pos > held:
+            start = self._walk_pos - held
+            if start >= len(data):
+                return True
+            return data[start] not in _NON_BULK_TYPES and not _suspicious(data[start:])
+        return not _suspicious(self._tail(max(held - HEADER_DIGITS, 0)) + data)
 
     def buffered(self) -> int:
         """Bytes received and not yet handed out as commands."""
@@ -410,9 +432,34 @@ class RequestParser:
 
 
 def _suspicious(data: bytes) -> bool:
-    """Whether `data` holds _SUSPICIOUS or _NON_BULK (see _SCAN)."""
-    classes = data.translate(_SCAN)
-    return classes.find(_SUSPICIOUS) >= 0 or classes.find(_NON_BULK) >= 0
+    """Whether `data` holds what could be an aggregate header of 10,000 elements or more,
+    or a non-bulk element after a CRLF (see HEADER_DIGITS)."""
+    text = data.decode("latin-1")  # positions in `text` are positions in `data`
+    if (_PLUS in data or _EQUALS in data or _PAREN in data) and (
+            "\r\n+" in text or "\r\n=" in text or "\r\n(" in text):
+        return True
+    return _big_header(data, text, "*") or (_TILDE in data and _big_header(data, text, "~")) \
+        or (_GREATER in data and _big_header(data, text, ">")) \
+        or (_BAR in data and _big_header(data, text, "|"))
+
+
+def _big_header(data: bytes, text: str, mark: str) -> bool:
+    """Whether `mark` (an aggregate type) is followed by HEADER_DIGITS digits in `data`,
+    whose latin-1 decoding is `text`."""
+    last = len(data) - HEADER_DIGITS  # a mark past it has no room for the digits
+    at = text.find(mark)
+    searched = 0
+    while 0 <= at < last:
+        for digit_at in range(at + 1, at + 1 + HEADER_DIGITS):
+            if not 48 <= data[digit_at] <= 57:  # b"0", b"9"
+                break
+        else:
+            return True
+        searched += 1
+        if searched == _MARKS_SEARCHED:  # bytes full of marks: classify them all at once
+            return _BIG_HEADER_CLASSES in data.translate(_CLASSES).decode("ascii")
+        at = text.find(mark, at + 1)
+    return False
 
 
 def _all_bytes(items: list[object]) -> bool:
