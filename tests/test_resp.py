@@ -366,3 +366,16 @@ def test_body_id_map_is_the_map_of_body_and_id(proto):
         assert encode.body_id_map(body, message_id, proto) == encode.map_(
             [encode.bulk(b"body"), encode.bulk(body), encode.bulk(b"id"),
              encode.bulk_int(message_id)], proto)
+
+
+@pytest.mark.parametrize("prefix", [b"", b"ack ", b"x" * 70])
+def test_bulk_int_counts_the_digits_it_formats(prefix):
+    """bulk_int counts digits instead of formatting the length: right at every boundary
+    between digit counts, for negative values and past the lengths it keeps ready."""
+    values = [0, -1, 2**63 - 1, -2**63, 2**64 - 1, 10**70, -10**70]
+    for power in range(1, 22):
+        values += [10**power - 1, 10**power, 10**power + 1, -10**power]
+    for value in values:
+        text = prefix + b"%d" % value
+        assert encode.bulk_int(value, prefix) == encode.bulk(text) == \
+            b"$%d\r\n%b\r\n" % (len(text), text), value
