@@ -152,7 +152,7 @@ class Connection(asyncio.Protocol):
             return
         server = self.server
         # compiled, a method called on its object is a direct call; one taken as a value
-        # (a bound method) is called the slow way: only the lean path is handed one
+        # (a bound method) is called the slow way: the lean path is handed the parser
         dispatcher = server.dispatcher
         lean = server.lean if server.lean_on else None
         readied = server.databases.readied
@@ -165,8 +165,8 @@ class Connection(asyncio.Protocol):
         try:
             while (argv := parser.next_command()) is not None:
                 if lean is not None:
-                    argv, turn_left, size = lean.serve(session, argv, parser.next_command,
-                                                       replies, turn_left, size)
+                    argv, turn_left, size = lean.serve(session, argv, parser, replies,
+                                                       turn_left, size)
                     if argv is None:  # the lean path served all there was, or the share
                         if size > REPLY_SLICE or not turn_left:
                             self._end_turn(transport)
@@ -595,9 +595,11 @@ class Server:
         self.state.write_file = replace_file
         self.dispatcher = Dispatcher(self.state, config.renames, self.store.handlers(),
                                      self.store.no_multi)
+        self._waiters: dict[tuple[int, bytes], collections.deque[Waiter]] = {}  # (db, queue)
         # the lean path of a RESP connection's commands (embedded engine only), while
         # `lean-path` is yes; the dispatcher serves what it does not
-        self.lean = LeanPath(self.state, self.dispatcher, self.serve_waiters, REPLY_SLICE)
+        self.lean = LeanPath(self.state, self.dispatcher, self.serve_waiters, self._waiters,
+                             REPLY_SLICE)
         self.lean_on = False
         self._choose_path(config["lean-path"])
         config.on_change["lean-path"] = self._choose_path
@@ -622,7 +624,6 @@ class Server:
         self._commit_soon = self._commit  # bound once: the group commit runs every turn
         self._housekeeping: asyncio.TimerHandle | None = None
         self._housekeeping_round = 0
-        self._waiters: dict[tuple[int, bytes], collections.deque[Waiter]] = {}  # (db, queue)
         self.state.blocked_consumers = self.blocked_consumers
         self.state.blocked_clients = lambda: sum(
             1 for c in self._connections.values() if c.blocked())

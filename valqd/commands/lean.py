@@ -29,11 +29,11 @@ It serves the embedded engine only: a server backed by another store leaves it o
 
 import logging
 from time import perf_counter_ns
-from typing import Callable
+from typing import Callable, Collection, Final
 
 from ..engine import MAX_DELAY, PRIORITY_RANGE, TICK_BUDGET, Engine
 from ..errors import CommandError
-from ..resp import encode
+from ..resp import RequestParser, encode
 from .args import I64_MAX, I64_MIN, U64_MAX
 from .context import ServerState, Session
 from .dispatch import Dispatcher, record_slow
@@ -41,9 +41,6 @@ from .table import CommandSpec
 from .valq import MAX_COUNT, message_map
 
 log = logging.getLogger("valqd")
-
-# (session, argv, engine, now) -> the reply, or None: the general path serves it
-LeanHandler = Callable[[ServerState, Session, list[bytes], Engine, int], bytes | None]
 
 EXTENDED = encode.bulk(b"extend")
 _PRIORITY_LOW, _PRIORITY_HIGH = PRIORITY_RANGE
@@ -72,12 +69,11 @@ def lease_number(message_id: int, raw: bytes) -> int | None:
 
 # -- the five commands: the reply, or None before anything happened --------------------------
 
-def lean_push(state: ServerState, session: Session, argv: list[bytes], engine: Engine,
-              now: int) -> bytes | None:
-    """VALQ PUSH queue body [delay] [PRIORITY p] [DEDUP key]."""
+def lean_push(argv: list[bytes], engine: Engine, now: int, max_body: int) -> bytes | None:
+    """VALQ PUSH queue body [delay] [PRIORITY p] [DEDUP key]; `max_body` is -1 while the
+    server refuses to add data (maxmemory set, an AOF write error)."""
     body = argv[3]
-    if len(body) > state.max_message_size or state.maxmemory or (
-            state.aof is not None and state.aof.write_error is not None):
+    if len(body) > max_body:
         return None
     count = len(argv)
     if count == 4:
@@ -105,15 +101,14 @@ def lean_push(state: ServerState, session: Session, argv: list[bytes], engine: E
     return encode.bulk_int(engine.push(argv[2], body, now, delay, priority, dedup))
 
 
-def lean_pop(state: ServerState, session: Session, argv: list[bytes], engine: Engine,
-             now: int) -> bytes | None:
+def lean_pop(argv: list[bytes], engine: Engine, now: int, proto: int) -> bytes | None:
     """VALQ POP queue [COUNT n] [WITHMETA] [NOACK] (with BLOCK: the general path)."""
     count = len(argv)
     if count == 3:
         delivered = engine.pop(argv[2], now)
         if delivered is None:
             return encode.EMPTY_BULK
-        return encode.body_id_map(delivered[1], delivered[0], session.proto)
+        return encode.body_id_map(delivered[1], delivered[0], proto)
     at, many, withmeta, noack = 3, 0, False, False
     while at < count:
         word = argv[at].upper()
@@ -130,7 +125,6 @@ def lean_pop(state: ServerState, session: Session, argv: list[bytes], engine: En
         else:
             return None  # BLOCK, a repeated COUNT, anything else
         at += 1
-    proto = session.proto
     maps = [message_map(d, proto, withmeta)
             for d in engine.pop_many(argv[2], now, many or 1, noack)]
     if many:
@@ -138,8 +132,7 @@ def lean_pop(state: ServerState, session: Session, argv: list[bytes], engine: En
     return maps[0] if maps else encode.EMPTY_BULK
 
 
-def lean_ack(state: ServerState, session: Session, argv: list[bytes], engine: Engine,
-             now: int) -> bytes | None:
+def lean_ack(argv: list[bytes], engine: Engine) -> bytes | None:
     """VALQ ACK queue id [LEASE receipt]."""
     message_id = number(argv[3], 1, U64_MAX)
     if message_id is None:
@@ -154,11 +147,10 @@ def lean_ack(state: ServerState, session: Session, argv: list[bytes], engine: En
         engine.ack(argv[2], message_id, lease_no)
     else:
         return None
-    return encode.bulk(b"ack %d" % message_id)
+    return encode.bulk_int(message_id, b"ack ")
 
 
-def lean_extend(state: ServerState, session: Session, argv: list[bytes], engine: Engine,
-                now: int) -> bytes | None:
+def lean_extend(argv: list[bytes], engine: Engine, now: int) -> bytes | None:
     """VALQ EXTEND queue id seconds [LEASE receipt]."""
     message_id = number(argv[3], 1, U64_MAX)
     seconds = number(argv[4], I64_MIN, I64_MAX)
@@ -176,8 +168,7 @@ def lean_extend(state: ServerState, session: Session, argv: list[bytes], engine:
     return EXTENDED
 
 
-def lean_nack(state: ServerState, session: Session, argv: list[bytes], engine: Engine,
-              now: int) -> bytes | None:
+def lean_nack(argv: list[bytes], engine: Engine, now: int) -> bytes | None:
     """VALQ NACK queue id [delay] [LEASE receipt] [REASON text]."""
     message_id = number(argv[3], 1, U64_MAX)
     if message_id is None:
@@ -204,13 +195,34 @@ def lean_nack(state: ServerState, session: Session, argv: list[bytes], engine: E
             return None
         at += 2
     engine.nack(argv[2], message_id, now, delay, lease_no, reason)
-    return encode.bulk(b"nack %d" % message_id)
+    return encode.bulk_int(message_id, b"nack ")
 
 
-LEAN_HANDLERS: dict[str, LeanHandler] = {
-    "valq|push": lean_push, "valq|pop": lean_pop, "valq|ack": lean_ack,
-    "valq|extend": lean_extend, "valq|nack": lean_nack,
-}
+# which of the five a LeanCommand is (compiled, serve calls each function directly: a
+# function taken as a value would be called the slow way, through its Python wrapper)
+PUSH: Final = 0
+POP: Final = 1
+ACK: Final = 2
+EXTEND: Final = 3
+NACK: Final = 4
+LEAN_KINDS: Final = {"valq|push": PUSH, "valq|pop": POP, "valq|ack": ACK,
+                     "valq|extend": EXTEND, "valq|nack": NACK}
+CALLS: Final = 0  # the fields of a command_stats entry: [calls, usec, failed, rejected]
+USEC: Final = 1
+FAILED: Final = 2
+
+
+class LeanCommand:
+    """One of the five commands: what `serve` reads of it per command, in fields of a
+    class of this module (compiled, plain loads; a CommandSpec's go through getattr)."""
+
+    __slots__ = ("kind", "name", "fewest_args", "stats")
+
+    def __init__(self, kind: int, spec: CommandSpec, stats: list[int]) -> None:
+        self.kind = kind
+        self.name = spec.name
+        self.fewest_args = spec.fewest_args
+        self.stats = stats  # its commandstats entry
 
 
 class LeanPath:
@@ -220,92 +232,148 @@ class LeanPath:
 
     What a run needs is found once per run, not per command: that the session may take the
     lean path (nothing of what the general path ran before may have changed it: a run ends
-    at every command the lean path does not serve), the clock (every command of a run sees
-    the time the run started at, as the commands of an EXEC do), and the start of the
-    first command's timing (each command is timed from the end of the one before: one
-    clock read per command)."""
+    at every command the lean path does not serve), whether data may be added (maxmemory,
+    the AOF's write error: both change only between runs), the clock (every command of a
+    run sees the time the run started at, as the commands of an EXEC do), and the start of
+    the first command's timing (each command is timed from the end of the one before: one
+    clock read per command). Calls and time are added to commandstats once per stretch of
+    one command (a pipeline of PUSHes: once), not once per command."""
 
     def __init__(self, state: ServerState, dispatcher: Dispatcher,
-                 serve_waiters: Callable[[], None], reply_slice: int) -> None:
-        """`serve_waiters` gives what a push made visible to parked clients; a run stops
+                 serve_waiters: Callable[[], None], waiters: Collection[object],
+                 reply_slice: int) -> None:
+        """`serve_waiters` gives what a push made visible to the parked clients, which
+        `waiters` holds (while it is empty, there is nobody to give it to); a run stops
         once its replies pass `reply_slice` bytes."""
         self.state = state
         self.serve_waiters = serve_waiters
+        self.waiters = waiters
         self.reply_slice = reply_slice
         self.served = 0  # commands served on the lean path, since start-up (tests read it)
-        # command name -> subcommand name -> (lean handler, spec, its commandstats entry),
-        # under every spelling the dispatcher's one-lookup table has (renames applied)
-        self._commands: dict[bytes, dict[bytes, tuple[LeanHandler, CommandSpec,
-                                                      list[int]]]] = {}
+        # command name -> subcommand name -> the command, under every spelling the
+        # dispatcher's one-lookup table has (renames applied)
+        self._commands: dict[bytes, dict[bytes, LeanCommand]] = {}
         for (command, sub), spec in dispatcher.pairs().items():
-            handler = LEAN_HANDLERS.get(spec.name)
-            if handler is not None:
-                self._commands.setdefault(command, {})[sub] = (
-                    handler, spec, state.command_stats[spec.name])
+            kind = LEAN_KINDS.get(spec.name)
+            if kind is not None:
+                self._commands.setdefault(command, {})[sub] = LeanCommand(
+                    kind, spec, state.command_stats[spec.name])
+        # the last command found, under the spelling it was found by: a pipeline repeats
+        # one (two byte compares instead of two hashes and dict lookups)
+        self._last_name = self._last_sub = b""
+        self._last: LeanCommand | None = None
 
-    def serve(self, session: Session, argv: list[bytes],
-              next_command: Callable[[], list[bytes] | None], replies: list[bytes],
-              turn_left: int, size: int) -> tuple[list[bytes] | None, int, int]:
-        """Serve `argv` and the commands `next_command` gives after it, appending their
-        replies to `replies`, until one cannot take the lean path (returned, not run), none
-        is left (None), or the turn's share is used: `turn_left` commands, or replies past
+    def find(self, argv: list[bytes]) -> LeanCommand | None:
+        """The lean command `argv` names, if it has the arguments it needs at least."""
+        if len(argv) < 3:
+            return None
+        name, sub = argv[0], argv[1]
+        if name == self._last_name and sub == self._last_sub:
+            command = self._last
+        else:
+            subcommands = self._commands.get(name)
+            if subcommands is None:
+                return None
+            command = subcommands.get(sub)
+            if command is None:
+                return None
+            self._last_name, self._last_sub, self._last = name, sub, command
+        return command if command is not None and len(argv) >= command.fewest_args else None
+
+    def serve(self, session: Session, argv: list[bytes], parser: RequestParser,
+              replies: list[bytes], turn_left: int, size: int
+              ) -> tuple[list[bytes] | None, int, int]:
+        """Serve `argv` and the commands `parser` gives after it, appending their replies
+        to `replies`, until one cannot take the lean path (returned, not run), none is left
+        (None), or the turn's share is used: `turn_left` commands, or replies past
         `reply_slice` bytes in all (`size` so far). Returns (that command or None, the
         commands left, the reply bytes now)."""
         state = self.state
         if not session.authenticated or session.restricted or session.multi is not None \
                 or session.channels or session.patterns or state.loading:
             return argv, turn_left, size  # the dispatcher's checks could refuse it
-        commands = self._commands
         databases = state.databases
         readied = databases.readied
+        waiters = self.waiters
         engine = databases.engines[session.db]
+        proto = session.proto
         reply_slice = self.reply_slice
+        aof = state.aof
+        max_body = -1 if state.maxmemory or (aof is not None and aof.write_error is not None) \
+            else state.max_message_size
         now = state.clock()
-        timed_to = perf_counter_ns()
+        clock_ns = perf_counter_ns  # (compiled, a global is a dict lookup at each use)
+        timed_to = clock_ns()
         served_before = turn_left
+        counted: LeanCommand | None = None  # the command `calls` and `usec_spent` are of
+        calls = usec_spent = 0
         try:
             while True:
-                subcommands = commands.get(argv[0])
-                if subcommands is None or len(argv) < 3:
-                    return argv, turn_left, size
-                entry = subcommands.get(argv[1])
-                if entry is None or len(argv) < entry[1].fewest_args:
+                command = self.find(argv)
+                if command is None:
                     return argv, turn_left, size
                 if now >= databases.due_at:
                     databases.tick(now, TICK_BUDGET)
-                handler, spec, stats = entry
+                kind = command.kind
                 try:
-                    reply = handler(state, session, argv, engine, now)
+                    if kind == PUSH:
+                        reply = lean_push(argv, engine, now, max_body)
+                    elif kind == POP:
+                        reply = lean_pop(argv, engine, now, proto)
+                    elif kind == ACK:
+                        reply = lean_ack(argv, engine)
+                    elif kind == EXTEND:
+                        reply = lean_extend(argv, engine, now)
+                    else:
+                        reply = lean_nack(argv, engine, now)
                     if reply is None:
                         return argv, turn_left, size  # the general path answers it
                 except CommandError as exc:
                     reply = encode.error(exc.code, exc.message)
                     state.count_error(reply)
-                    stats[2] += 1
+                    command.stats[FAILED] += 1
                 except Exception:
-                    log.exception("bug: unexpected error in %s", spec.name)
+                    log.exception("bug: unexpected error in %s", command.name)
                     reply = encode.error("ERR", "internal error")
                     state.count_error(reply)
-                    stats[2] += 1
-                ended = perf_counter_ns()
+                    command.stats[FAILED] += 1
+                ended = clock_ns()
                 elapsed_us = (ended - timed_to) // 1000
                 timed_to = ended
+                if command is not counted:
+                    if counted is not None:
+                        _count(counted, calls, usec_spent)
+                    counted, calls, usec_spent = command, 0, 0
+                calls += 1
+                usec_spent += elapsed_us
                 state.total_commands += 1
-                session.last_command = spec.name
-                stats[0] += 1
-                stats[1] += elapsed_us
+                session.last_command = command.name
                 if elapsed_us >= state.slowlog_threshold_us >= 0:
-                    record_slow(state, session, spec.name, argv, elapsed_us)
+                    record_slow(state, session, command.name, argv, elapsed_us)
                 replies.append(reply)
                 if readied:
-                    self.serve_waiters()
+                    if waiters:
+                        self.serve_waiters()
+                    elif len(readied) == 1:  # a push readies its queue every time; nobody
+                        readied.pop()  # waits (pop: cheaper than clear for one)
+                    else:
+                        readied.clear()
                 size += len(reply)
                 turn_left -= 1
                 if size > reply_slice or not turn_left:
                     return None, turn_left, size
-                next_argv = next_command()
+                next_argv = parser.next_command()
                 if next_argv is None:
                     return None, turn_left, size
                 argv = next_argv
         finally:
             self.served += served_before - turn_left
+            if counted is not None:
+                _count(counted, calls, usec_spent)
+
+
+def _count(command: LeanCommand, calls: int, usec_spent: int) -> None:
+    """Add to the command's commandstats entry."""
+    stats = command.stats
+    stats[CALLS] += calls
+    stats[USEC] += usec_spent
