@@ -385,3 +385,41 @@ def test_server_notices_a_forward_jump_without_waiting_for_its_timer(clocked):
     clocked.clock.now = T0 + 7200 * SEC + 1  # no timer call: only the clock moves
     assert waiter.get(3.0) == [b"body", b"in two hours", b"id", b"1"]
     client.close()
+
+
+def armed_at(server: ThreadedServer) -> int | None:
+    """When the server's timer fires (nothing of the engine is looked at: that would move
+    `due_at`, which the server compares to decide whether to look)."""
+    async def read():
+        return server.server._timer_at
+    return asyncio.run_coroutine_threadsafe(read(), server.loop).result(10)
+
+
+def test_server_timer_follows_earlier_deadlines_and_outlives_a_deleted_one(clocked):
+    """After each read the server looks at the timer heap only when `due_at` moved: an
+    earlier deadline moves the timer; a deadline that went away (its queue deleted) lets
+    the timer fire early once, after which it is armed for the next one."""
+    client = clocked.client()
+    for name in ("a", "b", "c"):
+        client.execute_command("VALQ", "CREATE", name)
+    assert client.execute_command("VALQ", "PUSH", "a", "late", 100) == b"1"
+    assert armed_at(clocked) == T0 + 100 * SEC
+    assert client.execute_command("VALQ", "PUSH", "a", "later", 200) == b"2"
+    assert armed_at(clocked) == T0 + 100 * SEC
+    assert client.execute_command("VALQ", "PUSH", "b", "early", 10) == b"1"
+    assert armed_at(clocked) == T0 + 10 * SEC
+    assert client.execute_command("VALQ", "DELETE", "b") == b"deleted b"
+    assert client.execute_command("VALQ", "PUSH", "c", "soon", 50) == b"1"
+    assert armed_at(clocked) == T0 + 10 * SEC  # early, never late
+    jump(clocked, T0 + 10 * SEC)
+    assert armed_at(clocked) == T0 + 50 * SEC
+    assert client.execute_command("VALQ", "POP", "c") in (b"", None)
+    jump(clocked, T0 + 50 * SEC)
+    assert client.execute_command("VALQ", "POP", "c", "NOACK") == \
+        [b"body", b"soon", b"id", b"1"]
+    assert armed_at(clocked) == T0 + 100 * SEC
+    jump(clocked, T0 + 100 * SEC)
+    assert client.execute_command("VALQ", "POP", "a", "NOACK") == \
+        [b"body", b"late", b"id", b"1"]
+    assert armed_at(clocked) == T0 + 200 * SEC
+    client.close()

@@ -22,7 +22,8 @@ import signal
 import socket
 import ssl
 import time
-from typing import Callable, Sequence, cast
+from time import monotonic
+from typing import Callable, Final, Sequence, cast
 
 from .commands import acl
 from .commands.acl import load_acl_file
@@ -71,18 +72,18 @@ QUERY_BUFFER_EXCEEDED = b"-ERR Protocol error: query buffer limit exceeded\r\n"
 REFUSAL_LOG_EVERY_S = 1.0
 RESERVED_FDS = 32  # descriptors kept for files and listeners, as Valkey's CONFIG_MIN_RESERVED_FDS
 RESP_REFUSALS = {"maxclients": MAX_CLIENTS_REACHED, "protected": PROTECTED_MODE_DENIED}
-REPLY_SLICE = 1 << 20  # replies of one read sent before the rest of the read is executed
+REPLY_SLICE: Final = 1 << 20  # replies of one read sent before the rest of the read is executed
 # Commands one client may run per turn of the event loop: the rest of a long pipeline waits
 # for the next turn, after every other client's turn, so one greedy client delays another's
 # PING by about this many commands, not by its whole pipeline. Valkey bounds a turn by one
 # 16 KB read, about 128 PUSHes of 100-byte bodies. A turn's fixed costs (a poll, a write, an
 # AOF commit) stay small beside them: 500k pipelined pushes took the same server CPU with
 # this bound as with none (bench/: `python -m bench --only cost`).
-COMMANDS_PER_TURN = 128
+COMMANDS_PER_TURN: Final = 128
 REQUESTS_PER_TURN = 100  # the same for HTTP requests, each of which costs several commands
 # Replies one client may have waiting on a store (valqd.store.valkey) before the server stops
 # running its pipeline: what a client sends beyond it waits in its socket.
-MAX_PENDING_REPLIES = 1024
+MAX_PENDING_REPLIES: Final = 1024
 
 
 class Waiter:
@@ -213,7 +214,7 @@ class Connection(asyncio.Protocol):
             if log.isEnabledFor(VERBOSE):
                 log.log(VERBOSE, "Protocol error (%s) from client: id=%d addr=%s laddr=%s",
                         exc, session.id, session.addr, session.laddr)
-        session.last_command_at = time.monotonic()
+        session.last_command_at = monotonic()
         server.after_commands()
         if outbox:
             outbox.extend(replies)
@@ -617,11 +618,13 @@ class Server:
         self.http_port = 0  # the HTTP port bound (0: none)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
+        self._armed_due = -1  # `databases.due_at` when the timer was last armed (or not)
         self._stopping = asyncio.Event()
         self.aof: AppendOnlyFile | None = None
         self._held: list[tuple[Connection | HttpConnection, bytes, bool]] = []
         self._commit_scheduled = False
         self._commit_soon = self._commit  # bound once: the group commit runs every turn
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs in, once known
         self._housekeeping: asyncio.TimerHandle | None = None
         self._housekeeping_round = 0
         self.state.blocked_consumers = self.blocked_consumers
@@ -1040,7 +1043,10 @@ class Server:
     def _schedule_commit(self) -> None:
         if not self._commit_scheduled:
             self._commit_scheduled = True
-            asyncio.get_running_loop().call_soon(self._commit_soon)
+            loop = self._loop  # (asyncio.get_running_loop() costs a lookup and a call)
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._commit_soon)
 
     def _commit(self) -> None:
         self._commit_scheduled = False
@@ -1098,8 +1104,18 @@ class Server:
     # -- timer -----------------------------------------------------------------------------
 
     def after_commands(self) -> None:
-        """Point the timer at the engine's earliest deadline, if that changed."""
-        at = self.databases.next_deadline()
+        """Point the timer at the engine's earliest deadline, if that changed.
+
+        Called after every read, so the timer heap is looked at only when `due_at` moved
+        since the timer was armed: it moves earlier whenever an earlier deadline is added,
+        and is set from the heap whenever the heap is looked at (a tick). While it stays
+        where it was, the timer is not late; at worst early, when the deadline it was armed
+        for went away (a deleted queue): it then finds nothing due and is armed again."""
+        databases = self.databases
+        if databases.due_at == self._armed_due:
+            return
+        at = databases.next_deadline()
+        self._armed_due = databases.due_at
         if at == self._timer_at:
             return
         if self._timer is not None:
@@ -1113,6 +1129,7 @@ class Server:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        self._armed_due = -1  # no timer: after_commands arms it again whatever `due_at` is
         # A storm of expiries is applied a budget at a time; what is left re-arms the timer
         # at once, after the clients that are waiting have been served.
         self.databases.tick(self.clock(), TICK_BUDGET)
