@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -20,17 +21,23 @@ from support import CHILD_ENV
 from valqd.commands.context import ServerState, Session
 from valqd.commands.dispatch import Dispatcher
 from valqd.commands.table import TABLE
-from valqd.config import Config
+from valqd.config import MAX_DATABASES, Config
 from valqd.engine import Databases, Engine, make_settings
 from valqd.engine.engine import RECORD_KINDS
 from valqd.persistence import aof as aof_module
 from valqd.persistence import format as format_module
 from valqd.persistence.aof import AppendOnlyFile, write_snapshot
-from valqd.persistence.format import (MAGIC, SCHEMAS, AofCorruption, decode_effect,
-                                      encode_batch, encode_effect, iter_batches, parse_records)
-from valqd.persistence.loader import check_aof, load, scan
+from valqd.persistence.format import (MAGIC, MAGIC_V1, SCHEMAS, AofCorruption, decode_effect,
+                                      encode_batch, encode_batch_v1, encode_effect,
+                                      iter_batches, parse_records)
+from valqd.persistence.loader import LoadResult, check_aof, load, scan
 
 T0 = 1_700_000_000_000
+DATA = Path(__file__).parent / "data"
+# the batches of the files a History writes: today's (version 2), an older valqd's (version
+# 1, appended to as it is), and version 2 holding version 1 batches too (a rewritten version
+# 1 file keeps those committed while the rewrite ran), here every other one
+LAYOUTS = ["v2", "v1", "mixed"]
 BIN = b"bin\x00\xff\r\n q"
 BODIES = [b"", b"\x00", b"\r\n*3\r\n$4\r\nVALQ\r\n", bytes(range(256)), "ünï".encode(),
           b"B 12 00000000 0000\n", b"x" * 5000]
@@ -62,10 +69,14 @@ class History:
     """An engine journaling into an AppendOnlyFile; `turn()` commits one batch and records
     the digest, the record count and the file size after it."""
 
-    def __init__(self, path, fsync_policy: str = "no") -> None:
+    def __init__(self, path, fsync_policy: str = "no", layout: str = "v2") -> None:
         self.path = str(path)
+        if layout == "v1":  # as an older valqd left it: the magic line alone
+            write(self.path, MAGIC_V1)
+        self.layout = layout
         self.aof = AppendOnlyFile(self.path, fsync_policy)
         self.aof.open()
+        assert self.aof.v1_batches == (layout == "v1")
         self.records = 0
         self.effects: list[tuple] = []
         self.engine = Engine(journal=self._journal)
@@ -79,6 +90,8 @@ class History:
         self.aof.append(effect)
 
     def turn(self) -> bool:
+        if self.layout == "mixed":
+            self.aof.v1_batches = len(self.after) % 2 == 1
         ok = self.aof.commit()
         if ok:
             self.after.append((self.aof.size, self.records, self.engine.digest()))
@@ -135,6 +148,11 @@ def assert_same_state(loaded_engine: Engine, live: Engine) -> None:
         assert (list(a.ready), list(a.lease_order), list(a.delayed_order), list(a.dead_order)) \
             == (list(b.ready), list(b.lease_order), list(b.delayed_order), list(b.dead_order))
         assert (a.leases, a.delayed, a.dead) == (b.leases, b.delayed, b.dead)
+
+
+def _batch_kinds(data: bytes) -> list[bytes]:
+    """The first byte of every batch's header: b"B" (format version 1) or b"C"."""
+    return [data[offset:offset + 1] for offset, _, _ in iter_batches(data, "x")]
 
 
 def write(path, data: bytes) -> None:
@@ -207,27 +225,64 @@ def test_decode_effect_rejects_what_does_not_fit(fields):
         decode_effect(fields)
 
 
+def _check(kind: bytes, length: int, crc: int) -> int:
+    """The header's check as the format's docstring defines it, for either version."""
+    if kind == b"B":
+        return zlib.crc32(b"B %d %08x" % (length, crc)) & 0xFFFF
+    return (length * 40503 + crc) % 65521
+
+
+@pytest.mark.parametrize("kind, encode", [(b"C", encode_batch), (b"B", encode_batch_v1)])
 @pytest.mark.parametrize("body", [b"", b"x" * 954, b"x" * 955, b"x" * 956, b"x" * 5000])
-def test_batch_header(body):
+def test_batch_header(kind, encode, body):
     payload = encode_effect(("push", b"q", 1, T0, T0, 0, body))  # 1023, 1024, 1025 bytes too
-    batch = encode_batch(payload)
+    batch = encode(payload)
     header, _, rest = batch.partition(b"\n")
-    kind, length, crc, check = header.split(b" ")
-    assert (kind, int(length), int(crc, 16), rest) == (b"B", len(payload), zlib.crc32(payload),
-                                                      payload)
-    assert (length, crc) == (b"%d" % len(payload), b"%08x" % zlib.crc32(payload))
-    assert check == b"%04x" % (zlib.crc32(b"B %d %08x" % (len(payload), zlib.crc32(payload)))
-                               & 0xFFFF)
-    data = MAGIC + batch + batch
-    assert [bytes(p) for _, _, p in iter_batches(data, "x")] == [payload, payload]
+    crc = zlib.crc32(payload)
+    assert header == b"%b %d %08x %04x" % (kind, len(payload), crc, _check(kind, len(payload), crc))
+    assert rest == payload
+    for magic in (MAGIC, MAGIC_V1) if kind == b"B" else (MAGIC,):
+        data = magic + batch + batch
+        assert [bytes(p) for _, _, p in iter_batches(data, "x")] == [payload, payload]
+
+
+def test_a_version_2_batch_in_a_version_1_file_is_corruption():
+    batch = encode_batch(encode_effect(("flush",)))
+    with pytest.raises(AofCorruption) as info:
+        list(iter_batches(MAGIC_V1 + encode_batch_v1(b"") + batch + encode_batch_v1(b""), "x"))
+    assert (info.value.offset, info.value.reason) == (len(MAGIC_V1) + len(encode_batch_v1(b"")),
+                                                      "bad batch header")
+
+
+@pytest.mark.parametrize("magic, encode", [(MAGIC, encode_batch), (MAGIC_V1, encode_batch_v1)])
+def test_every_change_of_one_byte_of_a_batch_header_is_refused(magic, encode):
+    """In a batch followed by another (so that no change can pass for a cut-off end): every
+    other value of every byte of its header, which includes every change of one digit of the
+    length (which could otherwise make the batch look cut short)."""
+    batch = encode(encode_effect(("push", b"q", 123456, T0, T0, 0, b"x" * 1234)))
+    header_size = batch.index(b"\n") + 1
+    after = encode(encode_effect(("remove", b"q", 123456)))
+    for position in range(header_size):
+        for value in range(256):
+            if value == batch[position]:
+                continue
+            data = magic + batch[:position] + bytes([value]) + batch[position + 1:] + after
+            with pytest.raises(AofCorruption) as info:
+                list(iter_batches(data, "x"))
+            assert info.value.offset == len(magic), (position, value)
 
 
 # -- loading -------------------------------------------------------------------------------
 
-def test_load_replays_every_batch(tmp_path, valqd_log):
-    history = History(tmp_path / "a.aof").build()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_load_replays_every_batch(tmp_path, valqd_log, layout):
+    history = History(tmp_path / "a.aof", layout=layout).build()
     history.close()
     engine, result = loaded(history.path)
+    with open(history.path, "rb") as f:
+        data = f.read()
+    assert data.startswith(MAGIC_V1 if layout == "v1" else MAGIC)
+    assert set(_batch_kinds(data)) == {"v2": {b"C"}, "v1": {b"B"}, "mixed": {b"B", b"C"}}[layout]
     size, records, digest = history.after[-1]
     assert (result.records, result.file_size, result.good_size) == (records, size, size)
     assert result.truncated_bytes == 0
@@ -241,7 +296,7 @@ def test_missing_file_loads_nothing(tmp_path):
     assert result.records == 0 and engine.queues == {}
 
 
-@pytest.mark.parametrize("data", [b"", MAGIC, MAGIC[:5]])
+@pytest.mark.parametrize("data", [b"", MAGIC, MAGIC[:5], MAGIC[:-1], MAGIC_V1, MAGIC_V1[:-1]])
 def test_empty_or_cut_magic_loads_empty(tmp_path, data):
     path = tmp_path / "a.aof"
     write(path, data)
@@ -257,8 +312,9 @@ def test_bad_magic_is_corruption_at_zero(tmp_path):
     assert info.value.offset == 0 and str(path) in str(info.value)
 
 
-def test_truncation_at_every_offset_of_the_last_batch(tmp_path, valqd_log):
-    history = History(tmp_path / "full.aof").build(3)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_truncation_at_every_offset_of_the_last_batch(tmp_path, valqd_log, layout):
+    history = History(tmp_path / "full.aof", layout=layout).build(3)
     history.close()
     with open(history.path, "rb") as f:
         data = f.read()
@@ -297,9 +353,10 @@ def test_a_tail_of_zero_bytes_loads(tmp_path, valqd_log, zeros):
 
 
 @pytest.mark.parametrize("zeros", [1, 10, "payload", "all"])
-def test_last_batch_ending_in_zeros_is_truncation(tmp_path, zeros):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_last_batch_ending_in_zeros_is_truncation(tmp_path, zeros, layout):
     """Power loss: the file's size was updated but its last blocks were never written."""
-    history = History(tmp_path / "a.aof").build(3)
+    history = History(tmp_path / "a.aof", layout=layout).build(3)
     history.close()
     with open(history.path, "rb") as f:
         data = bytearray(f.read())
@@ -330,8 +387,9 @@ def _flipped(data: bytes, position: int, mask: int = 0x01) -> bytes:
     return data[:position] + bytes([data[position] ^ mask]) + data[position + 1:]
 
 
-def test_flipped_byte_anywhere_in_a_middle_batch_is_refused_with_its_offset(tmp_path):
-    history = History(tmp_path / "a.aof").build(4)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flipped_byte_anywhere_in_a_middle_batch_is_refused_with_its_offset(tmp_path, layout):
+    history = History(tmp_path / "a.aof", layout=layout).build(4)
     history.close()
     with open(history.path, "rb") as f:
         data = f.read()
@@ -347,8 +405,9 @@ def test_flipped_byte_anywhere_in_a_middle_batch_is_refused_with_its_offset(tmp_
             assert f"at offset {start}" in str(info.value)
 
 
-def test_flipped_payload_byte_and_length_digit(tmp_path):
-    history = History(tmp_path / "a.aof").build(4)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flipped_payload_byte_and_length_digit(tmp_path, layout):
+    history = History(tmp_path / "a.aof", layout=layout).build(4)
     history.close()
     with open(history.path, "rb") as f:
         data = f.read()
@@ -360,7 +419,7 @@ def test_flipped_payload_byte_and_length_digit(tmp_path):
         loaded(path)
     assert (info.value.offset, info.value.reason) == (start, "checksum mismatch")
     assert str(path) in str(info.value)
-    length_digit = start + 2  # "B <length> ..."
+    length_digit = start + 2  # "C <length> ..." (or "B")
     assert data[length_digit:length_digit + 1].isdigit()
     changed = b"9" if data[length_digit:length_digit + 1] != b"9" else b"1"
     write(path, data[:length_digit] + changed + data[length_digit + 1:])
@@ -371,8 +430,9 @@ def test_flipped_payload_byte_and_length_digit(tmp_path):
     assert os.path.getsize(path) == size_before  # corruption is never "repaired" by loading
 
 
-def test_corrupt_last_batch_is_not_truncation(tmp_path):
-    history = History(tmp_path / "a.aof").build(3)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_corrupt_last_batch_is_not_truncation(tmp_path, layout):
+    history = History(tmp_path / "a.aof", layout=layout).build(3)
     history.close()
     with open(history.path, "rb") as f:
         data = f.read()
@@ -393,9 +453,9 @@ def test_a_record_that_does_not_fit_is_corruption(tmp_path):
     assert "bad record" in info.value.reason
 
 
-def test_negative_batch_length_is_corruption_not_a_loop(tmp_path):
-    head = b"B -20 %08x" % zlib.crc32(b"")
-    header = b"%b %04x\n" % (head, zlib.crc32(head) & 0xFFFF)
+@pytest.mark.parametrize("kind", [b"B", b"C"])
+def test_negative_batch_length_is_corruption_not_a_loop(tmp_path, kind):
+    header = b"%b -20 %08x %04x\n" % (kind, zlib.crc32(b""), _check(kind, -20, zlib.crc32(b"")))
     assert len(header) == 20  # a length pointing back at its own header
     data = MAGIC + header + encode_batch(encode_effect(("flush",)))
     with pytest.raises(AofCorruption) as info:
@@ -405,15 +465,29 @@ def test_negative_batch_length_is_corruption_not_a_loop(tmp_path):
 
 # -- check-aof -------------------------------------------------------------------------------
 
-def test_check_aof_ok(tmp_path, capsys):
-    history = History(tmp_path / "a.aof").build(2)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_check_aof_ok(tmp_path, capsys, layout):
+    history = History(tmp_path / "a.aof", layout=layout).build(2)
     history.close()
     assert check_aof(history.path, fix=False) == 0
     assert f"records={history.records}, ok" in capsys.readouterr().out
 
 
-def test_check_aof_reports_and_fixes_corruption(tmp_path, capsys):
-    history = History(tmp_path / "a.aof").build(4)
+def test_check_aof_reads_a_file_of_an_older_valqd(tmp_path, capsys):
+    assert check_aof(str(V1_FILE), fix=False) == 0
+    assert f"records={V1_RECORDS}, ok" in capsys.readouterr().out
+    path = tmp_path / "a.aof"
+    data = V1_FILE.read_bytes()
+    last = [offset for offset, _, _ in iter_batches(data, "x")][-1]
+    path.write_bytes(_flipped(data, last + 2))  # the last batch's length
+    assert check_aof(str(path), fix=False) == 1
+    assert f"ok_up_to={last}, diff={len(data) - last}, problem=bad batch header" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_check_aof_reports_and_fixes_corruption(tmp_path, capsys, layout):
+    history = History(tmp_path / "a.aof", layout=layout).build(4)
     history.close()
     with open(history.path, "rb") as f:
         data = f.read()
@@ -654,8 +728,9 @@ def _finish_rewrite(aof: AppendOnlyFile, timeout: float = 10.0) -> None:
     raise AssertionError("the rewrite child did not finish")
 
 
-def test_background_rewrite_keeps_writes_made_meanwhile(tmp_path):
-    history = History(tmp_path / "a.aof").build()
+@pytest.mark.parametrize("layout", ["v2", "v1"])
+def test_background_rewrite_keeps_writes_made_meanwhile(tmp_path, layout):
+    history = History(tmp_path / "a.aof", layout=layout).build()
     aof, e = history.aof, history.engine
     assert aof.start_rewrite(e.snapshot)
     assert not aof.start_rewrite(e.snapshot)  # one at a time
@@ -678,6 +753,64 @@ def test_background_rewrite_keeps_writes_made_meanwhile(tmp_path):
     engine, _ = loaded(history.path)
     assert_same_state(engine, e)
     assert not list(tmp_path.glob("temp-rewriteaof-*"))
+    # the new file is of version 2, the batches copied from a version 1 file as they were
+    with open(history.path, "rb") as f:
+        data = f.read()
+    kinds = _batch_kinds(data)
+    assert data.startswith(MAGIC) and kinds[-1] == b"C"
+    assert (b"B" in kinds) == (layout == "v1")
+
+
+# written by valqd at ee00d54 (format version 1) from: two queues in database 0 (a binary
+# name, settings), pushes (a delayed, a prioritized, a deduplicated, a 5000-byte one), a POP of
+# three then an ACK, an EXTEND and a NACK with a reason, a NOACK POP, an MPUSH, a PAUSE; a
+# queue with a message in database 3. DEBUG DIGEST said V1_DIGEST before its SHUTDOWN.
+V1_FILE = DATA / "appendonly-v1.aof"
+V1_RECORDS = 31
+V1_DIGEST = "91a4055cfbc6f6afa7a73f1d4166b39e08df3462"
+
+
+def _loaded_databases(path) -> tuple[Databases, LoadResult]:
+    databases = Databases(MAX_DATABASES)
+    return databases, load(str(path), databases)
+
+
+def test_a_file_of_an_older_valqd_loads_as_it_was_written(tmp_path):
+    assert V1_FILE.read_bytes().startswith(MAGIC_V1)
+    databases, result = _loaded_databases(V1_FILE)
+    assert (result.records, result.truncated_bytes) == (V1_RECORDS, 0)
+    assert databases.digest() == V1_DIGEST
+    assert databases.engines[0].queue_names() == [b"bin\x00\xff\r\n q", b"jobs"]
+    assert databases.engines[3].queue_names() == [b"other"]
+    snapshot = str(tmp_path / "snapshot.aof")  # the same state in version 2
+    write_snapshot(snapshot, databases.snapshot())
+    assert _loaded_databases(snapshot)[0].digest() == V1_DIGEST
+
+
+def test_a_version_1_file_is_appended_to_in_version_1_until_save_rewrites_it(tmp_path):
+    path = tmp_path / "appendonly.aof"
+    path.write_bytes(V1_FILE.read_bytes())
+    databases, _ = _loaded_databases(path)
+    aof = AppendOnlyFile(str(path), "no")  # then opened for appending, as the server does
+    aof.open()
+    for index, engine in enumerate(databases.engines):
+        engine.journal = aof.journal_for(index)
+    databases.journal = aof.append
+    assert aof.v1_batches
+
+    def push_and_reload(body: bytes) -> bytes:
+        databases.engines[0].push(b"jobs", body, T0)
+        databases.engines[3].push(b"other", body, T0)
+        assert aof.commit()
+        assert _loaded_databases(path)[0].digest() == databases.digest()
+        data = path.read_bytes()
+        return data[:len(MAGIC)] + _batch_kinds(data)[-1]
+
+    assert push_and_reload(b"appended in version 1") == MAGIC_V1 + b"B"
+    aof.rewrite_now(databases.snapshot)
+    assert not aof.v1_batches
+    assert push_and_reload(b"appended after SAVE") == MAGIC + b"C"
+    aof.close()
 
 
 @pytest.mark.parametrize("retry", ["before_swap", "after_swap"])

@@ -249,6 +249,38 @@ def test_restart_round_trip(tmp_path, via):
         proc.kill()
 
 
+def test_a_file_of_an_older_valqd_is_served_appended_to_and_rewritten(tmp_path):
+    """Upgrading in place: valqd starts on a file of format version 1, appends to it in
+    version 1 across a restart, and its rewrite makes it version 2, nothing lost."""
+    path = tmp_path / "d" / AOF
+    path.parent.mkdir()
+    path.write_bytes((Path(__file__).parent / "data" / "appendonly-v1.aof").read_bytes())
+    proc = ValqdProcess(tmp_path / "d").start()
+    try:
+        c = proc.client()
+        assert b"jobs" in valq(c, "LIST")
+        build_state(c)
+        before = state_of(c)
+        c.close()
+        shutdown(proc, "SIGTERM")
+        assert path.read_bytes().startswith(b"VALQD-AOF 1\n")
+        proc.start()
+        c = proc.client()
+        assert state_of(c) == before
+        done = rewrites_done(proc, c)
+        assert c.execute_command("BGREWRITEAOF") is True
+        wait_for_rewrite(proc, c, done)
+        assert path.read_bytes().startswith(b"VALQD-AOF 2\n")
+        valq(c, "PUSH", b"rt:plain", b"after the rewrite")
+        before = state_of(c)
+        c.close()
+        shutdown(proc, "SIGTERM")
+        proc.start()
+        assert state_of(proc.client()) == before
+    finally:
+        proc.kill()
+
+
 def test_rewrite_and_save_keep_the_state(tmp_path):
     proc = ValqdProcess(tmp_path / "d").start()
     path = tmp_path / "d" / AOF

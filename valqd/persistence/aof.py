@@ -11,7 +11,8 @@ to the old file as usual and noting where the batches it commits meanwhile lie i
 their bytes: memory would grow with the length of the rewrite). When the child is done, the
 parent copies those stretches of the old file to the new one, fsyncs it, renames it over
 the AOF and fsyncs the directory. A crash at any point leaves either the old complete file
-or the new complete one.
+or the new complete one. The new file is always of format version 2; a version 1 file (an
+older valqd's) is appended to in version 1 until then (format.py).
 
 Disk faults: a failed write is cut back off the file (`ftruncate`), its records move to
 `unwritten`, which every later commit writes first, and `write_error` is set until a retry
@@ -33,7 +34,8 @@ import time
 from typing import Callable, Final, Iterable
 
 from ..engine import Effect, Journal
-from .format import MAGIC, encode_batch, encode_effect, encode_effects
+from .format import (MAGIC, MAGIC_V1, encode_batch, encode_batch_v1, encode_effect,
+                     encode_effects)
 
 log = logging.getLogger("valqd")
 
@@ -102,6 +104,7 @@ class AppendOnlyFile:
         self.fd = -1
         self.size = 0  # bytes of the file known to be written completely
         self.base_size = 0  # size right after the last rewrite (for the automatic trigger)
+        self.v1_batches = False  # a version 1 file: appended to in version 1 until rewritten
         self.synced_size = 0
         self.write_error: str | None = None
         self.rewrite_pid = 0
@@ -154,6 +157,9 @@ class AppendOnlyFile:
             self.size = _write_all(self.fd, MAGIC)
             os.fsync(self.fd)
             fsync_directory(self.path)
+        else:
+            with open(self.path, "rb") as f:
+                self.v1_batches = f.read(len(MAGIC_V1)) == MAGIC_V1
         self.base_size = self.synced_size = self.size
         self.reserve_fd = os.open(self.reserve_path, os.O_RDWR | os.O_CREAT, 0o644)
         self.reserve_size = os.fstat(self.reserve_fd).st_size
@@ -191,7 +197,7 @@ class AppendOnlyFile:
         else:
             return True
         pending.clear()
-        batch = encode_batch(payload)
+        batch = encode_batch_v1(payload) if self.v1_batches else encode_batch(payload)
         start = self.size
         try:
             self._write(batch)
@@ -215,6 +221,7 @@ class AppendOnlyFile:
                 else:
                     tail.append((start, self.size))
             elif len(self.unwritten) > self.snapshot_covers:  # the snapshot holds the rest
+                # (for the new file: version 2, whatever the old one is)
                 tail.append(encode_batch(bytes(self.unwritten[self.snapshot_covers:])))
             self.snapshot_covers = 0
         if unwritten:
@@ -419,6 +426,7 @@ class AppendOnlyFile:
         self._rewrite_done(True, None)
 
     def _swap_in(self, temp: str) -> None:
+        """Make the rewritten file at `temp` (version 2, as write_snapshot writes) the AOF."""
         os.rename(temp, self.path)
         fsync_directory(self.path)
         with self._fd_lock:
@@ -426,6 +434,7 @@ class AppendOnlyFile:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             self.size = self.base_size = self.synced_size = os.fstat(self.fd).st_size
             os.close(old)
+        self.v1_batches = False
 
     def _rewrite_done(self, ok: bool, temp: str | None) -> None:
         if temp is not None and os.path.exists(temp):

@@ -1,15 +1,24 @@
-"""The AOF file format.
+"""The AOF file format, version 2.
 
-    VALQD-AOF 1\\n                          magic line, once
-    B <length> <crc32> <check>\\n<payload>  one batch per group commit, repeated
+    VALQD-AOF 2\\n                          magic line, once
+    C <length> <crc32> <check>\\n<payload>  one batch per group commit, repeated
 
 A payload is a run of records, each a RESP array: the engine's effect tuples (`engine.py`),
 bytes and strings as bulk strings and ints as RESP integers, e.g.
-`*7 $4 push $1 q :1 :1795420000000 :0 :0 $5 hello`. The CRC covers the payload, so a torn or
-flipped batch is detected before anything of it is applied; `check` (16 bits of the
-header's own CRC) catches a flipped length, which would otherwise pass for a batch cut
-short. A file that ends inside a batch, or in zero bytes (space the file system allocated
-but never wrote), was cut short by a crash: that is truncation, not corruption.
+`*7 $4 push $1 q :1 :1795420000000 :0 :0 $5 hello`. The CRC (8 hex digits) covers the payload,
+so a torn or flipped batch is detected before anything of it is applied. `check` (4 hex digits)
+is (length * 40503 + crc) mod 65521 and catches a flipped length, which would otherwise pass
+for a batch cut short: 65521 is a prime, so a change of any one digit of length or crc (a
+change by d * 10^k or d * 16^k) always changes it, and garbage passes one time in 65521. A file
+that ends inside a batch, or in zero bytes (space the file system allocated but never wrote),
+was cut short by a crash: that is truncation, not corruption.
+
+Version 1 (`VALQD-AOF 1`, valqd up to 2026-11) is the same but for its batch header,
+`B <length> <crc32> <check>\\n`, whose check is the low 16 bits of the CRC-32 of
+`B <length> <crc32>`: a second CRC call per batch, the header's largest cost. valqd loads both
+versions, appends version 1 batches to a version 1 file until its next rewrite (which writes
+version 2), and a version 2 file may hold `B` batches too: those a rewrite of a version 1 file
+copied from it (what was committed while the rewrite ran).
 """
 
 import mmap
@@ -20,7 +29,10 @@ import hiredis
 
 from ..engine import Effect
 
-MAGIC = b"VALQD-AOF 1\n"
+MAGIC = b"VALQD-AOF 2\n"
+MAGIC_V1 = b"VALQD-AOF 1\n"
+# magic line -> the batch kinds a file may hold
+BATCH_KINDS: Final = {MAGIC_V1: (b"B",), MAGIC: (b"B", b"C")}
 MAX_BATCH_HEADER = 32
 
 
@@ -174,32 +186,41 @@ def encode_effects(effects: list[Effect]) -> bytes:
 
 
 _HEX: Final = [b"%02x" % byte for byte in range(256)]
-_BATCH_HEADS: Final = [b"B %d " % n for n in range(SMALL)]
+_B_HEADS: Final = [b"B %d " % n for n in range(SMALL)]
+_C_HEADS: Final = [b"C %d " % n for n in range(SMALL)]
+CHECK_FACTOR: Final = 40503
+CHECK_MODULUS: Final = 65521  # a prime: see the module's docstring
 
 
-def _head(length: int, crc: int) -> bytes:
-    """`B <length> <crc: 8 hex digits>`, the hex digits from a table: mypyc formats %b and %d
-    in a step of its own, %x only through bytes.__mod__ (twice the cost). The part of the
-    header its check covers."""
+def _c_batch(length: int, crc: int, payload: bytes) -> bytes:
+    """`C <length> <crc> <check>\\n` and `payload` (b"": the header alone), in one step: the
+    hex digits come from a table (mypyc formats %b and %d in a step of its own, %x only
+    through bytes.__mod__, at twice the cost) and the check is arithmetic."""
     hexes = _HEX
-    return b"%b%b%b%b%b" % (_BATCH_HEADS[length] if length < SMALL else b"B %d " % length,
+    check = (length * CHECK_FACTOR + crc) % CHECK_MODULUS
+    return b"%b%b%b%b%b %b%b\n%b" % (
+        _C_HEADS[length] if length < SMALL else b"C %d " % length,
+        hexes[crc >> 24], hexes[(crc >> 16) & 0xFF], hexes[(crc >> 8) & 0xFF], hexes[crc & 0xFF],
+        hexes[check >> 8], hexes[check & 0xFF], payload)
+
+
+def _b_batch(length: int, crc: int, payload: bytes) -> bytes:
+    """`B <length> <crc> <check>\\n` and `payload`: version 1's batch."""
+    hexes = _HEX
+    head = b"%b%b%b%b%b" % (_B_HEADS[length] if length < SMALL else b"B %d " % length,
                             hexes[crc >> 24], hexes[(crc >> 16) & 0xFF],
                             hexes[(crc >> 8) & 0xFF], hexes[crc & 0xFF])
-
-
-def _header(length: int, crc: int) -> bytes:
-    """`B <length> <crc> <check: 4 hex digits>\n`."""
-    head = _head(length, crc)
     check = _crc32(head)
-    return b"%b %b%b\n" % (head, _HEX[(check >> 8) & 0xFF], _HEX[check & 0xFF])
+    return b"%b %b%b\n%b" % (head, hexes[(check >> 8) & 0xFF], hexes[check & 0xFF], payload)
 
 
 def encode_batch(payload: bytes) -> bytes:
-    """`_header(...) + payload`, built in one step (`+` would go through the buffer protocol
-    twice)."""
-    head = _head(len(payload), _crc32(payload))
-    check = _crc32(head)
-    return b"%b %b%b\n%b" % (head, _HEX[(check >> 8) & 0xFF], _HEX[check & 0xFF], payload)
+    return _c_batch(len(payload), _crc32(payload), payload)
+
+
+def encode_batch_v1(payload: bytes) -> bytes:
+    """A batch for a version 1 file (appended to until its next rewrite)."""
+    return _b_batch(len(payload), _crc32(payload), payload)
 
 
 # How each record kind's fields are typed: b = bytes, i = int, s = str.
@@ -257,27 +278,32 @@ def iter_batches(data: bytes | memoryview | mmap.mmap,
 def _batches(view: memoryview,
              path: str) -> Generator[tuple[int, int, memoryview], None, int]:
     size = len(view)
-    if bytes(view[:len(MAGIC)]) != MAGIC:
-        if size < len(MAGIC) and MAGIC.startswith(bytes(view)):
+    kinds = BATCH_KINDS.get(bytes(view[:len(MAGIC)]))
+    if kinds is None:
+        if size < len(MAGIC) and any(magic.startswith(bytes(view)) for magic in BATCH_KINDS):
             return 0
         raise AofCorruption(path, 0, "not a valqd AOF (bad magic line)")
     offset = len(MAGIC)
     while offset < size:
         newline = bytes(view[offset:offset + MAX_BATCH_HEADER]).find(b"\n")
         if newline < 0:
-            if _is_cut_off(view, offset, size):
+            if _is_cut_off(view, offset, size, kinds):
                 return offset
             raise AofCorruption(path, offset, "bad batch header")
         line = bytes(view[offset:offset + newline + 1])
         header = line.split(b" ")
         try:
-            if len(header) != 4 or header[0] != b"B":
+            if len(header) != 4 or header[0] not in kinds:
                 raise ValueError
             length, crc = int(header[1]), int(header[2], 16)
-            if length < 0 or _header(length, crc) != line:
+            if length < 0 or not 0 <= crc <= 0xFFFFFFFF:
+                raise ValueError
+            expected = _c_batch(length, crc, b"") if header[0] == b"C" \
+                else _b_batch(length, crc, b"")
+            if expected != line:  # (a check that does not fit, or digits not as written)
                 raise ValueError
         except ValueError:
-            if _is_cut_off(view, offset, size):
+            if _is_cut_off(view, offset, size, kinds):
                 return offset
             raise AofCorruption(path, offset, "bad batch header") from None
         start = offset + newline + 1
@@ -293,10 +319,10 @@ def _batches(view: memoryview,
     return offset
 
 
-def _is_cut_off(view: memoryview, offset: int, size: int) -> bool:
+def _is_cut_off(view: memoryview, offset: int, size: int, kinds: tuple[bytes, ...]) -> bool:
     """A header that runs into the end of the file, or a tail of zero bytes."""
     tail = bytes(view[offset:size])
-    return tail.count(0) == len(tail) or (b"\n" not in tail and tail.startswith(b"B"))
+    return tail.count(0) == len(tail) or (b"\n" not in tail and tail[:1] in kinds)
 
 
 PARSE_FEED_BYTES = 16 * 1024
