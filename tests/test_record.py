@@ -29,6 +29,7 @@ def test_readers_and_the_delivery_rewrite_agree_with_unpack_and_pack(seed: int) 
         body = rng.randbytes(rng.choice([0, 1, 40]))
         rec = record.pack(enqueued_at, promote_seq, lease_no, attempts, priority, body)
         stored = record.unpack(rec)
+        assert stored[0] == enqueued_at and record.body_of(rec) == body
         assert record.attempts_of(rec) == stored[3] == min(attempts, MAX_ATTEMPTS_STORED)
         assert record.lease_no_of(rec) == stored[2] == lease_no
         new_lease, new_attempts = rng.randint(1, 2**64 - 1), rng.randint(1, 2**17)
@@ -57,3 +58,15 @@ def test_the_field_offsets_are_those_of_the_struct_layouts() -> None:
     assert record._LEASE_NO_AT == record.struct.calcsize("<BqQ")
     assert record._ATTEMPTS_AT == record.struct.calcsize("<BqQQ")
     assert record._PRIORITY_AT == record.struct.calcsize("<BqQQH")
+
+
+def test_times_encoded_in_a_row_and_in_turn_each_get_their_own_encoding() -> None:
+    """pack and time_key reuse the last time's encoding: the same time twice, two times in
+    turn, and a time after another all come out as if encoded afresh."""
+    times = [0, 5, 5, 5, 7, 5, 7, 7, 2**63 - 1, -(2**63), -1, 0, 1_764_500_000_000]
+    for at in times:
+        assert record.unpack(record.pack(at, 0, 0, 0, 0, b"b")) == (at, 0, 0, 0, 0)
+        assert record.pack(at, 0, 0, 0, 0, b"b") == record.SHORT.pack(0, at) + b"b"
+        if at >= 0:
+            for message_id in (1, 2**64 - 1):
+                assert time_key(at, message_id) == (at << 64) | message_id

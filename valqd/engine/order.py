@@ -120,9 +120,12 @@ class OrderIndex:
     def remove(self, key: Any) -> None:
         """Remove one occurrence of `key`; ValueError when there is none."""
         lists = self._lists
-        if lists and lists[0][self._head] == key:  # the usual case: the head
-            self._delete_first()
-            return
+        if lists:
+            first = lists[0][self._head]
+            # the usual case, the head; often the very key object (a lease's, see Queue)
+            if first is key or first == key:
+                self._delete_first()
+                return
         pos = bisect_left(self._maxes, key)
         if pos < len(lists):
             sub = lists[pos]

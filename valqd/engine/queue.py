@@ -240,8 +240,9 @@ class Queue:
         totals = self.totals
         totals.messages += 1
         totals.bytes += len(rec)
-        if message_id > self.id_sequence:
-            self.id_sequence = message_id
+        new_id: int = message_id  # compared as a machine integer, not as objects
+        if new_id > self.id_sequence:
+            self.id_sequence = new_id
         if due_at:
             totals.delayed += 1
             self.delayed[message_id] = due_at
