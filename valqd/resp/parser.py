@@ -9,19 +9,19 @@ split as Valkey's sdssplitargs splits it. Errors raise `ProtocolError`; the call
 Two ways to read multibulk requests:
 
 - hiredis, fast. hiredis does not report where a request ends, so the parser keeps the
-  bytes fed since hiredis was last empty and works positions out (from the canonical RESP
-  size of what it returned) only when needed: an inline command after a multibulk one, or
-  an unfinished request, whose headers are checked against Valkey's limits as they arrive
-  (`_check_unfinished`, each header looked at once).
+  bytes fed since hiredis was last empty and works out where each request it returns ends
+  (`_request_end`), checking on the way that Valkey reads the same request there: hiredis
+  returns the same list for more (`*1\r\n+x\r\n`, an element of another type where a
+  bulk belongs; `~1\r\n...`, another aggregate type), which Valkey reads otherwise
+  ("expected '$', got '+'"; inline commands). Such a request, and all that follows it,
+  goes to the framer unread. The headers of an unfinished request are checked against
+  Valkey's limits as they arrive (`_check_unfinished`, each header looked at once).
 - a framer in Python (`_next_framed`), header by header as Valkey's processMultibulkBuffer,
   checking every limit before anything is allocated. hiredis allocates a list as long as
   any aggregate header it meets (`*N`, `~N`, ... nested ones included) before a single
-  element arrives (`*4000000000\\r\\n` stalled the garbage collector for seconds); so a
+  element arrives (`*4000000000\r\n` stalled the garbage collector for seconds); so a
   connection whose bytes contain what could be a header of 10,000 elements or more
-  (`_big_header`, rare in real traffic) is read by the framer from then on; so is one whose
-  bytes hold a CRLF then `+`, `=` or `(` (`_suspicious`): hiredis returns such an element
-  (`*1\\r\\n+x\\r\\n`) as if it were a bulk string, where Valkey, and the framer, answer
-  "expected '$', got '+'" and close.
+  (`_holds_big_header`, rare in real traffic) is read by the framer from then on.
 
 Inline commands are always read by the framer. Each byte is looked at about once: a bulk
 still arriving is kept as a list of chunks and joined once, when complete.
@@ -40,31 +40,20 @@ INLINE_MAX_SIZE: Final = 64 * 1024  # Valkey's PROTO_INLINE_MAX_SIZE
 RESYNC_ABOVE: Final = 1024 * 1024  # bytes kept for positions before they are worked out
 MAX_DIGITS: Final = 19  # longer counts and lengths are out of range whatever their value
 
-# Two things hiredis must not read, looked for in every byte fed while hiredis reads (and
-# in the last bytes held with the next feed, for one split between two reads):
-# - what could be a header for which hiredis allocates 10,000 elements or more (Valkey
-#   allocates at most 1024 ahead): `*`, `~`, `>` or `|` and five digits (`%` makes a dict,
-#   which grows as elements come) (_big_header);
-# - what could be an element that hiredis returns as bytes although it is no bulk string:
-#   `+x`, `=3\r\ntxt:x`, `(12` after a CRLF. hiredis hands them out as if they were
-#   `$1\r\nx`, so positions worked out from the canonical size of what it returned would
-#   be wrong, and an inline command would then be read from the middle of a bulk (a PUSH
-#   body smuggling `FLUSHALL\r\n`). The framer answers them as Valkey does.
-# The search is the per-read cost of every request (_suspicious), so it uses what CPython
-# does cheapest per call: `byte in data` (memchr) and, on the latin-1 text of the bytes,
-# `str.find` and `str in str` (fastsearch). bytes.find parses its arguments with
-# PyArg_ParseTuple (~1.3k instructions a call in 3.11) and `bytes in bytes` raises and
-# clears a TypeError first; the per-byte translation into classes this replaced cost
-# 7 instructions a byte. Classes are still the answer for bytes full of aggregate marks
+# hiredis must not read what could be a header for which it allocates 10,000 elements or
+# more (Valkey allocates at most 1024 ahead): `*`, `~`, `>` or `|` and five digits (`%`
+# makes a dict, which grows as elements come). It is looked for in every byte fed while
+# hiredis reads (and in the last bytes held with the next feed, for one split between two
+# reads): that is a cost of every read, so the search uses what CPython does cheapest per
+# call: `byte in data` (memchr) for the rare marks, and str.find on the latin-1 text of
+# the bytes for `*`. bytes.find parses its arguments with PyArg_ParseTuple (~1.3k
+# instructions a call in 3.11); the translation of every byte into classes this replaced
+# cost 7 instructions a byte, and is still the answer for bytes full of marks
 # (_MARKS_SEARCHED).
 HEADER_DIGITS: Final = 5  # digits of a header of 10,000 elements or more
-_PLUS: Final = 43  # b"+", b"=", b"(": elements hiredis returns as bytes
-_EQUALS: Final = 61
-_PAREN: Final = 40
 _TILDE: Final = 126  # b"~", b">", b"|": aggregate marks rare in real traffic (`*` is not)
 _GREATER: Final = 62
 _BAR: Final = 124
-_NON_BULK_TYPES: Final = b"+=("
 # Past this many aggregate marks in one feed, one translation of every byte into classes
 # (_CLASSES: `A` a mark, `1` a digit) costs less than a search per mark.
 _MARKS_SEARCHED: Final = 32
@@ -92,13 +81,14 @@ class Limits:
 
 class RequestParser:
     """While hiredis holds data (`_reader_busy`), `_chunks` keeps the bytes fed to it since
-    the last point where it was empty, and `_returned` the requests it returned since then.
+    the last point where it was empty, and `_consumed` how many of them the requests it
+    returned since then took (each checked to be read there as Valkey reads it).
     Otherwise the framer holds them: `_buf[_pos:]` is what it has not parsed yet; inside a
     multibulk request `_args` has the arguments read so far and `_left` how many are
     missing (-1: between requests); `_bulk` is the length of the bulk whose header was read
     (-1: none), and a bulk still arriving waits in `_parts` instead of `_buf`."""
 
-    __slots__ = ("_reader", "_reader_busy", "_chunks", "_held", "_returned", "_walk_pos",
+    __slots__ = ("_reader", "_reader_busy", "_chunks", "_held", "_consumed", "_walk_pos",
                  "_walk_left", "_careful", "_buf", "_pos", "_args",
                  "_args_len", "_left", "_bulk", "_parts", "_parts_len", "limits",
                  "authenticated")
@@ -108,9 +98,9 @@ class RequestParser:
         self._reader_busy = False
         self._chunks: list[bytes] = []
         self._held = 0  # bytes in _chunks
-        self._returned: list[list[bytes]] = []
+        self._consumed = 0
         # How far the headers of the unfinished request (which starts at `_chunks[0][0]`
-        # when `_returned` is empty) were checked: the offset of the next header, and how
+        # when `_consumed` is 0) were checked: the offset of the next header, and how
         # many bulk headers are left (-1: the count header is next).
         self._walk_pos = 0
         self._walk_left = -1
@@ -139,7 +129,7 @@ class RequestParser:
             elif self._pos >= len(self._buf) and not self._parts_len:
                 # nothing held: what came before was read whole, so a header cannot start
                 # before `data`
-                if _suspicious(data):
+                if _holds_big_header(data):
                     self._become_careful()
                 elif data[:1] == b"*":
                     # a multibulk request at a request boundary: straight to hiredis, as
@@ -149,7 +139,8 @@ class RequestParser:
                     self._rebase([data])
                     self._reader_busy = True
                     return
-            elif _suspicious(self._buf[max(self._pos, len(self._buf) - HEADER_DIGITS):] + data):
+            elif _holds_big_header(
+                    self._buf[max(self._pos, len(self._buf) - HEADER_DIGITS):] + data):
                 self._become_careful()  # (the framer holds the start of a line)
         if self._parts_len:
             self._parts.append(data)
@@ -167,18 +158,14 @@ class RequestParser:
         that bulk), and the search starts in the last bytes held otherwise (a header split
         between two reads)."""
         held = self._held
-        if not self._returned and self._walk_pos > held:
+        if not self._consumed and self._walk_pos > held:
             start = self._walk_pos - held
-            if start >= len(data):
-                return True
-            return data[start] not in _NON_BULK_TYPES and not _suspicious(data[start:])
-        return not _suspicious(self._tail(max(held - HEADER_DIGITS, 0)) + data)
+            return start >= len(data) or not _holds_big_header(data[start:])
+        return not _holds_big_header(self._tail(max(held - HEADER_DIGITS, 0)) + data)
 
     def buffered(self) -> int:
         """Bytes received and not yet handed out as commands."""
-        held = self._held - sum(map(_wire_size, self._returned)) if self._returned else \
-            self._held
-        return held + len(self._buf) - self._pos + self._parts_len + self._args_len
+        return self._held - self._consumed + len(self._buf) - self._pos + self._parts_len + self._args_len
 
     def next_command(self) -> list[bytes] | None:
         while True:
@@ -199,21 +186,28 @@ class RequestParser:
                     # reads it, and all that follows, from its start
                     self._become_careful()
                     continue
+                if len(self._chunks) > 1:
+                    self._resync()  # the request in one piece (at most once per read)
+                end = _request_end(self._chunks[0], self._consumed, command)
+                if end < 0:
+                    # Valkey reads it otherwise: an element of another type where a bulk
+                    # belongs (`+x`), another aggregate type (`~1`): the framer reads it,
+                    # and all that follows, from its start
+                    self._become_careful()
+                    continue
                 limits = self.limits
                 held = self._held  # the request came in these bytes: no item or count is larger
                 if held > limits.max_bulk_len or held > limits.max_multibulk_len or \
                         not self.authenticated:
                     self._check_limits(command)
-                if not self._reader.has_data():  # `_rebase([])`, inline: once per read
+                if end == held:  # hiredis holds nothing more: `_rebase([])`, inline
                     self._reader_busy = False
                     self._chunks = []
-                    self._held = self._walk_pos = 0
+                    self._held = self._walk_pos = self._consumed = 0
                     self._walk_left = -1
-                    if self._returned:
-                        self._returned = []
                 else:
-                    self._returned.append(command)
-                    if self._held > RESYNC_ABOVE:
+                    self._consumed = end
+                    if held > RESYNC_ABOVE:
                         self._resync()
                 checked: list[bytes] = command  # a non-empty list of bytes, as tested above
                 return checked
@@ -246,7 +240,7 @@ class RequestParser:
         """`_chunks` start at a request boundary from now on, with nothing returned since."""
         self._chunks = chunks
         self._held = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
-        self._returned = []
+        self._consumed = 0
         self._walk_pos = 0
         self._walk_left = -1
 
@@ -287,7 +281,7 @@ class RequestParser:
         """Drop the bytes of the requests already returned: `_chunks` becomes exactly the
         bytes hiredis has not returned yet."""
         data = b"".join(self._chunks)
-        self._rebase([data[sum(map(_wire_size, self._returned)):]])
+        self._rebase([data[self._consumed:]])
 
     def _tail(self, start: int) -> bytes:
         """The held bytes from offset `start` on, joining only the chunks that hold them."""
@@ -307,7 +301,7 @@ class RequestParser:
         """Apply Valkey's limits to the request hiredis is still waiting for, walking the
         headers that arrived since the last call, with Valkey's checks and words. False
         when it is not a multibulk request: then the framer reads it."""
-        if self._returned:
+        if self._consumed:
             self._resync()  # now `_chunks` start where the unfinished request starts
         limits = self.limits
         if self._held > limits.max_query_buffer:
@@ -431,13 +425,9 @@ class RequestParser:
             raise ProtocolError("query buffer limit exceeded")
 
 
-def _suspicious(data: bytes) -> bool:
-    """Whether `data` holds what could be an aggregate header of 10,000 elements or more,
-    or a non-bulk element after a CRLF (see HEADER_DIGITS)."""
+def _holds_big_header(data: bytes) -> bool:
+    """Whether `data` holds what could be an aggregate header of 10,000 elements or more."""
     text = data.decode("latin-1")  # positions in `text` are positions in `data`
-    if (_PLUS in data or _EQUALS in data or _PAREN in data) and (
-            "\r\n+" in text or "\r\n=" in text or "\r\n(" in text):
-        return True
     return _big_header(data, text, "*") or (_TILDE in data and _big_header(data, text, "~")) \
         or (_GREATER in data and _big_header(data, text, ">")) \
         or (_BAR in data and _big_header(data, text, "|"))
@@ -481,14 +471,27 @@ def _number(raw: bytes) -> int | None:
     return int(raw)
 
 
-def _wire_size(command: list[bytes]) -> int:
-    """Bytes of a multibulk request of bulk strings, as every client encodes it (and as
-    hiredis accepts it: canonical lengths only)."""
-    size = 3 + len(str(len(command)))
+def _request_end(data: bytes, start: int, command: list[bytes]) -> int:
+    """Where the request hiredis returned as `command` ends in `data`, given that it starts
+    at `start`, if Valkey reads the same request there: `*N`, then for each argument `$L`,
+    its L bytes and two more (Valkey and hiredis skip them unread; clients send CRLF);
+    -1 if not. hiredis returns the same list for more: an element of another type where a
+    bulk belongs (`+x`, `(12`: Valkey says "expected '$', got '+'"), another aggregate type
+    where a request starts (`~1`, `|1`: for Valkey, inline commands). The header lines of
+    what it returned are canonical (it reads counts and lengths as strictly as Valkey), so
+    their sizes follow from the numbers, and only the type bytes are left to check."""
+    count = len(command)
+    end = len(data)
+    if start >= end or data[start] != 42:  # b"*"
+        return -1
+    at = start + (4 if count < 10 else 5 if count < 100 else 3 + len(str(count)))
     for arg in command:
-        n = len(arg)
-        size += n + (6 if n < 10 else 7 if n < 100 else 8 if n < 1000 else 5 + len(str(n)))
-    return size
+        if at >= end or data[at] != 36:  # b"$"
+            return -1
+        size = len(arg)
+        at += size + (6 if size < 10 else 7 if size < 100 else 8 if size < 1000 else
+                      5 + len(str(size)))
+    return at if at <= end else -1
 
 
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
