@@ -436,10 +436,10 @@ _INFO_SECTIONS: dict[str, Callable[[ServerState], list[str]]] = {
     "replication": lambda state: ["role:master", "connected_slaves:0"],
     "cpu": _cpu_info,
     "commandstats": lambda state: [
-        f"cmdstat_{name}:calls={calls},usec={usec},usec_per_call={usec / calls if calls else 0:.2f},"
-        f"rejected_calls={rejected},failed_calls={failed}"
-        for name, (calls, usec, failed, rejected) in sorted(state.command_stats.items())
-        if calls or rejected],
+        f"cmdstat_{name}:calls={s.calls},usec={s.usec},"
+        f"usec_per_call={s.usec / s.calls if s.calls else 0:.2f},"
+        f"rejected_calls={s.rejected},failed_calls={s.failed}"
+        for name, s in sorted(state.command_stats.items()) if s.calls or s.rejected],
     "errorstats": lambda state: [f"errorstat_{code}:count={count}"
                                  for code, count in sorted(state.error_stats.items())],
     "messages": _messages_info,
@@ -533,7 +533,7 @@ def config_rewrite(state: ServerState, session: Session, argv: list[bytes]) -> b
 def config_resetstat(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     """CONFIG RESETSTAT -> +OK; command statistics and counters start again from zero."""
     for stats in state.command_stats.values():
-        stats[:] = [0, 0, 0, 0]
+        stats.reset()
     state.error_stats.clear()
     state.total_error_replies = 0
     state.total_commands = 0

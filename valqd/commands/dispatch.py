@@ -19,7 +19,7 @@ from ..errors import CommandError
 from ..logs import VERBOSE
 from ..resp import encode
 from . import acl
-from .context import Blocked, HandlerReply, ServerState, Session
+from .context import Blocked, CommandStats, HandlerReply, ServerState, Session
 from .multi import NOT_IN_MULTI, QUEUED, RUN_IN_MULTI
 from .pubsub import check_subscribed_mode
 from .table import CommandSpec
@@ -98,7 +98,7 @@ def _refused(state: ServerState, session: Session, reply: bytes,
     if session.multi is not None:
         session.multi_failed = True
     if spec is not None:
-        state.command_stats[spec.name][3] += 1
+        state.command_stats[spec.name].rejected += 1
     state.count_error(reply)
     return reply
 
@@ -175,8 +175,8 @@ class Dispatcher:
                 self._subcommands[variant] = subcommands
                 for sub_name, sub in subcommands.items():
                     self._pairs[variant, sub_name] = sub
-            for each in (spec, *spec.subcommands.values()):  # calls, usec, failed calls
-                state.command_stats.setdefault(each.name, [0, 0, 0, 0])
+            for each in (spec, *spec.subcommands.values()):
+                state.command_stats.setdefault(each.name, CommandStats())
 
     def pairs(self) -> dict[tuple[bytes, bytes], CommandSpec]:
         """(command, subcommand) -> spec, as clients usually spell them (renames applied)."""
@@ -275,10 +275,10 @@ class Dispatcher:
             state.count_error(reply)
         elapsed_us = (perf_counter_ns() - started) // 1000
         stats = state.command_stats[name]
-        stats[0] += 1
-        stats[1] += elapsed_us
+        stats.calls += 1
+        stats.usec += elapsed_us
         if failed:
-            stats[2] += 1
+            stats.failed += 1
         if 0 <= state.slowlog_threshold_us <= elapsed_us and name != "exec":
             record_slow(state, session, name, argv, elapsed_us)  # as Valkey: the commands
         return reply  # of an EXEC are logged, not the EXEC

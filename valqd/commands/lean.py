@@ -35,7 +35,7 @@ from ..engine import MAX_DELAY, PRIORITY_RANGE, TICK_BUDGET, Engine
 from ..errors import CommandError
 from ..resp import RequestParser, encode
 from .args import I64_MAX, I64_MIN, U64_MAX
-from .context import ServerState, Session
+from .context import CommandStats, ServerState, Session
 from .dispatch import Dispatcher, record_slow
 from .table import CommandSpec
 from .valq import MAX_COUNT, message_map
@@ -207,9 +207,6 @@ EXTEND: Final = 3
 NACK: Final = 4
 LEAN_KINDS: Final = {"valq|push": PUSH, "valq|pop": POP, "valq|ack": ACK,
                      "valq|extend": EXTEND, "valq|nack": NACK}
-CALLS: Final = 0  # the fields of a command_stats entry: [calls, usec, failed, rejected]
-USEC: Final = 1
-FAILED: Final = 2
 
 
 class LeanCommand:
@@ -218,7 +215,7 @@ class LeanCommand:
 
     __slots__ = ("kind", "name", "fewest_args", "stats")
 
-    def __init__(self, kind: int, spec: CommandSpec, stats: list[int]) -> None:
+    def __init__(self, kind: int, spec: CommandSpec, stats: CommandStats) -> None:
         self.kind = kind
         self.name = spec.name
         self.fewest_args = spec.fewest_args
@@ -331,12 +328,12 @@ class LeanPath:
                 except CommandError as exc:
                     reply = encode.error(exc.code, exc.message)
                     state.count_error(reply)
-                    command.stats[FAILED] += 1
+                    command.stats.failed += 1
                 except Exception:
                     log.exception("bug: unexpected error in %s", command.name)
                     reply = encode.error("ERR", "internal error")
                     state.count_error(reply)
-                    command.stats[FAILED] += 1
+                    command.stats.failed += 1
                 ended = clock_ns()
                 elapsed_us = (ended - timed_to) // 1000
                 timed_to = ended
@@ -375,5 +372,5 @@ class LeanPath:
 def _count(command: LeanCommand, calls: int, usec_spent: int) -> None:
     """Add to the command's commandstats entry."""
     stats = command.stats
-    stats[CALLS] += calls
-    stats[USEC] += usec_spent
+    stats.calls += calls
+    stats.usec += usec_spent

@@ -371,7 +371,7 @@ class ValkeyStore:
         def counted(reply: Reply) -> bytes:
             data = finish(reply)
             if data[:1] == b"-" and stats is not None:
-                stats[2] += 1
+                stats.failed += 1
             return data
 
         pending = self.send(session.db, self._fcall_args(argv), counted,
