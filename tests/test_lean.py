@@ -16,7 +16,10 @@ import uuid
 import pytest
 
 from support import Error, ManualClock, ThreadedServer, Wire, encode_command
+from valqd.commands.args import parse_int
+from valqd.commands.lean import number, u64
 from valqd.engine.dump import dump
+from valqd.errors import CommandError
 from valqd.persistence.loader import scan
 
 QUEUES = ["q", "q", "q", "full", "paused", "missing"]
@@ -428,3 +431,28 @@ def test_a_lean_push_serves_a_client_blocked_in_a_pop(spied):
     assert not spy.took_general("valq push")
     assert waiter.reply() == [b"body", b"a", b"id", b"1"]
     assert pusher.call("VALQ", "POP", "q") == [b"body", b"b", b"id", b"2"]
+
+
+NUMBERS = [b"", b"-", b"0", b"-0", b"00", b"01", b"-01", b"1", b"-1", b"9" * 18, b"9" * 19,
+           b"-" + b"9" * 18, b"-" + b"9" * 19, b"18446744073709551615", b"18446744073709551616",
+           b"9223372036854775807", b"9223372036854775808", b"-9223372036854775808",
+           b"-9223372036854775809", b"+1", b" 1", b"1 ", "٣".encode(), b"1a", b"a1", b"--1",
+           b"1" * 40, b"000", b"1/", b"1:", b"/", b":"]
+
+
+@pytest.mark.parametrize("low, high", [(0, 2**64 - 1), (1, 2**64 - 1), (-2**63, 2**63 - 1),
+                                       (1, 1000), (-5, 5)])
+def test_lean_numbers_are_read_as_the_general_path_reads_them(low, high):
+    """The lean path reads short numbers digit by digit; what it reads, and what it
+    refuses (leaving the reply to the general path), is what parse_int reads."""
+    rng = random.Random(16)
+    samples = NUMBERS + [bytes(rng.choice(b"0123456789-+ a/:") for _ in range(rng.randint(0, 22)))
+                         for _ in range(3000)]
+    for raw in samples:
+        try:
+            expected = parse_int(raw, low, high)
+        except CommandError:
+            expected = None
+        assert number(raw, low, high) == expected, raw
+        if high == 2**64 - 1:
+            assert u64(raw, low) == expected, raw
