@@ -68,12 +68,16 @@ def _encode_fields(effect: Effect) -> bytes:
 # What the encoders below avoid, compiled (each costs a few hundred instructions): an int
 # formatted anew (`b"%d" % n`, CPyTagged_AsciiBytes: a bytes object made and freed), a global
 # looked up by name (names are Final: C constants), a module attribute looked up per call
-# (`zlib.crc32`), a dict lookup to pick a record's encoder. Small ints (attempts, name, body
-# and batch lengths) come from tables, a time from `_TIMES`; only a message id and a lease
-# number are formatted.
+# (`zlib.crc32`), a dict lookup to pick a record's encoder, a comparison with an int too large
+# for mypyc's short ints (INT64_MAX), and pieces to join (each ~50). Small ints (attempts,
+# name, body and batch lengths) come from tables, a time and a record's start up to its
+# queue name from caches of the last one; only a message id and a lease number are formatted.
 SMALL: Final = 1024
 _INT_FIELDS: Final = [b":%d\r\n" % n for n in range(SMALL)]
 _BULK_HEADS: Final = [b"$%d\r\n" % n for n in range(SMALL)]
+# a push due later goes field by field (an int past int64 as a bulk string, the others as the
+# same bytes as below): a bound mypyc compares inline, unlike INT64_MAX
+_DUE_AT_MAX: Final = 1 << 60
 _crc32: Final = zlib.crc32
 
 
@@ -87,11 +91,13 @@ def _bulk_head(length: int) -> bytes:
     return _BULK_HEADS[length] if length < SMALL else b"$%d\r\n" % length
 
 
+# The caches below are one for the process: only the event-loop thread encodes (a rewrite's
+# child is a process of its own).
+
 class _TimeField:
     """The last time (epoch ms) encoded, as a RESP integer. Every record of one event-loop
     turn carries the same `now`, and every lease of a POP of several messages the same
-    deadline, so most times are the one before. (One for the process: only the event-loop
-    thread encodes; a rewrite's child is a process of its own.)"""
+    deadline, so most times are the one before."""
 
     def __init__(self) -> None:
         self.at = 0
@@ -107,7 +113,23 @@ class _TimeField:
 _TIMES: Final = _TimeField()
 
 
-def _encode_push(e: Effect) -> bytes:
+class _RecordStart:
+    """A record of one kind up to its message id: array header, kind and queue name, kept
+    for the last queue (the records of one read are mostly one queue's)."""
+
+    def __init__(self, fields: int, kind: str) -> None:
+        self.head = b"*%d\r\n$%d\r\n%b\r\n" % (fields, len(kind), kind.encode())
+        self.queue = b""
+        self.start = b"%b$0\r\n\r\n:" % self.head
+
+    def get(self, queue: bytes) -> bytes:
+        if queue != self.queue:
+            self.start = b"%b%b%b\r\n:" % (self.head, _bulk_head(len(queue)), queue)
+            self.queue = queue
+        return self.start
+
+
+def _encode_push(start: _RecordStart, e: Effect) -> bytes:
     # the fields as locals of their types: mypyc then formats them in a step of its own
     # instead of through bytes.__mod__ (the same holds for the encoders below)
     queue: bytes = e[1]
@@ -116,48 +138,42 @@ def _encode_push(e: Effect) -> bytes:
     due_at: int = e[4]
     priority: int = e[5]
     body: bytes = e[6]
-    if due_at > INT64_MAX:
+    if due_at >= _DUE_AT_MAX:
         return _encode_fields(e)
     if due_at == enqueued_at and not priority:  # the usual push
         at = _TIMES.get(due_at)
-        return b"*7\r\n$4\r\npush\r\n%b%b\r\n:%d\r\n%b%b:0\r\n%b%b\r\n" % (
-            _bulk_head(len(queue)), queue, message_id, at, at, _bulk_head(len(body)), body)
-    return b"*7\r\n$4\r\npush\r\n%b%b\r\n:%d\r\n%b%b%b%b%b\r\n" % (
-        _bulk_head(len(queue)), queue, message_id, _TIMES.get(enqueued_at), _int_field(due_at),
+        return b"%b%d\r\n%b%b:0\r\n%b%b\r\n" % (
+            start.get(queue), message_id, at, at, _bulk_head(len(body)), body)
+    return b"%b%d\r\n%b%b%b%b%b\r\n" % (
+        start.get(queue), message_id, _TIMES.get(enqueued_at), _int_field(due_at),
         _int_field(priority), _bulk_head(len(body)), body)
 
 
-def _encode_lease(head: bytes, e: Effect) -> bytes:
-    """(kind, queue, id, at, attempts, lease_no): a delivery or an EXTEND; `head` is the
-    array's header and the kind, encoded."""
+def _encode_lease(start: _RecordStart, e: Effect) -> bytes:
+    """(kind, queue, id, at, attempts, lease_no): a delivery or an EXTEND."""
     queue: bytes = e[1]
     message_id: int = e[2]
     at: int = e[3]
     attempts: int = e[4]
     lease_no: int = e[5]
-    return b"%b%b%b\r\n:%d\r\n%b%b:%d\r\n" % (
-        head, _bulk_head(len(queue)), queue, message_id, _TIMES.get(at), _int_field(attempts),
-        lease_no)
+    return b"%b%d\r\n%b%b:%d\r\n" % (
+        start.get(queue), message_id, _TIMES.get(at), _int_field(attempts), lease_no)
 
 
-def _encode_removal(head: bytes, e: Effect) -> bytes:
+def _encode_removal(start: _RecordStart, e: Effect) -> bytes:
     """(kind, queue, id): an ack, a NOACK delivery, a cancel or a DLQ drop."""
     queue: bytes = e[1]
     message_id: int = e[2]
-    return b"%b%b%b\r\n:%d\r\n" % (head, _bulk_head(len(queue)), queue, message_id)
-
-
-def _kind_head(fields: int, kind: str) -> bytes:
-    return b"*%d\r\n$%d\r\n%b\r\n" % (fields, len(kind), kind.encode())
+    return b"%b%d\r\n" % (start.get(queue), message_id)
 
 
 # The records written on every push, delivery and removal, each formatted in one step; any
 # other record field by field.
-_LEASE_HEAD: Final = _kind_head(6, "lease")
-_REMOVE_HEAD: Final = _kind_head(3, "remove")
-_LEASE_HEADS: Final = {kind: _kind_head(6, kind) for kind in ("lease", "hold")}
-_REMOVAL_HEADS: Final = {kind: _kind_head(3, kind)
-                         for kind in ("remove", "take", "cancel", "drop")}
+_PUSH: Final = _RecordStart(7, "push")
+_LEASE: Final = _RecordStart(6, "lease")
+_HOLD: Final = _RecordStart(6, "hold")
+_REMOVE: Final = _RecordStart(3, "remove")
+_REMOVALS: Final = {kind: _RecordStart(3, kind) for kind in ("take", "cancel", "drop")}
 
 
 def encode_effect(effect: Effect) -> bytes:
@@ -165,17 +181,16 @@ def encode_effect(effect: Effect) -> bytes:
     # a str comparison, and the kinds are interned like the engine's, so an identity test)
     kind: str = effect[0]
     if kind == "push":
-        return _encode_push(effect)
+        return _encode_push(_PUSH, effect)
     if kind == "lease":
-        return _encode_lease(_LEASE_HEAD, effect)
+        return _encode_lease(_LEASE, effect)
     if kind == "remove":
-        return _encode_removal(_REMOVE_HEAD, effect)
-    head = _REMOVAL_HEADS.get(kind)
-    if head is not None:
-        return _encode_removal(head, effect)
-    head = _LEASE_HEADS.get(kind)
-    if head is not None:
-        return _encode_lease(head, effect)
+        return _encode_removal(_REMOVE, effect)
+    if kind == "hold":
+        return _encode_lease(_HOLD, effect)
+    start = _REMOVALS.get(kind)
+    if start is not None:
+        return _encode_removal(start, effect)
     return _encode_fields(effect)
 
 
