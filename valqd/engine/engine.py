@@ -259,22 +259,22 @@ class Engine:
         maxlen = q.settings.maxlen
         if maxlen and q.stored_count() >= maxlen:
             raise QueueFullError(name, maxlen)
+        message_id = q.id_sequence + 1
         # boxed once, for the record, the queue's dict and its index (see Queue.add)
-        message_id: Any = q.id_sequence + 1
+        boxed_id: Any = message_id
         due_at = due_time(now, delay) if delay else 0
-        effect = ("push", name, message_id, now, due_at, priority, body)
-        q.add(message_id, now, due_at, priority, body)  # what replay applies (_QUEUE_APPLY)
+        effect = ("push", name, boxed_id, now, due_at, priority, body)
+        q.add(boxed_id, now, due_at, priority, body)  # as replay does (_QUEUE_APPLY)
         q.counters.pushed += 1
         self.counters.pushed += 1
         self._emitted(q, effect, "pushed")
         self.readied.add((self.index, name))
         if dedup_key is not None:
-            self._emit(("dedup", name, dedup_key, message_id,
+            self._emit(("dedup", name, dedup_key, boxed_id,
                         now + q.settings.dedup_window * 1000))
         if delay or dedup_key is not None:
             self._schedule(q)
-        pushed: int = message_id
-        return pushed
+        return message_id
 
     def push_many(self, name: bytes, bodies: list[bytes], now: int) -> list[int]:
         """Push several messages at once: all of them, or none when maxlen forbids."""
