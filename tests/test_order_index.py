@@ -113,6 +113,33 @@ def test_head_removals_move_nothing_until_the_spent_slots_match_the_live_keys() 
     check(index, model)
 
 
+def test_a_key_returning_to_the_head_takes_the_spent_slot_before_it() -> None:
+    """A NACK puts its message back at the head: after a POP, the key goes into the slot
+    the POP spent, and nothing moves; with no spent slot it is inserted as usual."""
+    index, model = OrderIndex(), list(range(10, 3 * LOAD))
+    for key in model:
+        index.add(key)
+    first = index._lists[0]
+    index.add(5)  # no spent slot yet
+    model.insert(0, 5)
+    assert index._head == 0 and index._lists[0] is first
+    for _ in range(3):
+        key = index.pop_first()
+        assert key == model.pop(0) and index._head == 1
+        index.add(key)  # back where it was
+        model.insert(0, key)
+        assert index._head == 0 and index._lists[0] is first
+    assert (index.pop_first(), index.pop_first()) == (5, 10)  # two spent slots
+    del model[:2]
+    index.add(model[0])  # equal to the first key: inserted after it, no spent slot taken
+    model.insert(0, model[0])
+    assert index._head == 2
+    index.add(7)
+    model.insert(0, 7)
+    assert index._head == 1
+    check(index, model)
+
+
 def test_tuples_order_as_tuples() -> None:
     index = OrderIndex()
     for pair in [(5, b"b"), (5, b"a"), (1, b"z")]:

@@ -403,7 +403,7 @@ class Engine:
             raise NoLeaseError(name, message_id, "is not in flight")
         if reason is not None:
             self._emit(("reason", name, message_id, reason))
-        attempts = record.unpack(q.records[message_id])[3]
+        attempts = record.attempts_of(q.records[message_id])
         if attempts >= q.settings.max_delivery_attempts:
             self._count(q, "nacked")
             self._notify("nacked", name, message_id)
@@ -482,7 +482,7 @@ class Engine:
             at, which = due
             if which == "lease":
                 message_id = q.lease_order.first() & ID_MASK
-                attempts = record.unpack(q.records[message_id])[3]
+                attempts = record.attempts_of(q.records[message_id])
                 if attempts >= q.settings.max_delivery_attempts:
                     self._count(q, "expired")
                     self._notify("expired", name, message_id)
@@ -492,7 +492,7 @@ class Engine:
                     self._emit(("expire", name, message_id, at + wait if wait else 0))
             elif which == "delay":
                 message_id = q.delayed_order.first() & ID_MASK
-                delivered_before = record.unpack(q.records[message_id])[3] > 0
+                delivered_before = record.attempts_of(q.records[message_id]) > 0
                 self._emit(("promote", name, message_id,
                             0 if delivered_before else q.promote_seq + 1))
             elif which == "drop":
