@@ -329,9 +329,13 @@ class LeanPath:
         `reply_slice` bytes in all (`size` so far). Returns (that command or None, the
         commands left, the reply bytes now)."""
         state = self.state
-        if not session.authenticated or session.restricted or session.multi is not None \
-                or session.channels or session.patterns or state.loading:
-            return argv, turn_left, size  # the dispatcher's checks could refuse it
+        # not one of the five (found first: any other command pays nothing more), or
+        # the dispatcher's checks could refuse it
+        command = self.find(argv)
+        if command is None or not session.authenticated or session.restricted or \
+                session.multi is not None or session.channels or session.patterns or \
+                state.loading:
+            return argv, turn_left, size
         databases = state.databases
         readied = databases.readied
         waiters = self.waiters
@@ -349,9 +353,6 @@ class LeanPath:
         calls = usec_spent = 0
         try:
             while True:
-                command = self.find(argv)
-                if command is None:
-                    return argv, turn_left, size
                 if now >= databases.due_at:
                     databases.tick(now, _TICK_BUDGET)
                 kind = command.kind
@@ -406,6 +407,10 @@ class LeanPath:
                 if next_argv is None:
                     return None, turn_left, size
                 argv = next_argv
+                following = self.find(argv)
+                if following is None:
+                    return argv, turn_left, size
+                command = following
         finally:
             self.served += served_before - turn_left
             if counted is not None:
