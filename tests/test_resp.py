@@ -373,7 +373,9 @@ def test_encoded_replies_are_valid_resp():
 
 @pytest.mark.parametrize("proto", [2, 3])
 def test_body_id_map_is_the_map_of_body_and_id(proto):
-    for body, message_id in [(b"", 1), (b"x" * 300, 2**64 - 1), (b"job", 42)]:
+    for body, message_id in [(b"", 1), (b"x" * 300, 2**64 - 1), (b"job", 42),
+                             (b"y" * 1023, 9), (b"z" * 1024, 10)]:
+        assert encode.bulk(body) == b"$%d\r\n%b\r\n" % (len(body), body)
         assert encode.body_id_map(body, message_id, proto) == encode.map_(
             [encode.bulk(b"body"), encode.bulk(body), encode.bulk(b"id"),
              encode.bulk_int(message_id)], proto)

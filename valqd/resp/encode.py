@@ -28,16 +28,19 @@ def integer(value: int) -> bytes:
     return b":%d\r\n" % value
 
 
-# `$L\r\n` for the lengths of short bulks (ids, numbers, short words): compiled, a reply
-# built from one of them is one allocation fewer than one that formats L
-_BULK_HEADS: Final = tuple(b"$%d\r\n" % length for length in range(64))
+# `$L\r\n` for the lengths of bulks under 1 KiB (ids, numbers, words, most job bodies):
+# compiled, a reply built from one of them is one allocation fewer than one that formats L
+_BULK_HEADS: Final = tuple(b"$%d\r\n" % length for length in range(1024))
+
+
+def _head(length: int) -> bytes:
+    """`$L\r\n` for a bulk of `length` bytes."""
+    return _BULK_HEADS[length] if length < len(_BULK_HEADS) else b"$%d\r\n" % length
 
 
 def bulk(value: bytes | memoryview) -> bytes:
     if isinstance(value, bytes):  # compiled: one concatenation of typed parts
-        if len(value) < len(_BULK_HEADS):
-            return b"%b%b\r\n" % (_BULK_HEADS[len(value)], value)
-        return b"$%d\r\n%b\r\n" % (len(value), value)
+        return b"%b%b\r\n" % (_head(len(value)), value)
     # %b takes any buffer (PEP 461); mypy's format check knows only bytes
     return b"$%d\r\n%b\r\n" % (len(value), value)  # type: ignore[str-format]
 
@@ -63,7 +66,7 @@ def _bulk_head(length: int, value: int) -> bytes:
     while value >= bound:
         length += 1
         bound *= 10
-    return _BULK_HEADS[length] if length < len(_BULK_HEADS) else b"$%d\r\n" % length
+    return _head(length)
 
 
 def array(items: list[bytes]) -> bytes:
@@ -85,9 +88,9 @@ def map_(pairs: list[bytes], proto: int) -> bytes:
 def body_id_map(body: bytes, message_id: int, proto: int) -> bytes:
     """POP's `{body, id}` map (id as a bulk string), in one formatting step: the hot path
     (compiled, a format of typed bytes and ints is one concatenation)."""
-    head = b"%2\r\n" if proto == 3 else b"*4\r\n"
-    return b"%b$4\r\nbody\r\n$%d\r\n%b\r\n$2\r\nid\r\n%b%d\r\n" % (
-        head, len(body), body, _bulk_head(0, message_id), message_id)
+    head = b"%2\r\n$4\r\nbody\r\n" if proto == 3 else b"*4\r\n$4\r\nbody\r\n"
+    return b"%b%b%b\r\n$2\r\nid\r\n%b%d\r\n" % (
+        head, _head(len(body)), body, _bulk_head(0, message_id), message_id)
 
 
 def set_(items: list[bytes], proto: int) -> bytes:
