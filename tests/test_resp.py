@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 
 from valqd.errors import ProtocolError
 from valqd.resp import NEED_DATA, RequestParser, encode
-from valqd.resp.parser import INLINE_MAX_SIZE, _holds_big_header
+from valqd.resp.parser import INLINE_MAX_SIZE, MAX_DIGITS, _holds_big_header, _number
 
 
 @dataclass(frozen=True)
@@ -274,6 +274,16 @@ def test_big_aggregate_header_never_reaches_hiredis_at_any_split_point(header, b
             assert parser._careful, (cut, drained_between)
             assert out == expected, (cut, drained_between)
     assert feed_bytewise(wire) == expected
+
+
+@given(st.binary(max_size=24) | st.text("0123456789-+ ٣", max_size=24).map(str.encode))
+def test_counts_and_lengths_are_read_as_string2ll_reads_them(raw):
+    """The framer reads the numbers of its headers digit by digit: an optional `-`, ASCII
+    digits, no leading zero (0 alone), at most MAX_DIGITS of them."""
+    digits = raw[1:] if raw[:1] == b"-" else raw
+    plain = digits.isdigit() and len(digits) <= MAX_DIGITS and not (
+        digits[0] == 48 and (len(digits) > 1 or digits is not raw))
+    assert _number(raw) == (int(raw) if plain else None)
 
 
 # -- encoding --------------------------------------------------------------------------

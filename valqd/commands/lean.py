@@ -34,6 +34,7 @@ from typing import Callable, Collection, Final
 from ..engine import MAX_DELAY, PRIORITY_RANGE, TICK_BUDGET, Engine
 from ..errors import CommandError
 from ..resp import RequestParser, encode
+from ..resp.parser import digits_value
 from .args import I64_MAX, I64_MIN, U64_MAX
 from .context import CommandStats, ServerState, Session
 from .dispatch import Dispatcher, record_slow
@@ -69,7 +70,7 @@ def number(raw: bytes, low: int, high: int) -> int | None:
             return None
         value = int(raw)
     else:
-        value = _digits_value(raw, start)
+        value = digits_value(raw, start)
         if value < 0:
             return None
         if start:
@@ -83,20 +84,8 @@ def u64(raw: bytes, low: int) -> int | None:
     size = len(raw)
     if not 0 < size <= _SHORT_DIGITS or (raw[0] == 48 and size > 1):
         return number(raw, low, _U64_MAX)
-    value = _digits_value(raw, 0)
+    value = digits_value(raw, 0)
     return value if value >= low else None  # (-1: not digits)
-
-
-def _digits_value(raw: bytes, start: int) -> int:
-    """The value of the ASCII digits of raw[start:] (at most _SHORT_DIGITS of them), -1
-    if another byte is among them."""
-    value = 0
-    for at in range(start, len(raw)):
-        digit = raw[at] - 48  # b"0"
-        if not 0 <= digit <= 9:
-            return -1
-        value = value * 10 + digit
-    return value
 
 
 def lease_number(message_id: int, raw: bytes) -> int | None:

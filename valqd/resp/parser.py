@@ -463,12 +463,28 @@ def _all_bytes(items: list[object]) -> bool:
 
 def _number(raw: bytes) -> int | None:
     """A count or a length as Valkey's string2ll reads it: an optional `-` and digits,
-    without a leading zero, sign, space or underscore; None when it is not one."""
-    digits = raw[1:] if raw[:1] == b"-" else raw
-    if not digits.isdigit() or len(digits) > MAX_DIGITS or \
-            (digits[0] == 48 and (len(digits) > 1 or digits is not raw)):  # b"0"
+    without a leading zero, sign, space or underscore; None when it is not one. (Read
+    digit by digit: compiled, int() on bytes and bytes.isdigit cost ~1k instructions per
+    header, five headers per PUSH on the framer.)"""
+    size = len(raw)
+    start = 1 if size and raw[0] == 45 else 0  # b"-"
+    if start == size or size - start > MAX_DIGITS or (raw[start] == 48 and size > 1):
+        return None  # empty, too long, or a leading 0 (only 0 itself: no -0, 01)
+    value = digits_value(raw, start)
+    if value < 0:
         return None
-    return int(raw)
+    return -value if start else value
+
+
+def digits_value(raw: bytes, start: int) -> int:
+    """The value of the ASCII digits raw[start:], -1 if another byte is among them."""
+    value = 0
+    for at in range(start, len(raw)):
+        digit = raw[at] - 48  # b"0"
+        if not 0 <= digit <= 9:
+            return -1
+        value = value * 10 + digit
+    return value
 
 
 def _request_end(data: bytes, start: int, command: list[bytes]) -> int:
