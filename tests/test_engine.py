@@ -1106,11 +1106,12 @@ def test_replay_of_flush_and_recreate():
     assert replica.next_deadline() == T0 + 7 * SEC
 
 
-def test_the_hot_records_apply_through_the_functions_push_pop_and_ack_call():
-    """PUSH, POP and ACK call Queue.add, Queue.lease and Queue.remove directly, skipping the
-    table; replay goes through the table: both must name the same functions."""
+def test_the_hot_records_apply_through_the_functions_push_pop_ack_and_extend_call():
+    """PUSH, POP, ACK and EXTEND call Queue.add, Queue.lease and Queue.remove directly,
+    skipping the table; replay goes through the table: both must name the same functions."""
     assert _KINDS["push"][0] is Queue.add
     assert _KINDS["lease"][0] is Queue.lease
+    assert _KINDS["hold"][0] is Queue.lease
     assert _KINDS["remove"][0] is Queue.remove
 
 

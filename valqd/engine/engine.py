@@ -6,10 +6,10 @@ tuples such as `("lease", queue, id, deadline_at, attempts, lease_no)`. `_emit` 
 effect through `_KINDS`, and then hands it to the journal (the AOF), counts it in the
 queue's counters and tells the listener (live events). Replaying a journal with `apply()`
 runs the very same apply functions and nothing else, so a log rebuilds exactly the state
-the live server had. PUSH, POP and ACK, the hot path, call their apply functions (Queue.add,
-Queue.lease, Queue.remove) directly with the fields they put in the record, and then
-`_emitted` does the rest of `_emit`: the generic call through the table cost more than
-a push's whole apply function.
+the live server had. PUSH, POP, ACK and EXTEND, the hot path, call their apply functions
+(Queue.add, Queue.lease, Queue.remove) directly with the fields they put in the record,
+and then `_emitted` does the rest of `_emit`: the generic call through the table cost
+more than a push's whole apply function.
 
 Timers: each queue knows its next deadline (lease, delay, DLQ retention, dedup key). The
 engines of all databases share (`Shared`) a heap of `(at, serial, queue, engine)` with one
@@ -387,10 +387,14 @@ class Engine:
         q = self.queue(name)
         check_range("seconds", seconds, EXTEND_RANGE)
         state = self._leased(q, message_id, lease_no)
-        _, _, current_lease, attempts, _ = record.unpack(q.records[message_id])
-        if state == "ready":
-            current_lease = q.lease_seq + 1
-        self._emit(("hold", name, message_id, now + seconds * 1000, attempts, current_lease))
+        rec = q.records[message_id]
+        current_lease = q.lease_seq + 1 if state == "ready" else record.lease_no_of(rec)
+        attempts = record.attempts_of(rec)
+        boxed_id: Any = message_id  # boxed once, for the record and the queue's dicts
+        deadline_at = now + seconds * 1000
+        effect = ("hold", name, boxed_id, deadline_at, attempts, current_lease)
+        q.lease(boxed_id, deadline_at, attempts, current_lease)  # as replay does (_QUEUE_APPLY)
+        self._emitted(q, effect, None)
         self._schedule(q)
 
     def nack(self, name: bytes, message_id: int, now: int, delay: int | None = None,
@@ -611,14 +615,14 @@ class Engine:
             if event is not None:
                 self.listener(event, effect[1], effect[2] if kind != "pause" else None)
 
-    def _emitted(self, q: Queue, effect: Effect, event: str) -> None:
+    def _emitted(self, q: Queue, effect: Effect, event: str | None) -> None:
         """What `_emit` does after it applied a queue record, for a record the caller
         applied by a direct call and counted: the version WATCH reads, the journal, the
-        live event."""
+        live event (if the record has one)."""
         q.version += 1
         if self.journal is not None:
             self.journal(effect)
-        if self.listener is not None:
+        if event is not None and self.listener is not None:
             self.listener(event, effect[1], effect[2])
 
     def _apply(self, effect: Effect, apply: Callable[..., object], on_queue: bool) -> None:
