@@ -249,6 +249,18 @@ def test_restart_round_trip(tmp_path, via):
         proc.kill()
 
 
+def restarted_with_the_same_state(proc: ValqdProcess, c) -> valkey.Valkey:
+    """Stop with SIGTERM (closing `c`) and start again: the state is what it was. Returns a
+    client of the restarted server."""
+    before = state_of(c)
+    c.close()
+    shutdown(proc, "SIGTERM")
+    proc.start()
+    c = proc.client()
+    assert state_of(c) == before
+    return c
+
+
 def test_a_file_of_an_older_valqd_is_served_appended_to_and_rewritten(tmp_path):
     """Upgrading in place: valqd starts on a file of format version 1, appends to it in
     version 1 across a restart, and its rewrite makes it version 2, nothing lost."""
@@ -260,23 +272,14 @@ def test_a_file_of_an_older_valqd_is_served_appended_to_and_rewritten(tmp_path):
         c = proc.client()
         assert b"jobs" in valq(c, "LIST")
         build_state(c)
-        before = state_of(c)
-        c.close()
-        shutdown(proc, "SIGTERM")
-        assert path.read_bytes().startswith(b"VALQD-AOF 1\n")
-        proc.start()
-        c = proc.client()
-        assert state_of(c) == before
+        c = restarted_with_the_same_state(proc, c)
+        assert path.read_bytes().startswith(b"VALQD-AOF 1\n")  # appended to as it was
         done = rewrites_done(proc, c)
         assert c.execute_command("BGREWRITEAOF") is True
         wait_for_rewrite(proc, c, done)
         assert path.read_bytes().startswith(b"VALQD-AOF 2\n")
         valq(c, "PUSH", b"rt:plain", b"after the rewrite")
-        before = state_of(c)
-        c.close()
-        shutdown(proc, "SIGTERM")
-        proc.start()
-        assert state_of(proc.client()) == before
+        restarted_with_the_same_state(proc, c).close()
     finally:
         proc.kill()
 
@@ -309,11 +312,7 @@ def test_rewrite_and_save_keep_the_state(tmp_path):
         assert state_of(c) == before
         # and a rewritten file keeps taking appends that survive the next restart
         valq(c, "PUSH", b"rt:plain", b"after the rewrites")
-        after = state_of(c)
-        c.close()
-        shutdown(proc, "SIGTERM")
-        proc.start()
-        assert state_of(proc.client()) == after
+        restarted_with_the_same_state(proc, c).close()
     finally:
         proc.kill()
 
