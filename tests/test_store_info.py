@@ -3,9 +3,12 @@
 that walk the queues (`messages`, `keyspace`, `queues`) answer from the store when asked
 for by name. INFO's sections with the embedded store are checked by test_operators.py."""
 
+import contextlib
 import time
+from typing import Iterator
 
 import pytest
+import valkey
 from valkey.exceptions import ResponseError
 
 from support import ThreadedServer, ValkeyServerProcess, Wire, stats, wait_until
@@ -112,15 +115,24 @@ def http_pop_that_waits(port: int) -> Wire:
     return pop
 
 
-def test_metrics_have_the_process_figures_only_and_a_waiting_request_ends_with_the_server(
-        valkey_server):
-    from http_support import Api, free_port
+@contextlib.contextmanager
+def http_store_server(valkey_server: ValkeyServerProcess) -> Iterator[tuple[int, valkey.Valkey]]:
+    """A server on the Valkey store with its HTTP listener, and queue `q`: (HTTP port, a
+    client of it)."""
+    from http_support import free_port
     port = free_port()
     store = ValkeyStore(parse_store_url(valkey_server.url), test_clock=True)
     with ThreadedServer(store=store, **{"http-port": str(port)}) as server:
         c = server.client()
         c.flushall()
         c.execute_command("VALQ", "CREATE", "q")
+        yield port, c
+
+
+def test_metrics_have_the_process_figures_only_and_a_waiting_request_ends_with_the_server(
+        valkey_server):
+    from http_support import Api
+    with http_store_server(valkey_server) as (port, c):
         api = Api(port)
         body = api.get("/metrics").body.decode()
         assert "valqd_info{" in body and "valqd_connected_clients" in body
@@ -141,14 +153,9 @@ def test_metrics_have_the_process_figures_only_and_a_waiting_request_ends_with_t
 
 
 def test_the_health_route_answers_while_every_http_thread_waits(valkey_server):
-    from http_support import Api, free_port
+    from http_support import Api
     from valqd.store.bridge import HTTP_THREADS
-    port = free_port()
-    store = ValkeyStore(parse_store_url(valkey_server.url), test_clock=True)
-    with ThreadedServer(store=store, **{"http-port": str(port)}) as server:
-        c = server.client()
-        c.flushall()
-        c.execute_command("VALQ", "CREATE", "q")
+    with http_store_server(valkey_server) as (port, c):
         pops = [http_pop_that_waits(port) for _ in range(HTTP_THREADS)]  # every thread
         wait_until(lambda: stats(c)["blocked"] == HTTP_THREADS, what="every thread waits")
         api = Api(port)
