@@ -16,7 +16,7 @@ from valkey.exceptions import ResponseError
 
 from support import (CHILD_ENV, Background, Error, ThreadedServer, ValqdProcess, Wire,
                      encode_command, stats, wait_until)
-from valkey_deployments import ValkeyCluster
+from valkey_deployments import ValkeyCluster, wait_settling
 from valqd.store.url import parse_store_url
 from valqd.store.valkey import VERSION, queue_key, wake_key
 from valqd.store.valkey.slots import key_slot
@@ -193,7 +193,7 @@ def test_a_primary_killed_is_a_pause_for_the_front_ends_clients(valkey_cluster, 
 
     def failover() -> None:
         victim.kill()
-        wait_until(lambda: replica.info("replication")["role"] == "master", 30,
+        wait_settling(lambda: replica.info("replication")["role"] == "master", 30,
                    "the replica to take over")
 
     try:
@@ -224,7 +224,7 @@ def settled(sentinels) -> None:
         return bool(replicas) and all(
             r.info("replication").get("master_link_status") == "up" for r in replicas)
 
-    wait_until(in_sync, 60, "the replica in sync")
+    wait_settling(in_sync, 60, "the replica in sync")
 
 
 def test_a_front_end_follows_sentinel_to_the_new_primary(valkey_sentinels, tmp_path):
@@ -358,7 +358,7 @@ def test_with_store_wait_replicas_no_acknowledged_push_is_lost_in_a_failover(val
     try:
         wait_until(lambda: len(acknowledged) >= 50, 20, "pushes")
         victim.kill()
-        wait_until(lambda: replica.info("replication")["role"] == "master", 30,
+        wait_settling(lambda: replica.info("replication")["role"] == "master", 30,
                    "the replica to take over")
         victim.restart()  # the new primary's replica: pushes are acknowledged again
         valkey_cluster.wait_healthy(60)
@@ -550,15 +550,15 @@ def test_a_blocked_pop_outlives_a_failover(valkey_cluster):
             waiting = blocked_pop(one.port, name, a)
             wait_until(lambda: marker_waits_on(victim, name), what="BLPOP on the primary")
             victim.kill()
-            wait_until(lambda: replica.info("replication")["role"] == "master", 30,
+            wait_settling(lambda: replica.info("replication")["role"] == "master", 30,
                        "the replica to take over")
-            wait_until(lambda: waiting.done() or marker_waits_on(replica, name), 30,
+            wait_settling(lambda: waiting.done() or marker_waits_on(replica, name), 30,
                        "BLPOP on the new primary")
             if waiting.done():  # its pop was on its way to the primary when it died
                 with pytest.raises(ResponseError, match="^INDOUBT "):
                     waiting.get()
                 waiting = blocked_pop(one.port, name, a)
-                wait_until(lambda: marker_waits_on(replica, name), 30, "BLPOP there")
+                wait_settling(lambda: marker_waits_on(replica, name), 30, "BLPOP there")
             assert b.execute_command("VALQ", "PUSH", name, "after") == b"1"
             assert waiting.get(30)[1] == b"after"
         finally:
@@ -583,18 +583,18 @@ def test_a_blocked_pop_follows_sentinels_switch(valkey_sentinels):
         a.execute_command("VALQ", "CREATE", "q")
         assert old.call("WAIT", 1, 5000) == 1  # the replica that takes over has the queue
         waiting = blocked_pop(one.port, "q", a)
-        wait_until(lambda: marker_waits_on(old, "q"), what="BLPOP on the primary")
+        wait_settling(lambda: marker_waits_on(old, "q"), what="BLPOP on the primary")
         assert valkey_sentinels.sentinels[0].call(
             "SENTINEL", "FAILOVER", valkey_sentinels.MASTER_NAME) == b"OK"
         wait_until(lambda: valkey_sentinels.primary_port() != old.port, 40, "the switch")
         new = valkey_sentinels.current_primary()
-        wait_until(lambda: waiting.done() or marker_waits_on(new, "q"), 30,
+        wait_settling(lambda: waiting.done() or marker_waits_on(new, "q"), 30,
                    "BLPOP on the new primary")
         if waiting.done():  # its pop was on its way when the sentinels cut the connections
             with pytest.raises(ResponseError, match="^INDOUBT "):
                 waiting.get()
             waiting = blocked_pop(one.port, "q", a)
-            wait_until(lambda: marker_waits_on(new, "q"), 30, "BLPOP there")
+            wait_settling(lambda: marker_waits_on(new, "q"), 30, "BLPOP there")
         assert b.execute_command("VALQ", "PUSH", "q", "switched") == b"1"
         assert waiting.get(30)[1] == b"switched"
         b.flushall()

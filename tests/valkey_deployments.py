@@ -16,13 +16,26 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import valkey
 
 from support import VALKEY_MISSING, Error, Wire, valkey_server_binary, wait_until
 from valqd.store.valkey.slots import SLOTS, key_slot
+
+
+def wait_settling(predicate: Callable[[], bool], timeout: float = 10.0,
+                  what: str = "condition") -> None:
+    """wait_until for a deployment that is still settling: a node that closes the connection
+    (a sentinel's reconfiguration runs CLIENT KILL TYPE normal; a restarted node is not
+    listening yet) means "not yet", not a failure."""
+    def answered() -> bool:
+        try:
+            return predicate()
+        except OSError:  # ConnectionError included
+            return False
+    wait_until(answered, timeout, what)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -195,7 +208,7 @@ class ValkeyCluster:
                                       node.bus_port) == b"OK"
         # known by its real id: a node still in handshake is listed under a made-up one,
         # which CLUSTER REPLICATE <primary's id> does not find yet
-        wait_until(lambda: all(self._knows_every_node(n) for n in self.nodes), timeout,
+        wait_settling(lambda: all(self._knows_every_node(n) for n in self.nodes), timeout,
                    "every node to know every node")
         for index, node in enumerate(self.nodes[self.shards:]):
             primary = first_primaries[index % self.shards]
@@ -228,7 +241,7 @@ class ValkeyCluster:
                         replication.get("master_link_status") != "up":
                     return False
             return True
-        wait_until(healthy, timeout, "the cluster to be healthy")
+        wait_settling(healthy, timeout, "the cluster to be healthy")
 
     def slot_ranges(self, node: ValkeyNode | None = None) -> list[tuple[int, int, int]]:
         """(first slot, last slot, port of its primary) as `node` (any running one) sees it."""
@@ -283,7 +296,7 @@ class ValkeyCluster:
         for node in [target, source, *(p for p in self.primaries()
                                        if p.port not in (source.port, target.port))]:
             assert node.call("CLUSTER", "SETSLOT", slot, "NODE", target_id) == b"OK"
-        wait_until(lambda: self.owner_port(slot) == target.port, 30, "the slot's new owner")
+        wait_settling(lambda: self.owner_port(slot) == target.port, 30, "the slot's new owner")
 
     def owner_port(self, slot: int) -> int:
         return next(port for low, high, port in self.slot_ranges() if low <= slot <= high)
@@ -363,8 +376,8 @@ class ValkeySentinels:
             for replica in self.replicas:
                 replica.args = ["--replicaof", "127.0.0.1", str(self.primary.port)]
                 replica.start()
-            wait_until(lambda: all(r.info("replication").get("master_link_status") == "up"
-                                   for r in self.replicas), timeout, "the replicas to sync")
+            wait_settling(lambda: all(r.info("replication").get("master_link_status") == "up"
+                                      for r in self.replicas), timeout, "the replicas to sync")
             quorum = self.sentinel_count // 2 + 1
             config = (f"sentinel monitor {self.MASTER_NAME} 127.0.0.1 {self.primary.port} "
                       f"{quorum}\n"
@@ -400,7 +413,7 @@ class ValkeySentinels:
                 if len(others) < self.sentinel_count - 1 or len(up) < running_replicas:
                     return False
             return True
-        wait_until(ready, timeout, "the sentinels to know the deployment")
+        wait_settling(ready, timeout, "the sentinels to know the deployment")
 
     @property
     def servers(self) -> list[ValkeyNode]:
