@@ -84,7 +84,7 @@ def test_dashboard_in_a_browser(browser, server, tmp_path):
     def wait(predicate, what: str):
         """Until predicate() is true; the page redraws every second, so an element found
         a moment ago may be gone: that is retried."""
-        return WebDriverWait(browser, 15, poll_frequency=0.1,
+        return WebDriverWait(browser, 30, poll_frequency=0.1,
                              ignored_exceptions=(StaleElementReferenceException,)).until(
             lambda _: predicate(), message=what)
 

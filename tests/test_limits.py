@@ -481,13 +481,16 @@ def test_client_output_buffer_limit(own_server, kind):
 
 
 def test_client_that_reads_is_not_disconnected(own_server):
+    """The limits bound what waits to be sent, not what was sent: 20 MB of replies, five
+    times the hard limit, read as they come. The limits leave room for a test process
+    that a loaded machine does not schedule for a while (1 MB of replies is ~1 ms of the
+    server's time)."""
     wire = Wire(own_server.port)
     assert wire.call("CONFIG", "SET", "client-output-buffer-limit",
-                     "normal 1mb 512kb 1") == b"OK"
+                     "normal 4mb 1mb 5") == b"OK"
     body = os.urandom(200_000)
-    sender = send_in_thread(wire, encode_command(("ECHO", body)) * 50)  # 10 MB of replies,
-    # read as they come
-    for _ in range(50):
+    sender = send_in_thread(wire, encode_command(("ECHO", body)) * 100)
+    for _ in range(100):
         assert wire.reply() == body
     sender.join(TIMEOUT_S)
     assert wire.call("PING") == b"PONG"

@@ -193,9 +193,10 @@ def test_a_body_that_is_not_json_is_still_delivered_as_bytes(valqd, c, producer)
 # -- leases ---------------------------------------------------------------------------------
 
 def test_a_handler_three_times_the_visibility_timeout_is_never_redelivered(valqd, c, producer):
-    """Real time (the lease extensions are the worker's own timers): 1 s visibility, a
-    3-second handler; another consumer polls meanwhile and gets nothing."""
-    producer.create("q", visibility=1)
+    """Real time (the lease extensions are the worker's own timers): 2 s visibility, a
+    6-second handler; another consumer polls meanwhile and gets nothing. (At 1 s, the
+    half-timeout margin of an extension was 0.5 s, which a loaded machine can take.)"""
+    producer.create("q", visibility=2)
     producer.push("q", "slow")
     calls: list[int] = []
     worker = Worker(url_of(valqd), concurrency=2)
@@ -203,7 +204,7 @@ def test_a_handler_three_times_the_visibility_timeout_is_never_redelivered(valqd
     @worker.handler("q")
     def handle(job: Job) -> None:
         calls.append(job.attempts)
-        time.sleep(3)
+        time.sleep(6)
 
     serving = Serving(worker)
     wait_until(lambda: stats(c)["inflight"] == 1, what="the delivery")
