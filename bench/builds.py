@@ -58,12 +58,15 @@ def venv_python(env_dir: Path) -> Path:
 
 def _installed(python: Path) -> tuple[str, list[str]]:
     """(the installed package's directory, its compiled modules), asked of the build's own
-    interpreter from a neutral directory so the checkout cannot be imported instead."""
+    interpreter from a neutral directory so the checkout cannot be imported instead.
+    mypyc's shared library (valqd/compiled__mypyc.*) is not a module: `valqd --version`
+    does not count it either."""
     probe = ("import importlib.machinery as m, pathlib, valqd\n"
              "d = pathlib.Path(valqd.__file__).parent\n"
              "print(d)\n"
              "for p in sorted(d.rglob('*')):\n"
-             "    if any(p.name.endswith(s) for s in m.EXTENSION_SUFFIXES):\n"
+             "    if any(p.name.endswith(s) for s in m.EXTENSION_SUFFIXES) and \\\n"
+             "            not p.name.startswith('compiled__mypyc.'):\n"
              "        print(p.relative_to(d))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VALQD_BUILD")}
     out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True,
