@@ -276,6 +276,24 @@ def test_big_aggregate_header_never_reaches_hiredis_at_any_split_point(header, b
     assert feed_bytewise(wire) == expected
 
 
+def test_hiredis_reads_again_once_the_framer_has_read_everything_held():
+    """A body that merely looks like a big header (`*12345`) sends that read to the framer;
+    once everything held is read, the next read goes to hiredis again: the connection does
+    not pay the framer's cost for the rest of its life. A header in the next read is still
+    kept from hiredis."""
+    parser = RequestParser()
+    parser.feed(b"*2\r\n$4\r\nECHO\r\n$6\r\n*12345\r\n" + PING)
+    assert parser._careful
+    assert drain(parser) == [[b"ECHO", b"*12345"], [b"PING"]]
+    assert not parser._careful
+    parser.feed(PING)
+    assert parser._reader_busy  # hiredis reads it
+    assert drain(parser) == [[b"PING"]]
+    parser.feed(b"*12345\r\n")
+    assert parser._careful and not parser._reader_busy
+    assert drain(parser) == []  # the framer waits for the elements, none allocated
+
+
 @given(st.binary(max_size=24) | st.text("0123456789-+ ٣", max_size=24).map(str.encode))
 def test_counts_and_lengths_are_read_as_string2ll_reads_them(raw):
     """The framer reads the numbers of its headers digit by digit: an optional `-`, ASCII

@@ -21,7 +21,8 @@ Two ways to read multibulk requests:
   any aggregate header it meets (`*N`, `~N`, ... nested ones included) before a single
   element arrives (`*4000000000\r\n` stalled the garbage collector for seconds); so a
   connection whose bytes contain what could be a header of 10,000 elements or more
-  (`_holds_big_header`, rare in real traffic) is read by the framer from then on.
+  (`_holds_big_header`, rare in real traffic) is read by the framer from then on, until
+  it has read everything held (the end of a read, in the usual case).
 
 Inline commands are always read by the framer. Each byte is looked at about once: a bulk
 still arriving is kept as a list of chunks and joined once, when complete.
@@ -212,7 +213,11 @@ class RequestParser:
                 checked: list[bytes] = command  # a non-empty list of bytes, as tested above
                 return checked
             if self._left < 0 and self._pos >= len(self._buf) and not self._parts_len:
-                return NEED_DATA  # between requests, nothing buffered: how most reads end
+                # between requests, nothing buffered (how most reads end): the parser is
+                # as a new connection's, and the next feed is searched as its first would
+                # be, so hiredis may read again after whatever made the framer read
+                self._careful = False
+                return NEED_DATA
             framed = self._next_framed()
             if framed is not _HANDOFF:
                 return framed
