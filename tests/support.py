@@ -134,6 +134,16 @@ class ManualClock:
         self.now += int(seconds * 1000)
 
 
+async def _cancel_the_rest() -> None:
+    """Cancel the loop's other tasks and let them finish, as asyncio.run does before it
+    closes the loop under `valqd` itself: a task left pending would be destroyed with the
+    loop closed (a store connection still being made, say) and warn as unraisable."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class ThreadedServer:
     """The real Server class on a background event loop, driven by a ManualClock."""
 
@@ -158,6 +168,7 @@ class ThreadedServer:
 
     def __exit__(self, *exc) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

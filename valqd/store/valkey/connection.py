@@ -326,7 +326,7 @@ class Client:
                 server_hostname=host if context else None), self.timeout_s)
         try:
             await asyncio.wait_for(self._handshake(wire), self.timeout_s)
-        except BaseException:
+        except (Exception, asyncio.CancelledError):  # not GeneratorExit: no loop to abort on
             if wire.transport is not None:
                 wire.transport.abort()
             raise
