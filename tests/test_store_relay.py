@@ -127,6 +127,35 @@ def test_numbered_databases_and_patterns_across_front_ends(two, valkey_server):
         client.close()
 
 
+def test_deployments_on_two_databases_of_one_server_do_not_hear_each_other(valkey_server):
+    """Sharded pub/sub has no databases: a queue's channel is numbered by its Valkey
+    database, so valqd database 0 over Valkey database 4 is not database 0 over 0."""
+    base = valkey_server.url
+    clock = ManualClock()
+    with ThreadedServer(clock, store=store(base)) as zero, \
+            ThreadedServer(clock, store=store(base + "?db=4" if base.startswith("unix:")
+                                              else base + "/4")) as four:
+        subs = []
+        for front in (zero, four):
+            c = front.client()
+            c.flushdb()
+            c.execute_command("VALQ", "CREATE", "q")
+            sub = Wire(front.port)
+            assert sub.call("SUBSCRIBE", "valq:q") == [b"subscribe", b"valq:q", 1]
+            subs.append((c, sub))
+        assert shard_subscribers(valkey_server, "valq@4:{q}:events") == 1
+        (c0, sub0), (c4, sub4) = subs
+        c4.execute_command("VALQ", "PUSH", "q", "x")
+        assert sub4.reply() == [b"message", b"valq:q", b"pushed 1"]
+        no_more_messages(sub0)
+        c0.execute_command("VALQ", "PUSH", "q", "x")
+        assert sub0.reply() == [b"message", b"valq:q", b"pushed 1"]
+        no_more_messages(sub4)
+        for c, sub in subs:
+            sub.sock.close()
+            c.close()
+
+
 def test_channels_that_name_no_queue_are_subscribed_without_the_store(two, valkey_server):
     one, _ = two
     sub = Wire(one.port)

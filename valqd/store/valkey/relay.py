@@ -2,7 +2,8 @@
 events of a queue whose calls run through any other front end.
 
 The library publishes a queue's events itself, with SPUBLISH on the sharded channel
-`valq:{<queue>}:events` (`valq@<n>:{<queue>}:events` for database n), but only while its
+`valq:{<queue>}:events` (`valq@<n>:{<queue>}:events` for Valkey database n: the URL's
+database plus valqd's, as sharded channels are not per database), but only while its
 listen gate is open: `valq_listen queue seconds database` opens it for the next seconds.
 For every queue channel its clients subscribe to, a front end
 - opens the gate (valq_listen, LISTEN_S) and subscribes to the sharded channel (SSUBSCRIBE
@@ -131,6 +132,13 @@ class Relay:
         self.messages = 0  # events delivered from the store (INFO)
         pubsub.on_change = self.sync
 
+    def channel_of(self, db: int, name: bytes) -> bytes:
+        """The sharded channel of queue `name` of valqd database `db`. It is numbered by
+        the Valkey database (the URL's plus `db`), as valq_listen is told: sharded pub/sub
+        has no databases, so deployments on two databases of one server must not share
+        their queues' channels."""
+        return events_channel(name, self.url.db + db)
+
     # -- what the server asks ----------------------------------------------------------------
 
     def handler(self, pattern: bool) -> Handler:
@@ -198,7 +206,7 @@ class Relay:
             for channel in names:
                 queue = queue_of(channel, self.databases)
                 if queue is not None:
-                    relayed = self.relayed.get(events_channel(queue[1], queue[0]))
+                    relayed = self.relayed.get(self.channel_of(*queue))
                     if relayed is not None:
                         relayed.holds -= 1
         self.sync()
@@ -273,7 +281,7 @@ class Relay:
 
     def _ensure(self, db: int, name: bytes) -> Relayed:
         """The queue's relay, started if it was not."""
-        key = events_channel(name, db)
+        key = self.channel_of(db, name)
         relayed = self.relayed.get(key)
         if relayed is None:
             relayed = self.relayed[key] = Relayed(
@@ -399,8 +407,8 @@ class Relay:
                          if any(glob_match(p, prefix + name) for p in mine))
         self.pattern_queues |= found
         self.sync()
-        waits = [self.relayed[events_channel(name, db)].ready for db, name in found
-                 if events_channel(name, db) in self.relayed]
+        waits = [self.relayed[self.channel_of(db, name)].ready for db, name in found
+                 if self.channel_of(db, name) in self.relayed]
         if waits:
             await asyncio.gather(*waits)
 

@@ -269,9 +269,11 @@ class ValkeyStore:
 
     def _listen(self, db: int, name: bytes, seconds: int,
                 callback: Callable[[Reply], None]) -> None:
-        """valq_listen: the queue's events are published for the next `seconds`."""
+        """valq_listen: the queue's events are published for the next `seconds`, on the
+        channel of its Valkey database (Relay.channel_of)."""
         self._send(db, self._fcall_args(
-            [b"VALQ", b"LISTEN", name, b"%d" % seconds, b"%d" % db]), callback, resend=True)
+            [b"VALQ", b"LISTEN", name, b"%d" % seconds, b"%d" % (self.url.db + db)]),
+            callback, resend=True)
 
     async def _ensure_library(self, call: SetupCall) -> None:
         """On every new connection: load the library if the server lost it (a restart
