@@ -109,9 +109,14 @@ def test_numbered_databases_and_patterns_across_front_ends(two, valkey_server):
     zero = other.client()
     zero.execute_command("VALQ", "CREATE", "q")  # database 0's q: nobody listens
     zero.execute_command("VALQ", "PUSH", "q", "x")
+    direct = valkey_server.client()
+    direct.config_resetstat()
     zero.execute_command("VALQ", "CREATE", "jobs:mail")  # created elsewhere: found by the
     wait_until(lambda: shard_subscribers(valkey_server, "valq:{jobs:mail}:events") == 1,
                what="the pattern's next listing")  # next listing of the queues
+    listed_with = direct.info("commandstats")
+    assert "cmdstat_scan" in listed_with and "cmdstat_keys" not in listed_with  # no stall
+    direct.close()
     zero.execute_command("VALQ", "PUSH", "jobs:mail", "y")
     assert sub.reply() == [b"pmessage", b"valq:jobs*", b"valq:jobs:mail", b"pushed 1"]
     own = one.client()

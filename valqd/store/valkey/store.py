@@ -48,6 +48,7 @@ NodeCall = Callable[..., Coroutine[Any, Any, Reply]]  # call(*args) on one prima
 
 QUEUE_TYPE = b"valq-type"
 SCAN_KEYS_PER_QUEUE = 9  # a queue has up to 9 keys: SCAN's COUNT is scaled by it
+SCAN_WALK_COUNT = 1000  # keys looked at per SCAN call when valqd lists the queues itself
 POLL_S = 0.1  # with the test build's manual clock, a blocked pop polls this often
 # subcommands after which a queue may have a message to deliver: this front end's blocked
 # pops of that queue try again at once
@@ -701,13 +702,23 @@ class ValkeyStore:
         return pending
 
     async def _queue_names(self, db: int, pattern: bytes = b"*") -> list[bytes]:
-        """The names of the queues `pattern` matches, on every primary, sorted."""
-        names: list[bytes] = []
+        """The names of the queues `pattern` matches, on every primary, sorted. A SCAN
+        walk, not KEYS: the relay lists the queues every few seconds for its patterns,
+        and KEYS would hold each primary for the whole keyspace at once."""
+        names: set[bytes] = set()  # SCAN may return a key twice
+        scan = [b"MATCH", queue_key(pattern), b"COUNT", b"%d" % SCAN_WALK_COUNT,
+                b"TYPE", b"hash"]
         for call in self.node_calls(db):
-            reply = await call(b"KEYS", queue_key(pattern))
-            if isinstance(reply, ReplyError):
-                raise CommandError(str(reply).partition(" ")[2], str(reply).partition(" ")[0])
-            names += [key[6:-1] for key in reply]
+            cursor = b"0"
+            while True:
+                reply = await call(b"SCAN", cursor, *scan)
+                if isinstance(reply, ReplyError):
+                    code, _, text = str(reply).partition(" ")
+                    raise CommandError(text, code)
+                cursor, keys = reply
+                names.update(key[6:-1] for key in keys)
+                if cursor == b"0":
+                    break
         return sorted(names)
 
     async def _names_reply(self, db: int, pattern: bytes) -> bytes:
