@@ -171,7 +171,9 @@ def test_values_pipelined_after_multibulk_never_escape_as_other_errors(tail):
 
 _REQUESTS = [PING, b"PING\r\n", b"*3\r\n$4\r\nVALQ\r\n$3\r\nPOP\r\n$1\r\nq\r\n",
              b"ECHO 'a b'\r\n", b"*0\r\n", b"\r\n",
-             b"*4\r\n$4\r\nVALQ\r\n$4\r\nPUSH\r\n$1\r\nq\r\n$300\r\n" + b"x" * 300 + b"\r\n"]
+             b"*4\r\n$4\r\nVALQ\r\n$4\r\nPUSH\r\n$1\r\nq\r\n$300\r\n" + b"x" * 300 + b"\r\n",
+             # a body that looks like a big header: the framer reads until nothing is held
+             b"*4\r\n$4\r\nVALQ\r\n$4\r\nPUSH\r\n$1\r\nq\r\n$7\r\n~123456\r\n"]
 
 
 @given(st.lists(st.sampled_from(_REQUESTS), min_size=1, max_size=12), st.data())
