@@ -89,8 +89,10 @@ PROTOCOL_ERRORS = [
     pytest.param({}, b"*1\r\nfoo\r\n", "expected '$', got 'f'", id="no-bulk-after-count"),
     pytest.param({}, b'VALQ PUSH kept "abc\r\n', "unbalanced quotes in request",
                  id="unbalanced-quotes"),
-    pytest.param({}, b'set """test-key""" test-value\r\n', "unbalanced quotes in request",
-                 id="unbalanced-quotes-valkey-test"),
+    pytest.param({}, b'set """test-key"" test-value\r\n', "unbalanced quotes in request",
+                 id="unbalanced-quotes-valkey-test"),  # Valkey 9.1 reads `"""test-key"""`
+    pytest.param({}, b"*1\r\n$4\r\nPINGAB", "invalid CRLF in request",
+                 id="bulk-not-ended-by-crlf"),
     pytest.param({}, b"VALQ PUSH kept " + b"x" * (64 * 1024), "too big inline request",
                  id="too-big-inline-request"),
     pytest.param({}, b"*" + b"1" * (64 * 1024 + 10), "too big mbulk count string",

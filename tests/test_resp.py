@@ -63,8 +63,13 @@ CASES = [
                  id="unbalanced-double"),
     pytest.param(b"ECHO 'abc\r\n", [Err("unbalanced quotes in request")],
                  id="unbalanced-single"),
-    pytest.param(b'ECHO "a"b\r\n', [Err("unbalanced quotes in request")],
-                 id="closing-quote-then-text"),
+    # Valkey 9.1: quotes anywhere in an argument, which goes on after the closing quote
+    pytest.param(b'ECHO "a"b a"b c"d \'x\'"y" ""z\r\n',
+                 [[b"ECHO", b"ab", b"ab cd", b"xy", b"z"]], id="closing-quote-then-text"),
+    pytest.param(b'ECHO a\x0bb\x0c \x0b c\r\n', [[b"ECHO", b"a\x0bb\x0c", b"c"]],
+                 id="inline-vertical-tab-and-form-feed-inside-an-argument"),
+    pytest.param(b'ECHO a\\"b\r\n', [Err("unbalanced quotes in request")],
+                 id="backslash-outside-quotes-is-a-byte"),
     pytest.param(b"PING\r\nECHO \"a\r\n", [[b"PING"], Err("unbalanced quotes in request")],
                  id="unbalanced-after-good"),
     pytest.param(b"x" * (INLINE_MAX_SIZE + 1), [Err("too big inline request")],
@@ -85,10 +90,17 @@ CASES = [
     pytest.param(PING + b"*2\r\n$4\r\nECHO\r\n+x\r\n" + PING,
                  [[b"PING"], Err("expected '$', got '+'")], id="simple-string-in-pipeline"),
     # what hiredis alone returns as a request of bulks, and Valkey reads otherwise
-    pytest.param(b"*2\r\n$1\r\nxAB+y\r\n", [Err("expected '$', got '+'")],
+    pytest.param(b"*2\r\n$1\r\nxAB+y\r\n", [Err("invalid CRLF in request")],
                  id="simple-string-after-a-bulk-without-crlf"),
-    pytest.param(b"*2\r\n$1\r\nxAB$1\r\ny\r\n", [[b"x", b"y"]],
-                 id="any-two-bytes-after-a-bulk"),
+    pytest.param(b"*2\r\n$1\r\nxAB$1\r\ny\r\n", [Err("invalid CRLF in request")],
+                 id="other-bytes-after-a-bulk"),
+    pytest.param(b"*3\r\n$4\r\nECHO\r\n$1\r\nxAB", [Err("invalid CRLF in request")],
+                 id="other-bytes-after-a-bulk-of-an-unfinished-request"),
+    pytest.param(b"*1\rX\r\n", [Err("invalid CRLF in request")], id="count-line-cr-alone"),
+    pytest.param(b"*1\r\n$2\rX\r\n", [Err("invalid CRLF in request")],
+                 id="bulk-line-cr-alone"),
+    pytest.param(b"*1\r\nZ2\rX", [Err("expected '$', got 'Z'")],
+                 id="bulk-line-type-checked-before-its-crlf"),
     pytest.param(PING + b"~1\r\n$4\r\nPING\r\n", [[b"PING"], [b"~1"], [b"$4"], [b"PING"]],
                  id="set-after-multibulk-is-inline"),
     pytest.param(PING + b"|1\r\n$1\r\na\r\n$1\r\nb\r\n" + PING,
@@ -208,11 +220,13 @@ def test_non_bulk_element_is_an_error_at_every_split_point(element, before, afte
     off, and FLUSHALL ran from the middle of the body. Cut in two at every point, and fed
     byte by byte, the stream gives what came before, then Valkey's error, and nothing
     else; also when the bulk before the element ends in two bytes other than CRLF (which
-    hiredis and Valkey skip unread)."""
+    hiredis skips unread and Valkey refuses)."""
     kind = chr(element[0])
     wire = before + b"*2\r\n$4\r\nECHO" + after_bulk + element + _push(SMUGGLED) + \
         b"PING\r\n"
-    expected = ([[b"PING"]] if before else []) + [Err(f"expected '$', got '{kind}'")]
+    error = "invalid CRLF in request" if after_bulk != b"\r\n" else \
+        f"expected '$', got '{kind}'"
+    expected = ([[b"PING"]] if before else []) + [Err(error)]
     for cut in range(1, len(wire)):
         parser = RequestParser()
         parser.feed(wire[:cut])

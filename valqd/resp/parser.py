@@ -3,7 +3,7 @@
 Usage: `feed(data)` whenever bytes arrive, then call `next_command()` until it returns
 `NEED_DATA`. A request that starts with `*` is a multibulk request (`*N\\r\\n$L\\r\\n...`);
 one that starts with any other byte is an inline command (`PING\\r\\n` typed into telnet),
-split as Valkey's sdssplitargs splits it. Errors raise `ProtocolError`; the caller replies
+split as Valkey 9.1's sdssplitargs splits it. Errors raise `ProtocolError`; the caller replies
 `-ERR Protocol error: ...` and closes the connection, as Valkey does.
 
 Two ways to read multibulk requests:
@@ -272,6 +272,7 @@ class RequestParser:
         """The length L of the `$L` header at buf[at:end], within Valkey's limits."""
         if buf[at] != 36:  # b"$"
             raise ProtocolError("expected '$', got '%s'" % chr(buf[at]))
+        _check_crlf(buf, end)
         length = _number(buf[at + 1:end])
         limits = self.limits
         if length is None or length < 0 or length > limits.max_bulk_len:
@@ -312,29 +313,37 @@ class RequestParser:
         if self._held > limits.max_query_buffer:
             raise ProtocolError("query buffer limit exceeded")
         pos, left = self._walk_pos, self._walk_left
-        if pos >= self._held or left == 0:
+        if pos > self._held or left == 0 or not self._held:
             return True
-        buf = self._tail(pos)
+        # from the two bytes that end what was walked before: a bulk's CRLF may have come
+        # only now (Valkey refuses other bytes there as soon as they arrive)
+        base = pos - 2 if pos else 0
+        buf = self._tail(base)
         if not pos and buf[0] != 42:  # b"*"
             self._become_careful()
             return False
-        at = 0
+        at = pos - base
+        if at and (buf[0] != 13 or buf[1] != 10):
+            raise ProtocolError("invalid CRLF in request")
         if left < 0:  # the count header, `*N\r\n`
-            end = buf.find(b"\r\n")
+            end = _line_end(buf, 0)
             if end < 0:
                 if len(buf) > INLINE_MAX_SIZE:
                     raise ProtocolError("too big mbulk count string")
                 return True
+            _check_crlf(buf, end)
             left, at = self._checked_count(_number(buf[1:end])), end + 2
         while left > 0 and at < len(buf):
-            end = buf.find(b"\r\n", at)
+            end = _line_end(buf, at)
             if end < 0:
                 if len(buf) - at > INLINE_MAX_SIZE:
                     raise ProtocolError("too big bulk count string")
                 break
             at = end + 2 + self._bulk_header(buf, at, end) + 2
+            if at <= len(buf) and (buf[at - 2] != 13 or buf[at - 1] != 10):
+                raise ProtocolError("invalid CRLF in request")
             left -= 1
-        self._walk_pos, self._walk_left = pos + at, left
+        self._walk_pos, self._walk_left = base + at, left
         return True
 
     # -- the framer ------------------------------------------------------------------------
@@ -367,12 +376,13 @@ class RequestParser:
                 if not self._careful:
                     self._pos = pos
                     return _HANDOFF
-                end = buf.find(b"\r\n", pos)
+                end = _line_end(buf, pos)
                 if end < 0:
                     self._pos = pos
                     if len(buf) - pos > INLINE_MAX_SIZE:
                         raise ProtocolError("too big mbulk count string")
                     return NEED_DATA
+                _check_crlf(buf, end)
                 count = self._checked_count(_number(buf[pos + 1:end]))
                 pos = end + 2
                 if count <= 0:  # `*0`, `*-1`, `*-5`: Valkey skips them
@@ -384,7 +394,7 @@ class RequestParser:
             while left:
                 size = self._bulk
                 if size < 0:  # a bulk header, `$L\r\n`
-                    end = buf.find(b"\r\n", pos)
+                    end = _line_end(buf, pos)
                     if end < 0:
                         self._pos = pos
                         self._left = left
@@ -404,6 +414,8 @@ class RequestParser:
                         self._parts_len = len(rest)
                     self._check_query_buffer()
                     return NEED_DATA
+                if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
+                    raise ProtocolError("invalid CRLF in request")
                 args.append(buf[pos:pos + size])
                 self._args_len += size
                 pos += size + 2
@@ -428,6 +440,19 @@ class RequestParser:
     def _check_query_buffer(self) -> None:
         if self.buffered() > self.limits.max_query_buffer:
             raise ProtocolError("query buffer limit exceeded")
+
+
+def _line_end(buf: bytes, start: int) -> int:
+    """Where the header line that starts at `start` ends, as Valkey finds it: its first
+    `\\r`, once the byte after it has come (-1 until then). That byte must be `\\n`
+    (_check_crlf), which Valkey checks after a bulk header's `$`, before its number."""
+    end = buf.find(b"\r", start)
+    return -1 if end < 0 or end + 1 >= len(buf) else end
+
+
+def _check_crlf(buf: bytes, end: int) -> None:
+    if buf[end + 1] != 10:
+        raise ProtocolError("invalid CRLF in request")
 
 
 def _holds_big_header(data: bytes) -> bool:
@@ -495,12 +520,13 @@ def digits_value(raw: bytes, start: int) -> int:
 def _request_end(data: bytes, start: int, command: list[bytes]) -> int:
     """Where the request hiredis returned as `command` ends in `data`, given that it starts
     at `start`, if Valkey reads the same request there: `*N`, then for each argument `$L`,
-    its L bytes and two more (Valkey and hiredis skip them unread; clients send CRLF);
-    -1 if not. hiredis returns the same list for more: an element of another type where a
-    bulk belongs (`+x`, `(12`: Valkey says "expected '$', got '+'"), another aggregate type
-    where a request starts (`~1`, `|1`: for Valkey, inline commands). The header lines of
-    what it returned are canonical (it reads counts and lengths as strictly as Valkey), so
-    their sizes follow from the numbers, and only the type bytes are left to check."""
+    its L bytes and CRLF; -1 if not. hiredis returns the same list for more: an element of
+    another type where a bulk belongs (`+x`, `(12`: Valkey says "expected '$', got '+'"),
+    another aggregate type where a request starts (`~1`, `|1`: for Valkey, inline
+    commands), any two bytes after a bulk (Valkey: "invalid CRLF in request"). The header
+    lines of what it returned are canonical (it reads counts and lengths as strictly as
+    Valkey), so their sizes follow from the numbers, and only the type bytes and the bulks'
+    ends are left to check."""
     count = len(command)
     end = len(data)
     if start >= end or data[start] != 42:  # b"*"
@@ -512,51 +538,64 @@ def _request_end(data: bytes, start: int, command: list[bytes]) -> int:
         size = len(arg)
         at += size + (6 if size < 10 else 7 if size < 100 else 8 if size < 1000 else
                       5 + len(str(size)))
-    return at if at <= end else -1
+        if at > end or data[at - 2] != 13 or data[at - 1] != 10:  # hiredis skips them
+            return -1
+    return at
 
 
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
 _HEX = b"0123456789abcdefABCDEF"
-_SPACE = b" \n\r\t\v\f"
+_BLANKS = b" \n\r\t\v\f"  # skipped between arguments (isspace)
+_TOKEN_ENDS = b" \n\r\t"  # end an argument outside quotes (\v and \f are kept in it)
 
 
 def split_inline(line: bytes) -> list[bytes]:
-    """Split one inline request line into arguments, with Valkey's quoting rules."""
+    """Split one inline request line into arguments as Valkey 9.1's sdssplitargs does: a
+    quote anywhere in an argument opens a quoted part, and the argument goes on after the
+    closing quote (`a"b c"d` is `ab cd`); double quotes read escapes (\\n, \\xHH, ...),
+    single quotes only \\'. An unclosed quote is an error. (Valkey 9.0 and older refused
+    text right after a closing quote.)"""
     args: list[bytes] = []
     i, n = 0, len(line)
     while True:
-        while i < n and line[i] in _SPACE:
+        while i < n and line[i] in _BLANKS:
             i += 1
         if i >= n:
             return args
         token = bytearray()
-        quote = line[i] if line[i] in b"\"'" else 0
-        if quote:
-            i += 1
-        while True:
-            if i >= n:
-                if quote:
-                    raise ProtocolError("unbalanced quotes in request")
-                break
+        quote = 0
+        while i < n:
             c = line[i]
-            if quote == 34 and c == 92 and i + 3 < n and line[i + 1] == 120 \
-                    and line[i + 2] in _HEX and line[i + 3] in _HEX:  # \xHH
-                token.append(int(line[i + 2:i + 4], 16))
-                i += 4
-            elif quote == 34 and c == 92 and i + 1 < n:  # backslash escape
-                token.append(_ESCAPES.get(line[i + 1], line[i + 1]))
-                i += 2
-            elif quote == 39 and c == 92 and i + 1 < n and line[i + 1] == 39:  # \'
-                token.append(39)
-                i += 2
-            elif quote and c == quote:
-                i += 1
-                if i < n and line[i] not in _SPACE:
-                    raise ProtocolError("unbalanced quotes in request")
+            if quote == 34:  # "
+                if c == 92 and i + 3 < n and line[i + 1] == 120 \
+                        and line[i + 2] in _HEX and line[i + 3] in _HEX:  # \xHH
+                    token.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                    continue
+                if c == 92 and i + 1 < n:  # backslash escape
+                    token.append(_ESCAPES.get(line[i + 1], line[i + 1]))
+                    i += 2
+                    continue
+                if c == 34:
+                    quote = 0
+                else:
+                    token.append(c)
+            elif quote == 39:  # '
+                if c == 92 and i + 1 < n and line[i + 1] == 39:  # \'
+                    token.append(39)
+                    i += 2
+                    continue
+                if c == 39:
+                    quote = 0
+                else:
+                    token.append(c)
+            elif c in _TOKEN_ENDS:
                 break
-            elif not quote and c in _SPACE:
-                break
+            elif c == 34 or c == 39:
+                quote = c
             else:
                 token.append(c)
-                i += 1
+            i += 1
+        if quote:
+            raise ProtocolError("unbalanced quotes in request")
         args.append(bytes(token))
