@@ -848,19 +848,7 @@ class ValkeyStore:
         return self._spawn(self._count(session.db))
 
     async def _count(self, db: int) -> bytes:
-        count = 0
-        for call in self.node_calls(db):
-            cursor = b"0"
-            while True:
-                reply = await call(b"SCAN", cursor, b"MATCH", queue_key(b"*"), b"COUNT",
-                                   b"1000", b"TYPE", b"hash")
-                if isinstance(reply, ReplyError):
-                    return to_resp(reply, 2)
-                cursor, batch = reply
-                count += len(batch)
-                if cursor == b"0":
-                    break
-        return encode.integer(count)
+        return encode.integer(len(await self._queue_names(db)))
 
     def _scan(self, state: ServerState, session: Session, argv: list[bytes]) -> Pending | bytes:
         """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: Valkey's cursor over the
