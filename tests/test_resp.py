@@ -14,7 +14,8 @@ from hypothesis import given, strategies as st
 
 from valqd.errors import ProtocolError
 from valqd.resp import NEED_DATA, RequestParser, encode
-from valqd.resp.parser import INLINE_MAX_SIZE, MAX_DIGITS, _holds_big_header, _number
+from valqd.resp.parser import (INLINE_MAX_SIZE, MAX_DIGITS, Limits, _holds_big_header,
+                               _number)
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,18 @@ def test_big_aggregate_header_never_reaches_hiredis_at_any_split_point(header, b
             assert parser._careful, (cut, drained_between)
             assert out == expected, (cut, drained_between)
     assert feed_bytewise(wire) == expected
+
+
+def test_a_request_over_two_limits_gets_the_count_error_first_as_from_valkey():
+    """Valkey reads `*N` before the bulks: a request with too many elements and a bulk too
+    long is refused for its count, also when it arrives whole in one read."""
+    wire = b"*11\r\n" + b"$200\r\n" + b"x" * 200 + b"\r\n" + b"$1\r\ny\r\n" * 10
+    for authenticated, error in ((False, "unauthenticated multibulk length"),
+                                 (True, "invalid bulk length")):
+        parser = RequestParser(Limits(max_bulk_len=100))
+        parser.authenticated = authenticated
+        parser.feed(wire)
+        assert drain(parser) == [Err(error)]
 
 
 def test_hiredis_reads_again_once_the_framer_has_read_everything_held():

@@ -250,12 +250,13 @@ class RequestParser:
         self._walk_left = -1
 
     def _check_limits(self, command: list[bytes]) -> None:
-        """Raise for a limit that a complete request breaks."""
+        """Raise for a limit that a complete request breaks, in Valkey's order: the count
+        first (its header comes first), then the bulks."""
         limits = self.limits
+        self._checked_count(len(command))
         longest = max(map(len, command))
         if longest > limits.max_bulk_len:
             raise ProtocolError("invalid bulk length")
-        self._checked_count(len(command))
         if longest > limits.unauthenticated_bulk_len and not self.authenticated:
             raise ProtocolError("unauthenticated bulk length")
 
