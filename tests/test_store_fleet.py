@@ -431,6 +431,7 @@ def test_a_pop_whose_client_went_away_gives_its_messages_back_at_once(fleet, val
     assert (counts["delivered"], counts["nacked"], counts["ready"], counts["inflight"]) == \
         (delivered, delivered, 2, 0)
     assert [m[1] for m in c.execute_command("VALQ", "POP", "q", "COUNT", 2)] == [b"a", b"b"]
+    assert "Traceback" not in fleet[0].log()  # the reply nobody reads is dropped quietly
     c.close()
 
 
@@ -449,6 +450,7 @@ def test_a_noack_pop_whose_client_went_away_has_nothing_to_give_back(fleet, valk
     wait_until(lambda: stats(c)["delivered"] == 1, 10, "the pop ran")
     counts = stats(c)
     assert (counts["nacked"], counts["ready"], counts["inflight"]) == (0, 0, 0)
+    assert "Traceback" not in fleet[0].log()
     c.close()
 
 
