@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hiredis
 import pytest
@@ -99,8 +101,9 @@ class ValqdProcess:
             self.proc.wait()
 
 
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports process `pid` holds listening sockets on (Linux /proc)."""
+def _tcp_sockets(pid: int) -> list[tuple[str, int]]:
+    """(state, local port) of each TCP socket process `pid` holds (Linux /proc; the state
+    in hex as /proc/net/tcp has it: 0A listening, 01 established)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -109,16 +112,68 @@ def listening_ports(pid: int) -> set[int]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    ports = set()
+    sockets = []
     for table in ("tcp", "tcp6"):
         path = Path(f"/proc/{pid}/net/{table}")
         if not path.exists():
             continue
         for line in path.read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+            if fields[9] in inodes:
+                sockets.append((fields[3], int(fields[1].rsplit(":", 1)[1], 16)))
+    return sockets
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` holds listening sockets on (Linux /proc)."""
+    return {port for state, port in _tcp_sockets(pid) if state == "0A"}
+
+
+def client_entries(listing: bytes) -> list[dict[str, str]]:
+    """A CLIENT LIST reply, one dict per connection."""
+    return [dict(word.split("=", 1) for word in line.split(" ") if "=" in word)
+            for line in listing.decode().splitlines()]
+
+
+def connection_of(listing: bytes, pid: int, name: str) -> dict[str, str]:
+    """The entry, in a server's CLIENT LIST reply, of process `pid`'s connection `name` ({}
+    when there is none): front ends name their connections alike, so `pid`'s is told by
+    its address, one of `pid`'s established TCP connections."""
+    ports = {port for state, port in _tcp_sockets(pid) if state == "01"}
+    for entry in client_entries(listing):
+        if entry["name"] == name and int(entry["addr"].rsplit(":", 1)[1]) in ports:
+            return entry
+    return {}
+
+
+def pause_writes(call: Callable[..., Any], pid: int, name: str = "valqd-db0"
+                 ) -> Callable[[str], None]:
+    """CLIENT PAUSE WRITE for 10 s on a Valkey server (`call(*command)` runs a command
+    there), then wait until process `pid`'s connection `name` to it is held by the pause.
+    Answers `arrived(what)`, which waits until what the process sent on that connection
+    since then (or since the last `arrived`) has reached the server, where it waits
+    behind the held write for the UNPAUSE.
+
+    The first write held need not be the test's: a front end's reaper starts every round
+    with one (it takes or renews its lock), so the connection is held within a round
+    whatever the test sends. What comes after the held write shows in the query buffer
+    (qbuf) as it arrives; a command that came in the same read as the held write shows
+    nowhere in Valkey 9's CLIENT LIST (neither in cmd nor in qbuf), so a test sends only
+    once the connection is held."""
+    call("CLIENT", "PAUSE", 10_000, "WRITE")
+
+    def connection() -> dict[str, str]:
+        return connection_of(call("CLIENT", "LIST"), pid, name)
+
+    wait_until(lambda: "b" in connection().get("flags", ""), 10,
+               f"{name} held by the pause")
+    waiting = [int(connection()["qbuf"])]
+
+    def arrived(what: str) -> None:
+        wait_until(lambda: int(connection().get("qbuf", "0")) > waiting[0], 10, what)
+        waiting[0] = int(connection()["qbuf"])
+
+    return arrived
 
 
 class ManualClock:

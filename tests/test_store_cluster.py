@@ -4,6 +4,7 @@ failovers (SIGKILL of a primary the test started; its replica takes over) that c
 the front end see only as a pause."""
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import valkey
 from valkey.exceptions import ResponseError
 
 from support import (CHILD_ENV, Background, Error, ThreadedServer, ValqdProcess, Wire,
-                     encode_command, stats, wait_until)
+                     connection_of, encode_command, pause_writes, stats, wait_until)
 from valkey_deployments import ValkeyCluster, wait_settling
 from valqd.store.url import parse_store_url
 from valqd.store.valkey import VERSION, queue_key, wake_key
@@ -786,12 +787,6 @@ def test_redrive_across_slots_waits_for_both_primaries_replicas(valkey_cluster):
 
 # -- a command in flight when a primary's connection breaks -----------------------------------------
 
-def front_end_connections(node) -> list[dict[str, str]]:
-    return [dict(word.split("=", 1) for word in line.split(" ") if "=" in word)
-            for line in node.call("CLIENT", "LIST").decode().splitlines()
-            if "name=valqd-db0 " in line]
-
-
 def test_a_write_in_flight_is_indoubt_and_a_read_is_routed_again(fc, front_end,
                                                                  valkey_cluster):
     """The queue's primary holds a PUSH and the INFO behind it (CLIENT PAUSE WRITE) when
@@ -800,17 +795,15 @@ def test_a_write_in_flight_is_indoubt_and_a_read_is_routed_again(fc, front_end,
     primary is reachable."""
     fc.execute_command("VALQ", "CREATE", "q")
     owner = valkey_cluster.owner(queue_key(b"q"))
-    assert owner.call("CLIENT", "PAUSE", 10_000, "WRITE") == b"OK"
     try:
+        arrived = pause_writes(owner.call, os.getpid())  # (the front end is a thread here)
         push, info = Wire(front_end.port), Wire(front_end.port)
         push.send(encode_command(("VALQ", "PUSH", "q", "once")))
-        wait_until(lambda: any(c["cmd"] == "fcall" and "b" in c["flags"]
-                               for c in front_end_connections(owner)), 10, "the push held")
+        arrived("the push held")
         info.send(encode_command(("VALQ", "INFO", "q")))
-        wait_until(lambda: any(c["qbuf"] != "0" for c in front_end_connections(owner)), 10,
-                   "the read behind it")
-        for connection in front_end_connections(owner):
-            owner.call("CLIENT", "KILL", "ID", connection["id"])
+        arrived("the read behind it")
+        held = connection_of(owner.call("CLIENT", "LIST"), os.getpid(), "valqd-db0")
+        owner.call("CLIENT", "KILL", "ID", held["id"])
         reply = push.reply()
         assert isinstance(reply, Error) and str(reply).startswith("INDOUBT "), reply
     finally:

@@ -25,8 +25,8 @@ import pytest
 import valkey
 from valkey.exceptions import ConnectionError as ValkeyConnectionError, ResponseError
 
-from support import (Error, ValkeyServerProcess, ValqdProcess, Wire, encode_command, stats,
-                     wait_until)
+from support import (Error, ValkeyServerProcess, ValqdProcess, Wire, client_entries,
+                     connection_of, encode_command, pause_writes, stats, wait_until)
 from valqd.store.url import parse_store_url
 from valqd.store.valkey.connection import Client, ReplyLost
 
@@ -175,14 +175,7 @@ def test_producers_and_consumers_over_three_front_ends_ack_every_message_once(fl
 
 def valkey_clients(valkey_) -> list[dict[str, str]]:
     """CLIENT LIST of the valkey-server, one dict per connection."""
-    return [dict(word.split("=", 1) for word in line.split(" ") if "=" in word)
-            for line in valkey_.execute_command("CLIENT", "LIST").decode().splitlines()]
-
-
-def blocked_in_valkey(valkey_, command: str, name: str = "valqd-db0") -> bool:
-    """Whether the front end's connection `name` waits in Valkey in `command`."""
-    return any(info["cmd"] == command and "b" in info["flags"] and info["name"] == name
-               for info in valkey_clients(valkey_))
+    return client_entries(valkey_.execute_command("CLIENT", "LIST"))
 
 
 def gone_from(front_end, client_id: int) -> bool:
@@ -347,24 +340,24 @@ def test_a_written_write_whose_reply_is_lost_is_not_sent_again(deployment):
     assert read == b"1" and value == b"1"  # ran once, not twice
 
 
-def kill_front_end_connections(valkey_, name: str = "valqd-db0") -> None:
-    for info in valkey_clients(valkey_):
-        if info["name"] == name:
-            valkey_.execute_command("CLIENT", "KILL", "ID", info["id"])
+def kill_store_connection(valkey_, front: ValqdProcess) -> None:
+    """Close `front`'s pipelined connection to Valkey (database 0)."""
+    listing = valkey_.execute_command("CLIENT", "LIST")
+    valkey_.execute_command("CLIENT", "KILL", "ID",
+                            connection_of(listing, front.proc.pid, "valqd-db0")["id"])
 
 
 def test_a_push_in_flight_when_the_connection_breaks_answers_indoubt_not_twice(fleet, valkey_):
     c = fleet[0].client()
     c.execute_command("VALQ", "CREATE", "q")
-    valkey_.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    arrived = pause_writes(valkey_.execute_command, fleet[0].proc.pid)
     wire = Wire(fleet[0].port)
     wire.send(encode_command(("VALQ", "PUSH", "q", "once")))
-    wait_until(lambda: blocked_in_valkey(valkey_, "fcall"), 10, "the push in Valkey")
+    arrived("the push in Valkey")
     info = Wire(fleet[0].port)
     info.send(encode_command(("VALQ", "INFO", "q")))  # a read: sent again after the loss
-    wait_until(lambda: any(i["name"] == "valqd-db0" and i["qbuf"] != "0"
-                           for i in valkey_clients(valkey_)), 10, "the read in Valkey")
-    kill_front_end_connections(valkey_)
+    arrived("the read in Valkey")
+    kill_store_connection(valkey_, fleet[0])
     reply = wire.reply()
     assert isinstance(reply, Error) and str(reply).startswith("INDOUBT ")
     assert "may have run" in str(reply)
@@ -378,19 +371,18 @@ def test_a_push_in_flight_when_the_connection_breaks_answers_indoubt_not_twice(f
 
 
 def test_a_transaction_in_flight_when_the_connection_breaks_answers_indoubt(fleet, valkey_):
-    """The transaction waits in Valkey (a paused write is held even while MULTI queues
-    it), the connection dies: every reply in EXEC's array is INDOUBT, and nothing is sent
-    again."""
+    """The transaction waits in Valkey (behind a paused write), the connection dies: every
+    reply in EXEC's array is INDOUBT, and nothing is sent again."""
     c = fleet[0].client()
     c.execute_command("VALQ", "CREATE", "q")
-    valkey_.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    arrived = pause_writes(valkey_.execute_command, fleet[0].proc.pid)
     wire = Wire(fleet[0].port)
     assert [wire.call(*command) for command in (
         ("MULTI",), ("VALQ", "PUSH", "q", "a"), ("VALQ", "PUSH", "q", "b"))] == \
         [b"OK", b"QUEUED", b"QUEUED"]
     wire.send(encode_command(("EXEC",)))
-    wait_until(lambda: blocked_in_valkey(valkey_, "fcall"), 10, "the transaction in Valkey")
-    kill_front_end_connections(valkey_)
+    arrived("the transaction in Valkey")
+    kill_store_connection(valkey_, fleet[0])
     replies = wire.reply()
     assert [str(r).split(" ")[0] for r in replies] == ["INDOUBT", "INDOUBT"]
     valkey_.execute_command("CLIENT", "UNPAUSE")
@@ -417,11 +409,11 @@ def test_a_pop_whose_client_went_away_gives_its_messages_back_at_once(fleet, val
     for name in ("q", "empty"):
         c.execute_command("VALQ", "CREATE", name, "VISIBILITY", 3600)
     c.execute_command("VALQ", "MPUSH", "q", "a", "b")
-    valkey_.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    arrived = pause_writes(valkey_.execute_command, fleet[0].proc.pid)
     wire = Wire(fleet[0].port)
     client_id = wire.call("CLIENT", "ID")
     wire.send(b"".join(map(encode_command, pop)))
-    wait_until(lambda: blocked_in_valkey(valkey_, "fcall"), 10, "the pop in Valkey")
+    arrived("the pop in Valkey")
     wire.close()
     wait_until(lambda: gone_from(c, client_id), 10, "the front end saw the client go")
     valkey_.execute_command("CLIENT", "UNPAUSE")
@@ -439,11 +431,11 @@ def test_a_noack_pop_whose_client_went_away_has_nothing_to_give_back(fleet, valk
     c = fleet[0].client()
     c.execute_command("VALQ", "CREATE", "q")
     c.execute_command("VALQ", "PUSH", "q", "a")
-    valkey_.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    arrived = pause_writes(valkey_.execute_command, fleet[0].proc.pid)
     wire = Wire(fleet[0].port)
     client_id = wire.call("CLIENT", "ID")
     wire.send(encode_command(("VALQ", "POP", "q", "NOACK")))
-    wait_until(lambda: blocked_in_valkey(valkey_, "fcall"), 10, "the pop in Valkey")
+    arrived("the pop in Valkey")
     wire.close()
     wait_until(lambda: gone_from(c, client_id), 10, "the front end saw the client go")
     valkey_.execute_command("CLIENT", "UNPAUSE")
