@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CommandError
 from ..resp import encode, split_inline
-from .args import parse_int
+from .args import parse_int, subcommand_syntax_error
 from .context import ServerState, Session
 from .users import ALL_CATEGORIES, LogEntry, User
 
@@ -182,8 +182,7 @@ def acl_cat(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     if len(argv) == 2:
         return encode.bulk_array([c.encode() for c in ALL_CATEGORIES])
     if len(argv) > 3:
-        raise CommandError("unknown subcommand or wrong number of arguments for 'CAT'. Try "
-                           "ACL HELP.")
+        raise subcommand_syntax_error(argv)
     category = argv[2].decode("latin-1").lower()
     if category not in ALL_CATEGORIES:
         raise CommandError(f"Unknown category '{_show(argv[2])}'")
@@ -196,8 +195,7 @@ def acl_log(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     timestamp-created, timestamp-last-updated; RESET -> +OK."""
     log = state.acl.log
     if len(argv) > 3:
-        raise CommandError("unknown subcommand or wrong number of arguments for 'LOG'. Try "
-                           "ACL HELP.")
+        raise subcommand_syntax_error(argv)
     count = 10
     if len(argv) == 3:
         if argv[2].upper() == b"RESET":

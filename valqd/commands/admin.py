@@ -183,6 +183,15 @@ def client_setinfo(state: ServerState, session: Session, argv: list[bytes]) -> b
     return encode.OK
 
 
+def client_on_off(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
+    """CLIENT NO-EVICT ON|OFF, CLIENT NO-TOUCH ON|OFF -> +OK, changing nothing: valqd
+    evicts no clients and keeps no LRU/LFU of queues, so both modes are what it does
+    anyway; clients that set them (valkey-py's client_no_evict) work unchanged."""
+    if argv[2].upper() not in (b"ON", b"OFF"):
+        raise CommandError("syntax error")
+    return encode.OK
+
+
 _CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
 
 
@@ -558,6 +567,9 @@ def keys(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
     return encode.bulk_array([n for n in names if glob_match(pattern, n)])
 
 
+_OTHER_SCANS = {"NOVALUES": "HSCAN", "NOSCORES": "ZSCAN"}
+
+
 def scan_options(argv: list[bytes]) -> tuple[int, bytes | None, int, bytes | None]:
     """SCAN's arguments, checked: (cursor, MATCH pattern or None, COUNT, TYPE or None)."""
     cursor = parse_int(argv[1], 0, U64_MAX, "invalid cursor")
@@ -575,6 +587,8 @@ def scan_options(argv: list[bytes]) -> tuple[int, bytes | None, int, bytes | Non
                 raise CommandError("syntax error")
         elif option == "TYPE":
             kind = args.next_bytes()
+        elif option in _OTHER_SCANS:  # options of HSCAN and ZSCAN, as Valkey names them
+            raise CommandError(f"{option} option can only be used in {_OTHER_SCANS[option]}")
         else:
             raise CommandError("syntax error")
     return cursor, pattern, count, kind

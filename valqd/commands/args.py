@@ -15,6 +15,14 @@ U64_MAX = 2**64 - 1
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 
+def subcommand_syntax_error(argv: list[bytes]) -> CommandError:
+    """A subcommand that takes fewer arguments than its arity allows (SLOWLOG GET 1 2), as
+    Valkey's addReplySubcommandSyntaxError words it: the subcommand as the client typed it."""
+    return CommandError("unknown subcommand or wrong number of arguments for '%s'. Try %s "
+                        "HELP." % (argv[1].decode("utf-8", "replace")[:128],
+                                   argv[0].decode("utf-8", "replace").upper()))
+
+
 def parse_int(raw: bytes, low: int = I64_MIN, high: int = I64_MAX,
               message: str = NOT_AN_INTEGER) -> int:
     if raw.isdigit() and (raw[0] != 48 or len(raw) == 1):  # bytes.isdigit is ASCII-only

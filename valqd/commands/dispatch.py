@@ -20,8 +20,8 @@ from ..logs import VERBOSE
 from ..resp import encode
 from . import acl
 from .context import Blocked, CommandStats, HandlerReply, ServerState, Session
-from .multi import NOT_IN_MULTI, QUEUED, RUN_IN_MULTI
-from .pubsub import check_subscribed_mode
+from .multi import QUEUED, RUN_IN_MULTI, discard_transaction, discarded_because, not_in_multi
+from .pubsub import subscribed_mode_refusal
 from .table import CommandSpec
 
 log = logging.getLogger("valqd")
@@ -94,8 +94,12 @@ LOADING = encode.error("LOADING", "valqd is loading the dataset in memory")
 def _refused(state: ServerState, session: Session, reply: bytes,
              spec: CommandSpec | None = None) -> bytes:
     """A command refused before it ran (counted as `rejected_calls` of the command when it
-    is known, and in errorstats); in MULTI, that makes EXEC abort."""
-    if session.multi is not None:
+    is known, and in errorstats); in MULTI, that makes EXEC abort. A refused EXEC ends the
+    transaction at once (and forgets the WATCHes), EXECABORT naming why, as in Valkey."""
+    if spec is not None and spec.name == "exec":
+        discard_transaction(session)
+        reply = encode.error("EXECABORT", discarded_because(reply))
+    elif session.multi is not None:
         session.multi_failed = True
     if spec is not None:
         state.command_stats[spec.name].rejected += 1
@@ -183,7 +187,8 @@ class Dispatcher:
         return self._pairs
 
     def find(self, argv: list[bytes]) -> CommandSpec | bytes:
-        """The spec that serves argv, or the error reply when there is none."""
+        """The spec that serves argv (its arity not checked yet), or the error reply when
+        there is none."""
         spec = self._pairs.get((argv[0], argv[1])) if len(argv) > 1 else None
         if spec is None:
             name = argv[0]
@@ -202,8 +207,6 @@ class Dispatcher:
                 spec = sub
             elif spec.handler is None:
                 return arity_error(spec.name)
-        if not spec.fewest_args <= len(argv) <= spec.most_args:
-            return arity_error(spec.name)
         return spec
 
     def execute(self, session: Session, argv: list[bytes]) -> HandlerReply:
@@ -216,6 +219,8 @@ class Dispatcher:
             if argv[0].lower() in CROSS_PROTOCOL_WORDS:
                 return self._cross_protocol_attack(session)
             return _refused(state, session, spec)
+        if not spec.fewest_args <= len(argv) <= spec.most_args:
+            return _refused(state, session, arity_error(spec.name), spec)
         if not session.authenticated and not spec.no_auth:
             return _refused(state, session, NOAUTH, spec)
         if session.restricted and not spec.no_auth:  # the default user is never restricted
@@ -224,6 +229,10 @@ class Dispatcher:
                 return _refused(state, session, denied, spec)
         if state.loading and not spec.loading_ok:
             return _refused(state, session, LOADING, spec)
+        if session.proto == 2 and (session.channels or session.patterns):
+            refusal = subscribed_mode_refusal(spec.name)
+            if refusal is not None:
+                return _refused(state, session, refusal, spec)
         queued = session.multi
         if queued is not None and spec.name not in RUN_IN_MULTI:
             return self._queue(session, queued, spec, argv)
@@ -242,7 +251,7 @@ class Dispatcher:
                spec: CommandSpec, argv: list[bytes]) -> bytes:
         """In MULTI: queue the command for EXEC (in `queued`, the session's), or refuse it
         and make EXEC abort."""
-        refusal = NOT_IN_MULTI if spec.no_multi else \
+        refusal = not_in_multi(spec.name) if spec.no_multi else \
             self.state.write_refusal() if spec.denyoom else None
         if refusal is not None:
             return _refused(self.state, session, refusal, spec)
@@ -258,8 +267,6 @@ class Dispatcher:
         name = session.last_command = spec.name
         started = perf_counter_ns()
         try:
-            if session.channels or session.patterns:
-                check_subscribed_mode(session, name)
             handler = spec.handler
             assert handler is not None, "find() answers a container without its subcommand"
             reply = handler(state, session, argv)

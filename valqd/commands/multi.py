@@ -1,9 +1,10 @@
-"""Transactions: MULTI, EXEC, DISCARD, WATCH and UNWATCH, as Valkey 7.2 runs them.
+"""Transactions: MULTI, EXEC, DISCARD, WATCH and UNWATCH, as Valkey 9.1 runs them.
 
-While a session is in MULTI the dispatcher queues every command but these five, QUIT and
-RESET, and answers +QUEUED. A command refused while queuing (unknown command or
-subcommand, wrong arity, not allowed in a transaction, NOAUTH, MISCONF, OOM) makes EXEC
-answer EXECABORT and apply nothing. EXEC runs the queued commands one after the other in
+While a session is in MULTI the dispatcher queues every command but EXEC, DISCARD, QUIT
+and RESET, and answers +QUEUED. A command refused while queuing (unknown command or
+subcommand, wrong arity, not allowed in a transaction, MULTI and WATCH among them, NOAUTH,
+MISCONF, OOM) makes EXEC answer EXECABORT and apply nothing; so does an EXEC that is
+itself refused (wrong arity, NOAUTH, NOPERM, subscribed mode), at once. EXEC runs the queued commands one after the other in
 one synchronous call, after the dispatcher read the clock and applied what fell due once:
 no other client's command and no timer event comes in between, so the AOF records of one
 EXEC are committed in one checksummed batch, which loads all or nothing. Errors at run time
@@ -22,9 +23,22 @@ from .acl import check
 from .context import Blocked, Pending, ServerState, Session
 
 QUEUED = encode.simple(b"QUEUED")
-# Commands a session in MULTI runs at once instead of queuing, as Valkey does.
-RUN_IN_MULTI = frozenset(("multi", "exec", "discard", "watch", "quit", "reset"))
-NOT_IN_MULTI = encode.error("ERR", "Command not allowed inside a transaction")
+# Commands a session in MULTI runs at once instead of queuing, as Valkey does (MULTI and
+# WATCH are refused there by their no_multi flag, and abort the transaction, as in Valkey 8+)
+RUN_IN_MULTI = frozenset(("exec", "discard", "quit", "reset"))
+
+
+def not_in_multi(name: str) -> bytes:
+    """The refusal of a command flagged no_multi while a transaction is queued."""
+    return encode.error("ERR", f"Command '{name}' not allowed inside a transaction")
+
+
+def discarded_because(refusal: bytes) -> str:
+    """EXECABORT's message for a transaction ended by `refusal` (an error reply), as
+    Valkey's execCommandAbort words it: the reason without its ERR code, any other code
+    kept."""
+    reason = refusal[1:].decode("utf-8", "replace").rstrip()
+    return "Transaction discarded because of: " + reason.removeprefix("ERR ")
 
 
 def discard_transaction(session: Session) -> None:
@@ -43,10 +57,8 @@ def _watched_unchanged(state: ServerState, session: Session) -> bool:
 
 
 def multi(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """MULTI -> +OK; the commands that follow are queued until EXEC or DISCARD.
-    ERR when already in MULTI."""
-    if session.multi is not None:
-        raise CommandError("MULTI calls can not be nested")
+    """MULTI -> +OK; the commands that follow are queued until EXEC or DISCARD (inside
+    MULTI, the dispatcher refuses it: no_multi)."""
     session.multi = []
     session.multi_failed = False
     return encode.OK
@@ -68,8 +80,7 @@ def exec_(state: ServerState, session: Session, argv: list[bytes]) -> bytes | Pe
     if any(spec.denyoom for spec, _ in queued):
         refusal = state.write_refusal()
         if refusal is not None:
-            raise CommandError("Transaction discarded because of: "
-                               + refusal[1:].decode().rstrip(), "EXECABORT")
+            raise CommandError(discarded_because(refusal), "EXECABORT")
     replies: list[bytes | Pending] = []
     state.in_exec = True
     try:
@@ -115,10 +126,8 @@ def discard(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
 
 
 def watch(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """WATCH queue [queue ...] -> +OK; the next EXEC fails (nil) if one of them changes.
-    ERR inside MULTI."""
-    if session.multi is not None:
-        raise CommandError("WATCH inside MULTI is not allowed")
+    """WATCH queue [queue ...] -> +OK; the next EXEC fails (nil) if one of them changes
+    (inside MULTI, the dispatcher refuses it: no_multi)."""
     queues = state.databases[session.db].queues
     for name in argv[1:]:
         key = (session.db, name)

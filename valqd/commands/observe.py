@@ -8,6 +8,7 @@ import time
 from .. import __version__
 from ..errors import CommandError
 from ..resp import encode
+from .args import subcommand_syntax_error
 from .context import ServerState, Session, SlowLogEntry
 
 SLOWLOG_MAX_ARGS = 32
@@ -40,7 +41,7 @@ def slowlog_get(state: ServerState, session: Session, argv: list[bytes]) -> byte
     microseconds, arguments, client address, client name."""
     count = 10
     if len(argv) > 3:
-        raise CommandError("wrong number of arguments for 'slowlog|get' command")
+        raise subcommand_syntax_error(argv)
     if len(argv) == 3:
         try:
             count = int(argv[2])

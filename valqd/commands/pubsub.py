@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 from ..engine import Databases, Engine
 from ..engine.engine import Listener
-from ..errors import CommandError
 from ..resp import encode
 from .context import ServerState, Session
 from .glob import glob_match
@@ -132,9 +131,10 @@ def punsubscribe(state: ServerState, session: Session, argv: list[bytes]) -> byt
     return state.pubsub.unsubscribe(session, argv[1:], True)
 
 
-def check_subscribed_mode(session: Session, name: str) -> None:
-    """A RESP2 connection in subscribed mode may only (un)subscribe, ping, quit or reset."""
-    if session.proto == 2 and (session.channels or session.patterns) and \
-            name.split("|")[0] not in ALLOWED_WHEN_SUBSCRIBED:
-        raise CommandError(f"Can't execute '{name}': only (P|S)SUBSCRIBE / "
-                           "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+def subscribed_mode_refusal(name: str) -> bytes | None:
+    """The refusal of command `name` on a RESP2 connection in subscribed mode, which may
+    only (un)subscribe, ping, quit or reset; None when it is one of those."""
+    if name.split("|")[0] in ALLOWED_WHEN_SUBSCRIBED:
+        return None
+    return encode.error("ERR", f"Can't execute '{name}': only (P|S)SUBSCRIBE / "
+                        "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")

@@ -384,6 +384,16 @@ CLIENT = container("client", -2, "A container for client connection commands.", 
                 "to the client or connection.", "connection", admin.client_setinfo, (
                     Arg("attr", "oneof", args=(Arg("libname", token="LIB-NAME"),
                                                Arg("libver", token="LIB-VER"))),)),
+    CommandSpec("no-evict", 3, (A, "noscript", "loading", "stale"), "Sets the client "
+                "eviction mode of the connection (valqd evicts no client: accepted, changes "
+                "nothing).", "connection", admin.client_on_off,
+                (Arg("enabled", "oneof", args=(Arg("on", "pure-token", "ON"),
+                                               Arg("off", "pure-token", "OFF"))),)),
+    CommandSpec("no-touch", 3, ("noscript", "loading", "stale"), "Controls whether commands "
+                "sent by the client affect the LRU/LFU of accessed keys (valqd keeps none: "
+                "accepted, changes nothing).", "connection",
+                admin.client_on_off, (Arg("enabled", "oneof", args=(
+                    Arg("on", "pure-token", "ON"), Arg("off", "pure-token", "OFF"))),)),
     CommandSpec("list", -2, (A, "noscript", "loading", "stale"), "Lists open connections.",
                 "connection", admin.client_list, (
                     Arg("client-type", token="TYPE", optional=True),
@@ -490,6 +500,8 @@ PUBSUB = ("pubsub", "noscript", "loading", "stale", "no_multi")
 FLUSH_TYPE = Arg("flush-type", "oneof", optional=True, args=(
     Arg("async", "pure-token", "ASYNC"), Arg("sync", "pure-token", "SYNC")))
 TRANSACTION = ("noscript", "loading", "stale", F, "allow_busy")
+# MULTI and WATCH inside a transaction are refused and abort it, as in Valkey 8+
+NESTED = ("noscript", "loading", "stale", F, "no_multi", "allow_busy")
 
 NO_AUTH = ("noscript", "loading", "stale", "fast", "no-auth")
 CONNECTION, KEYSPACE, TRANSACTIONS = ("connection",), ("keyspace",), ("transaction",)
@@ -513,7 +525,7 @@ COMMANDS: list[CommandSpec] = [
                 "connection.", "connection", admin.quit_, acl=CONNECTION),
     CommandSpec("reset", 1, ("noscript", "loading", "stale", F, "no-auth"), "Resets the "
                 "connection.", "connection", admin.reset, acl=CONNECTION),
-    CommandSpec("multi", 1, TRANSACTION, "Starts a transaction.", "transactions", multi.multi,
+    CommandSpec("multi", 1, NESTED, "Starts a transaction.", "transactions", multi.multi,
                 acl=TRANSACTIONS),
     CommandSpec("exec", 1, ("noscript", "loading", "stale", "skip_slowlog"), "Executes all "
                 "commands in a transaction.", "transactions", multi.exec_,
@@ -521,7 +533,7 @@ COMMANDS: list[CommandSpec] = [
     CommandSpec("discard", 1, TRANSACTION, "Discards a transaction.", "transactions",
                 multi.discard, complexity="O(N), when N is the number of queued commands",
                 acl=TRANSACTIONS),
-    CommandSpec("watch", -2, TRANSACTION, "Monitors changes to queues to determine the "
+    CommandSpec("watch", -2, NESTED, "Monitors changes to queues to determine the "
                 "execution of a transaction.", "transactions", multi.watch,
                 (Arg("key", "key", multiple=True),), key_specs=(KeySpec(("RO",), 1, lastkey=-1),),
                 acl=TRANSACTIONS),
