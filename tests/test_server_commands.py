@@ -496,6 +496,12 @@ def test_command_list(raw):
     assert all(n.startswith(b"valq|p") for n in filtered)
     assert raw.call("COMMAND", "LIST", "FILTERBY", "PATTERN", "zz*") == b"*0\r\n"
     assert raw.call("COMMAND", "LIST", "bogus") == SYNTAX
+    assert raw.call("COMMAND", "LIST", "FILTERBY", "PATTERN", "a", "b") == SYNTAX
+    transactions = raw.parsed("COMMAND", "LIST", "FILTERBY", "ACLCAT", "Transaction")
+    assert sorted(transactions) == [b"discard", b"exec", b"multi", b"unwatch", b"watch"]
+    assert b"valq|push" in raw.parsed("COMMAND", "LIST", "FILTERBY", "ACLCAT", "valq")
+    assert raw.call("COMMAND", "LIST", "FILTERBY", "ACLCAT", "nosuch") == b"*0\r\n"
+    assert raw.call("COMMAND", "LIST", "FILTERBY", "MODULE", "lua") == b"*0\r\n"
 
 
 def test_command_unknown_subcommand(raw):

@@ -301,20 +301,30 @@ def command_count(state: ServerState, session: Session, argv: list[bytes]) -> by
 
 
 def command_list(state: ServerState, session: Session, argv: list[bytes]) -> bytes:
-    """COMMAND LIST [FILTERBY PATTERN p] -> command names, subcommands as `valq|push`."""
+    """COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN pattern] -> command
+    names, subcommands as `valq|push`; valqd loads no modules, so MODULE lists none, and an
+    unknown category none, as in Valkey."""
     args = Args(argv, 2)
-    pattern = None
+    keep: Callable[["CommandSpec"], bool] = lambda spec: True
     if args.remaining():
-        if args.next_keyword() != "FILTERBY" or args.next_keyword() != "PATTERN":
+        if args.next_keyword() != "FILTERBY":
             raise CommandError("syntax error")
-        pattern = args.next_bytes()
+        kind, value = args.next_keyword(), args.next_bytes()
         args.finish()
-    names = []
+        if kind == "PATTERN":
+            keep = lambda spec: glob_match(value, spec.name.encode(), True)
+        elif kind == "ACLCAT":
+            category = value.decode("latin-1").lower()
+            keep = lambda spec: category in spec.categories
+        elif kind == "MODULE":
+            keep = lambda spec: False
+        else:
+            raise CommandError("syntax error")
+    specs = []
     for spec in _all_specs(state):
-        names.append(spec.name)
-        names.extend(spec.subcommands)
-    return encode.bulk_array([n.encode() for n in names
-                              if pattern is None or glob_match(pattern, n.encode(), True)])
+        specs.append(spec)
+        specs.extend(spec.subcommands.values())
+    return encode.bulk_array([spec.name.encode() for spec in specs if keep(spec)])
 
 
 def command_info(state: ServerState, session: Session, argv: list[bytes]) -> bytes:

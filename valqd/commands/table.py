@@ -422,8 +422,9 @@ COMMAND = container("command", -1, "Returns detailed information about all comma
                 "multiple or all commands.", "server", admin.command_docs,
                 (Arg("command-name", optional=True, multiple=True),)),
     CommandSpec("list", -2, ("loading", "stale"), "Returns a list of command names.", "server",
-                admin.command_list, (Arg("pattern", "pattern", "FILTERBY PATTERN",
-                                         optional=True),)),
+                admin.command_list, (Arg("filterby", "oneof", "FILTERBY", optional=True, args=(
+                    Arg("module-name", token="MODULE"), Arg("category", token="ACLCAT"),
+                    Arg("pattern", "pattern", "PATTERN"))),)),
 ], handler=admin.command_, flags=("loading", "stale"), acl=("connection",))
 
 CONFIG = container("config", -2, "A container for server configuration commands.", "server", [
