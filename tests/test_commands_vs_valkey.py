@@ -200,8 +200,8 @@ def random_sequence(rnd: random.Random) -> list[list[bytes]]:
         name = argv[0].upper()
         if name == b"MULTI" and len(argv) == 1:
             in_multi = True
-        elif name in (b"EXEC", b"DISCARD", b"RESET"):
-            in_multi = False
+        elif name == b"EXEC" or name in (b"DISCARD", b"RESET") and len(argv) == 1:
+            in_multi = False  # an EXEC refused for its arity ends the transaction too
         argv[0] = random_case(argv[0], rnd)
         if len(argv) > 1 and name in (b"CLIENT", b"CONFIG", b"COMMAND", b"SLOWLOG", b"ACL"):
             argv[1] = random_case(argv[1], rnd)
