@@ -4,12 +4,13 @@ While a session is in MULTI the dispatcher queues every command but EXEC, DISCAR
 and RESET, and answers +QUEUED. A command refused while queuing (unknown command or
 subcommand, wrong arity, not allowed in a transaction, MULTI and WATCH among them, NOAUTH,
 MISCONF, OOM) makes EXEC answer EXECABORT and apply nothing; so does an EXEC that is
-itself refused (wrong arity, NOAUTH, NOPERM, subscribed mode), at once. EXEC runs the queued commands one after the other in
-one synchronous call, after the dispatcher read the clock and applied what fell due once:
-no other client's command and no timer event comes in between, so the AOF records of one
-EXEC are committed in one checksummed batch, which loads all or nothing. Errors at run time
-are replies inside EXEC's array; a blocking pop that finds nothing answers at once. The ACL
-is checked when a command is queued and again at EXEC (the user's rules may have changed).
+itself refused (wrong arity, NOAUTH, NOPERM, subscribed mode), at once. EXEC runs the
+queued commands one after the other in one synchronous call, after the dispatcher read the
+clock and applied what fell due once: no other client's command and no timer event comes in
+between, so the AOF records of one EXEC are committed in one checksummed batch, which loads
+all or nothing. Errors at run time are replies inside EXEC's array; a blocking pop that
+finds nothing answers at once. The ACL is checked when a command is queued and again at
+EXEC (the user's rules may have changed).
 
 WATCH remembers each queue's creation serial and version (every change to a queue bumps
 its version, a change driven by time too); EXEC answers nil when a watched queue was
