@@ -14,28 +14,22 @@ import socket
 import hiredis
 import pytest
 
+from support import encode_command
 from test_resp import Err, feed_whole
 
 STREAMS = 2000
 
 
-def _bulk(arg: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(arg), arg)
-
-
-def _request(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
-
-
 PIECES = [
-    _request(b"ZZ"), _request(b"ZZ", b"a b"), b"ZZ\r\n", b"ZZ\n", b"*0\r\n", b"*-1\r\n",
-    b"~1\r\n", b"$-1\r\n", b"\r\n", _request(b"ZZ", b"*12345"), _request(b"ZZ", b"x>99999"),
+    encode_command([b"ZZ"]), encode_command([b"ZZ", b"a b"]), b"ZZ\r\n", b"ZZ\n", b"*0\r\n",
+    b"*-1\r\n", b"~1\r\n", b"$-1\r\n", b"\r\n", encode_command([b"ZZ", b"*12345"]),
+    encode_command([b"ZZ", b"x>99999"]),
     b"*1\r\n", b"*2\r\n", b"$2\r\n", b"+x\r\n", b":1\r\n", b"#f\r\n", b"%1\r\n", b"|1\r\n",
     b">1\r\n", b"_\r\n", b"*", b"1", b"$", b"-1", b"x", b"AB", b"\r", b"\n", b"ZZ *12345\r\n",
     b"*1\r\n$2\r\nxyAB", b"~", b" ", b"*1\rX", b"$2\rX", b"*01\r\n", b"$02\r\n", b"*+1\r\n",
     b"\t", b"\x0b", b'"a b"', b"'q'", b'"', b"'", b"\\", b'"\\x41\\n"', b"ZZ a\"b c\"d\r\n",
 ]
-END = _request(b"ZZEND")
+END = encode_command([b"ZZEND"])
 UNKNOWN = re.compile(r"unknown command '(.*?)', with args beginning with: (.*)$", re.S)
 
 

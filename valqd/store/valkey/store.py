@@ -706,8 +706,7 @@ class ValkeyStore:
         walk, not KEYS: the relay lists the queues every few seconds for its patterns,
         and KEYS would hold each primary for the whole keyspace at once."""
         names: set[bytes] = set()  # SCAN may return a key twice
-        scan = [b"MATCH", queue_key(pattern), b"COUNT", b"%d" % SCAN_WALK_COUNT,
-                b"TYPE", b"hash"]
+        scan = queue_scan_options(pattern, SCAN_WALK_COUNT)
         for call in self.node_calls(db):
             cursor = b"0"
             while True:
@@ -863,8 +862,8 @@ class ValkeyStore:
             names = [k[6:-1] for k in batch] if wanted else []
             return encode.array([encode.bulk(next_cursor), encode.bulk_array(names)])
 
-        scan = [b"MATCH", queue_key(b"*" if pattern is None else pattern),
-                b"COUNT", b"%d" % (count * SCAN_KEYS_PER_QUEUE), b"TYPE", b"hash"]
+        scan = queue_scan_options(b"*" if pattern is None else pattern,
+                                  count * SCAN_KEYS_PER_QUEUE)
         if self.sharded:
             return self._spawn(self._scan_nodes(session.db, cursor, scan, finish))
         return self.send(session.db, [b"SCAN", b"%d" % cursor, *scan], finish)
@@ -1000,6 +999,12 @@ def deployment_client(url: StoreUrl, db: int, timeout_s: float, name: str,
         return Client(url, db, timeout_s, name, on_connect)
     topology = (ClusterTopology if url.kind == "cluster" else SentinelTopology)(url, timeout_s)
     return Router(topology, db, timeout_s, name, on_connect)
+
+
+def queue_scan_options(pattern: bytes, count: int) -> list[bytes]:
+    """SCAN's options that walk the main keys of the queues `pattern` matches (a queue's
+    only key that is a hash ending in its tag's `}`), `count` keys a call."""
+    return [b"MATCH", queue_key(pattern), b"COUNT", b"%d" % count, b"TYPE", b"hash"]
 
 
 def node_calls(client: Client | Router) -> list[NodeCall]:
